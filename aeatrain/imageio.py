@@ -1,0 +1,179 @@
+"""Reading and writing microscopy images: 8/16-bit greyscale BMP, PNG and TIFF.
+
+The one place that touches image files. Arrays are ``(H, W)`` ``uint8`` or ``uint16``;
+the bit depth travels with them. Every write is atomic (a temporary file beside the
+target, renamed when complete) and refuses to replace an existing file unless asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from aeatrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_MAX_PIXELS = 30_000 * 30_000
+
+
+class ImageError(UserError):
+    """An image file that cannot be used; the message names the file."""
+
+
+def bit_depth_of(array: np.ndarray) -> int:
+    """8 for ``uint8``, 16 for ``uint16``; anything else is not an SEM image we read."""
+    if array.dtype == np.uint8:
+        return 8
+    if array.dtype == np.uint16:
+        return 16
+    raise ValueError(f"unsupported pixel type {array.dtype}; expected uint8 or uint16")
+
+
+def max_value(bit_depth: int) -> int:
+    """Largest pixel value at a bit depth: 255 or 65535."""
+    return (1 << bit_depth) - 1
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a greyscale SEM image; returns ``(array (H, W) uint8|uint16, bit_depth)``.
+
+    Colour images (SEM software often saves grey as RGB) are converted to grey with a
+    warning. Raises :class:`ImageError` naming the file when it is missing, not an
+    image, truncated, or of an unsupported pixel type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        array = _read_tiff(path)
+    else:
+        array = _read_with_opencv(path)
+    array = _to_grey(array, path)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: pixel type {array.dtype} is not supported (8 or 16 bit integer)")
+    if min(array.shape) < 1:
+        raise ImageError(f"{path}: image is empty ({array.shape[1]}x{array.shape[0]})")
+    return np.ascontiguousarray(array), bit_depth_of(array)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        array = tifffile.imread(path, key=0)
+    except Exception as err:  # tifffile raises many types for damaged files
+        raise ImageError(f"{path}: not a readable TIFF image ({err})") from None
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
+    return array
+
+
+def _read_with_opencv(path: Path) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageError(f"{path}: file is empty")
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ImageError(f"{path}: not a readable image (unknown format, or truncated)")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return array
+
+
+def _to_grey(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        rgb = array[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+            log.warning("%s: RGB image with equal channels, using one channel as grey", path)
+            return np.ascontiguousarray(rgb[..., 0])
+        log.warning("%s: colour image converted to grey (ITU-R BT.601 luma)", path)
+        weights = np.array([0.299, 0.587, 0.114])
+        grey = rgb.astype(np.float64) @ weights
+        return np.clip(np.rint(grey), 0, np.iinfo(array.dtype).max).astype(array.dtype)
+    if array.ndim == 3 and array.shape[2] == 1:
+        return array[..., 0]
+    raise ImageError(f"{path}: unsupported image layout {array.shape}; expected a greyscale image")
+
+
+def to_float(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """Integer image -> float32 in [0, 1] (divided by 255 or 65535)."""
+    depth = bit_depth if bit_depth is not None else bit_depth_of(array)
+    return array.astype(np.float32) / np.float32(max_value(depth))
+
+
+def from_float(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float image in [0, 1] -> ``uint8``/``uint16``, clipped and rounded."""
+    top = max_value(bit_depth)
+    scaled = np.clip(np.rint(np.asarray(image, dtype=np.float64) * top), 0, top)
+    return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    Nothing is left behind on failure, and an existing ``target`` is refused unless
+    ``overwrite`` (raises :class:`UserError` naming it).
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise UserError(f"{target}: already exists (use --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str, *, overwrite: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
+    atomic_write_bytes(target, text.encode("utf-8"), overwrite=overwrite)
+
+
+def encode_image(array: np.ndarray, suffix: str) -> bytes:
+    """Encode an (H, W) uint8/uint16 or float32 (TIFF only) array as the format of ``suffix``."""
+    suffix = suffix.lower()
+    if suffix in _TIFF_SUFFIXES:
+        import io
+
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, array, photometric="minisblack")
+        return buffer.getvalue()
+    if array.dtype == np.float32 or array.dtype == np.float64:
+        raise UserError(f"float images can only be written as TIFF, not {suffix}")
+    if suffix == ".bmp" and array.dtype != np.uint8:
+        raise UserError("BMP holds 8-bit images only; write 16-bit results as PNG or TIFF")
+    if suffix not in IMAGE_SUFFIXES:
+        raise UserError(f"unsupported image format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    ok, buffer = cv2.imencode(suffix, array)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {array.dtype} image as {suffix}")
+    return buffer.tobytes()
+
+
+def write_image(target: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False) -> None:
+    """Write an (H, W) image atomically in the format named by the target's suffix."""
+    target = Path(target)
+    atomic_write_bytes(target, encode_image(array, target.suffix), overwrite=overwrite)
