@@ -85,7 +85,9 @@ def _read_with_opencv(path: Path) -> np.ndarray:
     if array is None:
         raise ImageError(f"{path}: not a readable image (unknown format, or truncated)")
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        array = cv2.cvtColor(
+            array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        )
     return array
 
 
@@ -130,7 +132,9 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     if target.exists() and not overwrite:
         raise UserError(f"{target}: already exists (use --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -166,7 +170,9 @@ def encode_image(array: np.ndarray, suffix: str) -> bytes:
     if suffix == ".bmp" and array.dtype != np.uint8:
         raise UserError("BMP holds 8-bit images only; write 16-bit results as PNG or TIFF")
     if suffix not in IMAGE_SUFFIXES:
-        raise UserError(f"unsupported image format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+        raise UserError(
+            f"unsupported image format {suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
     ok, buffer = cv2.imencode(suffix, array)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {array.dtype} image as {suffix}")

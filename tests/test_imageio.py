@@ -17,7 +17,13 @@ from aeatrain.imageio import (
 
 @pytest.mark.parametrize(
     ("suffix", "dtype"),
-    [(".bmp", np.uint8), (".png", np.uint8), (".png", np.uint16), (".tif", np.uint8), (".tif", np.uint16)],
+    [
+        (".bmp", np.uint8),
+        (".png", np.uint8),
+        (".png", np.uint16),
+        (".tif", np.uint8),
+        (".tif", np.uint16),
+    ],
 )
 def test_round_trip_keeps_pixels_and_bit_depth(tmp_path, suffix, dtype):
     rng = np.random.default_rng(0)
