@@ -8,6 +8,7 @@ tests that need the cluster skip with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -30,8 +31,10 @@ def ensure_installed() -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise SlurmUnavailable("SLURM is not installed and apt-get as root is not available")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+    ):
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise SlurmUnavailable(f"{' '.join(cmd)} failed: {result.stderr.strip()[-300:]}")
@@ -56,8 +59,9 @@ def _start_munge() -> None:
             return
     Path("/run/munge").mkdir(parents=True, exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
-    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True, capture_output=True
+    )
     for _ in range(50):
         if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
             return
@@ -88,23 +92,42 @@ class LocalSlurm:
         host = socket.gethostname().split(".")[0]
         ctld_port, *node_ports = _free_ports(1 + self.nodes)
         lines = [
-            "ClusterName=aeatest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctld_port}",
-            "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", "CredType=cred/munge",
-            f"StateSaveLocation={self.root}/ctld", f"SlurmdSpoolDir={self.root}/d/%n",
-            f"SlurmctldPidFile={self.root}/ctld.pid", f"SlurmdPidFile={self.root}/d-%n.pid",
-            f"SlurmctldLogFile={self.root}/ctld.log", f"SlurmdLogFile={self.root}/d-%n.log",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-            "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-            "MpiDefault=none", "ReturnToService=2", "MailProg=/bin/true",
+            "ClusterName=aeatest",
+            f"SlurmctldHost={host}(127.0.0.1)",
+            f"SlurmctldPort={ctld_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"StateSaveLocation={self.root}/ctld",
+            f"SlurmdSpoolDir={self.root}/d/%n",
+            f"SlurmctldPidFile={self.root}/ctld.pid",
+            f"SlurmdPidFile={self.root}/d-%n.pid",
+            f"SlurmctldLogFile={self.root}/ctld.log",
+            f"SlurmdLogFile={self.root}/d-%n.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "MailProg=/bin/true",
             # Fast turnaround for tests: signals and requeues are handled within seconds.
-            "SchedulerParameters=sched_interval=1", "MinJobAge=600", "KillWait=5",
+            "SchedulerParameters=sched_interval=1",
+            "MinJobAge=600",
+            "KillWait=5",
         ]
         for name, port in zip(self.node_names(), node_ports):
-            lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 "
-                         f"Port={port} CPUs={self.cpus_per_node} RealMemory=8000")
-        lines.append(f"PartitionName=debug Nodes={','.join(self.node_names())} Default=YES "
-                     "MaxTime=INFINITE State=UP")
+            lines.append(
+                f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 "
+                f"Port={port} CPUs={self.cpus_per_node} RealMemory=8000"
+            )
+        lines.append(
+            f"PartitionName=debug Nodes={','.join(self.node_names())} Default=YES "
+            "MaxTime=INFINITE State=UP"
+        )
         (self.root / "ctld").mkdir(parents=True, exist_ok=True)
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -112,12 +135,17 @@ class LocalSlurm:
         ensure_installed()
         _start_munge()
         self.write_conf()
-        subprocess.run(["slurmctld", "-f", str(self.conf)], check=True, env=self.env,
-                       capture_output=True)
+        subprocess.run(
+            ["slurmctld", "-f", str(self.conf)], check=True, env=self.env, capture_output=True
+        )
         for name in self.node_names():
             (self.root / "d" / name).mkdir(parents=True, exist_ok=True)
-            subprocess.run(["slurmd", "-f", str(self.conf), "-N", name], check=True, env=self.env,
-                           capture_output=True)
+            subprocess.run(
+                ["slurmd", "-f", str(self.conf), "-N", name],
+                check=True,
+                env=self.env,
+                capture_output=True,
+            )
         self._wait_idle(timeout_s)
         return self
 
@@ -125,28 +153,29 @@ class LocalSlurm:
         deadline = time.monotonic() + timeout_s
         states = ""
         while time.monotonic() < deadline:
-            result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env,
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True
+            )
             states = result.stdout.split()
             if len(states) == self.nodes and all(s == "idle" for s in states):
                 return
             time.sleep(0.5)
         self.stop()
-        raise SlurmUnavailable(f"nodes not idle after {timeout_s} s (states {states}); "
-                               f"see {self.root}/ctld.log")
+        raise SlurmUnavailable(
+            f"nodes not idle after {timeout_s} s (states {states}); see {self.root}/ctld.log"
+        )
 
     def stop(self) -> None:
         subprocess.run(["scancel", "--full", "-u", "root"], env=self.env, capture_output=True)
         for pid_file in self.root.glob("*.pid"):
-            try:
+            with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pid_file.read_text().strip()), 15)
-            except (ValueError, ProcessLookupError):
-                pass
 
     def run(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         """Run a SLURM client command against this cluster; return its stdout."""
-        result = subprocess.run(list(args), env=self.env, capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(
+            list(args), env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result.stdout
