@@ -1,0 +1,491 @@
+"""The one typed config tree of a training run: YAML in, dotted CLI overrides, saved in RUN/.
+
+Five sections, each a pydantic model with ``extra="forbid"`` so a misspelt key is an error
+rather than a silently ignored setting: ``model`` (what :func:`aeatrain.models.build_model`
+builds), ``data`` (what the loader reads), ``optim`` (Adam, the staircase schedule, the loss,
+clipping), ``train`` (steps, run folder, checkpoints, precision, EMA, speed options) and
+``logging`` (TensorBoard cadence, validation, images). Every field carries a description:
+docs/training.md is generated from them (``python -m aeatrain.config docs/training.md``)
+and a test keeps it current.
+
+The defaults are the paper-faithful values of DESIGN.md section 4; improvements (EMA,
+bf16, full-resolution crops, ...) are options switched on by their own configs.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aeatrain.errors import UserError
+
+SECTIONS = ("model", "data", "optim", "train", "logging")
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which network to build; every field but ``name`` is a keyword of ``build_model``."""
+
+    name: Literal["unet", "gvtnet", "aeanet"] = Field(
+        "aeanet",
+        description="Network: `aeanet` (the paper's), or the baselines `unet` (residual "
+        "bottom block) and `gvtnet` (plain self-attention bottom block).",
+    )
+    base_channels: int = Field(32, ge=1, description="Channels of the first level (32, 64, 128).")
+    heads: int = Field(2, ge=1, description="Attention heads (aeanet, gvtnet).")
+    num_refs: int = Field(
+        64,
+        ge=0,
+        description="Shared learned references of aeanet (paper 64; ablations 16, 32; 0 = "
+        "batch-aware branch only).",
+    )
+    batch_aware: bool = Field(
+        True,
+        description="aeanet: send the second half of each per-device batch through the "
+        "batch-aware branch, whose keys/values span the GLOBAL batch (all processes). "
+        "False = references only (ablation).",
+    )
+    normalize: Literal["linear", "softmax"] = Field(
+        "linear",
+        description="Attention normalisation: `linear` divides by the number of keys (the "
+        "paper's Eq. 2, linear in the token count); `softmax` is the usual softmax.",
+    )
+    bn_momentum: float = Field(
+        0.003,
+        gt=0,
+        le=1,
+        description="BatchNorm momentum in PyTorch's convention (paper 0.003 = TensorFlow's "
+        "0.997). With 0.003 the running statistics need thousands of steps to settle: "
+        "short runs (debug, demo) must use a larger value such as 0.1, or evaluation in "
+        "eval mode uses unsettled statistics and scores garbage.",
+    )
+    bn_eps: float = Field(1e-5, gt=0, description="BatchNorm epsilon.")
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``build_model(name, **kwargs)``; also written to run.json."""
+        return self.model_dump(exclude={"name"})
+
+
+class DataConfig(_Section):
+    """What the loader reads: a DATA folder written by ``python -m data_prep build``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+    root: str = Field(
+        description="DATA folder holding manifest.json and the shards (docs/formats.md "
+        "section 2). Required."
+    )
+    pairs: list[str] | None = Field(
+        None,
+        description="Train on these pairs only (names as in the manifest); one name = "
+        "self-training. null = pooled training on every pair.",
+    )
+    crop_size: Annotated[int, Field(ge=4)] | Literal["full"] = Field(
+        256,
+        description="Side of the square random crops in HR pixels, a multiple of 4 (two "
+        "stride-2 downsamplings); `full` = the whole training region as one crop (all "
+        "pairs must share its size).",
+    )
+    global_batch_size: int = Field(
+        8,
+        ge=1,
+        description="GLOBAL batch: crops per optimizer step summed over all processes "
+        "(the paper's 8 on one GPU). Each process gets global_batch_size / num_processes, "
+        "which must divide evenly; the batch-aware attention spans the global batch.",
+    )
+    augment: bool = Field(
+        False,
+        description="Random flips and 90-degree rotations (D4) of each crop, applied to LR "
+        "and HR together. Off in the paper-faithful config.",
+    )
+    num_workers: int = Field(2, ge=0, description="Loader worker processes per process.")
+
+    @field_validator("crop_size")
+    @classmethod
+    def _multiple_of_four(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value % 4:
+            raise ValueError("must be a multiple of 4")
+        return value
+
+    @field_validator("pairs")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must name at least one pair, or be null for all pairs")
+        return value
+
+
+class OptimConfig(_Section):
+    """Adam with a staircase learning-rate decay and an L1 or L2 pixel loss."""
+
+    lr: float = Field(4e-4, gt=0, description="Initial learning rate of Adam.")
+    lr_decay_every: int = Field(
+        10_000,
+        ge=1,
+        description="Multiply the learning rate by lr_decay_factor every this "
+        "many steps (staircase).",
+    )
+    lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Staircase decay factor.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam (L2) weight decay.")
+    loss: Literal["l1", "l2"] = Field(
+        "l1", description="Pixel loss: `l1` (MAE, the paper's) or `l2` (MSE)."
+    )
+    grad_clip_norm: float | None = Field(
+        None,
+        gt=0,
+        description="Clip the global gradient norm to this value; null = no clipping (the "
+        "gradient norm is still logged). Under DeepSpeed the trainer writes it into the "
+        "DeepSpeed config's gradient_clipping.",
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError("each beta must lie in [0, 1)")
+        return value
+
+
+class TrainConfig(_Section):
+    """Length, output folder, checkpoints, precision and the optional improvements."""
+
+    run_dir: str = Field(
+        description="RUN folder (docs/formats.md section 3). A folder holding another run is "
+        "refused unless resuming. Required."
+    )
+    steps: int = Field(120_000, ge=1, description="Optimizer steps in total.")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of the weights' initialisation and of the crops: the batch "
+        "of a step is a pure function of (seed, step, rank).",
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
+        None,
+        description="Autocast precision; null = whatever `accelerate launch` was configured "
+        "with (`--mixed_precision` or its config file). fp16 uses loss scaling; steps it "
+        "skips are counted and logged.",
+    )
+    resume: Literal["never", "auto"] = Field(
+        "never",
+        description="`auto` (or the `--resume` flag): continue from the newest COMPLETE "
+        "checkpoint in run_dir/checkpoints, or start afresh when there is none.",
+    )
+    checkpoint_every: int = Field(
+        5000,
+        ge=1,
+        description="Write run_dir/checkpoints/step_N every this many steps (and "
+        "at the end and on preemption).",
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="Keep only the newest K checkpoints.")
+    max_skipped_steps: int = Field(
+        25,
+        ge=1,
+        description="Stop (exit 2, message naming the step) after this many CONSECUTIVE "
+        "skipped steps: a non-finite loss or gradient, or an fp16 overflow. Skipped steps "
+        "never update the weights, so no checkpoint holds NaN weights.",
+    )
+    ema: bool = Field(
+        False,
+        description="Keep an exponential moving average of the weights; it is validated "
+        "(val_ema/*) and exported (model_ema.safetensors) separately from the raw weights.",
+    )
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per step.")
+    sync_batchnorm: bool = Field(
+        False,
+        description="Convert BatchNorm to SyncBatchNorm when running on several "
+        "processes (CUDA only in PyTorch).",
+    )
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    channels_last: bool = Field(False, description="Use channels_last memory format.")
+
+
+class LoggingConfig(_Section):
+    """TensorBoard (run_dir/logs), validation on the test tiles and the progress bar."""
+
+    log_every: int = Field(50, ge=1, description="Log train scalars every this many steps.")
+    eval_every: int = Field(
+        5000,
+        ge=1,
+        description="Validate on the test tiles every this many steps (and at the "
+        "end): dPSNR, dSSIM (DESIGN.md section 5), image grids, reference heatmaps.",
+    )
+    eval_max_tiles: int | None = Field(
+        None, ge=1, description="Validate on at most this many test tiles (null = all)."
+    )
+    image_tiles: int = Field(
+        2, ge=0, description="Test tiles shown as LR | prediction | HR grids at each validation."
+    )
+    heatmap_refs: int = Field(
+        4,
+        ge=0,
+        description="aeanet: show the relevance maps of this many shared references "
+        "(paper Fig. 6) for each shown tile; 0 = none.",
+    )
+    progress_bar: bool = Field(True, description="tqdm progress bar on the main process.")
+
+
+class Config(BaseModel):
+    """The whole config tree; ``Config.model_validate(dict)`` checks every key and type."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
+    data: DataConfig = Field(description="The training data.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimisation.")
+    train: TrainConfig = Field(description="The run.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Monitoring.")
+
+    def to_yaml(self) -> str:
+        """The resolved tree as YAML, the exact text saved as RUN/config.yaml."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply ``--section.key value`` overrides, validate the result.
+
+    Raises :class:`ConfigError` (one line, naming the file and the key) for a missing or
+    unparsable file, an override that is not ``--section.key``, an unknown key or a value
+    of the wrong type or range.
+    """
+    source = str(path) if path is not None else "<no config file>"
+    tree = read_yaml_tree(path) if path is not None else {}
+    for key, raw in parse_overrides(overrides):
+        _set_dotted(tree, key, raw, source)
+    return validate_tree(tree, source)
+
+
+def read_yaml_tree(path: str | Path) -> dict:
+    """The mapping in a YAML file; ConfigError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(
+            f"{path}:{line} not valid YAML ({getattr(err, 'problem', err)})"
+        ) from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections {SECTIONS}, got a {type(tree).__name__}"
+        )
+    return tree
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """``["--train.steps", "100", "--optim.lr=1e-3"]`` -> ``[("train.steps", "100"), ...]``."""
+    pairs: list[tuple[str, str]] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(
+                f"override {arg!r}: expected --section.key VALUE or "
+                f"--section.key=VALUE with section one of {', '.join(SECTIONS)}"
+            )
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            index += 1
+        else:
+            if index + 1 >= len(args):
+                raise ConfigError(f"override {arg}: missing a value")
+            key, raw = arg[2:], args[index + 1]
+            index += 2
+        pairs.append((key, raw))
+    return pairs
+
+
+def _set_dotted(tree: dict, key: str, raw: str, source: str) -> None:
+    """Set ``tree[section][field] = value`` with the value parsed as YAML for its field."""
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{source}: override --{key}: expected --section.key")
+    section, field = parts
+    if section not in tree or tree[section] is None:
+        tree[section] = {}
+    if not isinstance(tree[section], dict):
+        raise ConfigError(
+            f"{source}: {section}: expected a mapping, got {type(tree[section]).__name__}"
+        )
+    tree[section][field] = _parse_value(raw, _field_annotation(section, field))
+
+
+def _field_annotation(section: str, field: str) -> Any:
+    section_field = Config.model_fields.get(section)
+    if section_field is None:
+        return None
+    info = section_field.annotation.model_fields.get(field)
+    return None if info is None else info.annotation
+
+
+def _parse_value(raw: str, annotation: Any) -> Any:
+    """YAML scalar/list syntax, except that a string field keeps the text as typed.
+
+    ``--data.root 2024`` must stay the folder "2024", and ``--data.pairs sample_01`` may
+    name one pair without list brackets.
+    """
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if value is None:
+        return None
+    if _accepts(annotation, str) and not isinstance(value, str):
+        return raw
+    if _accepts_list_of_str(annotation) and not isinstance(value, list):
+        return [raw]
+    return value
+
+
+def _union_args(annotation: Any) -> tuple:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _accepts(annotation: Any, kind: type) -> bool:
+    return kind in _union_args(annotation)
+
+
+def _accepts_list_of_str(annotation: Any) -> bool:
+    return any(
+        typing.get_origin(arg) is list and typing.get_args(arg) == (str,)
+        for arg in _union_args(annotation)
+    )
+
+
+def validate_tree(tree: dict, source: str) -> Config:
+    """Pydantic validation; every error becomes part of ONE line naming its dotted key."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """``train.stepz: unknown key; optim.lr: Input should be a valid number (got 'x')``.
+
+    Errors of one key (the branches of a union such as ``int | "full"``) share one entry.
+    """
+    by_key: dict[str, list[str]] = {}
+    for item in err.errors():
+        loc = [str(part) for part in item["loc"] if not _is_union_branch(part)]
+        key = ".".join(loc) or "<top>"
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            message = f"{message} (got {item.get('input')!r})"
+        if message not in by_key.setdefault(key, []):
+            by_key[key].append(message)
+    return "; ".join(f"{key}: {' or '.join(messages)}" for key, messages in by_key.items())
+
+
+def _is_union_branch(part: Any) -> bool:
+    """Pydantic names union branches in error locations (``int``, ``literal['full']``)."""
+    return isinstance(part, str) and (
+        part in ("int", "str", "float", "bool", "list[str]", "constrained-int")
+        or part.startswith(("literal[", "function-after["))
+    )
+
+
+# --- docs/training.md --------------------------------------------------------------------
+
+DOC_START = "<!-- config-reference:start (generated by python -m aeatrain.config) -->"
+DOC_END = "<!-- config-reference:end -->"
+
+
+def reference_markdown() -> str:
+    """One table per section: key, type, default, meaning; from the field descriptions."""
+    blocks = []
+    for section in SECTIONS:
+        model = Config.model_fields[section].annotation
+        lines = [
+            f"### `{section}`",
+            "",
+            model.__doc__.strip(),
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for name, info in model.model_fields.items():
+            default = "required" if info.is_required() else f"`{_yaml_inline(info.default)}`"
+            meaning = (info.description or "").replace("|", "\\|")
+            lines.append(
+                f"| `{section}.{name}` | {_type_name(info.annotation)} | {default} | {meaning} |"
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _yaml_inline(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{arg}`" for arg in typing.get_args(annotation))
+    if origin is Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if origin in (list, tuple):
+        args = ", ".join(_type_name(arg) for arg in typing.get_args(annotation))
+        return f"{origin.__name__}[{args}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def update_reference(doc_path: str | Path) -> bool:
+    """Rewrite the generated block of ``doc_path``; True when the file changed."""
+    doc_path = Path(doc_path)
+    text = doc_path.read_text()
+    head, sep, rest = text.partition(DOC_START)
+    _, sep_end, tail = rest.partition(DOC_END)
+    if not sep or not sep_end:
+        raise ConfigError(f"{doc_path}: markers {DOC_START!r} ... {DOC_END!r} not found")
+    new = f"{head}{DOC_START}\n\n{reference_markdown()}\n{DOC_END}{tail}"
+    if new == text:
+        return False
+    tmp = doc_path.with_name(f".{doc_path.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(doc_path)
+    return True
+
+
+if __name__ == "__main__":
+    from aeatrain.errors import run_cli
+
+    def _main() -> int:
+        if len(sys.argv) != 2:
+            raise UserError("usage: python -m aeatrain.config docs/training.md")
+        update_reference(sys.argv[1])
+        return 0
+
+    run_cli(_main)
