@@ -1,0 +1,278 @@
+"""The run folder's final files: written by the trainer, read by evaluate/predict/refmaps.
+
+docs/formats.md section 3 is the contract. A finished run folder holds
+
+    RUN/model.safetensors        raw weights (state_dict of build_model(name, **kwargs))
+    RUN/model_ema.safetensors    EMA weights, when EMA was on
+    RUN/config.yaml              the resolved config, exactly what ran
+    RUN/run.json                 scale, bit depths, dataset, model name and kwargs, step,
+                                 which weight files exist
+
+Weights are safetensors (no pickle: a run folder from someone else cannot run code when
+loaded) with metadata ``{"model": name, "step": "N", "kind": "raw" | "ema"}``. Every file
+is written atomically, and ``run.json`` last: a run folder with a ``run.json`` is complete.
+A resumed run finishes into the same folder, so these four files are replaced on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from aeatrain import __version__
+from aeatrain.errors import UserError
+from aeatrain.imageio import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "aeatrain-run"
+RUN_FORMAT_VERSION = 1
+RUN_JSON = "run.json"
+CONFIG_YAML = "config.yaml"
+WEIGHT_FILES = {"raw": "model.safetensors", "ema": "model_ema.safetensors"}
+
+
+class RunError(UserError):
+    """A run folder that cannot be used; the message names the folder or file."""
+
+
+@dataclass
+class RunInfo:
+    """What a run folder says about its model; returned by :func:`load_run`."""
+
+    path: Path
+    scale: float
+    bit_depths: list[int]
+    model_name: str
+    model_kwargs: dict
+    step: int
+    weights_kind: str  # "raw" or "ema": which weights were loaded
+    config: dict = field(default_factory=dict)  # config.yaml as a dict
+    dataset: dict = field(default_factory=dict)  # {"path", "manifest_sha256", ...}
+
+    @property
+    def name(self) -> str:
+        """The run folder's name, used as the run's label in tables."""
+        return self.path.name
+
+    @property
+    def train_pairs(self) -> list[str] | None:
+        """``config["data"]["pairs"]``: the pairs trained on, or None for all of them."""
+        data = self.config.get("data") or {}
+        pairs = data.get("pairs") if isinstance(data, dict) else None
+        return list(pairs) if pairs else None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DDP, AveragedModel (``.module``) or torch.compile (``_orig_mod``).
+
+    Saved state_dicts must load into a freshly built model, so no wrapper prefixes.
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _weights_bytes(model: nn.Module, *, model_name: str, step: int, kind: str) -> bytes:
+    """safetensors bytes of the model's state_dict (on CPU, contiguous) plus metadata."""
+    state = {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in unwrap_model(model).state_dict().items()
+    }
+    metadata = {"model": model_name, "step": str(step), "kind": kind}
+    return save_safetensors(state, metadata=metadata)
+
+
+def write_run_files(
+    run_dir: str | Path,
+    *,
+    model: nn.Module,
+    model_name: str,
+    model_kwargs: dict,
+    scale: float,
+    bit_depths: list[int],
+    dataset: dict,
+    step: int,
+    config_yaml: str,
+    ema_model: nn.Module | None = None,
+) -> None:
+    """Write (or replace) a run folder's weights, config.yaml and run.json, atomically.
+
+    ``model``/``ema_model`` may be wrapped (DDP, AveragedModel, compiled); the plain
+    module's state_dict is saved. ``dataset`` is recorded as given (the trainer passes
+    ``{"path": ..., "manifest_sha256": ...}``). ``run.json`` is written last, so a reader
+    that finds it finds complete weights. Call on the main process only.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = {"raw": WEIGHT_FILES["raw"], "ema": None}
+    atomic_write_bytes(
+        run_dir / WEIGHT_FILES["raw"],
+        _weights_bytes(model, model_name=model_name, step=step, kind="raw"),
+        overwrite=True,
+    )
+    if ema_model is not None:
+        weights["ema"] = WEIGHT_FILES["ema"]
+        atomic_write_bytes(
+            run_dir / WEIGHT_FILES["ema"],
+            _weights_bytes(ema_model, model_name=model_name, step=step, kind="ema"),
+            overwrite=True,
+        )
+    atomic_write_text(run_dir / CONFIG_YAML, config_yaml, overwrite=True)
+    run_json = {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "tool_version": __version__,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "scale": float(scale),
+        "bit_depths": [int(b) for b in bit_depths],
+        "dataset": dataset,
+        "model": {"name": model_name, "kwargs": model_kwargs},
+        "step": int(step),
+        "weights": weights,
+    }
+    atomic_write_text(run_dir / RUN_JSON, json.dumps(run_json, indent=2) + "\n", overwrite=True)
+    log.info("wrote run files to %s (step %d, ema: %s)", run_dir, step, ema_model is not None)
+
+
+def read_run_json(run_dir: str | Path) -> dict:
+    """``run.json`` of a run folder, checked; :class:`RunError` naming what is wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run folder")
+    path = run_dir / RUN_JSON
+    if not path.is_file():
+        hint = " (training has not finished yet?)" if (run_dir / "checkpoints").is_dir() else ""
+        raise RunError(f"{run_dir}: not a finished run folder, {RUN_JSON} is missing{hint}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise RunError(f"{path}: not an aeatrain run file (format is not {RUN_FORMAT!r})")
+    if info.get("format_version") != RUN_FORMAT_VERSION:
+        raise RunError(
+            f"{path}: format_version {info.get('format_version')!r} is not supported "
+            f"(this aeatrain reads {RUN_FORMAT_VERSION})"
+        )
+    for key in ("scale", "bit_depths", "model", "step", "weights"):
+        if key not in info:
+            raise RunError(f"{path}: key {key!r} is missing")
+    return info
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / CONFIG_YAML
+    if not path.is_file():
+        raise RunError(f"{path}: missing (a run folder holds the config it ran with)")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunError(f"{path}: not readable YAML ({err})") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _choose_weights(run_dir: Path, info: dict, weights: str) -> str:
+    """ "auto" -> "ema" if the run has EMA weights else "raw"; checks the file exists."""
+    if weights not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights must be 'auto', 'ema' or 'raw', not {weights!r}")
+    listed = info["weights"] or {}
+    kind = weights
+    if weights == "auto":
+        kind = "ema" if listed.get("ema") else "raw"
+    if not listed.get(kind):
+        raise RunError(f"{run_dir}: this run has no {kind} weights (run.json lists none)")
+    path = run_dir / listed[kind]
+    if not path.is_file():
+        raise RunError(f"{path}: weights file missing; the run folder has no {kind} weights")
+    return kind
+
+
+def _load_state(path: Path, model_name: str) -> dict[str, torch.Tensor]:
+    """Tensors and metadata of a safetensors file; checks it holds ``model_name``'s weights."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as err:
+        raise RunError(f"{path}: not a readable safetensors file ({err})") from None
+    saved_name = metadata.get("model")
+    if saved_name is not None and saved_name != model_name:
+        raise RunError(
+            f"{path}: holds weights of model {saved_name!r}, run.json says {model_name!r}"
+        )
+    return state
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict(strict) with a one-line error naming the file and the first keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if mismatched:
+        k = mismatched[0]
+        problems.append(
+            f"{len(mismatched)} of another shape (e.g. {k}: "
+            f"{tuple(state[k].shape)} vs {tuple(own[k].shape)})"
+        )
+    if problems:
+        raise RunError(f"{path}: weights do not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_run(
+    run_dir: str | Path, *, weights: str = "auto", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, RunInfo]:
+    """Build the run's model, load its weights, move it to ``device``, set eval mode.
+
+    ``weights``: "auto" (EMA if the run has them, else raw), "ema" or "raw". Raises
+    :class:`RunError` (a :class:`UserError`) for a missing or unfinished run folder, a
+    run without the asked-for weights, or weights that do not fit the model.
+    """
+    from aeatrain.models import build_model  # imported here: runs.py must not need models
+
+    run_dir = Path(run_dir)
+    info = read_run_json(run_dir)
+    config = _read_config(run_dir)
+    kind = _choose_weights(run_dir, info, weights)
+    model_info = info["model"]
+    name, kwargs = model_info.get("name"), dict(model_info.get("kwargs") or {})
+    try:
+        model = build_model(name, **kwargs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunError(f"{run_dir / RUN_JSON}: cannot build model {name!r} ({err})") from None
+    path = run_dir / info["weights"][kind]
+    _load_into(model, _load_state(path, name), path)
+    model.to(device).eval()
+    run = RunInfo(
+        path=run_dir,
+        scale=float(info["scale"]),
+        bit_depths=[int(b) for b in info["bit_depths"]],
+        model_name=name,
+        model_kwargs=kwargs,
+        step=int(info["step"]),
+        weights_kind=kind,
+        config=config,
+        dataset=dict(info.get("dataset") or {}),
+    )
+    log.info("loaded %s (%s, step %d, %s weights)", run_dir, name, run.step, kind)
+    return model, run
