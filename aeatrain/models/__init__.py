@@ -1,0 +1,89 @@
+"""Models: the U-Net baseline, GVTNet and AEANet (with its ablations), built by name.
+
+``build_model(name, **kw)`` is the one factory; ablations are keyword settings of
+"aeanet" (``num_refs=16`` / ``32``; ``num_refs=0`` = batch-aware only;
+``batch_aware=False`` = references only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from aeatrain.models.attention import (
+    AugmentedAttention,
+    batch_aware_mask_for_ranks,
+    default_batch_aware_mask,
+)
+from aeatrain.models.unet import UNet, check_input
+
+MODEL_NAMES = ("unet", "gvtnet", "aeanet")
+
+# Defaults of the published network. bn_momentum is PyTorch's convention (TF's 0.997).
+DEFAULTS: dict[str, Any] = {
+    "base_channels": 32,
+    "heads": 2,
+    "num_refs": 64,
+    "batch_aware": True,
+    "normalize": "linear",
+    "bn_momentum": 0.003,
+    "bn_eps": 1e-5,
+    "residual": False,
+    "process_group": None,
+}
+
+_UNET_KEYS = ("base_channels", "bn_momentum", "bn_eps", "residual", "process_group")
+_APPLIES = {
+    "unet": _UNET_KEYS,
+    "gvtnet": (*_UNET_KEYS, "heads", "normalize"),
+    "aeanet": tuple(DEFAULTS),
+}
+
+
+def build_model(name: str, **kw: Any) -> nn.Module:
+    """Build "unet", "gvtnet" or "aeanet" with the published defaults (see ``DEFAULTS``).
+
+    Every keyword of ``DEFAULTS`` is accepted for every name, so a config can pass its
+    whole model section; one that has no meaning for the named model (``num_refs`` for
+    "unet", say) must keep its default, else ValueError. Unknown names or keywords raise
+    ValueError naming them. ``process_group`` is the group the batch-aware branch spans
+    (None: the default group when torch.distributed is initialised); it is used by
+    "aeanet" only.
+
+    Parameters with base_channels=32: unet 793,408; gvtnet 564,288; aeanet 572,480.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    unknown = sorted(set(kw) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(DEFAULTS)}")
+    inapplicable = sorted(k for k in kw if k not in _APPLIES[name] and kw[k] != DEFAULTS[k])
+    if inapplicable:
+        raise ValueError(f"option(s) {inapplicable} do not apply to model {name!r}")
+    opts = {**DEFAULTS, **kw}
+    unet_kw = {k: opts[k] for k in ("base_channels", "bn_momentum", "bn_eps", "residual")}
+    if name == "unet":
+        return UNet(bottom="res", **unet_kw)
+    batch_aware = opts["batch_aware"] if name == "aeanet" else False
+    return UNet(
+        bottom="attention",
+        heads=opts["heads"],
+        num_refs=opts["num_refs"] if name == "aeanet" else 0,
+        batch_aware=batch_aware,
+        normalize=opts["normalize"],
+        process_group=opts["process_group"],
+        **unet_kw,
+    )
+
+
+__all__ = [
+    "DEFAULTS",
+    "MODEL_NAMES",
+    "AugmentedAttention",
+    "UNet",
+    "batch_aware_mask_for_ranks",
+    "build_model",
+    "check_input",
+    "default_batch_aware_mask",
+]

@@ -1,0 +1,383 @@
+"""The augmented attention operator of AEANet (DESIGN.md section 2).
+
+Tokens are the pixels of a feature map. With X_i the n = h*w tokens of image i, q, k, v 1x1
+projections with bias, d the channels per head and queries scaled by d^-1/2:
+
+- shared references (A_R): a learned R (r x c) joins every image's keys and values,
+  A_R(X_i) = q(X_i) k([R; X_i])^T v([R; X_i]) / (r + n);
+- batch-aware (A_b, training only): keys and values span every batch-aware image of the
+  GLOBAL batch (all ranks), A_b(X_i) = q(X_i) k([X_1..X_m])^T v([X_1..X_m]) / (sum of n).
+
+With the paper's linear normalisation (division by the number of keys) the product is
+regrouped as Q (K^T V), so cost and memory grow linearly with n and the n x n matrix never
+exists. The softmax option uses ``scaled_dot_product_attention`` instead.
+
+The module is a plain ``nn.Module``: the only distributed code is the batch-aware
+collective (``all_reduce_sum`` / ``all_gather_tokens`` at the bottom of this file), which
+runs only when torch.distributed is initialised with more than one rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORMALIZATIONS = ("linear", "softmax")
+
+
+class AugmentedAttention(nn.Module):
+    """Multi-head attention with shared references and a batch-aware branch (the operator).
+
+    No normalisation layer and no residual: the U-Net block around it adds those.
+
+    Args:
+        channels: c, input and output channels; keys, queries and values have c channels too.
+        heads: number of heads; must divide ``channels``.
+        num_refs: r, learned shared references (0: none, then A_R is plain self-attention).
+        batch_aware: whether training sends part of the batch to the batch-aware branch.
+        normalize: "linear" (the paper: divide by the number of keys) or "softmax".
+        process_group: the group spanning the global batch; None means the default group
+            whenever torch.distributed is initialised.
+
+    Which image goes where: in training mode with ``batch_aware``, the first floor(N/2)
+    images of the local batch go to A_R and the rest to the batch-aware branch (see
+    :func:`default_batch_aware_mask`); in evaluation mode every image goes to A_R.
+    Parameters: 4 c (c + 1) + r c (74,240 for c = 128, r = 64).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 2,
+        num_refs: int = 64,
+        batch_aware: bool = True,
+        normalize: str = "linear",
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__()
+        if channels < 1 or heads < 1 or channels % heads:
+            raise ValueError(
+                f"channels ({channels}) must be a positive multiple of heads ({heads})"
+            )
+        if num_refs < 0:
+            raise ValueError(f"num_refs must be >= 0, got {num_refs}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        self.channels = channels
+        self.heads = heads
+        self.head_dim = channels // heads
+        self.num_refs = num_refs
+        self.batch_aware = batch_aware
+        self.normalize = normalize
+        self.process_group = process_group
+        self.q_proj = nn.Conv2d(channels, channels, 1)
+        self.k_proj = nn.Conv2d(channels, channels, 1)
+        self.v_proj = nn.Conv2d(channels, channels, 1)
+        self.out_proj = nn.Conv2d(channels, channels, 1)
+        self.refs = nn.Parameter(torch.empty(num_refs, channels)) if num_refs else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weights, zero biases, as the published TensorFlow code.
+
+        TF's default initialiser for the [1, r, c] reference variable is Glorot-uniform
+        with fan_in + fan_out = r + c, which is what ``xavier_uniform_`` gives an (r, c)
+        tensor too.
+        """
+        for conv in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        if self.refs is not None:
+            nn.init.xavier_uniform_(self.refs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, heads={self.heads}, num_refs={self.num_refs}, "
+            f"batch_aware={self.batch_aware}, normalize={self.normalize!r}"
+        )
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor, batch_aware_mask: Tensor | Sequence[bool] | None = None) -> Tensor:
+        """Attend; (N, c, h, w) -> (N, c, h, w).
+
+        ``batch_aware_mask`` (training mode only) overrides the default split: a length-N
+        boolean per local image, True for the batch-aware branch. It exists so that one
+        process holding the concatenation of several ranks' batches can reproduce their
+        split exactly (:func:`batch_aware_mask_for_ranks`).
+        """
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected (N, {self.channels}, h, w), got {tuple(x.shape)}")
+        batch, _, height, width = x.shape
+        mask = self._branch_mask(batch, batch_aware_mask)
+        q = self._split_heads(self.q_proj(x)) * self.head_dim**-0.5  # (N, heads, d, n)
+        k = self._split_heads(self.k_proj(x))  # (N, heads, d, n)
+        v = self._split_heads(self.v_proj(x))  # (N, heads, d, n)
+        if mask is None:
+            out = self._attend_refs(q, k, v)
+        else:
+            out = self._attend_split(q, k, v, mask)
+        out = out.reshape(batch, self.channels, height, width).to(x.dtype)
+        return self.out_proj(out)
+
+    def _branch_mask(self, batch: int, override: Tensor | Sequence[bool] | None) -> Tensor | None:
+        """Per-image branch on the host (True = batch-aware); None when all go to A_R."""
+        branch_on = self.training and self.batch_aware
+        if override is None:
+            return default_batch_aware_mask(batch) if branch_on else None
+        mask = torch.as_tensor(override, dtype=torch.bool, device="cpu").reshape(-1)
+        if mask.numel() != batch:
+            raise ValueError(f"batch_aware_mask has {mask.numel()} entries for {batch} images")
+        if not branch_on:
+            if mask.any():
+                raise ValueError(
+                    "batch_aware_mask selects batch-aware images, but the batch-aware branch "
+                    "runs only in training mode with batch_aware=True"
+                )
+            return None
+        return mask
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        batch = t.shape[0]
+        return t.reshape(batch, self.heads, self.head_dim, -1)  # (N, heads, d, n)
+
+    def _attend_split(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Send ~mask images to A_R and mask images to A_b; merge back in batch order.
+
+        Every rank reaches the collective inside ``_attend_batch`` even when it holds no
+        batch-aware image, so that no rank waits for one that never comes.
+        """
+        ref_idx = (~mask).nonzero().squeeze(1)
+        ba_idx = mask.nonzero().squeeze(1)
+        n_ref = ref_idx.numel()
+        if bool(mask[n_ref:].all()):  # the usual contiguous split: views, no copies
+            out_ref = self._attend_refs(q[:n_ref], k[:n_ref], v[:n_ref])
+            out_ba = self._attend_batch(q[n_ref:], k[n_ref:], v[n_ref:])
+            return torch.cat([out_ref, out_ba])
+        dev_ref, dev_ba = ref_idx.to(q.device), ba_idx.to(q.device)
+        out_ref = self._attend_refs(q[dev_ref], k[dev_ref], v[dev_ref])
+        out_ba = self._attend_batch(q[dev_ba], k[dev_ba], v[dev_ba])
+        inverse = torch.argsort(torch.cat([ref_idx, ba_idx])).to(q.device)
+        return torch.cat([out_ref, out_ba])[inverse]
+
+    def _ref_keys_values(self) -> tuple[Tensor, Tensor]:
+        """k(R) and v(R) per head: two (heads, d, r) tensors (the 1x1 convs as matmuls)."""
+        weight_k = self.k_proj.weight.reshape(self.channels, self.channels)
+        weight_v = self.v_proj.weight.reshape(self.channels, self.channels)
+        k_ref = F.linear(self.refs, weight_k, self.k_proj.bias)  # (r, c)
+        v_ref = F.linear(self.refs, weight_v, self.v_proj.bias)  # (r, c)
+        shape = (self.num_refs, self.heads, self.head_dim)
+        return k_ref.reshape(shape).permute(1, 2, 0), v_ref.reshape(shape).permute(1, 2, 0)
+
+    # ------------------------------------------------------- shared references
+    def _attend_refs(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """A_R per image: keys and values from [R; X_i]. (B, heads, d, n) -> same."""
+        refs = self._ref_keys_values() if self.refs is not None else None
+        if self.normalize == "softmax":
+            return _softmax_refs(q, k, v, refs)
+        return _linear_refs(q, k, v, refs)
+
+    # ------------------------------------------------------------ batch-aware
+    def _attend_batch(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """A_b: keys and values from every batch-aware image of every rank."""
+        if self.normalize == "softmax":
+            return self._softmax_batch(q, k, v)
+        return self._linear_batch(q, k, v)
+
+    def _linear_batch(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        with _full_precision(q):
+            q, k, v = _wide(q), _wide(k), _wide(v)
+            kv_local = torch.einsum("bhdn,bhen->hde", k, v)  # (heads, d, d), this rank's sum
+            tokens_local = kv_local.new_tensor([k.shape[0] * k.shape[3]])
+            packed = all_reduce_sum(
+                torch.cat([kv_local.reshape(-1), tokens_local]), self.process_group
+            )
+            kv = packed[:-1].reshape(kv_local.shape)  # (heads, d, d), the global sum S
+            tokens = packed[-1].detach().clamp_min(1)  # m, batch-aware tokens of all ranks
+            return torch.einsum("bhdn,hde->bhen", q, kv) / tokens  # (B, heads, d, n)
+
+    def _softmax_batch(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        batch, heads, dim, n = k.shape
+        local = torch.cat([k, v], dim=1).permute(0, 3, 1, 2)  # (B, n, 2 heads, d)
+        gathered = all_gather_tokens(local.reshape(batch * n, 2 * heads * dim), self.process_group)
+        gathered = gathered.reshape(1, -1, 2 * heads, dim).transpose(1, 2)  # (1, 2h, M, d)
+        keys, values = gathered[:, :heads], gathered[:, heads:]  # (1, heads, M, d) each
+        queries = q.permute(1, 0, 3, 2).reshape(1, heads, batch * n, dim)  # (1, h, B n, d)
+        out = F.scaled_dot_product_attention(
+            queries, keys.to(q.dtype), values.to(q.dtype), scale=1.0
+        )
+        return out.reshape(heads, batch, n, dim).permute(1, 0, 3, 2)  # (B, heads, d, n)
+
+    # ---------------------------------------------------------- visualisation
+    def reference_scores(self, x: Tensor) -> Tensor:
+        """Relevance of every pixel to every shared reference: (N, heads, r, h, w).
+
+        ``scores[b, head, i, y, x] = <q_head(x_{y,x}), k_head(R_i)> / sqrt(d)``: the
+        unnormalised weight pixel (y, x) of image b gives reference i in A_R, before the
+        division by (r + n) (linear) or the softmax. This is the quantity of the paper's
+        Fig. 6. Uses the same q and k weights as :meth:`forward`; no batch involvement.
+        """
+        if self.refs is None:
+            raise ValueError("reference_scores needs shared references (num_refs > 0)")
+        batch, _, height, width = x.shape
+        q = self._split_heads(self.q_proj(x)) * self.head_dim**-0.5  # (N, heads, d, n)
+        k_ref, _ = self._ref_keys_values()  # (heads, d, r)
+        scores = torch.einsum("bhdn,hdr->bhrn", q, k_ref.to(q.dtype))  # (N, heads, r, n)
+        return scores.reshape(batch, self.heads, self.num_refs, height, width)
+
+
+def default_batch_aware_mask(batch: int) -> Tensor:
+    """The training split of a local batch: first floor(N/2) to A_R, the rest batch-aware."""
+    mask = torch.zeros(batch, dtype=torch.bool)
+    mask[batch // 2 :] = True
+    return mask
+
+
+def batch_aware_mask_for_ranks(local_batch_sizes: Sequence[int]) -> Tensor:
+    """The split that ranks with these local batch sizes make, over their concatenated batch.
+
+    One process given ``torch.cat(rank_batches)`` and this mask computes exactly what the
+    ranks compute together (used to test that the cross-rank branch is exact).
+    """
+    return torch.cat([default_batch_aware_mask(size) for size in local_batch_sizes])
+
+
+# ------------------------------------------------------------ attention kernels
+def _linear_refs(q: Tensor, k: Tensor, v: Tensor, refs: tuple[Tensor, Tensor] | None) -> Tensor:
+    """A_R with linear normalisation, as Q (K^T V) / (r + n). (B, heads, d, n) -> same."""
+    with _full_precision(q):
+        q, k, v = _wide(q), _wide(k), _wide(v)
+        kv = torch.einsum("bhdn,bhen->bhde", k, v)  # (B, heads, d, d): sum of k v^T over X_i
+        keys = k.shape[3]
+        if refs is not None:
+            k_ref, v_ref = _wide(refs[0]), _wide(refs[1])  # (heads, d, r) each
+            kv = kv + torch.einsum("hdr,her->hde", k_ref, v_ref)  # + sum over R
+            keys += k_ref.shape[2]
+        return torch.einsum("bhdn,bhde->bhen", q, kv) / keys  # (B, heads, d, n)
+
+
+def _softmax_refs(q: Tensor, k: Tensor, v: Tensor, refs: tuple[Tensor, Tensor] | None) -> Tensor:
+    """A_R with softmax over the r + n keys of each image. (B, heads, d, n) -> same."""
+    batch = q.shape[0]
+    keys, values = k.transpose(2, 3), v.transpose(2, 3)  # (B, heads, n, d)
+    if refs is not None:
+        k_ref = refs[0].transpose(1, 2).to(k.dtype).expand(batch, -1, -1, -1)  # (B, h, r, d)
+        v_ref = refs[1].transpose(1, 2).to(v.dtype).expand(batch, -1, -1, -1)  # (B, h, r, d)
+        keys, values = torch.cat([k_ref, keys], 2), torch.cat([v_ref, values], 2)
+    out = F.scaled_dot_product_attention(q.transpose(2, 3), keys, values, scale=1.0)
+    return out.transpose(2, 3)  # (B, heads, d, n)
+
+
+def _wide(t: Tensor) -> Tensor:
+    """At least float32: sums over up to millions of tokens must not run in bf16/fp16."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _full_precision(t: Tensor) -> torch.autocast:
+    """Switch autocast off for the sums and the division (they run in float32 or wider)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def _spans_ranks(group: dist.ProcessGroup | None) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+# ------------------------------------------------- the batch-aware collective
+#
+# Linear path. Rank p holds the batch-aware tokens K_p, V_p (per head, n_p x d). The global
+# branch needs S = sum_p K_p^T V_p (d x d per head) and m = sum_p n_p, then each rank
+# computes A_b(X_i) = Q_i S / m for its own images. One all-reduce of [S_p, n_p] gives both;
+# the bytes sent do not grow with crop size or batch size. It must carry gradients: the
+# loss L = sum_p L_p depends on S_p through every rank's output, so
+# dL/dS_p = sum_q dL_q/dS, which is again an all-reduce (sum) of the incoming gradients. A
+# plain dist.all_reduce is invisible to autograd and would keep only dL_p/dS_p.
+#
+# Softmax path. There is no d x d summary, so every rank all-gathers K and V of all ranks'
+# batch-aware tokens (sizes may differ: sizes are gathered first and pieces padded to the
+# largest). Backward: rank p's tokens reach the loss of every rank, so the gradient of its
+# piece is the sum over ranks of their gradients for that piece (all-reduce, then slice).
+#
+# Both run on every rank in every training step, also on a rank that holds no batch-aware
+# image (its piece is empty): collectives must be entered by all ranks.
+
+
+def all_reduce_sum(tensor: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Sum ``tensor`` over the ranks of ``group``, with gradients; identity on one rank."""
+    if not _spans_ranks(group):
+        return tensor
+    return _AllReduceSum.apply(tensor, group)
+
+
+def all_gather_tokens(tokens: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Concatenate every rank's (M_p, C) tokens in rank order, with gradients."""
+    if not _spans_ranks(group):
+        return tokens
+    return _AllGatherTokens.apply(tokens, group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+        ctx.group = group
+        total = tensor.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+class _AllGatherTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tokens: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+        world = dist.get_world_size(group)
+        size = torch.tensor([tokens.shape[0]], dtype=torch.int64, device=tokens.device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=group)
+        sizes = [int(s.item()) for s in sizes]
+        padded = tokens.new_zeros((max(sizes), tokens.shape[1]))
+        padded[: tokens.shape[0]] = tokens
+        pieces = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(pieces, padded, group=group)
+        ctx.group, ctx.sizes = group, sizes
+        ctx.rank = dist.get_rank(group)
+        return torch.cat([piece[:s] for piece, s in zip(pieces, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def naive_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(Q K^T) V / n_keys with the explicit n x n matrix: what a direct port computes.
+
+    q (B, heads, n_q, d), k and v (B, heads, n_k, d) -> (B, heads, n_q, d). Kept as the
+    reference for tests and benchmarks; never used by the model.
+    """
+    weights = q @ k.transpose(-1, -2)  # (B, heads, n_q, n_k): the matrix the model avoids
+    return (weights @ v) / k.shape[-2]
+
+
+def naive_attention_bytes(batch: int, heads: int, tokens: int, keys: int, itemsize: int) -> int:
+    """Bytes of the n x n weight matrix :func:`naive_linear_attention` builds (forward)."""
+    return batch * heads * tokens * keys * itemsize
+
+
+__all__ = [
+    "AugmentedAttention",
+    "all_gather_tokens",
+    "all_reduce_sum",
+    "batch_aware_mask_for_ranks",
+    "default_batch_aware_mask",
+    "naive_attention_bytes",
+    "naive_linear_attention",
+]
