@@ -1,0 +1,288 @@
+"""Running a trained model on whole images: padded, tiled-and-blended, or paper-tiled.
+
+Three ways to predict an image (float (H, W) in [0, 1], the registered/upsampled LR):
+
+- :func:`predict_full`: the whole image at once, reflect-padded to a multiple of 16 and
+  cropped back (the published ``PadAndCropResizer``). This is the paper's evaluation.
+- :func:`predict_tiled`: overlapping tiles blended with a smooth window, for images too
+  large for memory. The window ignores the outer quarter of each overlap (where a tile's
+  cut edge corrupts its prediction) and crossfades with a raised cosine over the middle
+  half, so no seams show; for a convolutional network whose receptive-field radius is at
+  most ``overlap // 4`` the result equals :func:`predict_full` to float rounding.
+- :func:`predict_paper_tiles`: the published ``crop_predict`` used for the patch-size
+  study (paper Fig. 7): tiles of size s, each predicted on its own, and only its centre
+  (all but a margin of 32 px of context on inner sides) kept; no blending.
+
+Padding goes at the bottom and right only (the published code splits it over both
+sides). The network samples on a stride-4 grid; anchoring that grid at pixel (0, 0) for
+every image and every tile is what makes tiles agree with the whole image. On the paper's
+1280 x 944 images no padding is needed, so both conventions give the same numbers.
+
+Models are plain ``nn.Module``s mapping (N, 1, H, W) in [0, 1] to the same shape, H and W
+multiples of 4. Every function here runs the model in eval mode without gradients, then
+restores the mode it found (the trainer calls these during training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from aeatrain.errors import UserError
+
+PAD_MULTIPLE = 16  # the published code pads to 2 ** (depth + 1) = 16
+DEFAULT_BATCH = 4  # tiles per forward pass
+
+
+def choose_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the GPU when one is visible, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no gradients inside; the model's previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray:
+    """Reflect-pad (H, W) at the bottom and right up to multiples of ``multiple``.
+
+    NumPy's reflect repeats the reflection when the pad is longer than the image, so any
+    image of at least one pixel can be padded: tiny inputs are padded, not refused.
+    """
+    h, w = image.shape
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image
+    mode = "reflect" if min(h, w) > 1 else "edge"  # a 1-pixel axis has nothing to mirror
+    return np.pad(image, ((0, pad_h), (0, pad_w)), mode=mode)
+
+
+def _run_batch(
+    model: nn.Module, images: list[np.ndarray], device: torch.device, multiple: int
+) -> list[np.ndarray]:
+    """Predict same-shaped (h, w) float images in one forward pass; crops the padding off."""
+    h, w = images[0].shape
+    padded = np.stack([pad_to_multiple(image, multiple) for image in images])  # (N, Hp, Wp)
+    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None].to(device)
+    y = model(x)  # (N, 1, Hp, Wp)
+    out = y[:, 0, :h, :w].float().cpu().numpy()  # (N, h, w)
+    return list(out)
+
+
+def _predict_many(
+    model: nn.Module,
+    images: list[np.ndarray],
+    *,
+    device: torch.device,
+    multiple: int,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Predict a list of images, batching those of equal shape; results in input order."""
+    results: list[np.ndarray | None] = [None] * len(images)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(index)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            outputs = _run_batch(model, [images[i] for i in chunk], device, multiple)
+            for index, output in zip(chunk, outputs):
+                results[index] = output
+    return results  # type: ignore[return-value]
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
+    return image.astype(np.float32, copy=False)
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device`` given: move the model there; None: run where the model already is."""
+    if device is None:
+        return _model_device(model)
+    device = torch.device(device)
+    model.to(device)
+    return device
+
+
+def predict_full(
+    model: nn.Module,
+    lr: np.ndarray,
+    *,
+    multiple: int = PAD_MULTIPLE,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Predict a whole (H, W) float image in [0, 1]; returns float32 (H, W), not clipped.
+
+    Reflect-pads to a multiple of ``multiple`` (bottom/right) and crops back. ``device``
+    None runs where the model is; a device moves the model there first.
+    """
+    lr = _check_image(lr)
+    device = _resolve_device(model, device)
+    with eval_mode(model):
+        return _run_batch(model, [lr], device, multiple)[0]
+
+
+def _window_1d(length: int, *, lead: bool, trail: bool, overlap: int) -> np.ndarray:
+    """Blend weights along one axis of a tile: 0 -> 1 ramps at cut edges (lead/trail).
+
+    The outer ``trim = overlap // 4`` pixels of a cut edge get weight 0: there the tile's
+    prediction has seen the cut. The next ``overlap - 2 * trim`` pixels rise as
+    sin^2, so two tiles overlapping by exactly ``overlap`` sum to 1 (sin^2 + cos^2).
+    """
+    trim = overlap // 4
+    ramp = overlap - 2 * trim
+    distance = np.arange(length, dtype=np.float64)  # pixels from the leading edge
+    weights = np.ones(length, dtype=np.float64)
+    for is_cut, d in ((lead, distance), (trail, distance[::-1])):
+        if not is_cut or overlap == 0:
+            continue
+        rising = np.sin(0.5 * math.pi * np.clip((d - trim + 0.5) / ramp, 0.0, 1.0)) ** 2
+        weights *= np.where(d < trim, 0.0, rising)
+    return weights
+
+
+def tile_spans(length: int, *, tile: int, overlap: int, align: int = PAD_MULTIPLE) -> list:
+    """``[(start, stop), ...]`` covering ``[0, length)`` with tiles of ``tile`` px.
+
+    Starts are multiples of ``tile - overlap`` (itself a multiple of ``align``), so every
+    tile sits on the network's sampling grid. The last tile starts at the last aligned
+    position that still leaves it ``tile`` px (it may be up to ``align - 1`` px longer),
+    so it is never a thin sliver with little context.
+    """
+    if length <= tile:
+        return [(0, length)]
+    last = ((length - tile) // align) * align
+    stride = tile - overlap
+    spans = [(start, start + tile) for start in range(0, last, stride)]
+    spans.append((last, length))
+    return spans
+
+
+def _check_tiling(tile: int, overlap: int) -> None:
+    if tile < 2 * PAD_MULTIPLE or tile % PAD_MULTIPLE:
+        raise UserError(f"--tile {tile}: must be a multiple of {PAD_MULTIPLE}, at least 32")
+    if overlap < 0 or overlap % PAD_MULTIPLE or 2 * overlap > tile:
+        raise UserError(
+            f"--overlap {overlap}: must be a multiple of {PAD_MULTIPLE} between 0 and "
+            f"half the tile ({tile // 2})"
+        )
+
+
+def predict_tiled(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    tile: int,
+    overlap: int,
+    device: str | torch.device | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """Predict a (H, W) float image in overlapping tiles blended without seams.
+
+    ``tile`` and ``overlap`` are multiples of 16, ``overlap <= tile / 2``. Each tile is
+    predicted on its own (padded like :func:`predict_full` where it meets the image's
+    bottom/right edge); the results are averaged with :func:`_window_1d` weights.
+    Returns float32 (H, W).
+    """
+    image = _check_image(image)
+    _check_tiling(tile, overlap)
+    device = _resolve_device(model, device)
+    h, w = image.shape
+    rows, cols = (
+        tile_spans(h, tile=tile, overlap=overlap),
+        tile_spans(w, tile=tile, overlap=overlap),
+    )
+    boxes = [(r, c) for r in rows for c in cols]
+    with eval_mode(model):
+        tiles = [image[r0:r1, c0:c1] for (r0, r1), (c0, c1) in boxes]
+        preds = _predict_many(
+            model, tiles, device=device, multiple=PAD_MULTIPLE, batch_size=batch_size
+        )
+    total = np.zeros((h, w), dtype=np.float64)
+    weight = np.zeros((h, w), dtype=np.float64)
+    for ((r0, r1), (c0, c1)), pred in zip(boxes, preds):
+        wy = _window_1d(r1 - r0, lead=r0 > 0, trail=r1 < h, overlap=overlap)
+        wx = _window_1d(c1 - c0, lead=c0 > 0, trail=c1 < w, overlap=overlap)
+        tile_weight = wy[:, None] * wx[None, :]  # (tile_h, tile_w)
+        total[r0:r1, c0:c1] += tile_weight * pred
+        weight[r0:r1, c0:c1] += tile_weight
+    if not (weight > 0).all():
+        raise AssertionError("tile windows leave pixels uncovered; tile_spans/_window_1d bug")
+    return (total / weight).astype(np.float32)
+
+
+def paper_tile_spans(length: int, *, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """The published ``get_coord`` along one axis: ``(src0, src1, keep0, keep1)`` per tile.
+
+    Tiles step by ``tile - 2 * margin``; the last one is flush with the image end. Each
+    keeps ``[keep0, keep1)`` (image coordinates): all of it except ``margin`` px on every
+    side that has a neighbour. A tile longer than the axis is cut to the axis (the
+    published code would index before the image start there).
+    """
+    tile = min(tile, length)
+    step = tile - 2 * margin
+    if step <= 0:
+        raise UserError(f"--tile {tile}: must exceed twice the margin ({2 * margin})")
+    count = math.ceil((length - tile) / step)
+    spans = []
+    for i in range(count + 1):
+        start = i * step if i < count else length - tile
+        left = margin if i > 0 else 0
+        right = margin if i < count else 0
+        spans.append((start, start + tile, start + left, start + tile - right))
+    return spans
+
+
+def predict_paper_tiles(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    tile: int,
+    margin: int = 32,
+    device: str | torch.device | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> np.ndarray:
+    """The paper's patch-size protocol: predict s x s tiles, keep each one's centre.
+
+    Later tiles overwrite earlier ones where kept regions overlap, as in the published
+    ``crop_predict``. Returns float32 (H, W).
+    """
+    image = _check_image(image)
+    device = _resolve_device(model, device)
+    h, w = image.shape
+    rows = paper_tile_spans(h, tile=tile, margin=margin)
+    cols = paper_tile_spans(w, tile=tile, margin=margin)
+    boxes = [(r, c) for c in cols for r in rows]  # published order: columns outer
+    with eval_mode(model):
+        tiles = [image[r[0] : r[1], c[0] : c[1]] for r, c in boxes]
+        preds = _predict_many(
+            model, tiles, device=device, multiple=PAD_MULTIPLE, batch_size=batch_size
+        )
+    out = np.empty((h, w), dtype=np.float32)
+    for (r, c), pred in zip(boxes, preds):
+        keep = (slice(r[2] - r[0], r[3] - r[0]), slice(c[2] - c[0], c[3] - c[0]))
+        out[r[2] : r[3], c[2] : c[3]] = pred[keep]
+    return out
