@@ -1,0 +1,86 @@
+"""``accelerate launch --cpu --num_processes 2`` really gives two gloo processes."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aeatrain.cpu_launch import needs_relaunch, parse_cpu_launch
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from aeatrain.cpu_launch import relaunch_cpu_multiprocess
+relaunch_cpu_multiprocess(__file__, sys.argv[1:])
+from accelerate import Accelerator
+import torch
+acc = Accelerator(cpu=True)
+value = torch.tensor([acc.process_index + 1.0])
+total = acc.reduce(value, reduction="sum").item()
+print(f"rank={{acc.process_index}} world={{acc.num_processes}} type={{acc.distributed_type}} "
+      f"sum={{total}} args={{sys.argv[1:]}}", flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_parse_reads_accelerates_own_arguments():
+    cmd = [
+        "/venv/bin/python",
+        "/venv/bin/accelerate",
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "2",
+        "--machine_rank",
+        "1",
+        "--main_process_ip",
+        "10.0.0.1",
+        "--main_process_port",
+        "1234",
+        "train.py",
+        "--num_processes",
+        "99",
+    ]
+    request = parse_cpu_launch(cmd, {})
+    assert (request.num_processes, request.num_machines, request.machine_rank) == (4, 2, 1)
+    assert (request.main_process_ip, request.main_process_port) == ("10.0.0.1", 1234)
+    assert request.processes_per_machine == 2
+
+
+def test_single_process_and_foreign_parents_are_left_alone():
+    assert parse_cpu_launch(["/bin/bash", "run.sh"], {}) is None
+    assert parse_cpu_launch(["accelerate", "launch", "--cpu", "t.py"], {}) is None
+    assert not needs_relaunch({"ACCELERATE_USE_CPU": "True", "LOCAL_RANK": "0"})
+    assert not needs_relaunch({})
+    assert needs_relaunch({"ACCELERATE_USE_CPU": "True"})
+
+
+@pytest.mark.slow
+def test_cpu_launch_starts_two_gloo_processes(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE.format(repo=str(REPO)))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    result = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         str(probe), "--x", "1"],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert lines == [
+        "rank=0 world=2 type=DistributedType.MULTI_CPU sum=3.0 args=['--x', '1']",
+        "rank=1 world=2 type=DistributedType.MULTI_CPU sum=3.0 args=['--x', '1']",
+    ]
