@@ -181,7 +181,7 @@ def tile_spans(length: int, *, tile: int, overlap: int, align: int = PAD_MULTIPL
     return spans
 
 
-def _check_tiling(tile: int, overlap: int) -> None:
+def check_tiling(tile: int, overlap: int) -> None:
     if tile < 2 * PAD_MULTIPLE or tile % PAD_MULTIPLE:
         raise UserError(f"--tile {tile}: must be a multiple of {PAD_MULTIPLE}, at least 32")
     if overlap < 0 or overlap % PAD_MULTIPLE or 2 * overlap > tile:
@@ -208,7 +208,7 @@ def predict_tiled(
     Returns float32 (H, W).
     """
     image = _check_image(image)
-    _check_tiling(tile, overlap)
+    check_tiling(tile, overlap)
     device = _resolve_device(model, device)
     h, w = image.shape
     rows, cols = (
