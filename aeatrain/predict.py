@@ -1,0 +1,254 @@
+"""Super-resolve new LR images with a trained run: ``python -m aeatrain.predict``.
+
+    python -m aeatrain.predict --run RUN --input IMAGE_OR_FOLDER [...] --output DIR
+        [--tile S --overlap O] [--weights auto|ema|raw] [--bar-row N] [--float32]
+        [--overwrite] [--device cpu|cuda]
+
+Each input (any size, 8 or 16 bit, BMP/PNG/TIFF; a folder means its images) is
+upsampled by the run's scale with bicubic interpolation (as the registered LR the model
+was trained on), run through the model and written to ``DIR/<input name>`` with the
+input's bit depth and format (``--float32``: a float32 TIFF on the input's scale, neither
+rounded nor clipped). Large images are predicted in tiles blended without seams
+(aeatrain.inference.predict_tiled). Inputs are never overwritten; existing outputs only
+with ``--overwrite``. Every output path is checked before the first image is processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from aeatrain.errors import UserError, run_cli
+from aeatrain.imageio import (
+    IMAGE_SUFFIXES,
+    from_float,
+    max_value,
+    read_image,
+    to_float,
+    write_image,
+)
+from aeatrain.inference import check_tiling, choose_device, predict_full, predict_tiled
+
+log = logging.getLogger(__name__)
+
+AUTO_TILE_PIXELS = 2_500_000  # above this (upsampled) size, tile: ~2 GB peak for the U-Net
+AUTO_TILE, AUTO_OVERLAP = 1024, 128
+
+
+def upsample(image: np.ndarray, scale: float) -> np.ndarray:
+    """Bicubic upsampling of an integer (H, W) image by ``scale`` (OpenCV INTER_CUBIC).
+
+    Done on the integer image, like data_prep's bicubic warp, so the model sees the
+    same kind of input (saturated, rounded) it was trained on. Fields of view align at
+    the outer pixel edges. The output is ``round(W * scale) x round(H * scale)``.
+    """
+    h, w = image.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image.copy()
+    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+
+def cut_bar(image: np.ndarray, bar_row: int | None, path: Path) -> np.ndarray:
+    """Keep rows ``[:bar_row]`` (the SEM data bar starts there); None keeps everything."""
+    if bar_row is None:
+        return image
+    if bar_row >= image.shape[0]:
+        log.warning("%s: only %d rows, --bar-row %d cuts nothing", path, image.shape[0], bar_row)
+        return image
+    return image[:bar_row]
+
+
+def super_resolve(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    scale: float,
+    tile: int | None = None,
+    overlap: int = AUTO_OVERLAP,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Integer LR (H, W) -> float32 prediction in about [0, 1] at ``scale`` x the size.
+
+    ``tile`` None: the whole image at once unless it exceeds ``AUTO_TILE_PIXELS`` once
+    upsampled, then tiles of 1024 with ``overlap``; 0: always whole; S: tiles of S.
+    """
+    lr = to_float(upsample(image, scale))
+    if tile is None:
+        tile = AUTO_TILE if lr.size > AUTO_TILE_PIXELS else 0
+        if tile:
+            log.info(
+                "%dx%d is large: tiles of %d, overlap %d", lr.shape[1], lr.shape[0], tile, overlap
+            )
+    if tile == 0:
+        return predict_full(model, lr, device=device)
+    return predict_tiled(model, lr, tile=tile, overlap=overlap, device=device)
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def collect_inputs(paths: list[str]) -> list[Path]:
+    """Files as given, folders as their images (not recursive, sorted by name)."""
+    inputs: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            inputs.extend(found)
+        elif path.is_file():
+            inputs.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return inputs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def plan_jobs(inputs: list[Path], output: Path, *, float32: bool, overwrite: bool) -> list[Job]:
+    """Pair each input with its output path and refuse, before any work, every clash.
+
+    Refused: an output that IS an input (even with --overwrite), two inputs with one
+    output name, an existing output without --overwrite, an output folder that is a file.
+    """
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: --output must be a folder, this is a file")
+    jobs, seen = [], {}
+    all_inputs = {p.resolve() for p in inputs}
+    for source in inputs:
+        name = source.stem + ".tif" if float32 else source.name
+        target = output / name
+        if target.resolve() in all_inputs or _same_file(source, target):
+            raise UserError(f"{target}: output path equals an input; choose another --output")
+        if target in seen:
+            raise UserError(f"{seen[target]} and {source} would both be written to {target}")
+        if target.exists() and not overwrite:
+            raise UserError(f"{target}: already exists (use --overwrite to replace it)")
+        seen[target] = source
+        jobs.append(Job(source, target))
+    return jobs
+
+
+def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
+    """Float prediction -> what is written: uint8/uint16 (rounded, clipped) or float32."""
+    if float32:
+        return (pred * np.float32(max_value(bit_depth))).astype(np.float32)
+    return from_float(pred, bit_depth)
+
+
+def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: float) -> tuple:
+    """Read, super-resolve and write one image; returns (input shape, output shape)."""
+    image, bit_depth = read_image(job.source)
+    image = cut_bar(image, args.bar_row, job.source)
+    pred = super_resolve(
+        model, image, scale=scale, tile=args.tile, overlap=args.overlap, device=args.device
+    )
+    out = to_output(pred, bit_depth, float32=args.float32)
+    write_image(job.target, out, overwrite=args.overwrite)
+    return image.shape, out.shape
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m aeatrain.predict", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--run", required=True, help="run folder (model.safetensors, run.json)")
+    parser.add_argument("--input", required=True, nargs="+", help="LR images or folders of them")
+    parser.add_argument("--output", required=True, help="folder for the results")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile size (multiple of 16); 0 = whole image; default: whole unless large",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=AUTO_OVERLAP,
+        help="tile overlap in output pixels (multiple of 16, default 128)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "ema", "raw"),
+        default="auto",
+        help="auto: EMA if the run has it",
+    )
+    parser.add_argument(
+        "--bar-row",
+        type=int,
+        default=None,
+        help="cut the SEM data bar: keep rows [0, N) of each input",
+    )
+    parser.add_argument(
+        "--float32", action="store_true", help="write float32 TIFFs on the input's scale"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (never inputs)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: GPU if any")
+    args = parser.parse_args(argv)
+    if args.bar_row is not None and args.bar_row < 1:
+        raise UserError(f"--bar-row {args.bar_row}: must be a positive row number")
+    if args.tile is not None and args.tile < 0:
+        raise UserError(f"--tile {args.tile}: must be 0 (whole image) or a tile size")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aeatrain.runs import load_run  # after argument parsing: --help stays fast
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    jobs = plan_jobs(
+        collect_inputs(args.input),
+        Path(args.output),
+        float32=args.float32,
+        overwrite=args.overwrite,
+    )
+    args.device = choose_device(args.device)
+    if args.tile:
+        check_tiling(args.tile, args.overlap)  # before any work
+    model, run = load_run(args.run, weights=args.weights, device=args.device)
+    log.info(
+        "%s: %s, scale %g, %s weights, on %s",
+        run.path,
+        run.model_name,
+        run.scale,
+        run.weights_kind,
+        args.device,
+    )
+    for job in tqdm(jobs, desc="predict", unit="image", disable=len(jobs) < 2):
+        before, after = predict_one(model, job, args, run.scale)
+        log.info(
+            "%s (%dx%d) -> %s (%dx%d)",
+            job.source,
+            before[1],
+            before[0],
+            job.target,
+            after[1],
+            after[0],
+        )
+    print(f"wrote {len(jobs)} image(s) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,316 @@
+"""python -m aeatrain.predict: sizes, bit depths, formats, and every refused input."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from aeatrain import predict
+from aeatrain.errors import EXIT_USER_ERROR, run_cli
+from aeatrain.imageio import read_image, write_image
+from tests.eval.helpers import make_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Run predict's CLI in-process as ``python -m`` would; (exit code, stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: predict.main(argv))
+    return stop.value.code, capsys.readouterr().err
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A one-channel-wide U-Net that adds its input (``residual``), so outputs resemble
+    the input; the CLI's plumbing on a 1279 x 1023 image then costs seconds."""
+    return make_run(tmp_path_factory.mktemp("runs") / "unet_run", base_channels=1, residual=True)
+
+
+def test_bmp_1279x1023_doubles_in_size_and_stays_8_bit(run_dir, tmp_path, capsys, caplog):
+    """The acceptance image: odd size, large enough to be tiled automatically."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (1023, 1279), dtype=np.uint8), (0, 0), 2)
+    write_image(tmp_path / "in" / "sem.bmp", image)
+    caplog.set_level("INFO")
+    code, err = _cli(
+        ["--run", str(run_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")],
+        capsys,
+    )
+    assert code == 0, err
+    out, depth = read_image(tmp_path / "out" / "sem.bmp")
+    assert out.shape == (2046, 2558) and out.dtype == np.uint8 and depth == 8
+    assert "tiles of 1024" in caplog.text  # 2558 x 2046 > AUTO_TILE_PIXELS
+    upsampled = cv2.resize(image, (2558, 2046), interpolation=cv2.INTER_CUBIC)
+    assert np.corrcoef(out.ravel(), upsampled.ravel())[0, 1] > 0.9  # the picture came through
+
+
+def test_16_bit_tiff_doubles_in_size_and_stays_16_bit(run_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    image = (rng.random((203, 301)) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "sem16.tif", image)
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "sem16.tif"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    out, depth = read_image(tmp_path / "out" / "sem16.tif")
+    assert out.shape == (406, 602) and out.dtype == np.uint16 and depth == 16
+    assert out.max() > 255  # really on the 16-bit scale
+
+
+def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_path, capsys):
+    """The CLI is upsample -> model -> round: recompute that by hand."""
+    from aeatrain.imageio import from_float, to_float
+    from aeatrain.inference import predict_full
+    from aeatrain.runs import load_run
+
+    image = np.random.default_rng(2).integers(0, 256, (40, 52), dtype=np.uint8)
+    write_image(tmp_path / "a.png", image)
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "a.png"),
+            "--output",
+            str(tmp_path / "o"),
+            "--float32",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    model, _ = load_run(run_dir)
+    upsampled = cv2.resize(image, (104, 80), interpolation=cv2.INTER_CUBIC)
+    want = predict_full(model, to_float(upsampled))
+    got = tifffile.imread(tmp_path / "o" / "a.tif")
+    assert got.dtype == np.float32 and got.shape == (80, 104)
+    assert np.abs(got - want * 255).max() < 1e-3
+    assert np.array_equal(from_float(got / 255, 8), from_float(want, 8))
+
+
+def test_bar_row_cuts_the_data_bar_before_upsampling(run_dir, tmp_path, capsys):
+    write_image(tmp_path / "b.png", np.full((60, 40), 100, np.uint8))
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "b.png"),
+            "--output",
+            str(tmp_path / "o"),
+            "--bar-row",
+            "44",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert read_image(tmp_path / "o" / "b.png")[0].shape == (88, 80)
+
+
+def test_an_image_smaller_than_the_network_needs_is_padded(run_dir, tmp_path, capsys):
+    write_image(tmp_path / "tiny.png", np.array([[10, 200], [90, 30], [250, 0]], np.uint8))
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "tiny.png"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert read_image(tmp_path / "o" / "tiny.png")[0].shape == (6, 4)
+
+
+def test_explicit_tiling_and_whole_image_agree_for_the_unet(run_dir, tmp_path, capsys):
+    image = np.random.default_rng(3).integers(0, 256, (150, 170), dtype=np.uint8)
+    write_image(tmp_path / "c.png", image)
+    base = ["--run", str(run_dir), "--input", str(tmp_path / "c.png"), "--float32"]
+    assert _cli([*base, "--output", str(tmp_path / "whole"), "--tile", "0"], capsys)[0] == 0
+    assert (
+        _cli(
+            [*base, "--output", str(tmp_path / "tiled"), "--tile", "256", "--overlap", "128"],
+            capsys,
+        )[0]
+        == 0
+    )
+    whole = tifffile.imread(tmp_path / "whole" / "c.tif")
+    tiled = tifffile.imread(tmp_path / "tiled" / "c.tif")
+    assert np.abs(whole - tiled).max() < 255 * 1e-5
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_run_folder(tmp_path, capsys):
+    write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    code, err = _cli(
+        [
+            "--run",
+            str(tmp_path / "nope"),
+            "--input",
+            str(tmp_path / "a.png"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR
+    assert err.strip() == f"error: {tmp_path / 'nope'}: no such run folder"
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_without_weights(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    (run / "model.safetensors").unlink()
+    write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    code, err = _cli(
+        ["--run", str(run), "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR
+    assert "weights file missing" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_image_names_the_file_and_writes_nothing(run_dir, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "in" / "broken.png"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR
+    assert "broken.png: not a readable image" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_output_path_equal_to_input_is_refused_even_with_overwrite(run_dir, tmp_path, capsys):
+    write_image(tmp_path / "a.png", np.full((8, 8), 7, np.uint8))
+    before = _digest(tmp_path / "a.png")
+    for extra in ([], ["--overwrite"]):
+        code, err = _cli(
+            [
+                "--run",
+                str(run_dir),
+                "--input",
+                str(tmp_path / "a.png"),
+                "--output",
+                str(tmp_path),
+                *extra,
+            ],
+            capsys,
+        )
+        assert code == EXIT_USER_ERROR
+        assert "output path equals an input" in err
+    assert _digest(tmp_path / "a.png") == before
+
+
+def test_existing_output_needs_overwrite(run_dir, tmp_path, capsys):
+    write_image(tmp_path / "a.png", np.full((8, 8), 7, np.uint8))
+    write_image(tmp_path / "o" / "a.png", np.full((3, 3), 1, np.uint8))
+    before = _digest(tmp_path / "o" / "a.png")
+    argv = [
+        "--run",
+        str(run_dir),
+        "--input",
+        str(tmp_path / "a.png"),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    code, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and "already exists (use --overwrite" in err
+    assert _digest(tmp_path / "o" / "a.png") == before
+    assert _cli([*argv, "--overwrite"], capsys)[0] == 0
+    assert read_image(tmp_path / "o" / "a.png")[0].shape == (16, 16)
+
+
+def test_two_inputs_with_one_output_name_are_refused(run_dir, tmp_path, capsys):
+    for folder in ("x", "y"):
+        write_image(tmp_path / folder / "a.png", np.zeros((8, 8), np.uint8))
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "x"),
+            str(tmp_path / "y"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR and "would both be written to" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_tile_is_refused_before_loading_anything(run_dir, tmp_path, capsys):
+    write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    code, err = _cli(
+        [
+            "--run",
+            str(run_dir),
+            "--input",
+            str(tmp_path / "a.png"),
+            "--output",
+            str(tmp_path / "o"),
+            "--tile",
+            "100",
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR and "--tile 100: must be a multiple of 16" in err
+
+
+def test_real_subprocess_exit_code_and_single_line(tmp_path):
+    """What a user sees from the shell: exit 2, one 'error:' line, no traceback."""
+    write_image(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aeatrain.predict",
+            "--run",
+            str(tmp_path / "missing"),
+            "--input",
+            str(tmp_path / "a.png"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_USER_ERROR
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing'}: no such run folder"
+    ]
