@@ -1,0 +1,130 @@
+"""Checkpoint folders of a run: ``RUN/checkpoints/step_N/``, only complete ones ever resumed.
+
+A checkpoint is written under a temporary name (``.step_N.partial``) by every process
+(``accelerator.save_state`` is collective: DeepSpeed writes one shard per rank), then the
+main process adds ``trainer_state.json`` (last, flushed to disk) and renames the folder to
+``step_N``. A rename within one file system is atomic, so a folder named ``step_N`` that
+holds ``trainer_state.json`` is complete, whatever moment a crash or SIGKILL struck; a
+``.partial`` folder is debris to delete. This module only knows folders and files: the
+trainer (aeatrain/train.py) calls the accelerator around it.
+
+Contents of a complete ``step_N``: what ``save_state`` writes (model weights, optimizer,
+fp16 loss scaler, the Python/NumPy/torch RNG states of EVERY rank as
+``random_states_<rank>.pkl``), ``ema.safetensors`` when EMA is on, and
+``trainer_state.json``:
+
+    {"format": "aeatrain-trainer-state", "version": 1, "step": N, "data_position": N,
+     "world_size": P, "skipped_steps": S, "consecutive_skipped": C, "seed": 0}
+
+``data_position`` is the index of the next batch; the loader makes the batch of step s on
+rank r a pure function of (seed, s, r), so the data position is the step itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+STATE_FORMAT = "aeatrain-trainer-state"
+STATE_VERSION = 1
+_COMPLETE = re.compile(r"^step_(\d+)$")
+_PARTIAL_SUFFIX = ".partial"
+
+
+def checkpoints_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where the complete checkpoint of ``step`` lives: ``RUN/checkpoints/step_N``."""
+    return checkpoints_root(run_dir) / f"step_{step}"
+
+
+def partial_path(run_dir: str | Path, step: int) -> Path:
+    """The temporary name a checkpoint is written under before it is complete."""
+    return checkpoints_root(run_dir) / f".step_{step}{_PARTIAL_SUFFIX}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every complete checkpoint, oldest first."""
+    root = checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        match = _COMPLETE.match(folder.name)
+        if match and folder.is_dir() and (folder / STATE_FILE).is_file():
+            found.append((int(match.group(1)), folder))
+    return sorted(found)
+
+
+def newest_complete(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``--resume`` takes: the highest step whose folder is complete."""
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def start_partial(run_dir: str | Path, step: int) -> Path:
+    """Main process: an empty temporary folder for ``step`` (debris of a crash removed)."""
+    folder = partial_path(run_dir, step)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def finish_partial(run_dir: str | Path, step: int, trainer_state: dict) -> Path:
+    """Main process, after every rank has saved: add the trainer state, rename, return it.
+
+    The state file is written last and flushed, then the folder renamed: a folder named
+    ``step_N`` therefore never lacks a byte of what was saved into it.
+    """
+    partial = partial_path(run_dir, step)
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, **trainer_state, "step": step}
+    _write_json_synced(partial / STATE_FILE, state)
+    final = checkpoint_path(run_dir, step)
+    if final.exists():  # a complete save of the same step, e.g. before a crash: same state
+        shutil.rmtree(final)
+    partial.rename(final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def prune(run_dir: str | Path, keep: int) -> list[Path]:
+    """Main process: delete all but the newest ``keep`` complete checkpoints and any debris."""
+    removed = [folder for _, folder in complete_checkpoints(run_dir)[:-keep]]
+    root = checkpoints_root(run_dir)
+    if root.is_dir():
+        removed += [p for p in root.iterdir() if p.name.endswith(_PARTIAL_SUFFIX)]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def read_trainer_state(checkpoint: str | Path) -> dict:
+    """The trainer state of a complete checkpoint (raises ValueError if it is not ours)."""
+    path = Path(checkpoint) / STATE_FILE
+    state = json.loads(path.read_text())
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: not an {STATE_FORMAT} v{STATE_VERSION} file")
+    return state
+
+
+def _write_json_synced(path: Path, data: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,46 @@
+"""Preemption: SIGUSR1/SIGTERM ask the run to checkpoint and stop at the next step boundary.
+
+A cluster (SLURM ``--signal=USR1@120``, or SIGTERM at the time limit) warns a job before
+killing it. The handler only sets a flag: nothing unsafe happens inside a signal handler.
+The trainer all-reduces the flag at every step boundary so all ranks agree on the same
+step, saves a checkpoint there and exits with :data:`EXIT_PREEMPTED`, on which the SLURM
+launcher requeues the job; the requeued job resumes from that checkpoint. Loader worker
+processes ignore these signals (aeatrain/data.py), so only the training processes act.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL of sysexits.h: "try again later", i.e. requeue me
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class PreemptionFlag:
+    """Set by the first preemption signal; read by the trainer at step boundaries."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = PREEMPTION_SIGNALS):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def install(self) -> None:
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum

@@ -1,0 +1,157 @@
+"""Config tree: YAML + dotted overrides, one-line errors naming the key, shipped configs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aeatrain.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_overrides,
+    reference_markdown,
+    update_reference,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = {"data": {"root": "DATA"}, "train": {"run_dir": "RUN"}}
+
+
+@pytest.fixture
+def minimal(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    return path
+
+
+def test_defaults_are_the_paper_faithful_values(minimal):
+    cfg = load_config(minimal)
+    assert (cfg.optim.lr, cfg.optim.lr_decay_every, cfg.optim.lr_decay_factor) == (
+        4e-4,
+        10_000,
+        0.5,
+    )
+    assert (cfg.optim.loss, cfg.data.global_batch_size, cfg.data.crop_size) == ("l1", 8, 256)
+    assert (cfg.train.steps, cfg.model.num_refs, cfg.model.bn_momentum) == (120_000, 64, 0.003)
+    assert cfg.model.bn_eps == 1e-5 and cfg.train.ema is False and cfg.data.augment is False
+
+
+def test_dotted_overrides_both_spellings_and_types(minimal):
+    cfg = load_config(
+        minimal,
+        ["--train.steps", "100", "--optim.lr=1e-3", "--data.pairs", "007", "--data.root", "2024"],
+    )
+    assert cfg.train.steps == 100 and cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.data.pairs == ["007"]  # a string field keeps the text as typed
+    assert cfg.data.root == "2024"
+    cfg = load_config(minimal, ["--data.pairs", "[a, b]", "--train.mixed_precision", "null"])
+    assert cfg.data.pairs == ["a", "b"] and cfg.train.mixed_precision is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["--train.stepz", "3"], "train.stepz: unknown key"),
+        (["--optim.lr", "fast"], "optim.lr: Input should be a valid number"),
+        (["--train.steps", "1.5"], "train.steps:"),
+        (["--data.crop_size", "30"], "data.crop_size: must be a multiple of 4"),
+        (["--data.crop_size", "0"], "data.crop_size:"),
+        (["--model.name", "resnet"], "model.name: Input should be 'unet', 'gvtnet' or 'aeanet'"),
+        (["--bogus.key", "1"], "bogus: unknown key"),
+        (["--optim.betas", "[0.9, 1.5]"], "optim.betas: each beta must lie in [0, 1)"),
+        (["--train.steps"], "missing a value"),
+        (["--steps", "3"], "expected --section.key"),
+    ],
+)
+def test_bad_overrides_are_one_line_naming_the_key(minimal, overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(minimal, overrides)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_required_and_bad_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {run_dir: RUN}\n")
+    with pytest.raises(ConfigError, match=r"data: required key is missing"):
+        load_config(path)
+    path.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line \d+ not valid YAML"):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_resolved_yaml_round_trips(minimal):
+    cfg = load_config(minimal, ["--data.crop_size", "full", "--optim.grad_clip_norm", "1.0"])
+    again = Config.model_validate(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_override_parser_pairs():
+    assert parse_overrides(["--a.b", "1", "--c.d=x=y"]) == [("a.b", "1"), ("c.d", "x=y")]
+
+
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_every_expected_config_is_shipped():
+    names = {path.stem for path in SHIPPED}
+    expected = {
+        "aeanet",
+        "unet",
+        "gvtnet",
+        "aeanet_refs_only",
+        "aeanet_batch_only",
+        "aeanet_refs16",
+        "aeanet_refs32",
+        "aeanet_fullres",
+        "selftrain",
+        "debug",
+    }
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.train.run_dir and cfg.data.root
+
+
+def test_faithful_config_matches_design_section_4():
+    cfg = load_config(REPO / "configs" / "aeanet.yaml")
+    assert cfg.model.name == "aeanet" and cfg.model.num_refs == 64 and cfg.model.batch_aware
+    assert (cfg.optim.lr, cfg.optim.lr_decay_every, cfg.optim.lr_decay_factor) == (
+        4e-4,
+        10_000,
+        0.5,
+    )
+    assert (cfg.optim.loss, cfg.data.global_batch_size, cfg.data.crop_size) == ("l1", 8, 256)
+    assert (cfg.train.steps, cfg.model.bn_momentum, cfg.model.bn_eps) == (120_000, 0.003, 1e-5)
+    assert not cfg.train.ema and not cfg.data.augment and cfg.train.mixed_precision in (None, "no")
+
+
+def test_ablation_and_special_configs():
+    load = lambda name: load_config(REPO / "configs" / f"{name}.yaml")  # noqa: E731
+    assert load("aeanet_refs_only").model.batch_aware is False
+    assert load("aeanet_batch_only").model.num_refs == 0
+    assert load("aeanet_refs16").model.num_refs == 16
+    assert load("aeanet_refs32").model.num_refs == 32
+    assert load("unet").model.name == "unet" and load("gvtnet").model.name == "gvtnet"
+    fullres = load("aeanet_fullres")
+    assert fullres.data.crop_size == "full" and fullres.train.mixed_precision == "bf16"
+    assert load("selftrain").data.pairs is not None and len(load("selftrain").data.pairs) == 1
+    debug = load("debug")
+    assert debug.train.steps <= 100 and debug.model.bn_momentum >= 0.05
+
+
+def test_docs_training_md_is_current(tmp_path):
+    doc = REPO / "docs" / "training.md"
+    copy = tmp_path / "training.md"
+    copy.write_text(doc.read_text())
+    assert update_reference(copy) is False, "run: python -m aeatrain.config docs/training.md"
+    assert "`train.max_skipped_steps`" in reference_markdown()
