@@ -1,0 +1,543 @@
+"""Score trained runs with the paper's protocol: ``python -m aeatrain.evaluate``.
+
+    python -m aeatrain.evaluate --run RUN [--run RUN2 ...] --data DATA
+        [--selftrain RUN_A RUN_B ... | --selftrain 'runs/self_*']
+        [--tile S [--margin 32] | --tiles 512,384,256,128] [--pairs NAME ...]
+        [--weights auto|ema|raw] [--out DIR] [--device cpu|cuda]
+
+Each registered LR image of DATA's ``full`` split is predicted whole (reflect-padded to a
+multiple of 16 and cropped back) or, with ``--tile``/``--tiles``, with the paper's tiles
+(tile S, margin 32: aeatrain.inference.predict_paper_tiles). The three test tiles of each
+image are scored (aeatrain.metrics: cv2.PSNR and SSIM on the 0..255 scale, the prediction
+clipped; gains over the input; Otsu foreground/background on the HR tile), averaged over
+tiles, then over pairs.
+
+Rows of the table are runs, columns as the paper's Table 1. A run trained on one pair
+(``config.yaml`` ``data.pairs: [name]``) is a self-training run and is scored on its own
+pair; ``--selftrain`` gathers several of them into ONE row (one model per pair, averaged
+over pairs, as the paper's self-training column). A pooled run is scored on the pairs it
+trained on (all pairs when ``data.pairs`` is null), or on ``--pairs``. The input (the
+registered bicubic LR) is printed as a reference line.
+
+Writes ``metrics.md`` (the table) and ``metrics.json`` (per pair and per tile figures) to
+``--out`` (default: ``eval/`` in the first run folder); both are replaced when re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from aeatrain import __version__
+from aeatrain.errors import UserError, run_cli
+from aeatrain.imageio import atomic_write_text, to_float
+from aeatrain.inference import choose_device, predict_full, predict_paper_tiles
+from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
+
+log = logging.getLogger(__name__)
+
+PAPER_MARGIN = 32
+PAPER_TILES = (512, 384, 256, 128)  # paper Fig. 7
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a whole image is predicted: at once (``tile`` None) or in the paper's tiles."""
+
+    tile: int | None = None
+    margin: int = PAPER_MARGIN
+
+    @property
+    def label(self) -> str:
+        return "whole image" if self.tile is None else f"tiles {self.tile} (margin {self.margin})"
+
+    def as_dict(self) -> dict:
+        if self.tile is None:
+            return {"mode": "whole", "pad_multiple": 16}
+        return {"mode": "tiles", "tile": self.tile, "margin": self.margin}
+
+
+@dataclass
+class RowSpec:
+    """One row: a run, or a group of self-training runs (``selftrain``)."""
+
+    label: str
+    runs: list[Path]
+    selftrain: bool = False
+
+
+@dataclass
+class RunScores:
+    """What one run scored on its pairs: per pair, per tile."""
+
+    path: Path
+    model_name: str
+    step: int
+    weights: str
+    tiles: dict[str, dict[str, TileScores]] = field(default_factory=dict)  # pair -> tile -> s
+
+
+@dataclass
+class RowResult:
+    spec: RowSpec
+    tiling: Tiling
+    runs: list[RunScores]
+
+    @property
+    def per_pair(self) -> dict[str, dict[str, float]]:
+        return {pair: mean_scores(tiles) for run in self.runs for pair, tiles in run.tiles.items()}
+
+    @property
+    def pairs(self) -> list[str]:
+        return sorted(self.per_pair)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return average_pairs(self.per_pair)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def expand_runs(patterns: list[str]) -> list[Path]:
+    """Run folders from paths or glob patterns (quoted, so SLURM scripts can pass one)."""
+    runs: list[Path] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            found = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+            if not found:
+                raise UserError(f"--selftrain {pattern}: matches no run folder")
+            runs.extend(found)
+        else:
+            runs.append(Path(pattern))
+    return runs
+
+
+def parse_tiles(text: str) -> list[Tiling]:
+    """``"512,384,whole"`` -> tilings; "whole" (or "full", 0) means the whole image."""
+    tilings = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item in ("whole", "full", "0"):
+            tilings.append(Tiling())
+        elif item.isdigit() and int(item) > 2 * PAPER_MARGIN:
+            tilings.append(Tiling(int(item)))
+        else:
+            raise UserError(f"--tiles {text}: {item!r} is not a tile size above 64 px or 'whole'")
+    return tilings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m aeatrain.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--run", action="append", default=[], help="a run folder (repeat: one row each)"
+    )
+    parser.add_argument(
+        "--selftrain",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="self-training runs (folders or a quoted glob) scored as ONE row; repeatable",
+    )
+    parser.add_argument("--data", required=True, help="DATA folder (manifest.json + shards)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--tile", type=int, help="predict in the paper's tiles of this size")
+    group.add_argument("--tiles", help="patch-size sweep, e.g. 512,384,256,128 (add 'whole')")
+    parser.add_argument(
+        "--margin", type=int, default=PAPER_MARGIN, help="context margin of --tile(s), default 32"
+    )
+    parser.add_argument("--pairs", nargs="+", help="score only these pairs")
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "ema", "raw"),
+        default="auto",
+        help="auto: EMA if the run has it",
+    )
+    parser.add_argument(
+        "--out", help="folder for metrics.md/json (default: eval/ in the first run)"
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...; default: GPU if any")
+    args = parser.parse_args(argv)
+    if not args.run and not args.selftrain:
+        raise UserError("give at least one --run or --selftrain")
+    if args.tile is not None and args.tile <= 2 * args.margin:
+        raise UserError(f"--tile {args.tile}: must exceed twice the margin ({2 * args.margin})")
+    return args
+
+
+def tilings_of(args: argparse.Namespace) -> list[Tiling]:
+    if args.tiles:
+        return [Tiling(t.tile, args.margin) if t.tile else t for t in parse_tiles(args.tiles)]
+    return [Tiling(args.tile, args.margin) if args.tile else Tiling()]
+
+
+def row_specs(args: argparse.Namespace) -> list[RowSpec]:
+    specs = [RowSpec(Path(run).name, [Path(run)]) for run in args.run]
+    for patterns in args.selftrain:
+        runs = expand_runs(patterns)
+        if len(set(runs)) != len(runs):
+            raise UserError(f"--selftrain {' '.join(patterns)}: names a run twice")
+        label = (
+            f"self-training ({len(runs)} runs: {runs[0].name}, ...)"
+            if len(runs) > 1
+            else runs[0].name
+        )
+        specs.append(RowSpec(label, runs, selftrain=True))
+    return specs
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def pairs_for_run(
+    run, *, selected: list[str] | None, known: list[str], selftrain: bool
+) -> list[str]:
+    """The pairs a run is scored on (see the module docstring); may be empty."""
+    trained = run.train_pairs
+    single = trained is not None and len(trained) == 1
+    if selftrain and not single:
+        raise UserError(
+            f"{run.path}: --selftrain needs runs trained on ONE pair (config.yaml data.pairs: "
+            f"[name]); this run has data.pairs = {trained}"
+        )
+    if trained is not None:
+        unknown = sorted(set(trained) - set(known))
+        if unknown and (single or selected is None):
+            raise UserError(
+                f"{run.path}: trained on pair {unknown[0]!r}, which the data does not hold"
+            )
+    if single:
+        return [p for p in trained if selected is None or p in selected]
+    if selected is not None:
+        return sorted(selected)
+    return sorted(trained) if trained is not None else list(known)
+
+
+def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> np.ndarray:
+    """Float prediction of a whole registered LR image (integer (H, W))."""
+    image = to_float(lr)
+    if tiling.tile is None:
+        return predict_full(model, image, device=device)
+    return predict_paper_tiles(model, image, tile=tiling.tile, margin=tiling.margin, device=device)
+
+
+def score_run(
+    model, run, images: dict, pairs: list[str], tilings: list[Tiling], device, bar
+) -> list[RunScores]:
+    """Predict and score every pair for every tiling; one RunScores per tiling."""
+    results = [RunScores(run.path, run.model_name, run.step, run.weights_kind) for _ in tilings]
+    for pair in pairs:
+        image = images[pair]
+        for tiling, result in zip(tilings, results):
+            pred = predict_image(model, image.lr, tiling, device)
+            result.tiles[pair] = score_regions(
+                pred, image.lr, image.hr, image.test_regions, bit_depth=image.bit_depth
+            )
+            bar.update(1)
+    return results
+
+
+def check_run_against_data(run, manifest) -> None:
+    """Warnings, not errors: scoring a run on other data can be what the user wants."""
+    if abs(run.scale - manifest.scale) > 1e-6:
+        log.warning(
+            "%s: trained at scale %g, the data's scale is %g", run.path, run.scale, manifest.scale
+        )
+    if not set(manifest.bit_depths) <= set(run.bit_depths):
+        log.warning(
+            "%s: trained on %s-bit data, scoring %s-bit data",
+            run.path,
+            run.bit_depths,
+            manifest.bit_depths,
+        )
+    trained_on = run.dataset.get("manifest_sha256")
+    if trained_on and trained_on != manifest.sha256:
+        log.info("%s: scored on another dataset than it trained on (manifest differs)", run.path)
+
+
+def load_rows(specs: list[RowSpec], *, weights: str, selected, known: list[str], manifest) -> list:
+    """Load every run (on the CPU) and decide its pairs before any prediction: a bad run
+    folder fails in seconds, not after an hour of scoring. Returns per spec
+    ``[(model, run_info, pairs), ...]``."""
+    from aeatrain.runs import load_run
+
+    loaded = []
+    for spec in specs:
+        members, seen = [], {}
+        for path in spec.runs:
+            model, run = load_run(path, weights=weights, device="cpu")
+            check_run_against_data(run, manifest)
+            pairs = pairs_for_run(run, selected=selected, known=known, selftrain=spec.selftrain)
+            for pair in pairs if spec.selftrain else ():
+                if pair in seen:
+                    raise UserError(
+                        f"--selftrain: {seen[pair]} and {path} both trained on {pair!r}"
+                    )
+                seen[pair] = path
+            if pairs:
+                members.append((model, run, pairs))
+            else:
+                log.warning("%s: none of its pairs is among --pairs; left out", path)
+        if not members:
+            raise UserError(f"row {spec.label!r}: no pair left to score (check --pairs)")
+        loaded.append(members)
+    return loaded
+
+
+def check_pairs(selected: list[str] | None, known: list[str], manifest) -> list[str] | None:
+    if selected is None:
+        return None
+    unknown = [p for p in selected if p not in known]
+    if unknown:
+        raise UserError(
+            f"--pairs: no pair named {unknown[0]!r} in {manifest.path} "
+            f"(it has {len(known)}: {', '.join(known[:6])}{', ...' if len(known) > 6 else ''})"
+        )
+    return sorted(set(selected))
+
+
+def evaluate_rows(
+    specs: list[RowSpec],
+    tilings: list[Tiling],
+    *,
+    data: str | Path,
+    pairs: list[str] | None = None,
+    weights: str = "auto",
+    device=None,
+) -> list[RowResult]:
+    """Score every row for every tiling; rows in order, tilings inner. Reads each needed
+    registered image once (they are small: 1280 x 944 x 2 bytes per pair)."""
+    from aeatrain.data import full_images, load_manifest
+
+    manifest = load_manifest(data)
+    known = manifest.pair_names
+    selected = check_pairs(pairs, known, manifest)
+    loaded = load_rows(specs, weights=weights, selected=selected, known=known, manifest=manifest)
+    needed = sorted({p for members in loaded for _, _, run_pairs in members for p in run_pairs})
+    images = {image.pair: image for image in full_images(manifest, pairs=needed)}
+    total = sum(len(p) for members in loaded for _, _, p in members) * len(tilings)
+    device = choose_device(device)
+    results = []
+    with tqdm(total=total, desc="evaluate", unit="image") as bar:
+        for spec, members in zip(specs, loaded):
+            per_tiling: list[list[RunScores]] = [[] for _ in tilings]
+            for model, run, run_pairs in members:
+                scores = score_run(model, run, images, run_pairs, tilings, device, bar)
+                model.to("cpu")  # free the GPU for the next run
+                for bucket, score in zip(per_tiling, scores):
+                    bucket.append(score)
+            results.extend(RowResult(spec, t, runs) for t, runs in zip(tilings, per_tiling))
+    return results
+
+
+# ----------------------------------------------------------------------------- output
+
+PAPER_TABLE_1 = (
+    "Paper (Xie et al., IEEE TMI 2022, Table 1; real SEM data, pooled training, whole "
+    "images): dPSNR / dSSIM: U-Net 1.46 dB / 0.074, GVTNet 1.87 dB / 0.086, AEANet "
+    "2.10 dB / 0.087; AEANet foreground dPSNR 1.15 dB, background dPSNR 2.42 dB."
+)
+COLUMNS = (
+    "run",
+    "weights",
+    "prediction",
+    "pairs",
+    "PSNR (dB)",
+    "SSIM",
+    "dPSNR (dB)",
+    "dSSIM",
+    "fg dPSNR (dB)",
+    "bg dPSNR (dB)",
+)
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table_rows(results: list[RowResult]) -> list[list[str]]:
+    """Reference line(s) first (one per distinct pair set), then one line per result."""
+    lines, seen_sets = [], set()
+    for result in results:
+        pairs = tuple(result.pairs)
+        if pairs in seen_sets:
+            continue
+        seen_sets.add(pairs)
+        s = result.summary
+        label = (
+            "input (bicubic LR)"
+            if len(seen_sets) == 1
+            else f"input (bicubic LR), {len(pairs)} pairs"
+        )
+        lines.append(
+            [
+                label,
+                "-",
+                "-",
+                str(len(pairs)),
+                _fmt(s["input_psnr"], 2),
+                _fmt(s["input_ssim"], 4),
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
+    for result in results:
+        s = result.summary
+        weights = ",".join(sorted({r.weights for r in result.runs}))
+        lines.append(
+            [
+                result.spec.label,
+                weights,
+                result.tiling.label,
+                str(len(result.pairs)),
+                _fmt(s["psnr"], 2),
+                _fmt(s["ssim"], 4),
+                _fmt(s["dpsnr"], 3),
+                _fmt(s["dssim"], 4),
+                _fmt(s["fg_dpsnr"], 3),
+                _fmt(s["bg_dpsnr"], 3),
+            ]
+        )
+    return lines
+
+
+def markdown_table(results: list[RowResult]) -> str:
+    rows = [list(COLUMNS), *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+def markdown_report(results: list[RowResult], *, data: str, device: str, seconds: float) -> str:
+    return "\n".join(
+        [
+            "# Evaluation",
+            "",
+            f"Data: `{data}`. Device: {device}. {seconds:.1f} s. aeatrain {__version__}.",
+            f"Command: `{' '.join(['python -m aeatrain.evaluate', *sys.argv[1:]])}`",
+            "",
+            markdown_table(results),
+            "",
+            "PSNR: cv2.PSNR on the image's own scale (R = 255, or 65535 for 16-bit data), the "
+            "prediction clipped, not rounded. SSIM: scikit-image, 7x7 window. dX = X(prediction) "
+            "- X(input), the input being the registered bicubic LR. fg/bg: Otsu threshold on each "
+            "HR test tile, foreground = brighter than it. Averages: over the test tiles of a "
+            "pair, then over pairs. Per-pair and per-tile figures: metrics.json.",
+            "",
+            PAPER_TABLE_1,
+            "",
+        ]
+    )
+
+
+def _finite(value):
+    """JSON has no NaN: NaN -> null, recursively."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def result_json(result: RowResult) -> dict:
+    pairs = {}
+    for run in result.runs:
+        for pair, tiles in run.tiles.items():
+            pairs[pair] = {
+                "run": str(run.path),
+                "mean": mean_scores(tiles),
+                "tiles": {tile: scores.as_dict() for tile, scores in tiles.items()},
+            }
+    return {
+        "label": result.spec.label,
+        "kind": "selftrain" if result.spec.selftrain else "run",
+        "runs": [
+            {
+                "path": str(r.path),
+                "model": r.model_name,
+                "step": r.step,
+                "weights": r.weights,
+                "pairs": sorted(r.tiles),
+            }
+            for r in result.runs
+        ],
+        "prediction": result.tiling.as_dict(),
+        "summary": result.summary,
+        "pairs": pairs,
+    }
+
+
+def metrics_json(results: list[RowResult], *, data: str, manifest_sha256: str, device: str) -> str:
+    document = {
+        "format": "aeatrain-metrics",
+        "format_version": 1,
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python -m aeatrain.evaluate", *sys.argv[1:]]),
+        "data": {"path": data, "manifest_sha256": manifest_sha256},
+        "device": device,
+        "protocol": {
+            "psnr": "cv2.PSNR, R = 2^bits - 1, prediction * R clipped to [0, R], not rounded",
+            "ssim": "skimage structural_similarity, data_range = 2^bits - 1, 7x7 window",
+            "masks": "Otsu threshold on the HR tile; foreground = HR > threshold",
+            "aggregation": "mean over a pair's test tiles, then over pairs",
+        },
+        "rows": [result_json(r) for r in results],
+    }
+    return json.dumps(_finite(document), indent=1) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aeatrain.data import load_manifest
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    specs, tilings = row_specs(args), tilings_of(args)
+    out = Path(args.out) if args.out else specs[0].runs[0] / "eval"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out must be a folder, this is a file")
+    device = choose_device(args.device)
+    start = time.perf_counter()
+    results = evaluate_rows(
+        specs, tilings, data=args.data, pairs=args.pairs, weights=args.weights, device=device
+    )
+    seconds = time.perf_counter() - start
+    manifest = load_manifest(args.data, verify_checksums=False)
+    report = markdown_report(results, data=args.data, device=str(device), seconds=seconds)
+    atomic_write_text(out / "metrics.md", report, overwrite=True)
+    atomic_write_text(
+        out / "metrics.json",
+        metrics_json(results, data=args.data, manifest_sha256=manifest.sha256, device=str(device)),
+        overwrite=True,
+    )
+    print(markdown_table(results))
+    print(
+        f"\n{len(results)} row(s) in {seconds:.1f} s on {device}; wrote {out}/metrics.md, metrics.json"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
