@@ -141,8 +141,8 @@ class AugmentedAttention(nn.Module):
         return mask
 
     def _split_heads(self, t: Tensor) -> Tensor:
-        batch = t.shape[0]
-        return t.reshape(batch, self.heads, self.head_dim, -1)  # (N, heads, d, n)
+        batch, _, height, width = t.shape
+        return t.reshape(batch, self.heads, self.head_dim, height * width)  # (N, heads, d, n)
 
     def _attend_split(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """Send ~mask images to A_R and mask images to A_b; merge back in batch order.
