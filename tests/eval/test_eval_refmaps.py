@@ -1,0 +1,156 @@
+"""python -m aeatrain.refmaps: the figures hold the model's reference maps; bad runs refused."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from aeatrain import refmaps
+from aeatrain.errors import EXIT_USER_ERROR, run_cli
+from aeatrain.imageio import read_image, to_float, write_image
+from aeatrain.runs import load_run
+from tests.eval.helpers import make_run
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: refmaps.main(argv))
+    return stop.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def aeanet_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("r") / "aea", model_name="aeanet", num_refs=8)
+
+
+@pytest.fixture
+def picture(tmp_path):
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (50, 60), dtype=np.uint8), (0, 0), 1.5)
+    cv2.circle(image, (20, 20), 8, 250, -1)
+    write_image(tmp_path / "sem.png", image)
+    return tmp_path / "sem.png"
+
+
+def test_explicit_refs_write_overlays_montage_and_raw_maps(aeanet_run, picture, tmp_path, capsys):
+    out = tmp_path / "figs"
+    code, err = _cli(
+        [
+            "--run",
+            str(aeanet_run),
+            "--input",
+            str(picture),
+            "--output",
+            str(out),
+            "--refs",
+            "5",
+            "0",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png", "sem_refmaps.tif",
+    ]  # fmt: skip
+    raw = tifffile.imread(out / "sem_refmaps.tif")
+    assert raw.shape == (2, 100, 120) and raw.dtype == np.float32  # upsampled 2x
+    model, _ = load_run(aeanet_run)
+    image, _ = read_image(picture)
+    upsampled = cv2.resize(image, (120, 100), interpolation=cv2.INTER_CUBIC)
+    x = torch.from_numpy(np.pad(to_float(upsampled), ((0, 12), (0, 8)), mode="reflect"))
+    with torch.no_grad():
+        want = model.reference_maps(x[None, None], [0, 5])[0, :, :100, :120].numpy()
+    assert np.abs(raw - want).max() < 1e-6
+    overlay = cv2.imread(str(out / "sem_ref5.png"), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (100, 120, 3)
+    assert cv2.imread(str(out / "sem_refmaps.png")).shape[1] == 3 * 120 + 2 * 4
+
+
+def test_default_picks_the_most_varying_references(aeanet_run, picture, tmp_path, capsys):
+    code, err = _cli(
+        [
+            "--run",
+            str(aeanet_run),
+            "--input",
+            str(picture),
+            "--output",
+            str(tmp_path / "o"),
+            "--top",
+            "3",
+            "--registered",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    raw = tifffile.imread(tmp_path / "o" / "sem_refmaps.tif")
+    assert raw.shape == (3, 50, 60)  # --registered: not upsampled
+    model, _ = load_run(aeanet_run)
+    image = to_float(read_image(picture)[0])
+    every = refmaps.reference_maps(model, image, list(range(8)))
+    spread = every.reshape(8, -1).std(axis=1)
+    chosen = sorted(np.argsort(spread)[::-1][:3].tolist())
+    assert refmaps.most_varying_refs(model, image, 8, 3) == chosen
+    assert sorted(p.name for p in (tmp_path / "o").glob("sem_ref?.png")) == [
+        f"sem_ref{k}.png" for k in chosen
+    ]
+
+
+def test_a_model_without_references_is_refused(picture, tmp_path, capsys):
+    run = make_run(tmp_path / "unet")
+    code, err = _cli(
+        ["--run", str(run), "--input", str(picture), "--output", str(tmp_path / "o")], capsys
+    )
+    assert code == EXIT_USER_ERROR and "has no shared references" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_of_range_reference_and_existing_output(aeanet_run, picture, tmp_path, capsys):
+    code, err = _cli(
+        [
+            "--run",
+            str(aeanet_run),
+            "--input",
+            str(picture),
+            "--output",
+            str(tmp_path / "o"),
+            "--refs",
+            "8",
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR and "--refs 8: this model has references 0..7" in err
+    write_image(tmp_path / "o" / "sem_refmaps.png", np.zeros((4, 4), np.uint8))
+    code, err = _cli(
+        [
+            "--run",
+            str(aeanet_run),
+            "--input",
+            str(picture),
+            "--output",
+            str(tmp_path / "o"),
+            "--refs",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR and "already exists" in err
+    assert not (tmp_path / "o" / "sem_ref1.png").exists()
+
+
+def test_unreadable_input(aeanet_run, tmp_path, capsys):
+    (tmp_path / "x.bmp").write_bytes(b"BM nonsense")
+    code, err = _cli(
+        [
+            "--run",
+            str(aeanet_run),
+            "--input",
+            str(tmp_path / "x.bmp"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR and "x.bmp: not a readable image" in err
