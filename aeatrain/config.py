@@ -73,6 +73,11 @@ class ModelConfig(_Section):
         "eval mode uses unsettled statistics and scores garbage.",
     )
     bn_eps: float = Field(1e-5, gt=0, description="BatchNorm epsilon.")
+    residual: bool = Field(
+        False,
+        description="Add the input image to the network's output (predict the residual). "
+        "Off in the published network.",
+    )
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``build_model(name, **kwargs)``; also written to run.json."""

@@ -10,8 +10,6 @@ materialised, the usual convention.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -36,12 +34,16 @@ class WeightEMA:
         self.updates += 1
 
     @torch.no_grad()
-    def averaged_copy(self, model: nn.Module) -> nn.Module:
-        """A deep copy of ``model`` holding the averaged weights and the live buffers."""
-        averaged = copy.deepcopy(model)
-        for name, param in averaged.named_parameters():
+    def copy_to(self, target: nn.Module) -> nn.Module:
+        """Write the averaged weights into ``target`` (a model of the same architecture).
+
+        The trainer builds ``target`` fresh and loads the live state into it first, so it
+        also holds the live BatchNorm statistics; a deep copy of a model under DeepSpeed
+        (hooks on its parameters) is not needed.
+        """
+        for name, param in target.named_parameters():
             param.copy_(self.shadow[name].to(param.dtype))
-        return averaged
+        return target
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The averaged weights by parameter name, for a safetensors file."""

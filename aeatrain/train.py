@@ -1,0 +1,639 @@
+"""Train an AEANet or a baseline: ``accelerate launch aeatrain/train.py --config CONFIG``.
+
+    accelerate launch [--config_file launch/deepspeed_zero2.yaml] aeatrain/train.py \\
+        --config configs/aeanet.yaml [--section.key VALUE ...] [--resume]
+
+(or ``python aeatrain/train.py ...`` for one process). The only module that knows about
+``Accelerator``: topology, DDP/DeepSpeed and mixed precision come from the launch config;
+everything else from the config tree (aeatrain/config.py, docs/training.md). The loop reads
+batch -> forward/backward -> clip -> step -> log -> validate -> checkpoint.
+
+Exit codes: 0 finished; 2 a user error, one line on stderr naming the file or key (bad
+config or data, a run folder holding another run, a diverged run); 75
+(:data:`EXIT_PREEMPTED`) stopped by SIGUSR1/SIGTERM after writing a checkpoint: run the
+same command with ``--resume`` to continue. ``accelerate launch`` and ``torchrun`` report
+a failing worker with their own exit status, so the trainer also leaves
+``RUN/preempted.json`` for a job script to test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import (
+    DeepSpeedPlugin,
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from aeatrain import checkpoint as ckpt
+from aeatrain.config import Config, ConfigError, load_config
+from aeatrain.cpu_launch import relaunch_cpu_multiprocess
+from aeatrain.data import DatasetManifest, load_manifest, test_tiles, train_loader
+from aeatrain.ema import WeightEMA
+from aeatrain.errors import UserError, run_cli
+from aeatrain.imageio import atomic_write_text
+from aeatrain.models import build_model
+from aeatrain.runs import CONFIG_YAML, write_run_files
+from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
+from aeatrain.training.optim import build_optimizer, learning_rate, pixel_loss, set_learning_rate
+from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
+from aeatrain.training.stability import SkippedSteps, TrainingDiverged, all_finite, is_finite
+from aeatrain.training.validation import score_tiles, summarize
+
+log = get_logger(__name__)
+
+PREEMPTED_MARKER = "preempted.json"
+EMA_FILE = "ema.safetensors"
+# Keys that may differ when a run is resumed; any other change is refused (it would not be
+# the same run any more). logging.* may always change.
+RESUMABLE_CHANGES = {
+    "train.steps", "train.resume", "train.run_dir", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.max_skipped_steps", "data.num_workers",
+}  # fmt: skip
+
+
+class RunFolderError(UserError):
+    """A run folder that cannot be (re)used as asked; the message names the folder."""
+
+
+@dataclass
+class Trainer:
+    """Everything the loop touches; built once by :func:`build_trainer`."""
+
+    cfg: Config
+    accelerator: Accelerator
+    model: nn.Module  # as prepared (DDP / DeepSpeed engine / plain)
+    optimizer: torch.optim.Optimizer
+    manifest: DatasetManifest
+    run_dir: Path
+    batches: Iterator[dict]  # this rank's training stream, from the resumed step
+    tiles: list  # this rank's test tiles
+    ema: WeightEMA | None = None
+    step: int = 0
+    skipped: SkippedSteps = field(default_factory=lambda: SkippedSteps(limit=1))
+    preemption: PreemptionFlag = field(default_factory=PreemptionFlag)
+
+    @property
+    def module(self) -> nn.Module:
+        """The plain network under DDP/DeepSpeed/torch.compile wrappers."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def float32_copy(self, *, averaged: bool = False) -> nn.Module:
+        """A fresh float32 network holding the live (or, ``averaged``, the EMA) weights.
+
+        Built anew rather than deep-copied: the live module may carry DeepSpeed hooks and
+        16-bit weights. Validation of EMA weights and the exported weight files use it.
+        """
+        fresh = build_model(self.cfg.model.name, **self.cfg.model.build_kwargs())
+        fresh.load_state_dict(self.module.state_dict())
+        fresh.to(self.accelerator.device)
+        if averaged:
+            self.ema.copy_to(fresh)
+        return fresh
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="aeatrain/train.py",
+        description="Train an AEANet (or a baseline) on a DATA folder; see docs/training.md.",
+        epilog="Any config key can be overridden as --section.key VALUE (e.g. --train.steps 100).",
+    )
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in train.run_dir (= train.resume auto)",
+    )
+    return parser.parse_known_args(argv)
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """The accelerator; TensorBoard logs under RUN/logs. Creating it writes nothing."""
+    handlers = []
+    if _deepspeed_launched() and not torch.cuda.is_available():
+        # accelerate picks no backend for DeepSpeed without an accelerator; gloo runs on CPU.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if _deepspeed_launched():
+        _allow_deepspeed_without_transformers()
+    run_dir = Path(cfg.train.run_dir)
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard",
+        project_config=project,
+        kwargs_handlers=handlers,
+        dynamo_backend="inductor" if cfg.train.compile else None,
+    )
+
+
+def _deepspeed_launched() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def _allow_deepspeed_without_transformers() -> None:
+    """accelerate 1.x imports transformers whenever it selects a DeepSpeed plugin, only to
+    hand the config to transformers' ZeRO-3 model-init hook. aeatrain's models are not
+    transformers models, so when transformers is absent there is nothing to hand over."""
+    if importlib.util.find_spec("transformers") is None:
+        DeepSpeedPlugin.set_deepspeed_weakref = lambda self: None
+
+
+def setup_logging(accelerator: Accelerator) -> None:
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def per_device_batch(cfg: Config, num_processes: int) -> int:
+    """The global batch split over the processes; refuses what cannot train as configured."""
+    batch, name = cfg.data.global_batch_size, "data.global_batch_size"
+    if batch % num_processes:
+        raise ConfigError(f"{name}={batch} does not divide over {num_processes} processes")
+    local = batch // num_processes
+    if cfg.model.name == "aeanet" and cfg.model.batch_aware and local < 2:
+        raise ConfigError(
+            f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
+            f"least 2 (the first half of each process's batch trains the references, the "
+            f"second the batch-aware branch; with 1 the references get no gradient)"
+        )
+    return local
+
+
+def check_run_folder(cfg: Config) -> Path | None:
+    """Refuse a folder holding another run; return the checkpoint to resume from, if any."""
+    run_dir = Path(cfg.train.run_dir)
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: train.run_dir exists and is not a folder")
+    saved = run_dir / CONFIG_YAML
+    if not saved.is_file():
+        if any(run_dir.iterdir()):
+            raise RunFolderError(
+                f"{run_dir}: not empty and holds no aeatrain run ({CONFIG_YAML} missing); "
+                f"choose another train.run_dir"
+            )
+        return None
+    if cfg.train.resume != "auto":
+        raise RunFolderError(
+            f"{run_dir}: holds a run already ({CONFIG_YAML}); pass --resume to continue it "
+            f"or choose another train.run_dir"
+        )
+    _check_same_run(saved, cfg)
+    return ckpt.newest_complete(run_dir)
+
+
+def _check_same_run(saved_path: Path, cfg: Config) -> None:
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = cfg.model_dump(mode="json")
+    for section, values in current.items():
+        if section == "logging":
+            continue
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            old = (saved.get(section) or {}).get(key)
+            if dotted not in RESUMABLE_CHANGES and old != value:
+                raise RunFolderError(
+                    f"{saved_path}: the run was started with {dotted}={old!r}; resuming with "
+                    f"{value!r} would make it another run (choose another train.run_dir)"
+                )
+
+
+def build_network(cfg: Config, accelerator: Accelerator) -> nn.Module:
+    """``build_model`` from the model section, plus the speed options of the train section."""
+    try:
+        model = build_model(cfg.model.name, **cfg.model.build_kwargs())
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
+        if accelerator.device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def configure_deepspeed(cfg: Config, accelerator: Accelerator, local_batch: int) -> None:
+    """DeepSpeed needs the batch sizes (we hand it no DataLoader) and takes clipping from us."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = local_batch
+    config["train_batch_size"] = local_batch * accelerator.num_processes
+    config["gradient_clipping"] = cfg.optim.grad_clip_norm or 0.0
+
+
+def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path | None]:
+    """Check everything a user can get wrong, THEN write: config, data, run folder, model."""
+    local_batch = per_device_batch(cfg, accelerator.num_processes)
+    manifest = load_manifest(cfg.data.root)
+    resume_from = check_run_folder(cfg)
+    start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
+    batches = open_batches(cfg, accelerator, manifest, local_batch, start_step)
+    set_seed(cfg.train.seed)
+    model = build_network(cfg, accelerator)
+    tiles = load_tiles(cfg, accelerator, manifest)
+    start_run_folder(cfg, accelerator)  # the first write
+    configure_deepspeed(cfg, accelerator, local_batch)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    trainer = Trainer(
+        cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles
+    )
+    trainer.skipped = SkippedSteps(limit=cfg.train.max_skipped_steps)
+    if cfg.train.ema:
+        trainer.ema = WeightEMA(trainer.module, cfg.train.ema_decay)
+    return trainer, resume_from
+
+
+def open_batches(cfg, accelerator, manifest, local_batch: int, start_step: int):
+    """This rank's endless batch stream from ``start_step`` (checks pairs and crop size)."""
+    return train_loader(
+        manifest,
+        crop_size=None if cfg.data.crop_size == "full" else cfg.data.crop_size,
+        batch_size=local_batch,
+        seed=cfg.train.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        start_step=start_step,
+        augment=cfg.data.augment,
+        pairs=cfg.data.pairs,
+        num_workers=cfg.data.num_workers,
+    )
+
+
+def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest) -> list:
+    """This rank's share of the test tiles (tile i to rank i % world), decoded once."""
+    tiles = test_tiles(
+        manifest,
+        pairs=cfg.data.pairs,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    limit = cfg.logging.eval_max_tiles
+    return [tile for tile in tiles if limit is None or tile.index < limit]
+
+
+def start_run_folder(cfg: Config, accelerator: Accelerator) -> None:
+    """Main process: create RUN, save the resolved config; trackers start on every rank."""
+    run_dir = Path(cfg.train.run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_YAML, cfg.to_yaml(), overwrite=True)
+        (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("tensorboard")
+
+
+def restore(t: Trainer, checkpoint: Path) -> None:
+    """Every rank: weights, optimizer, loss scaler and RNG states, then the trainer state."""
+    t.accelerator.load_state(str(checkpoint))
+    state = ckpt.read_trainer_state(checkpoint)
+    t.step = state["step"]
+    t.skipped = SkippedSteps(
+        t.cfg.train.max_skipped_steps, state["skipped_steps"], state["consecutive_skipped"]
+    )
+    if state["world_size"] != t.accelerator.num_processes:
+        log.warning(
+            "%s was written by %d processes, resuming on %d: the crops of each step differ "
+            "from the uninterrupted run's", checkpoint, state["world_size"],
+            t.accelerator.num_processes,
+        )  # fmt: skip
+    if t.ema is not None:
+        ema_path = checkpoint / EMA_FILE
+        if not ema_path.is_file():
+            raise RunFolderError(f"{ema_path}: missing, but train.ema is on")
+        tensors = load_file(str(ema_path), device=str(t.accelerator.device))
+        t.ema.load_tensors(tensors, state["ema_updates"])
+    log.info("resumed from %s at step %d", checkpoint, t.step, main_process_only=True)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class StepOutcome:
+    loss: float  # NaN when the step was skipped for a non-finite loss
+    grad_norm: float | None  # None where DeepSpeed had none to report
+    skipped: bool
+    stop: bool  # some rank received a preemption signal
+
+
+@dataclass
+class Meter:
+    """Figures of the steps since the last log line."""
+
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    grad_norm: float | None = None
+    pixels: int = 0  # HR pixels trained on by THIS process
+
+    def add(self, outcome: StepOutcome, batch: dict) -> None:
+        self.steps += 1
+        if not math.isnan(outcome.loss):
+            self.losses.append(outcome.loss)
+        if outcome.grad_norm is not None and not outcome.skipped:
+            self.grad_norm = outcome.grad_norm
+        self.pixels += batch["hr"].numel()
+
+
+def train(t: Trainer) -> int:
+    """batch -> forward/backward -> clip -> step -> log -> validate -> checkpoint."""
+    cfg, accelerator = t.cfg, t.accelerator
+    bar = tqdm(
+        total=cfg.train.steps, initial=t.step, unit="step", dynamic_ncols=True,
+        disable=not (accelerator.is_main_process and cfg.logging.progress_bar),
+    )  # fmt: skip
+    meter = Meter()
+    t.preemption.install()
+    try:
+        while t.step < cfg.train.steps:
+            batch = next(t.batches)
+            if batch["step"] != t.step:
+                raise RuntimeError(f"loader gave step {batch['step']} at step {t.step}")
+            outcome = train_step(t, batch)
+            t.step += 1
+            meter.add(outcome, batch)
+            bar.update(1)
+            if t.step % cfg.logging.log_every == 0:
+                log_train(t, meter, bar)
+                meter = Meter()
+            if t.step % cfg.logging.eval_every == 0 and not outcome.stop:
+                validate(t)
+            if outcome.stop:
+                return stop_for_preemption(t)
+            if t.step % cfg.train.checkpoint_every == 0:
+                save_checkpoint(t)
+    finally:
+        t.preemption.restore()
+        bar.close()
+    finish(t)
+    return 0
+
+
+def train_step(t: Trainer, batch: dict) -> StepOutcome:
+    """One optimizer step; every rank agrees on skipping (non-finite loss) and on stopping."""
+    accelerator = t.accelerator
+    set_learning_rate(t.optimizer, learning_rate(t.step, t.cfg.optim))
+    lr, hr = to_device(t, batch)
+    with accelerator.autocast():
+        prediction = t.model(lr)  # (B, 1, h, w)
+    loss = pixel_loss(t.cfg.optim.loss)(prediction.float(), hr)
+    flags = torch.tensor(
+        [float(not torch.isfinite(loss)), float(t.preemption.requested)], device=lr.device
+    )
+    flags = accelerator.reduce(flags, reduction="sum")  # collective: the same verdict everywhere
+    stop = bool(flags[1] > 0)
+    if flags[0] > 0:
+        t.optimizer.zero_grad(set_to_none=True)
+        t.skipped.record(t.step, True, "non-finite loss")
+        return StepOutcome(math.nan, None, True, stop)
+    accelerator.backward(loss)
+    grad_norm, skipped = clip_and_step(t)
+    t.skipped.record(t.step, skipped, "non-finite gradients or fp16 overflow")
+    if t.ema is not None and not skipped:
+        t.ema.update(t.module)
+    return StepOutcome(loss.item(), grad_norm, skipped, stop)
+
+
+def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a loader batch to this process's device (the loader is never prepared)."""
+    device = t.accelerator.device
+    memory_format = torch.channels_last if t.cfg.train.channels_last else torch.contiguous_format
+    # DeepSpeed keeps bf16/fp16 module weights and does not autocast: feed its dtype.
+    dtype = next(t.module.parameters()).dtype
+    lr = batch["lr"].to(device, dtype=dtype, memory_format=memory_format, non_blocking=True)
+    hr = batch["hr"].to(device, non_blocking=True)  # (B, 1, h, w) float32
+    return lr, hr
+
+
+def clip_and_step(t: Trainer) -> tuple[float | None, bool]:
+    """Clip, step, zero the gradients; returns (gradient norm, whether the step was skipped).
+
+    A non-finite norm skips the step (bf16/fp32); with fp16 the loss scaler decides and
+    lowers its scale. Under DeepSpeed ``accelerator.backward`` has already clipped (its
+    config's gradient_clipping) and stepped.
+    """
+    accelerator = t.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        norm = t.model.get_global_grad_norm()
+        return _as_float(norm), accelerator.optimizer_step_was_skipped
+    max_norm = t.cfg.optim.grad_clip_norm or math.inf  # inf: measure only (scales by 1.0)
+    norm = accelerator.clip_grad_norm_(t.model.parameters(), max_norm)
+    if accelerator.scaler is None and not is_finite(norm):
+        t.optimizer.zero_grad(set_to_none=True)
+        return _as_float(norm), True
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return _as_float(norm), accelerator.optimizer_step_was_skipped
+
+
+def _as_float(value: torch.Tensor | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
+    """Train and speed scalars to TensorBoard; the loss is averaged over ranks (collective)."""
+    accelerator = t.accelerator
+    local = sum(meter.losses) / len(meter.losses) if meter.losses else math.nan
+    loss = accelerator.reduce(torch.tensor(local, device=accelerator.device), "mean").item()
+    seconds = (time.perf_counter() - meter.started) / meter.steps
+    processes = accelerator.num_processes
+    values = {
+        "train/loss": loss,
+        "train/lr": learning_rate(t.step - 1, t.cfg.optim),
+        "train/grad_norm": meter.grad_norm,
+        "train/skipped_steps": t.skipped.total,
+        "perf/step_seconds": seconds,
+        "perf/samples_per_second": t.cfg.data.global_batch_size / seconds,
+        "perf/megapixels_per_second": meter.pixels * processes / meter.steps / seconds / 1e6,
+        "perf/peak_memory_mib": peak_memory_mib(accelerator.device),
+    }
+    values = {key: value for key, value in values.items() if value is not None}
+    accelerator.log(values, step=t.step)
+    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    log.info(
+        "step %d: loss %.5f, lr %.3g, grad norm %s, %.3f s/step, skipped %d",
+        t.step, loss, values["train/lr"], values.get("train/grad_norm", "n/a"), seconds,
+        t.skipped.total, main_process_only=True,
+    )  # fmt: skip
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA; on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def validate(t: Trainer) -> None:
+    """Score the test tiles with the raw weights (val/*) and, with EMA, the average (val_ema/*)."""
+    t.module.eval()
+    try:
+        log_validation(t, t.module, "val")
+        if t.ema is not None:
+            log_validation(t, t.float32_copy(averaged=True), "val_ema")
+    finally:
+        t.module.train()
+
+
+def log_validation(t: Trainer, model: nn.Module, prefix: str) -> None:
+    accelerator = t.accelerator
+    results = gather_object(score_tiles(model, t.tiles))  # collective: every rank's share
+    if not accelerator.is_main_process:
+        return
+    summary = summarize(results)
+    accelerator.log({f"{prefix}/{key}": value for key, value in summary.items()}, step=t.step)
+    log.info(
+        "step %d %s: dPSNR %.3f dB, dSSIM %.4f on %d tiles", t.step, prefix, summary["dpsnr"],
+        summary["dssim"], summary["tiles"], main_process_only=True,
+    )  # fmt: skip
+    log_pictures(t, model, prefix)
+
+
+def log_pictures(t: Trainer, model: nn.Module, prefix: str) -> None:
+    """Main process: LR | prediction | HR grids and, for aeanet, reference heatmaps."""
+    writer = t.accelerator.get_tracker("tensorboard", unwrap=True)
+    num_refs = t.cfg.model.num_refs if t.cfg.model.name == "aeanet" else 0
+    refs = chosen_references(num_refs, t.cfg.logging.heatmap_refs)
+    for tile in t.tiles[: t.cfg.logging.image_tiles]:
+        name = f"{tile.pair}/{tile.tile_id}"
+        grid = comparison_grid(model, tile)  # (1, H, 3W + gaps)
+        writer.add_image(f"{prefix}_images/{name}", grid, t.step, dataformats="CHW")
+        if refs:
+            maps = reference_heatmaps(model, tile, refs)  # (3, H, (1 + len(refs)) W + gaps)
+            writer.add_image(f"{prefix}_heatmaps/{name}", maps, t.step, dataformats="CHW")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(t: Trainer) -> Path:
+    """Every rank saves into RUN/checkpoints/.step_N.partial; main then renames it step_N."""
+    accelerator = t.accelerator
+    final = ckpt.checkpoint_path(t.run_dir, t.step)
+    if not all_finite(t.module):
+        raise TrainingDiverged(
+            f"weights are not finite after step {t.step}: no checkpoint written; the newest "
+            f"complete one is {ckpt.newest_complete(t.run_dir)}"
+        )
+    if accelerator.is_main_process:
+        ckpt.start_partial(t.run_dir, t.step)
+    accelerator.wait_for_everyone()
+    partial = ckpt.partial_path(t.run_dir, t.step)
+    accelerator.save_state(str(partial))  # collective under DeepSpeed: every rank writes
+    if accelerator.is_main_process and t.ema is not None:
+        save_file(t.ema.tensors(), str(partial / EMA_FILE))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.finish_partial(t.run_dir, t.step, trainer_state(t))
+        ckpt.prune(t.run_dir, t.cfg.train.keep_checkpoints)
+        log.info("checkpoint %s", final, main_process_only=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def trainer_state(t: Trainer) -> dict:
+    return {
+        "data_position": t.step,  # the loader's batch index = the step (pure function of it)
+        "world_size": t.accelerator.num_processes,
+        "seed": t.cfg.train.seed,
+        "ema_updates": None if t.ema is None else t.ema.updates,
+        **t.skipped.state(),
+    }
+
+
+def stop_for_preemption(t: Trainer) -> int:
+    """Checkpoint at this step, leave RUN/preempted.json, return :data:`EXIT_PREEMPTED`."""
+    path = save_checkpoint(t)
+    if t.accelerator.is_main_process:
+        marker = {
+            "step": t.step,
+            "checkpoint": str(path),
+            "exit_code": EXIT_PREEMPTED,
+            "signal": t.preemption.received,  # None when only another rank received it
+        }
+        atomic_write_text(t.run_dir / PREEMPTED_MARKER, json.dumps(marker) + "\n", overwrite=True)
+    log.warning(
+        "preempted: checkpoint %s written; exiting with %d (resume with --resume)",
+        path, EXIT_PREEMPTED, main_process_only=True,
+    )  # fmt: skip
+    t.accelerator.end_training()
+    return EXIT_PREEMPTED
+
+
+def finish(t: Trainer) -> None:
+    """Last checkpoint and validation, then RUN/model.safetensors, config.yaml, run.json."""
+    accelerator = t.accelerator
+    if ckpt.newest_complete(t.run_dir) != ckpt.checkpoint_path(t.run_dir, t.step):
+        save_checkpoint(t)
+    if t.step % t.cfg.logging.eval_every != 0:
+        validate(t)
+    raw = t.float32_copy()
+    averaged = t.float32_copy(averaged=True) if t.ema is not None else None
+    if accelerator.is_main_process:
+        write_run_files(
+            t.run_dir,
+            model=raw,
+            model_name=t.cfg.model.name,
+            model_kwargs=t.cfg.model.build_kwargs(),
+            scale=t.manifest.scale,
+            bit_depths=t.manifest.bit_depths,
+            dataset={"path": str(t.manifest.root), "manifest_sha256": t.manifest.sha256},
+            step=t.step,
+            config_yaml=t.cfg.to_yaml(),
+            ema_model=averaged,
+        )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    relaunch_cpu_multiprocess(__file__, argv)  # `accelerate launch --cpu` starts only one
+    args, overrides = parse_args(argv)
+    cfg = load_config(args.config, overrides)
+    if args.resume:
+        cfg.train.resume = "auto"
+    accelerator = make_accelerator(cfg)
+    setup_logging(accelerator)
+    trainer, resume_from = build_trainer(cfg, accelerator)
+    if resume_from is not None:
+        restore(trainer, resume_from)
+    return train(trainer)
+
+
+if __name__ == "__main__":
+    run_cli(main)
