@@ -1,0 +1,789 @@
+"""The one place that reads dataset shards (docs/formats.md §2), for training and evaluation.
+
+Three streams, one reader:
+
+- :func:`train_loader`: an endless stream of batches of paired random crops (LR and HR cut
+  at the same place, optionally the same D4 flip/rotation on both) from the training
+  regions, for step-based DDP training;
+- :func:`test_tiles`: every test tile exactly once, in a fixed order, with its metadata;
+- :func:`full_images`: every whole registered image once (evaluation predicts them whole).
+
+A source is a DATA folder (or its ``manifest.json``), a :class:`DatasetManifest` already
+loaded, or explicit shard URLs (a list, or a webdataset brace pattern such as
+``"pipe:curl -s https://host/train-{000000..000003}.tar"``) for streaming from elsewhere
+without a manifest.
+
+How the training stream reads, and why:
+
+- Decoding PNGs is the cost (~12 ms per 960x944 region image on one core), cropping is
+  cheap. So regions are decoded into a *pool* and each pool serves ``crops_per_region``
+  crops per region before it is replaced. The schedule is fixed in steps: pool epoch
+  ``e`` covers steps ``[e * P, (e + 1) * P)`` with ``P = ceil(pool_size *
+  crops_per_region / batch_size)``.
+- Everything random is drawn from ``numpy.random.default_rng([seed, rank, stream, n])``
+  with ``n`` the pool epoch (which regions) or the step (which crops, which D4 op). So the
+  batch at step ``s`` on rank ``r`` is a pure function of (dataset, seed, s, r, settings):
+  a run resumed at ``start_step`` sees exactly the batches an uninterrupted run would, and
+  the number of DataLoader workers changes nothing.
+- Node splitting: NONE, on purpose. Every rank draws regions, with replacement, from every
+  region of every shard, with its own RNG stream (seeded by its rank). Ranks therefore see
+  different crops, never run dry and never wait for each other, even with fewer shards than
+  ranks (the paper's 22 pairs fit in ONE train shard). This is webdataset's "resampled
+  shards" done per region instead of per shard, so a pool mixes pairs from every shard.
+- DataLoader workers split the decoding: worker ``w`` of ``W`` decodes pool epochs
+  ``e0 + w, e0 + w + W, ...``; the DataLoader's in-order round robin hands them back in
+  order and the calling process cuts the crops. Each region is decoded once per pool,
+  whatever the number of workers.
+- Local shards are indexed once (tar headers) and read by seeking to the members a pool
+  needs; URLs that can only be streamed (``pipe:``, ``http:``) are streamed whole.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import tarfile
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+
+import braceexpand
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+from aeatrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "aeatrain-dataset"
+FORMAT_VERSION = 1
+PROTOCOLS = ("paper-split-v1",)
+MANIFEST_NAME = "manifest.json"
+CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide by 4
+DEFAULT_POOL_SIZE = 8
+DEFAULT_CROPS_PER_REGION = 16  # 16 crops of 256^2 ~ the pixels of one 944x960 region
+
+# Separate RNG streams so the region choice and the crop choice never share draws.
+_POOL_STREAM = 0
+_CROP_STREAM = 1
+
+
+class DatasetError(UserError):
+    """A dataset that cannot be used as asked; the message names the file, key or setting."""
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """A checked ``manifest.json``: where the shards are and what they hold."""
+
+    root: Path  # the DATA folder
+    path: Path  # its manifest.json
+    sha256: str  # of manifest.json itself: runs record which dataset they trained on
+    raw: dict = field(repr=False)  # the whole manifest as read
+
+    @property
+    def scale(self) -> float:
+        return float(self.raw["scale"])
+
+    @property
+    def bit_depths(self) -> list[int]:
+        return [int(d) for d in self.raw["bit_depths"]]
+
+    @property
+    def pairs(self) -> dict[str, dict]:
+        """Pair name -> ``{"width", "height", "bit_depth", "train_region"}``."""
+        return self.raw["pairs"]
+
+    @property
+    def pair_names(self) -> list[str]:
+        return sorted(self.raw["pairs"])
+
+    def shard_urls(self, split: str) -> list[str]:
+        """Paths of the split's shards, in manifest order (pair-name order)."""
+        return [str(self.root / s["file"]) for s in self._split(split)["shards"]]
+
+    def samples(self, split: str) -> int:
+        return int(self._split(split)["samples"])
+
+    def _split(self, split: str) -> dict:
+        splits = self.raw["splits"]
+        if split not in splits:
+            raise DatasetError(f"{self.path}: has no {split!r} split (has {sorted(splits)})")
+        return splits[split]
+
+
+def load_manifest(
+    source: str | os.PathLike | DatasetManifest, *, verify_checksums: bool = True
+) -> DatasetManifest:
+    """Read and check a DATA folder's manifest (or the ``manifest.json`` path itself).
+
+    Checks format, format_version, protocol, that every listed shard exists and, unless
+    ``verify_checksums`` is False, its sha256. Any failure raises :class:`DatasetError`
+    with one line naming the file.
+    """
+    if isinstance(source, DatasetManifest):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: no such manifest (expected a DATA folder from data_prep build)"
+        )
+    data = path.read_bytes()
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    _check_manifest_fields(path, raw)
+    manifest = DatasetManifest(path.parent, path, hashlib.sha256(data).hexdigest(), raw)
+    _check_shards(manifest, verify_checksums)
+    return manifest
+
+
+def _check_manifest_fields(path: Path, raw: object) -> None:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: not a dataset manifest (top level is not an object)")
+    if raw.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version is {raw.get('format_version')!r}; this aeatrain reads "
+            f"version {FORMAT_VERSION}"
+        )
+    protocol = raw.get("protocol")
+    name = protocol.get("name") if isinstance(protocol, dict) else None
+    if name not in PROTOCOLS:
+        raise DatasetError(f"{path}: protocol.name is {name!r}, expected one of {list(PROTOCOLS)}")
+    for key in ("scale", "bit_depths", "pairs", "splits"):
+        if key not in raw:
+            raise DatasetError(f"{path}: missing key {key!r}")
+    for split, entry in raw["splits"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+            raise DatasetError(f"{path}: splits.{split}.shards is missing or not a list")
+
+
+def _check_shards(manifest: DatasetManifest, verify_checksums: bool) -> None:
+    for split, entry in manifest.raw["splits"].items():
+        for shard in entry["shards"]:
+            shard_path = manifest.root / shard["file"]
+            if not shard_path.is_file():
+                raise DatasetError(
+                    f"{shard_path}: {split} shard listed in {manifest.path} is missing"
+                )
+            if verify_checksums and _sha256(shard_path) != shard["sha256"]:
+                raise DatasetError(
+                    f"{shard_path}: sha256 differs from {manifest.path} (changed or corrupt shard)"
+                )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- sources
+
+DataSource = str | os.PathLike | Sequence[str] | DatasetManifest
+
+
+def _resolve(source: DataSource, split: str) -> tuple[list[str], DatasetManifest | None]:
+    """Shard URLs of ``split`` and the manifest (None when given URLs directly)."""
+    if isinstance(source, DatasetManifest):
+        return source.shard_urls(split), source
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise DatasetError("no shard URLs given (empty list)")
+        return [os.fspath(url) for url in source], None
+    text = os.fspath(source)
+    if text.startswith("pipe:") or "://" in text or "{" in text:
+        return list(braceexpand.braceexpand(text)), None
+    path = Path(text)
+    if path.suffix == ".tar" and not path.is_dir():
+        return [text], None
+    manifest = load_manifest(path)
+    return manifest.shard_urls(split), manifest
+
+
+def _local_path(url: str) -> Path | None:
+    """The file behind a plain path or ``file:`` URL; None for anything to be streamed."""
+    if url.startswith("file:"):
+        url = url[len("file:") :].removeprefix("//")
+    elif url.startswith("pipe:") or "://" in url:
+        return None
+    return Path(url) if Path(url).is_file() else None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _iter_shard(url: str) -> Iterator[dict]:
+    """Samples of one shard in stream order: ``{"__key__": key, "lr.png": bytes, ...}``."""
+    try:
+        stream = gopen(url, "rb")
+    except Exception as err:  # gopen raises whatever the scheme's opener raises
+        raise DatasetError(f"{url}: cannot open shard ({err})") from None
+    try:
+        current: dict | None = None
+        for member in tar_file_iterator(stream):
+            key, ext = base_plus_ext(member["fname"])
+            if key is None:
+                continue
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            current = current or {"__key__": key}
+            current[ext.lower()] = member["data"]
+        if current is not None:
+            yield current
+        stream.close()  # a pipe: reports its command's exit status here
+    except (tarfile.TarError, OSError, ValueError) as err:
+        raise DatasetError(f"{url}: unreadable shard ({err})") from None
+    finally:
+        with contextlib.suppress(Exception):  # after an error or an early stop
+            stream.close()
+
+
+def _tar_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """Key -> extension -> (byte offset, size) of every member of a local tar."""
+    index: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                key, ext = base_plus_ext(member.name)
+                if member.isreg() and key is not None:
+                    index.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as err:
+        raise DatasetError(f"{path}: unreadable shard ({err})") from None
+    return index
+
+
+def _read_spans(handle, spans: dict[str, tuple[int, int]]) -> dict[str, bytes]:
+    files = {}
+    for ext, (offset, size) in spans.items():
+        handle.seek(offset)
+        files[ext] = handle.read(size)
+    return files
+
+
+def _decode_png(url: str, key: str, files: dict, ext: str) -> np.ndarray:
+    if ext not in files:
+        raise DatasetError(f"{url}: sample {key} has no {ext}")
+    image = cv2.imdecode(np.frombuffer(files[ext], np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise DatasetError(f"{url}: sample {key}: {ext} is not an 8/16-bit greyscale PNG")
+    return image
+
+
+def _decode_pair(url: str, key: str, files: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(lr, hr), (H, W) uint8|uint16 each, checked to match."""
+    lr = _decode_png(url, key, files, "lr.png")
+    hr = _decode_png(url, key, files, "hr.png")
+    if lr.shape != hr.shape or lr.dtype != hr.dtype:
+        raise DatasetError(
+            f"{url}: sample {key}: lr {lr.shape} {lr.dtype} and hr {hr.shape} {hr.dtype} differ"
+        )
+    return lr, hr
+
+
+def _decode_meta(url: str, key: str, files: dict) -> dict:
+    try:
+        meta = json.loads(files["json"])
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or "pair" not in meta or "region" not in meta:
+        raise DatasetError(f"{url}: sample {key} has no valid json with pair and region")
+    return meta
+
+
+@dataclass(frozen=True)
+class _Region:
+    """One sample of a shard, as found by a metadata scan (no PNG decoded)."""
+
+    url: str
+    key: str
+    pair: str
+    region_id: str
+    width: int
+    height: int
+    spans: dict[str, tuple[int, int]] | None  # local shards: where each member lies
+
+
+def _scan(urls: Sequence[str]) -> list[_Region]:
+    """Every sample of ``urls`` in stream order; local tars read only headers and json."""
+    regions = []
+    for url in urls:
+        path = _local_path(url)
+        if path is not None:
+            with open(path, "rb") as handle:
+                for key, spans in _tar_index(path).items():
+                    files = _read_spans(handle, {"json": spans["json"]} if "json" in spans else {})
+                    regions.append(_region_of(url, key, files, spans))
+        else:
+            for sample in _iter_shard(url):
+                regions.append(_region_of(url, sample["__key__"], sample, None))
+    return regions
+
+
+def _region_of(url: str, key: str, files: dict, spans) -> _Region:
+    meta = _decode_meta(url, key, files)
+    box = meta["region"]
+    width, height = box["x1"] - box["x0"], box["y1"] - box["y0"]
+    return _Region(url, key, meta["pair"], meta.get("region_id", ""), width, height, spans)
+
+
+def _check_pairs(wanted: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
+    """The pairs to use; names not in the data raise :class:`DatasetError` naming them."""
+    if wanted is None:
+        return sorted(known)
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    missing = sorted(set(wanted) - set(known))
+    if missing:
+        raise DatasetError(f"{where}: no pair named {', '.join(map(repr, missing))}")
+    return sorted(set(wanted))
+
+
+def pair_names(source: DataSource) -> list[str]:
+    """Names of the registered pairs of a dataset (or of the given train shards), sorted."""
+    urls, manifest = _resolve(source, "train")
+    if manifest is not None:
+        return manifest.pair_names
+    return sorted({region.pair for region in _scan(urls)})
+
+
+# ----------------------------------------------------------------------------- D4
+
+
+def d4_transform(image, op: int):
+    """One of the 8 symmetries of the square on the last two axes (numpy, a view).
+
+    ``op`` in 0..7: flip left-right when ``op >= 4``, then rotate by ``op % 4`` quarter
+    turns (numpy's ``rot90`` direction). Apply the same ``op`` to LR and HR.
+    """
+    if not 0 <= op < 8:
+        raise ValueError(f"D4 op must be in 0..7, got {op}")
+    flipped = np.flip(image, axis=-1) if op >= 4 else image
+    return np.rot90(flipped, k=op % 4, axes=(-2, -1))
+
+
+def d4_inverse(op: int) -> int:
+    """The op undoing ``op``: reflections undo themselves, rotations turn back."""
+    return op if op >= 4 else (4 - op) % 4
+
+
+def shape_preserving_op(op: int) -> int:
+    """Map an op to one that keeps a non-square crop's shape (an even number of turns).
+
+    Maps 0..7 two-to-one onto {0, 2, 4, 6} (identity, 180 degrees, flip left-right, flip
+    up-down), so a uniform draw stays uniform over those four.
+    """
+    return op - op % 2
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class _TrainSettings:
+    """Everything the batch at a step depends on, besides the dataset and the step."""
+
+    seed: int
+    rank: int
+    batch_size: int
+    crop_hw: tuple[int, int]
+    augment: bool
+    pool_size: int
+    crops_per_region: int
+
+    @property
+    def steps_per_pool(self) -> int:
+        return max(1, math.ceil(self.pool_size * self.crops_per_region / self.batch_size))
+
+
+def _pool_plan(
+    settings: _TrainSettings, n_regions: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pure: (region index per pool slot (pool_size,), slot per crop of the epoch (P * B,)).
+
+    Regions are drawn with replacement from all regions (no node splitting, see the module
+    docstring); every slot serves ``crops_per_region`` crops, in a shuffled order.
+    """
+    rng = np.random.default_rng([settings.seed, settings.rank, _POOL_STREAM, epoch])
+    regions = rng.integers(0, n_regions, size=settings.pool_size)
+    crops = settings.steps_per_pool * settings.batch_size
+    slots = rng.permutation(np.arange(crops) % settings.pool_size)
+    return regions, slots
+
+
+def _crop_draws(settings: _TrainSettings, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pure: (fractional offsets (B, 2) in [0, 1) as (y, x), D4 op (B,)) for one step."""
+    rng = np.random.default_rng([settings.seed, settings.rank, _CROP_STREAM, step])
+    fractions = rng.random((settings.batch_size, 2))
+    ops = rng.integers(0, 8, size=settings.batch_size)  # drawn even without augment
+    return fractions, ops
+
+
+def crop_origin(region_hw: tuple[int, int], crop_hw: tuple[int, int], fraction) -> tuple[int, int]:
+    """Top-left (y0, x0) of a crop inside a region, from fractions in [0, 1): uniform."""
+    y0 = int(fraction[0] * (region_hw[0] - crop_hw[0] + 1))
+    x0 = int(fraction[1] * (region_hw[1] - crop_hw[1] + 1))
+    return y0, x0
+
+
+def _decode_regions(regions: Sequence[_Region], chosen: Sequence[int]) -> dict[int, tuple]:
+    """Decode the distinct chosen regions: index -> (lr, hr), read once per shard."""
+    wanted = sorted({int(i) for i in chosen})
+    by_url: dict[str, list[int]] = {}
+    for index in wanted:
+        by_url.setdefault(regions[index].url, []).append(index)
+    decoded = {}
+    for url, indices in by_url.items():
+        path = _local_path(url)
+        if path is not None and regions[indices[0]].spans is not None:
+            with open(path, "rb") as handle:
+                for index in indices:
+                    files = _read_spans(handle, regions[index].spans)
+                    decoded[index] = _decode_pair(url, regions[index].key, files)
+        else:
+            keys = {regions[index].key: index for index in indices}
+            for sample in _iter_shard(url):
+                if sample["__key__"] in keys:
+                    decoded[keys[sample["__key__"]]] = _decode_pair(url, sample["__key__"], sample)
+    for index in wanted:
+        region = regions[index]
+        if index not in decoded:
+            raise DatasetError(f"{region.url}: sample {region.key} vanished since it was scanned")
+        if decoded[index][0].shape != (region.height, region.width):
+            raise DatasetError(
+                f"{region.url}: sample {region.key} is {decoded[index][0].shape[::-1]} pixels, "
+                f"its json region says {region.width}x{region.height}"
+            )
+    return decoded
+
+
+class _PoolEpochs(IterableDataset):
+    """Decoded region pools, one item per pool epoch, forever.
+
+    Worker ``w`` of ``W`` yields epochs ``first + w, first + w + W, ...``, so the
+    DataLoader's in-order round robin returns them in epoch order. A user-caused error in
+    a worker travels as ``{"error": message}`` so the caller can raise it as one line.
+    """
+
+    def __init__(self, regions: list[_Region], settings: _TrainSettings, first_epoch: int):
+        self.regions = regions
+        self.settings = settings
+        self.first_epoch = first_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for epoch in count(self.first_epoch + worker, workers):
+            try:
+                yield self._pool(epoch)
+            except UserError as err:
+                yield {"error": str(err)}
+                return
+
+    def _pool(self, epoch: int) -> dict:
+        chosen, slots = _pool_plan(self.settings, len(self.regions), epoch)
+        decoded = _decode_regions(self.regions, chosen)
+        images = {
+            index: (torch.from_numpy(lr), torch.from_numpy(hr))
+            for index, (lr, hr) in decoded.items()
+        }
+        return {"epoch": epoch, "chosen": chosen, "slots": slots, "images": images}
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers: preemption signals belong to the trainer's main process."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _as_is(item):
+    return item
+
+
+def _pool_items(dataset: _PoolEpochs, num_workers: int) -> Iterator[dict]:
+    if num_workers == 0:
+        return iter(dataset)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        worker_init_fn=_worker_init,
+        prefetch_factor=2,
+    )
+    return iter(loader)
+
+
+def _make_batch(pool: dict, regions: list[_Region], settings: _TrainSettings, step: int) -> dict:
+    """The batch of ``step`` from its pool epoch: crop, D4, scale to [0, 1]."""
+    height, width = settings.crop_hw
+    batch = settings.batch_size
+    lr_out = np.empty((batch, 1, height, width), np.float32)  # (B, 1, h, w)
+    hr_out = np.empty_like(lr_out)
+    fractions, ops = _crop_draws(settings, step)
+    first = (step - pool["epoch"] * settings.steps_per_pool) * batch
+    names, boxes = [], np.zeros((batch, 3), np.int64)
+    for i in range(batch):
+        index = int(pool["chosen"][pool["slots"][first + i]])
+        lr, hr = (image.numpy() for image in pool["images"][index])
+        y0, x0 = crop_origin(lr.shape, (height, width), fractions[i])
+        op = int(ops[i]) if settings.augment else 0
+        op = op if height == width else shape_preserving_op(op)
+        inverse_max = np.float32(1.0 / np.iinfo(lr.dtype).max)  # 8 and 16 bit: own max
+        for source, out in ((lr, lr_out), (hr, hr_out)):
+            view = d4_transform(source[y0 : y0 + height, x0 : x0 + width], op)
+            np.multiply(view, inverse_max, out=out[i, 0], casting="unsafe")
+        names.append(regions[index].pair)
+        boxes[i] = (x0, y0, op)
+    return {
+        "lr": torch.from_numpy(lr_out),
+        "hr": torch.from_numpy(hr_out),
+        "pair": names,
+        "step": step,
+        "crop": torch.from_numpy(boxes),  # (B, 3): x0, y0 in the region, D4 op
+    }
+
+
+def _batches(
+    pools: _PoolEpochs, num_workers: int, settings: _TrainSettings, start_step: int
+) -> Iterator[dict]:
+    """Batches from ``start_step`` on; closing this generator shuts its workers down."""
+    regions = pools.regions
+    for pool in _pool_items(pools, num_workers):
+        if "error" in pool:
+            raise DatasetError(pool["error"])
+        first = pool["epoch"] * settings.steps_per_pool
+        for step in range(max(first, start_step), first + settings.steps_per_pool):
+            yield _make_batch(pool, regions, settings, step)
+
+
+def _crop_hw(crop_size: int | None, regions: list[_Region], where: str) -> tuple[int, int]:
+    """Check the crop size against the smallest training region; None = the whole region."""
+    smallest = min(regions, key=lambda r: min(r.height, r.width))
+    if crop_size is None:
+        height = min(r.height for r in regions) // CROP_MULTIPLE * CROP_MULTIPLE
+        width = min(r.width for r in regions) // CROP_MULTIPLE * CROP_MULTIPLE
+        return height, width
+    if crop_size <= 0 or crop_size % CROP_MULTIPLE:
+        raise DatasetError(f"crop_size {crop_size} is not a positive multiple of {CROP_MULTIPLE}")
+    if crop_size > min(smallest.height, smallest.width):
+        raise DatasetError(
+            f"crop_size {crop_size} is larger than the training region of pair "
+            f"{smallest.pair!r} ({smallest.width}x{smallest.height}) in {where}"
+        )
+    return crop_size, crop_size
+
+
+def train_loader(
+    source: DataSource,
+    *,
+    crop_size: int | None,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_step: int = 0,
+    augment: bool = False,
+    pairs: Sequence[str] | None = None,
+    num_workers: int = 0,
+    crops_per_region: int | None = None,
+    pool_size: int = DEFAULT_POOL_SIZE,
+) -> Iterator[dict]:
+    """Endless batches of paired crops from the training regions, starting at ``start_step``.
+
+    Each batch: ``{"lr": float32 (B, 1, h, w) in [0, 1], "hr": same, "pair": list[str],
+    "step": int, "crop": int64 (B, 3) [x0, y0, d4 op]}``. ``crop_size`` None takes the
+    whole training region (floored to a multiple of 4; the smallest region when pairs
+    differ). ``crops_per_region`` None means 16 for crops, 1 for whole regions (every
+    crop of a whole region is the same picture). 8- and 16-bit pairs both map to [0, 1]
+    by their own maximum. The batch at step s on this rank is a pure function of (dataset,
+    seed, s, rank, crop/augment/pool settings); see the module docstring for the design.
+    ``world_size`` only checks ``rank``: ranks never split the data, they draw from all of
+    it with different random streams.
+    """
+    if batch_size < 1 or pool_size < 1 or not 0 <= rank < world_size or start_step < 0:
+        raise ValueError(
+            f"bad loader settings: batch_size={batch_size} pool_size={pool_size} "
+            f"rank={rank} world_size={world_size} start_step={start_step}"
+        )
+    urls, manifest = _resolve(source, "train")
+    where = str(manifest.path) if manifest is not None else urls[0]
+    regions = _scan(urls)
+    if not regions:
+        raise DatasetError(f"{where}: no training samples")
+    wanted = _check_pairs(pairs, sorted({r.pair for r in regions}), where)
+    regions = [r for r in regions if r.pair in set(wanted)]
+    crop_hw = _crop_hw(crop_size, regions, where)
+    if crops_per_region is None:
+        crops_per_region = DEFAULT_CROPS_PER_REGION if crop_size is not None else 1
+    settings = _TrainSettings(
+        seed, rank, batch_size, crop_hw, augment, pool_size, max(1, crops_per_region)
+    )
+    log.info(
+        "training stream (rank %d): %d regions of %d pairs, crops %dx%d, pool of %d regions "
+        "renewed every %d steps, %d workers",
+        rank, len(regions), len(wanted), crop_hw[1], crop_hw[0], pool_size,
+        settings.steps_per_pool, num_workers,
+    )  # fmt: skip
+    pools = _PoolEpochs(regions, settings, first_epoch=start_step // settings.steps_per_pool)
+    batches = _batches(pools, num_workers, settings, start_step)
+    if num_workers:
+        atexit.register(_close_at_exit, weakref.ref(batches))
+    return batches
+
+
+def _close_at_exit(batches: weakref.ref) -> None:
+    """Shut workers down before multiprocessing's own exit hook joins them.
+
+    Workers ignore SIGTERM (see :func:`_worker_init`), so multiprocessing's exit hook,
+    which terminates and then joins daemon children, would wait for them forever. atexit
+    runs hooks last-registered first, so this one runs before multiprocessing's.
+    """
+    generator = batches()
+    if generator is not None:
+        generator.close()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class TestTile:
+    """One test tile of a registered pair; ``lr`` and ``hr`` are (H, W) uint8|uint16."""
+
+    __test__ = False  # not a pytest test class
+
+    pair: str
+    tile_id: str  # "test0".."test2"
+    index: int  # position in the fixed order of all (selected) tiles
+    lr: np.ndarray
+    hr: np.ndarray
+    bit_depth: int
+    region: dict  # x0, y0, x1, y1 in the registered image
+    meta: dict  # the sample's json
+
+
+@dataclass
+class FullImage:
+    """A whole registered pair; ``lr`` and ``hr`` are (H, W) uint8|uint16."""
+
+    pair: str
+    index: int
+    lr: np.ndarray
+    hr: np.ndarray
+    bit_depth: int
+    test_regions: dict[str, dict]
+    train_region: dict
+    meta: dict
+
+
+def _ordered_samples(
+    urls: Sequence[str], wanted: set[str] | None, rank: int, world_size: int
+) -> Iterator[tuple[int, str, str, dict, dict]]:
+    """(index, url, key, meta, files) of this rank's samples, in stream order.
+
+    Index i counts the selected samples; sample i belongs to rank ``i % world_size``.
+    Shards must list samples in (pair, region id) order, as DATA folders do.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    index, previous = 0, None
+    for url in urls:
+        for sample in _iter_shard(url):
+            meta = _decode_meta(url, sample["__key__"], sample)
+            order = (meta["pair"], meta.get("region_id", ""))
+            if previous is not None and order <= previous:
+                raise DatasetError(f"{url}: sample {sample['__key__']} is out of pair-name order")
+            previous = order
+            if wanted is not None and meta["pair"] not in wanted:
+                continue
+            if index % world_size == rank:
+                yield index, url, sample["__key__"], meta, sample
+            index += 1
+
+
+def _eval_stream(source: DataSource, split: str, pairs: Sequence[str] | None):
+    urls, manifest = _resolve(source, split)
+    if pairs is None:
+        return urls, None
+    if manifest is not None:
+        known, where = manifest.pair_names, str(manifest.path)
+    else:
+        known, where = sorted({r.pair for r in _scan(urls)}), urls[0]
+    return urls, set(_check_pairs(pairs, known, where))
+
+
+def test_tiles(
+    source: DataSource,
+    *,
+    pairs: Sequence[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[TestTile]:
+    """Every test tile exactly once, in pair-name order then test0..test2.
+
+    With ``world_size > 1`` tile ``i`` (of the selected tiles) goes to rank
+    ``i % world_size``; other ranks' tiles are not decoded.
+    """
+    urls, wanted = _eval_stream(source, "test", pairs)
+    return _tiles(urls, wanted, rank, world_size)
+
+
+test_tiles.__test__ = False  # a loader, not a pytest test
+
+
+def _tiles(urls, wanted, rank, world_size) -> Iterator[TestTile]:
+    for index, url, key, meta, files in _ordered_samples(urls, wanted, rank, world_size):
+        lr, hr = _decode_pair(url, key, files)
+        depth = 8 if lr.dtype == np.uint8 else 16
+        yield TestTile(
+            meta["pair"], meta.get("region_id", ""), index, lr, hr, depth, meta["region"], meta
+        )
+
+
+def full_images(
+    source: DataSource,
+    *,
+    pairs: Sequence[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[FullImage]:
+    """Every whole registered image once, in pair-name order; image i to rank i % world_size."""
+    urls, wanted = _eval_stream(source, "full", pairs)
+    return _full(urls, wanted, rank, world_size)
+
+
+def _full(urls, wanted, rank, world_size) -> Iterator[FullImage]:
+    for index, url, key, meta, files in _ordered_samples(urls, wanted, rank, world_size):
+        lr, hr = _decode_pair(url, key, files)
+        if "test_regions" not in meta or "train_region" not in meta:
+            raise DatasetError(f"{url}: sample {key} json lacks test_regions/train_region")
+        depth = 8 if lr.dtype == np.uint8 else 16
+        yield FullImage(
+            meta["pair"], index, lr, hr, depth, meta["test_regions"], meta["train_region"], meta
+        )
