@@ -42,7 +42,11 @@ def _launcher_argv(parent_cmdline: list[str]) -> list[str] | None:
     """The arguments after ``launch`` in an ``accelerate launch ...`` command line."""
     for i, token in enumerate(parent_cmdline):
         name = Path(token).name
-        if name == "accelerate-launch" or token.endswith("accelerate/commands/launch.py"):
+        if (
+            name == "accelerate-launch"
+            or token in ("accelerate.commands.launch",)
+            or token.endswith("accelerate/commands/launch.py")
+        ):
             return parent_cmdline[i + 1 :]
         if token == "launch" and i > 0 and "accelerate" in Path(parent_cmdline[i - 1]).name:
             return parent_cmdline[i + 1 :]

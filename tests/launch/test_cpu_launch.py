@@ -56,6 +56,16 @@ def test_parse_reads_accelerates_own_arguments():
     assert (request.num_processes, request.num_machines, request.machine_rank) == (4, 2, 1)
     assert (request.main_process_ip, request.main_process_port) == ("10.0.0.1", 1234)
     assert request.processes_per_machine == 2
+    as_module = [
+        "python3",
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "t.py",
+    ]
+    assert parse_cpu_launch(as_module, {"MASTER_PORT": "4321"}).main_process_port == 4321
 
 
 def test_single_process_and_foreign_parents_are_left_alone():
