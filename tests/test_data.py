@@ -1,0 +1,410 @@
+"""aeatrain/data.py: manifest checks, the training crop stream, the test and full streams.
+
+Fixtures are tiny DATA folders from tests/datasets.py. Where a test must know what every
+pixel holds, it writes coordinate-coded images: HR pixel (y, x) of pair k holds
+``((y + 17 k) % 256) * 256 + x % 256`` and LR holds ``65535 - HR``, so a crop tells where
+it was cut from, from which pair, and whether LR and HR match.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aeatrain import data
+from aeatrain.data import DatasetError, d4_inverse, d4_transform, load_manifest, train_loader
+from data_prep import shards
+from tests.datasets import make_dataset, split_regions, write_dataset
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def coded_pair(k: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:height, 0:width]
+    hr = (((yy + 17 * k) % 256) * 256 + xx % 256).astype(np.uint16)
+    return (65535 - hr).astype(np.uint16), hr
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory) -> Path:
+    """Three coordinate-coded 16-bit pairs of 320x240 (train regions 240x240)."""
+    images = {f"pair{k:02d}": coded_pair(k, 240, 320) for k in range(3)}
+    return write_dataset(tmp_path_factory.mktemp("coded") / "DATA", images)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """The default tests/datasets.py dataset, several shards per split."""
+    return make_dataset(tmp_path_factory.mktemp("plain") / "DATA", max_samples_per_shard=2)
+
+
+def take(stream, n):
+    return [next(stream) for _ in range(n)]
+
+
+def assert_same_batches(first, second):
+    assert [b["step"] for b in first] == [b["step"] for b in second]
+    for a, b in zip(first, second, strict=True):
+        assert a["pair"] == b["pair"]
+        assert torch.equal(a["crop"], b["crop"])
+        assert torch.equal(a["lr"], b["lr"]) and torch.equal(a["hr"], b["hr"])
+
+
+def check_coded_crops(batch):
+    """Every crop is where batch["crop"] says, from the pair it names, LR matching HR."""
+    height, width = batch["hr"].shape[-2:]
+    for i, name in enumerate(batch["pair"]):
+        x0, y0, op = (int(v) for v in batch["crop"][i])
+        _, hr_full = coded_pair(int(name[-2:]), 240, 320)
+        lr = np.rint(batch["lr"][i, 0].numpy() * 65535).astype(np.int64)
+        hr = np.rint(batch["hr"][i, 0].numpy() * 65535).astype(np.int64)
+        source_hw = (width, height) if op % 2 else (height, width)
+        want = hr_full[y0 : y0 + source_hw[0], x0 : x0 + source_hw[1]]
+        np.testing.assert_array_equal(hr, d4_transform(want, op))
+        np.testing.assert_array_equal(d4_transform(hr, d4_inverse(op)), want)
+        np.testing.assert_array_equal(lr + hr, 65535)  # LR cut at the same place as HR
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_exposes_what_the_trainer_needs(plain):
+    manifest = load_manifest(plain)
+    assert manifest.root == plain and manifest.path == plain / "manifest.json"
+    assert manifest.scale == 2.0 and manifest.bit_depths == [8]
+    assert manifest.pair_names == ["pair00", "pair01", "pair02"]
+    assert manifest.pairs["pair01"]["train_region"] == {"x0": 0, "y0": 0, "x1": 240, "y1": 240}
+    assert [Path(u).name for u in manifest.shard_urls("train")] == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]
+    assert (manifest.samples("train"), manifest.samples("test"), manifest.samples("full")) == (
+        3,
+        9,
+        3,
+    )
+    assert manifest.sha256 == shards.sha256_file(plain / "manifest.json")
+    assert load_manifest(plain / "manifest.json").sha256 == manifest.sha256
+    assert (data.FORMAT, data.FORMAT_VERSION) == (shards.FORMAT, shards.FORMAT_VERSION)
+
+
+@pytest.fixture
+def own_copy(tmp_path):
+    return make_dataset(tmp_path / "DATA", pairs=2, width=160, height=120)
+
+
+def edit_manifest(root: Path, **changes) -> Path:
+    path = root / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_missing_shard_is_named(own_copy):
+    (own_copy / "test-000000.tar").unlink()
+    with pytest.raises(DatasetError, match=r"test-000000\.tar: test shard .* is missing"):
+        load_manifest(own_copy)
+
+
+def test_checksum_mismatch_is_named_and_can_be_skipped(own_copy):
+    shard = own_copy / "train-000000.tar"
+    content = bytearray(shard.read_bytes())
+    content[700] ^= 0xFF
+    shard.write_bytes(bytes(content))
+    with pytest.raises(DatasetError, match=r"train-000000\.tar: sha256 differs"):
+        load_manifest(own_copy)
+    assert load_manifest(own_copy, verify_checksums=False).pair_names == ["pair00", "pair01"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"protocol": {"name": "random-split"}}, "protocol.name is 'random-split'"),
+        ({"format": "something-else"}, "format is 'something-else'"),
+        ({"format_version": 2}, "format_version is 2"),
+    ],
+)
+def test_wrong_manifest_fields_name_the_manifest(own_copy, changes, message):
+    path = edit_manifest(own_copy, **changes)
+    with pytest.raises(DatasetError, match=message) as caught:
+        load_manifest(own_copy)
+    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="no such manifest"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"manifest\.json: not valid JSON"):
+        train_loader(tmp_path, crop_size=16, batch_size=1, seed=0)
+
+
+# --------------------------------------------------------------------------- D4
+
+
+def test_d4_ops_are_the_eight_distinct_symmetries_and_invert():
+    image = np.arange(12).reshape(3, 4)
+    results = [d4_transform(image, op) for op in range(8)]
+    assert len({(r.shape, r.tobytes()) for r in (np.ascontiguousarray(x) for x in results)}) == 8
+    for op in range(8):
+        np.testing.assert_array_equal(d4_transform(results[op], d4_inverse(op)), image)
+    np.testing.assert_array_equal(d4_transform(image, 4), image[:, ::-1])
+    np.testing.assert_array_equal(d4_transform(image, 2), image[::-1, ::-1])
+    for op in range(8):  # the non-square subset keeps the shape
+        assert d4_transform(image, data.shape_preserving_op(op)).shape == (3, 4)
+
+
+def test_d4_is_paired_on_a_batch_axis():
+    lr = np.random.default_rng(0).random((2, 1, 5, 5))
+    for op in range(8):
+        both = d4_transform(np.stack([lr, 1 - lr]), op)
+        np.testing.assert_allclose(both[0] + both[1], 1.0)
+        np.testing.assert_array_equal(both[0], d4_transform(lr, op))
+
+
+# --------------------------------------------------------------------------- training stream
+
+
+def test_crops_are_paired_and_where_they_say(coded):
+    batches = take(train_loader(coded, crop_size=64, batch_size=6, seed=3), 5)
+    for batch in batches:
+        assert batch["lr"].shape == (6, 1, 64, 64) and batch["lr"].dtype == torch.float32
+        check_coded_crops(batch)
+    assert [b["step"] for b in batches] == [0, 1, 2, 3, 4]
+    origins = {tuple(c[:2].tolist()) for b in batches for c in b["crop"]}
+    assert len(origins) >= 25  # random places, not a fixed one
+    assert {name for b in batches for name in b["pair"]} == {"pair00", "pair01", "pair02"}
+
+
+def test_augmented_crops_stay_paired_and_use_all_ops(coded):
+    batches = take(train_loader(coded, crop_size=32, batch_size=8, seed=1, augment=True), 6)
+    for batch in batches:
+        check_coded_crops(batch)
+    ops = [int(c[2]) for b in batches for c in b["crop"]]
+    assert set(ops) == set(range(8))
+
+
+def test_resume_and_workers_give_the_same_batches(coded):
+    settings = {"crop_size": 32, "batch_size": 4, "seed": 7, "augment": True, "pool_size": 3}
+    settings["crops_per_region"] = 4  # a new pool every 3 steps: resume inside a pool
+    straight = take(train_loader(coded, **settings), 12)
+    resumed = take(train_loader(coded, start_step=5, **settings), 7)
+    assert_same_batches(straight[5:], resumed)
+    with_workers = take(train_loader(coded, start_step=5, num_workers=2, **settings), 7)
+    assert_same_batches(straight[5:], with_workers)
+    other_seed = next(train_loader(coded, **{**settings, "seed": 8}))
+    assert not torch.equal(other_seed["crop"], straight[0]["crop"])
+
+
+def test_ranks_draw_differently(coded):
+    rank0 = next(train_loader(coded, crop_size=32, batch_size=4, seed=0, rank=0, world_size=2))
+    rank1 = next(train_loader(coded, crop_size=32, batch_size=4, seed=0, rank=1, world_size=2))
+    assert not torch.equal(rank0["lr"], rank1["lr"])
+
+
+def test_each_decoded_region_serves_crops_per_region_crops(coded):
+    """Pool epochs: P = pool_size * crops_per_region / batch steps share one set of regions."""
+    stream = train_loader(
+        coded, crop_size=32, batch_size=4, seed=0, pool_size=2, crops_per_region=6
+    )
+    batches = take(stream, 6)  # P = 3 steps per pool
+    for first in (0, 3):
+        names = [n for b in batches[first : first + 3] for n in b["pair"]]
+        assert len(set(names)) <= 2
+        counts = sorted(names.count(n) for n in set(names))
+        assert sum(counts) == 12 and counts in ([12], [6, 6])
+
+
+def test_whole_region_crops(coded):
+    batch = next(train_loader(coded, crop_size=None, batch_size=2, seed=0, augment=True))
+    assert batch["hr"].shape == (2, 1, 240, 240)
+    assert batch["crop"][:, :2].abs().sum() == 0
+    check_coded_crops(batch)
+
+
+def test_whole_region_crops_of_non_square_regions_keep_their_shape(tmp_path):
+    root = make_dataset(tmp_path / "D", pairs=2, width=320, height=202)  # regions 240 x 202
+    batches = take(train_loader(root, crop_size=None, batch_size=4, seed=0, augment=True), 3)
+    for batch in batches:
+        assert batch["lr"].shape == (4, 1, 200, 240)  # rows floored to a multiple of 4
+    assert {int(c[2]) for b in batches for c in b["crop"]} <= {0, 2, 4, 6}
+
+
+def test_pairs_filter(coded):
+    batches = take(train_loader(coded, crop_size=32, batch_size=4, seed=0, pairs=["pair01"]), 3)
+    assert {n for b in batches for n in b["pair"]} == {"pair01"}
+    for batch in batches:
+        check_coded_crops(batch)
+    with pytest.raises(DatasetError, match="no pair named 'nope'"):
+        train_loader(coded, crop_size=32, batch_size=4, seed=0, pairs=["pair01", "nope"])
+
+
+@pytest.mark.parametrize(
+    ("size", "message"), [(30, "crop_size 30 is not"), (256, "crop_size 256 is larger")]
+)
+def test_bad_crop_sizes_are_named(coded, size, message):
+    with pytest.raises(DatasetError, match=message):
+        train_loader(coded, crop_size=size, batch_size=4, seed=0)
+
+
+def test_8_and_16_bit_pairs_scale_by_their_own_maximum(tmp_path):
+    images = {
+        "eight": (np.full((120, 160), 255, np.uint8), np.full((120, 160), 51, np.uint8)),
+        "sixteen": (np.full((120, 160), 65535, np.uint16), np.full((120, 160), 13107, np.uint16)),
+    }
+    root = write_dataset(tmp_path / "D", images)
+    assert load_manifest(root).bit_depths == [8, 16]
+    batches = take(train_loader(root, crop_size=16, batch_size=8, seed=0), 2)
+    assert {n for b in batches for n in b["pair"]} == {"eight", "sixteen"}
+    for batch in batches:
+        assert torch.all(batch["lr"] == 1.0)
+        assert torch.allclose(batch["hr"], torch.tensor(0.2), rtol=0, atol=1e-7)
+
+
+def test_corrupt_sample_is_one_line_naming_shard_and_key(tmp_path):
+    shard = tmp_path / "bad-000000.tar"
+    meta = {"pair": "p", "region_id": "train", "region": {"x0": 0, "y0": 0, "x1": 16, "y1": 16}}
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in [
+            ("p__train.hr.png", shards.encode_png(np.zeros((16, 16), np.uint8))),
+            ("p__train.json", json.dumps(meta).encode()),
+            ("p__train.lr.png", b"\x89PNG truncated"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, __import__("io").BytesIO(payload))
+    for workers in (0, 1):
+        with pytest.raises(DatasetError) as caught:
+            next(train_loader(str(shard), crop_size=8, batch_size=1, seed=0, num_workers=workers))
+        assert (
+            str(caught.value)
+            == f"{shard}: sample p__train: lr.png is not an 8/16-bit greyscale PNG"
+        )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_pipe_and_brace_urls_stream_the_same_batches(plain):
+    settings = {"crop_size": 32, "batch_size": 4, "seed": 2, "augment": True}
+    local = take(train_loader(plain, **settings), 3)
+    piped = [f"pipe:cat {url}" for url in load_manifest(plain).shard_urls("train")]
+    assert_same_batches(local, take(train_loader(piped, **settings), 3))
+    braces = str(plain / "train-{000000..000001}.tar")
+    assert_same_batches(local, take(train_loader(braces, **settings), 3))
+    assert data.pair_names(piped) == data.pair_names(plain) == ["pair00", "pair01", "pair02"]
+    tiles = [
+        (t.pair, t.tile_id)
+        for t in data.test_tiles(f"pipe:cat {plain}/test-{{000000..000004}}.tar")
+    ]
+    assert tiles == [(t.pair, t.tile_id) for t in data.test_tiles(plain)]
+
+
+def test_failing_pipe_is_named(tmp_path):
+    url = f"pipe:cat {tmp_path}/absent.tar"
+    with pytest.raises(DatasetError, match=f"{url}: unreadable shard"):
+        data.pair_names([url])
+
+
+def test_a_manifest_object_is_a_source(plain):
+    manifest = load_manifest(plain)
+    settings = {"crop_size": 32, "batch_size": 2, "seed": 0}
+    assert_same_batches(
+        take(train_loader(manifest, **settings), 2), take(train_loader(plain, **settings), 2)
+    )
+
+
+# --------------------------------------------------------------------------- evaluation streams
+
+
+def test_test_tiles_once_each_in_order_and_split_over_ranks(plain):
+    tiles = list(data.test_tiles(plain))
+    order = [(t.pair, t.tile_id) for t in tiles]
+    assert order == [(f"pair{k:02d}", f"test{i}") for k in range(3) for i in range(3)]
+    assert [t.index for t in tiles] == list(range(9))
+    fulls = {f.pair: f for f in data.full_images(plain)}
+    for tile in tiles:  # each tile is its region of the whole registered image
+        box = tile.region
+        assert tile.bit_depth == 8 and tile.meta["split"] == "test"
+        np.testing.assert_array_equal(
+            tile.lr, fulls[tile.pair].lr[box["y0"] : box["y1"], box["x0"] : box["x1"]]
+        )
+        np.testing.assert_array_equal(
+            tile.hr, fulls[tile.pair].hr[box["y0"] : box["y1"], box["x0"] : box["x1"]]
+        )
+    ranks = [[t.index for t in data.test_tiles(plain, rank=r, world_size=2)] for r in (0, 1)]
+    assert ranks == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+    chosen = list(data.test_tiles(plain, pairs=["pair02", "pair00"]))
+    assert [(t.pair, t.index) for t in chosen] == [("pair00", i) for i in range(3)] + [
+        ("pair02", i) for i in range(3, 6)
+    ]
+    with pytest.raises(DatasetError, match="no pair named 'x'"):
+        data.test_tiles(plain, pairs=["x"])
+
+
+def test_full_images_carry_their_regions(plain):
+    fulls = list(data.full_images(plain, rank=1, world_size=2))
+    assert [(f.pair, f.index) for f in fulls] == [("pair01", 1)]
+    full = fulls[0]
+    assert full.lr.shape == full.hr.shape == (240, 320) and full.lr.dtype == np.uint8
+    train, tests = split_regions(320, 240)
+    assert full.train_region == train and full.test_regions == tests
+
+
+def test_16_bit_tiles_keep_their_depth(tmp_path):
+    root = make_dataset(tmp_path / "D", pairs=1, width=160, height=120, bit_depth=16)
+    tile = next(iter(data.test_tiles(root)))
+    assert tile.bit_depth == 16 and tile.lr.dtype == np.uint16 and tile.hr.max() > 255
+
+
+def test_synthetic_pairs_are_learnable(plain):
+    """tests/datasets.py promises HR = f(LR) + detail: LR is a blurred, noisy HR."""
+    full = next(iter(data.full_images(plain)))
+    lr, hr = full.lr.astype(np.float64), full.hr.astype(np.float64)
+    assert np.corrcoef(lr.ravel(), hr.ravel())[0, 1] > 0.8
+    assert np.abs(lr - hr).mean() > 3  # but not the identity: something to learn
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_workers_ignore_preemption_signals():
+    """SLURM signals the whole process group; only the trainer's main process may act."""
+    pid = os.fork()
+    if pid == 0:  # child: become a loader worker, then get signalled
+        code = 1
+        try:
+            data._worker_init(0)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_a_process_with_loader_workers_exits(plain):
+    """Workers ignore SIGTERM, so the loader must shut them down itself at exit."""
+    code = (
+        "import sys\n"
+        "from aeatrain.data import train_loader\n"
+        f"stream = train_loader({str(plain)!r}, crop_size=32, batch_size=2, seed=0, num_workers=2)\n"
+        "print(next(stream)['step'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
