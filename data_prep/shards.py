@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import webdataset as wds
 
 from aeatrain import __version__
 
@@ -105,6 +104,10 @@ def write_split(
     out_dir = Path(out_dir)
     counts: dict[str, int] = {}
     pattern = str(out_dir / SHARD_PATTERN.format(split=split))
+    # imported here: webdataset imports torch (seconds), which the build's worker
+    # processes, importing this module, do not need
+    import webdataset as wds
+
     with wds.ShardWriter(
         pattern, maxcount=max_samples_per_shard, maxsize=max_bytes_per_shard, verbose=0
     ) as writer:

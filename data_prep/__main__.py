@@ -1,0 +1,183 @@
+"""``python -m data_prep <command>``: synth, build, summary, check-truth.
+
+python -m data_prep synth --out RAW --pairs 22 --seed 0
+python -m data_prep build --raw RAW --out DATA --workers 2
+python -m data_prep summary DATA
+python -m data_prep check-truth RAW DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+
+from aeatrain.errors import UserError, run_cli
+from data_prep.build import DEFAULT_BAR_ROW, build_dataset
+from data_prep.qc import pair_table, summary_text
+from data_prep.synth import FORMATS, SynthConfig, synthesize
+from data_prep.truth import check_truth, truth_table
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _add_synth(commands) -> None:
+    p = commands.add_parser("synth", help="write synthetic LR/HR SEM pairs and truth.json")
+    p.add_argument("--out", required=True, help="folder to create (RAW)")
+    p.add_argument("--pairs", type=int, default=22)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="bmp",
+        help="bmp: 8-bit BMP like the public dataset; tif16: 16-bit TIFF",
+    )
+    p.add_argument("--scale", type=float, default=2.0, help="HR / LR magnification")
+    p.add_argument("--width", type=int, default=1280, help="image area width, pixels")
+    p.add_argument("--height", type=int, default=944, help="image area height (bar below)")
+    p.add_argument("--bar-rows", type=int, default=80, help="rows of the SEM data bar")
+    p.add_argument(
+        "--dose",
+        type=float,
+        default=SynthConfig.dose,
+        help="detected electrons per pixel at unit signal (lower: noisier)",
+    )
+    p.add_argument(
+        "--contrast",
+        type=float,
+        default=SynthConfig.contrast,
+        help="multiplier on the specimen's contrast",
+    )
+    p.add_argument(
+        "--shading",
+        type=float,
+        default=SynthConfig.shading,
+        help="amplitude of slow brightness variation (charging)",
+    )
+    p.add_argument("--max-rotation-deg", type=float, default=SynthConfig.max_rotation_deg)
+    p.add_argument("--workers", type=int, default=_default_workers())
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _add_build(commands) -> None:
+    p = commands.add_parser("build", help="register, split and shard raw pairs")
+    p.add_argument("--raw", required=True, help="folder of <name>_<mag>.<ext> pairs")
+    p.add_argument("--out", required=True, help="dataset folder to create (DATA)")
+    p.add_argument("--workers", type=int, default=_default_workers())
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--bar-row",
+        type=int,
+        default=DEFAULT_BAR_ROW,
+        help="first row of the SEM data bar, cut from both images",
+    )
+    bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_synth(commands)
+    _add_build(commands)
+    p = commands.add_parser("summary", help="print a built dataset's summary")
+    p.add_argument("data", help="dataset folder (DATA)")
+    p = commands.add_parser("check-truth", help="corner error of a build against truth.json")
+    p.add_argument("raw", help="synthetic raw folder with truth.json")
+    p.add_argument("data", help="dataset built from it")
+    p.add_argument(
+        "--max-error",
+        type=float,
+        default=0.5,
+        help="exit 1 when any corner error exceeds this (HR px)",
+    )
+    return parser
+
+
+def _synth(args) -> int:
+    config = SynthConfig(
+        width=args.width,
+        height=args.height,
+        bar_rows=args.bar_rows,
+        scale=args.scale,
+        dose=args.dose,
+        contrast=args.contrast,
+        shading=args.shading,
+        max_rotation_deg=args.max_rotation_deg,
+    )
+    start = time.perf_counter()
+    synthesize(
+        args.out,
+        pairs=args.pairs,
+        seed=args.seed,
+        config=config,
+        image_format=args.format,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"synth: {args.pairs} pairs ({args.format}, {args.width}x{args.height} + "
+        f"{args.bar_rows}-row bar, scale {args.scale:g}, seed {args.seed}) in {args.out} "
+        f"in {time.perf_counter() - start:.1f} s; truth in {args.out}/truth.json"
+    )
+    return 0
+
+
+def _build(args) -> int:
+    start = time.perf_counter()
+    command = "python -m data_prep " + shlex.join(sys.argv[1:])
+    outcomes = build_dataset(
+        args.raw,
+        args.out,
+        bar_row=None if args.no_bar else args.bar_row,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        command=command,
+    )
+    print(pair_table({o.name: o.record for o in outcomes}))
+    ok = sum(o.ok for o in outcomes)
+    print(
+        f"build: {ok} of {len(outcomes)} pairs usable, dataset in {args.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _check_truth(args) -> int:
+    check = check_truth(args.raw, args.data)
+    print(truth_table(check))
+    if check.max_px > args.max_error:
+        print(
+            f"check-truth: max corner error {check.max_px:.4f} px > {args.max_error} px",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if getattr(args, "workers", 1) < 1:
+        raise UserError(f"--workers: {args.workers} < 1")
+    if args.command == "synth":
+        return _synth(args)
+    if args.command == "build":
+        return _build(args)
+    if args.command == "summary":
+        print(summary_text(args.data))
+        return 0
+    return _check_truth(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,236 @@
+"""``data_prep build``: raw pairs -> registered, split WebDataset shards + manifest.
+
+Reads ``RAW/<name>_<mag>.<ext>`` (docs/formats.md section 1), writes ``DATA/``
+(section 2). Per pair, in worker processes: read both images, cut the data bar, register
+LR onto HR (data_prep/registration.py), warp LR into the HR frame (bicubic, source bit
+depth), draw the QC picture, and park the registered pair in a scratch folder. Then, in
+pair-name order: the train, test and full shards (data_prep/shards.py), registration.json
+and manifest.json. Everything is written into a staging folder beside ``DATA`` that is
+renamed at the very end (data_prep/outdir.py): no half dataset under the target name,
+and the raw folder is only ever read.
+
+A raw folder that breaks the layout or holds an unreadable image stops the build with
+one line naming the file. A pair that cannot be used (partners of different bit depth,
+absurd sizes, failed registration) is rejected with its reason and left out; the build
+fails only when no pair is usable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aeatrain.errors import UserError
+from data_prep.outdir import check_target, staged_output
+from data_prep.pairs import RawPair, find_pairs, load_pair_images
+from data_prep.parallel import parallel_map
+from data_prep.qc import write_qc
+from data_prep.registration import RegistrationConfig, register, warp_lr_to_hr
+from data_prep.shards import (
+    SPLITS,
+    Sample,
+    build_manifest,
+    sha256_file,
+    write_manifest,
+    write_split,
+)
+from data_prep.split import PROTOCOL, paper_split
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BAR_ROW = 944
+_SCRATCH = ".registered"
+
+
+@dataclass
+class PairOutcome:
+    """What became of one pair; ``record`` is its registration.json entry."""
+
+    name: str
+    record: dict
+    width: int = 0
+    height: int = 0
+    bit_depth: int = 0
+    scale: float = 0.0
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.record["status"] == "ok"
+
+
+@dataclass(frozen=True)
+class _PairJob:
+    pair: RawPair
+    bar_row: int | None
+    config: RegistrationConfig
+    staging: Path
+
+
+def safe_name(name: str) -> str:
+    """A pair name usable as a file name: characters outside [A-Za-z0-9_-] become '-'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
+
+
+def _rejected(pair: RawPair, reason: str, bit_depth: int) -> dict:
+    return {
+        "status": "rejected",
+        "reason": reason,
+        "homography": None,
+        "inliers": 0,
+        "matches": 0,
+        "rmse_px": None,
+        "ncc": None,
+        "scale": None,
+        "rotation_deg": None,
+        "coarse": None,
+        "lr_file": pair.lr_path.name,
+        "hr_file": pair.hr_path.name,
+        "bit_depth": bit_depth,
+        "magnification_ratio": pair.scale,
+        "qc": None,
+    }
+
+
+def _process_pair(job: _PairJob) -> PairOutcome:
+    """Worker: read, check, register, warp, QC; the registered pair goes to scratch."""
+    pair = job.pair
+    lr, hr, lr_depth, hr_depth = load_pair_images(pair, job.bar_row)
+    if lr_depth != hr_depth:
+        reason = (
+            f"partners of different bit depth: {pair.lr_path.name} is {lr_depth}-bit, "
+            f"{pair.hr_path.name} is {hr_depth}-bit"
+        )
+        return PairOutcome(pair.name, _rejected(pair, reason, lr_depth))
+    result = register(lr, hr, pair.scale, job.config)
+    record = _rejected(pair, "", lr_depth) | result.as_record()
+    if result.homography is not None:
+        warped = warp_lr_to_hr(lr, result.homography, hr.shape)
+        qc_file = f"qc/{safe_name(pair.name)}.png"
+        write_qc(job.staging / qc_file, pair.name, warped, hr, record)
+        record["qc"] = qc_file
+        if result.ok:
+            scratch = job.staging / _SCRATCH
+            np.save(scratch / f"{safe_name(pair.name)}.lr.npy", warped)
+            np.save(scratch / f"{safe_name(pair.name)}.hr.npy", hr)
+    sources = {
+        "lr": {"file": pair.lr_path.name, "sha256": sha256_file(pair.lr_path)},
+        "hr": {"file": pair.hr_path.name, "sha256": sha256_file(pair.hr_path)},
+    }
+    return PairOutcome(pair.name, record, hr.shape[1], hr.shape[0], lr_depth, pair.scale, sources)
+
+
+def _sample_meta(outcome: PairOutcome, region_id: str, region, split_name: str) -> dict:
+    record = outcome.record
+    return {
+        "pair": outcome.name,
+        "region_id": region_id,
+        "split": split_name,
+        "region": region.as_dict(),
+        "image_size": {"width": outcome.width, "height": outcome.height},
+        "bit_depth": outcome.bit_depth,
+        "scale": float(outcome.scale),
+        "registration": {k: record[k] for k in ("homography", "inliers", "rmse_px", "ncc")},
+        "sources": outcome.sources,
+    }
+
+
+def _samples(outcomes: list[PairOutcome], split_name: str, staging: Path):
+    """The samples of one split, pair by pair in name order, read back from scratch."""
+    for outcome in outcomes:
+        scratch = staging / _SCRATCH
+        lr = np.load(scratch / f"{safe_name(outcome.name)}.lr.npy", mmap_mode="r")
+        hr = np.load(scratch / f"{safe_name(outcome.name)}.hr.npy", mmap_mode="r")
+        regions = paper_split(outcome.width, outcome.height)
+        if split_name == "train":
+            chosen = {"train": regions.train}
+        elif split_name == "test":
+            chosen = regions.tests
+        else:
+            chosen = {"full": regions.full}
+        for region_id, r in chosen.items():
+            meta = _sample_meta(outcome, region_id, r, split_name)
+            if split_name == "full":
+                meta["test_regions"] = {k: t.as_dict() for k, t in regions.tests.items()}
+                meta["train_region"] = regions.train.as_dict()
+            yield Sample(
+                outcome.name,
+                region_id,
+                np.ascontiguousarray(lr[r.y0 : r.y1, r.x0 : r.x1]),
+                np.ascontiguousarray(hr[r.y0 : r.y1, r.x0 : r.x1]),
+                meta,
+            )
+
+
+def _no_usable_pair(raw: Path, outcomes: list[PairOutcome]) -> UserError:
+    reasons = "; ".join(f"{o.name}: {o.record['reason']}" for o in outcomes[:3])
+    more = f"; and {len(outcomes) - 3} more" if len(outcomes) > 3 else ""
+    return UserError(f"{raw}: no usable pair, all {len(outcomes)} rejected ({reasons}{more})")
+
+
+def _write_dataset(staging: Path, outcomes: list[PairOutcome], bar_row, command: str) -> dict:
+    usable = [o for o in outcomes if o.ok]
+    shards = {s: write_split(staging, s, _samples(usable, s, staging)) for s in SPLITS}
+    manifest = build_manifest(
+        shards=shards,
+        pairs={
+            o.name: {
+                "width": o.width,
+                "height": o.height,
+                "bit_depth": o.bit_depth,
+                "train_region": paper_split(o.width, o.height).train.as_dict(),
+            }
+            for o in usable
+        },
+        rejected={o.name: o.record["reason"] for o in outcomes if not o.ok},
+        protocol=PROTOCOL,
+        scale=usable[0].scale,
+        bar_row=bar_row,
+        command=command,
+    )
+    write_manifest(staging, manifest)
+    return manifest
+
+
+def build_dataset(
+    raw: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    bar_row: int | None = DEFAULT_BAR_ROW,
+    workers: int = 1,
+    overwrite: bool = False,
+    config: RegistrationConfig | None = None,
+    command: str = "data_prep.build.build_dataset",
+) -> list[PairOutcome]:
+    """Build ``out`` from the pairs in ``raw``; returns every pair's outcome, name order.
+
+    Raises UserError (nothing written) for a bad raw folder or output folder, an
+    unreadable image, or when no pair is usable.
+    """
+    raw, out = Path(raw), Path(out)
+    pairs = find_pairs(raw)
+    check_target(out, overwrite=overwrite, protect=(raw,))
+    config = config or RegistrationConfig()
+    with staged_output(out, overwrite=overwrite) as staging:
+        (staging / "qc").mkdir()
+        (staging / _SCRATCH).mkdir()
+        jobs = [_PairJob(p, bar_row, config, staging) for p in pairs]
+        outcomes = parallel_map(_process_pair, jobs, workers=workers, desc="build")
+        for o in outcomes:
+            if not o.ok:
+                log.warning("%s: rejected: %s", o.name, o.record["reason"])
+        if not any(o.ok for o in outcomes):
+            raise _no_usable_pair(raw, outcomes)
+        records = {o.name: o.record for o in outcomes}
+        text = json.dumps(records, indent=2, sort_keys=True) + "\n"
+        (staging / "registration.json").write_text(text, encoding="utf-8")
+        _write_dataset(staging, outcomes, bar_row, command)
+        shutil.rmtree(staging / _SCRATCH)
+    return outcomes

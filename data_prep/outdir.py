@@ -1,0 +1,120 @@
+"""Output folders that appear complete or not at all.
+
+``synth`` and ``build`` write into a hidden staging folder beside the target and rename
+it onto the target at the very end, so an interrupted run (an exception, Ctrl-C, a
+SIGTERM from a scheduler, even SIGKILL) never leaves a half-written dataset under the
+name the user asked for. A SIGKILLed run leaves its staging folder behind; the next run
+for the same target removes it once its process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from aeatrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_STAGING_TAG = ".staging-"
+
+
+def check_target(target: Path, *, overwrite: bool, protect: tuple[Path, ...] = ()) -> None:
+    """Refuse a target that is a file, is not empty (without ``overwrite``), or would
+    contain or be contained in one of the ``protect`` folders (the sources)."""
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: exists and is not a folder")
+    resolved = target.resolve()
+    for source in protect:
+        source = source.resolve()
+        if resolved == source or source.is_relative_to(resolved) or resolved.is_relative_to(source):
+            raise UserError(
+                f"{target}: output folder overlaps the source folder {source}; "
+                "choose an output folder outside it"
+            )
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UserError(f"{target}: folder is not empty (use --overwrite to replace it)")
+
+
+def _staging_pid(path: Path) -> int | None:
+    try:
+        return int(path.name.split(_STAGING_TAG, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Remove staging folders of this target left by runs that were killed."""
+    for path in target.parent.glob(f".{target.name}{_STAGING_TAG}*"):
+        pid = _staging_pid(path)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            log.warning("removing %s, left by an interrupted run (process %d)", path, pid)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def staged_output(target: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces ``target`` atomically.
+
+    On any exception (SIGTERM included, turned into KeyboardInterrupt while inside) the
+    staging folder is removed and ``target`` is left exactly as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_TAG}{os.getpid()}-", dir=target.parent)
+    )
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main_thread = _in_main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        yield staging
+        _replace(staging, target, overwrite=overwrite)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _replace(staging: Path, target: Path, *, overwrite: bool) -> None:
+    """Rename ``staging`` onto ``target``; an old target goes only after the rename."""
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:  # appeared while we were working
+            raise UserError(f"{target}: folder is not empty (use --overwrite to replace it)")
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if target.exists():
+        target.rmdir()
+    os.replace(staging, target)

@@ -1,0 +1,160 @@
+"""Pictures and tables for a human to judge a registration and a dataset.
+
+``qc/<name>.png`` per pair: on the left the whole registered pair as a colour overlay
+(HR in green, warped LR in magenta: aligned structure turns grey/white, a shift shows
+as coloured fringes), on the right a full-resolution centre crop as a checkerboard of
+warped LR and HR squares (edges must run straight across the squares), and above them
+the registration figures. ``summary`` turns a built dataset into a short text table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from aeatrain.errors import UserError
+from aeatrain.imageio import atomic_write_bytes
+
+_CHECKER_PX = 32
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """uint8 view stretched between the 0.5 and 99.5 percentiles."""
+    image = image.astype(np.float32)
+    low, high = np.percentile(image, (0.5, 99.5))
+    return np.clip((image - low) * (255 / max(float(high - low), 1e-6)), 0, 255).astype(np.uint8)
+
+
+def _overlay(lr: np.ndarray, hr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) BGR: HR in green, LR in magenta."""
+    return np.dstack([lr, hr, lr])
+
+
+def _checkerboard(lr: np.ndarray, hr: np.ndarray) -> np.ndarray:
+    rows, cols = np.indices(lr.shape)
+    use_lr = ((rows // _CHECKER_PX + cols // _CHECKER_PX) % 2).astype(bool)
+    board = np.where(use_lr, lr, hr)
+    return cv2.cvtColor(board, cv2.COLOR_GRAY2BGR)
+
+
+def _wrap(text: str, width: int, font, size: float) -> list[str]:
+    """Split ``text`` into lines that fit ``width`` pixels."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}".strip()
+        if line and cv2.getTextSize(candidate, font, size, 1)[0][0] > width - 16:
+            lines.append(line)
+            candidate = word
+        line = candidate
+    return [*lines, line]
+
+
+def _header(width: int, name: str, record: dict) -> np.ndarray:
+    """Rows of text above the pictures: status (and reason), figures, legend."""
+    ok = record["status"] == "ok"
+    first = f"{name}: {record['status'].upper()}"
+    if not ok:
+        first += f" - {record['reason']}"
+    figures = (
+        f"inliers {record['inliers']}/{record['matches']}  rmse {_fmt(record['rmse_px'])} px  "
+        f"ncc {_fmt(record['ncc'])}  scale {_fmt(record['scale'], 4)}  "
+        f"rotation {_fmt(record['rotation_deg'], 3)} deg"
+    )
+    legend = (
+        f"left: HR green, warped LR magenta (whole image, half size); right: {_CHECKER_PX} px "
+        "checkerboard of warped LR and HR (centre, full size)"
+    )
+    font, size, step = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 22
+    colour = (80, 220, 80) if ok else (60, 60, 255)
+    lines = [(t, colour) for t in _wrap(first, width, font, size)]
+    lines += [(t, (230, 230, 230)) for t in _wrap(figures, width, font, size)]
+    lines += [(t, (170, 170, 170)) for t in _wrap(legend, width, font, size)]
+    header = np.zeros((step * len(lines) + 8, width, 3), np.uint8)
+    for row, (text, bgr) in enumerate(lines, start=1):
+        cv2.putText(header, text, (8, step * row), font, size, bgr, 1, cv2.LINE_AA)
+    return header
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def qc_picture(name: str, lr_warped: np.ndarray, hr: np.ndarray, record: dict) -> np.ndarray:
+    """(rows, cols, 3) BGR uint8 picture of one registered pair and its figures."""
+    lr8, hr8 = _display(lr_warped), _display(hr)
+    height, width = hr8.shape
+    half = (max(1, width // 2), max(1, height // 2))
+    overview = cv2.resize(_overlay(lr8, hr8), half, interpolation=cv2.INTER_AREA)
+    y0, x0 = (height - half[1]) // 2, (width - half[0]) // 2
+    crop = _checkerboard(
+        lr8[y0 : y0 + half[1], x0 : x0 + half[0]], hr8[y0 : y0 + half[1], x0 : x0 + half[0]]
+    )
+    gap = np.full((half[1], 8, 3), 40, np.uint8)
+    body = np.hstack([overview, gap, crop])
+    return np.vstack([_header(body.shape[1], name, record), body])
+
+
+def write_qc(path: Path, name: str, lr_warped: np.ndarray, hr: np.ndarray, record: dict) -> None:
+    ok, data = cv2.imencode(".png", qc_picture(name, lr_warped, hr, record))
+    if not ok:
+        raise ValueError("PNG encoding of the QC picture failed")
+    atomic_write_bytes(path, data.tobytes(), overwrite=True)
+
+
+# --- dataset summary ---------------------------------------------------------------------
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: not found (is {path.parent} a dataset built by data_prep build?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def pair_table(records: dict[str, dict]) -> str:
+    """One line per pair: status, registration figures, reason."""
+    lines = [
+        f"{'pair':<20} {'status':<8} {'inliers':>11} {'rmse_px':>8} {'ncc':>6} "
+        f"{'scale':>7} {'rot_deg':>8}  reason"
+    ]
+    for name, r in sorted(records.items()):
+        inliers = f"{r.get('inliers', 0)}/{r.get('matches', 0)}"
+        lines.append(
+            f"{name:<20} {r['status']:<8} {inliers:>11} {_fmt(r.get('rmse_px')):>8} "
+            f"{_fmt(r.get('ncc')):>6} {_fmt(r.get('scale'), 4):>7} "
+            f"{_fmt(r.get('rotation_deg'), 3):>8}  {r.get('reason') or ''}"
+        )
+    return "\n".join(lines)
+
+
+def summary_text(data_dir: str | Path) -> str:
+    """Short summary of a built dataset: pairs ok/rejected, figures, samples per split."""
+    data_dir = Path(data_dir)
+    manifest = _load_json(data_dir / "manifest.json")
+    records = _load_json(data_dir / "registration.json")
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    lines = [
+        f"dataset {data_dir}: protocol {manifest['protocol']['name']}, scale "
+        f"{manifest['scale']:g}, bit depth {', '.join(map(str, manifest['bit_depths']))}, "
+        f"data bar cut at row {manifest['bar_row']}",
+        f"pairs: {len(ok)} ok, {len(records) - len(ok)} rejected",
+        pair_table(records),
+    ]
+    if ok:
+        ncc = [r["ncc"] for r in ok]
+        rmse = [r["rmse_px"] for r in ok if r["rmse_px"] is not None]
+        figures = f"registration: ncc min {min(ncc):.3f} median {np.median(ncc):.3f}"
+        if rmse:
+            figures += f"; feature rmse_px median {np.median(rmse):.2f} max {max(rmse):.2f}"
+        lines.append(figures)
+    splits = manifest["splits"]
+    lines.append(
+        "samples: "
+        + ", ".join(f"{s} {v['samples']} in {len(v['shards'])} shard(s)" for s, v in splits.items())
+    )
+    return "\n".join(lines)
