@@ -101,8 +101,8 @@ class DataConfig(_Section):
     crop_size: Annotated[int, Field(ge=4)] | Literal["full"] = Field(
         256,
         description="Side of the square random crops in HR pixels, a multiple of 4 (two "
-        "stride-2 downsamplings); `full` = the whole training region as one crop (all "
-        "pairs must share its size).",
+        "stride-2 downsamplings); `full` = the whole training region as one crop (floored "
+        "to a multiple of 4; the smallest region's size where pairs differ).",
     )
     global_batch_size: int = Field(
         8,
