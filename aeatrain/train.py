@@ -59,7 +59,14 @@ from aeatrain.runs import CONFIG_YAML, write_run_files
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import build_optimizer, learning_rate, pixel_loss, set_learning_rate
 from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
-from aeatrain.training.stability import SkippedSteps, TrainingDiverged, all_finite, is_finite
+from aeatrain.training.stability import (
+    SkippedSteps,
+    TrainingDiverged,
+    all_finite,
+    is_finite,
+    restore_buffers,
+    snapshot_buffers,
+)
 from aeatrain.training.validation import score_tiles, summarize
 
 log = get_logger(__name__)
@@ -402,6 +409,7 @@ def train_step(t: Trainer, batch: dict) -> StepOutcome:
     accelerator = t.accelerator
     set_learning_rate(t.optimizer, learning_rate(t.step, t.cfg.optim))
     lr, hr = to_device(t, batch)
+    buffers = snapshot_buffers(t.module)
     with accelerator.autocast():
         prediction = t.model(lr)  # (B, 1, h, w)
     loss = pixel_loss(t.cfg.optim.loss)(prediction.float(), hr)
@@ -411,6 +419,7 @@ def train_step(t: Trainer, batch: dict) -> StepOutcome:
     flags = accelerator.reduce(flags, reduction="sum")  # collective: the same verdict everywhere
     stop = bool(flags[1] > 0)
     if flags[0] > 0:
+        restore_buffers(t.module, buffers)  # no NaN left in BatchNorm's running statistics
         t.optimizer.zero_grad(set_to_none=True)
         t.skipped.record(t.step, True, "non-finite loss")
         return StepOutcome(math.nan, None, True, stop)

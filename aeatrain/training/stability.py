@@ -60,3 +60,19 @@ def all_finite(module: torch.nn.Module) -> bool:
     """Every parameter and buffer finite: checked before a checkpoint is written."""
     tensors = list(module.parameters()) + list(module.buffers())
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def snapshot_buffers(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Copies of the module's buffers (BatchNorm running statistics), taken before a forward.
+
+    A forward in training mode updates BatchNorm's running statistics before the loss is
+    known: a batch that overflows would leave NaN in them even though its step is skipped.
+    The copies are small (two vectors per BatchNorm layer).
+    """
+    return [buffer.detach().clone() for buffer in module.buffers()]
+
+
+@torch.no_grad()
+def restore_buffers(module: torch.nn.Module, saved: list[torch.Tensor]) -> None:
+    for buffer, copy in zip(module.buffers(), saved, strict=True):
+        buffer.copy_(copy)

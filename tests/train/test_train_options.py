@@ -1,0 +1,72 @@
+"""Single-process runs of the options: EMA + channels_last, and a diverging run."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aeatrain import checkpoint as ckpt
+from aeatrain.models import build_model
+from tests.datasets import make_dataset
+from tests.train.helpers import check, events, run, scalar, train_command
+
+pytestmark = pytest.mark.slow  # each runs the trainer, ~20 s on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "DATA", pairs=2)
+
+
+def test_ema_and_channels_last_are_validated_and_exported_separately(data, tmp_path):
+    run_dir = tmp_path / "ema"
+    result = run(
+        train_command(
+            "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "10",
+            "--train.ema", "true", "--train.ema_decay", "0.8", "--train.channels_last", "true",
+            "--logging.eval_every", "10", "--logging.log_every", "5",
+            "--logging.progress_bar", "false",
+        )
+    )  # fmt: skip
+    check(result)
+    raw = load_file(str(run_dir / "model.safetensors"))
+    averaged = load_file(str(run_dir / "model_ema.safetensors"))
+    kwargs = json.loads((run_dir / "run.json").read_text())["model"]["kwargs"]
+    model = build_model("aeanet", **kwargs)
+    model.load_state_dict(averaged)  # strict: the EMA file is a whole state_dict too
+    weight = "first_conv.weight"
+    assert not torch.equal(raw[weight], averaged[weight])
+    for name in ("bn.running_mean", "running_var"):  # buffers are the live ones
+        key = next(k for k in raw if k.endswith(name))
+        assert torch.equal(raw[key], averaged[key])
+    run_json = json.loads((run_dir / "run.json").read_text())
+    assert run_json["weights"] == {"raw": "model.safetensors", "ema": "model_ema.safetensors"}
+    assert (ckpt.checkpoint_path(run_dir, 10) / "ema.safetensors").is_file()
+    accumulator = events(run_dir)
+    tags = accumulator.Tags()
+    assert [step for step, _ in scalar(accumulator, "val_ema/dpsnr")] == [10]
+    assert any(tag.startswith("val_ema_images/") for tag in tags["images"])
+    assert scalar(accumulator, "val_ema/dpsnr") != scalar(accumulator, "val/dpsnr")
+
+
+def test_a_diverging_run_stops_naming_the_steps_without_nan_checkpoints(data, tmp_path):
+    run_dir = tmp_path / "diverged"
+    result = run(
+        train_command(
+            "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "20",
+            "--optim.lr", "1e30", "--train.max_skipped_steps", "3",
+            "--train.checkpoint_every", "1", "--train.keep_checkpoints", "10",
+            "--logging.progress_bar", "false",
+        )
+    )  # fmt: skip
+    check(result, 2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged: steps 1..3 were all skipped"), last
+    assert "train.max_skipped_steps=3" in last
+    written = ckpt.complete_checkpoints(run_dir)
+    assert [step for step, _ in written] == [1, 2, 3]  # skipped steps left the weights alone
+    for _, folder in written:
+        tensors = load_file(str(folder / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert not (run_dir / "model.safetensors").exists()
