@@ -19,7 +19,9 @@ How the training stream reads, and why:
   cheap. So regions are decoded into a *pool* and each pool serves ``crops_per_region``
   crops per region before it is replaced. The schedule is fixed in steps: pool epoch
   ``e`` covers steps ``[e * P, (e + 1) * P)`` with ``P = ceil(pool_size *
-  crops_per_region / batch_size)``.
+  crops_per_region / batch_size)``. Decoded regions also stay in a per-process cache
+  (``cache_mib``) across pools, so a dataset of the paper's size is decoded once, as the
+  published code holds every image in memory.
 - Everything random is drawn from ``numpy.random.default_rng([seed, rank, stream, n])``
   with ``n`` the pool epoch (which regions) or the step (which crops, which D4 op). So the
   batch at step ``s`` on rank ``r`` is a pure function of (dataset, seed, s, r, settings):
@@ -50,6 +52,7 @@ import os
 import signal
 import tarfile
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count
@@ -74,6 +77,7 @@ MANIFEST_NAME = "manifest.json"
 CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide by 4
 DEFAULT_POOL_SIZE = 8
 DEFAULT_CROPS_PER_REGION = 16  # 16 crops of 256^2 ~ the pixels of one 944x960 region
+DEFAULT_CACHE_MIB = 512  # decoded regions kept per process: the paper's 22 pairs need ~40
 
 # Separate RNG streams so the region choice and the crop choice never share draws.
 _POOL_STREAM = 0
@@ -449,9 +453,8 @@ def crop_origin(region_hw: tuple[int, int], crop_hw: tuple[int, int], fraction) 
     return y0, x0
 
 
-def _decode_regions(regions: Sequence[_Region], chosen: Sequence[int]) -> dict[int, tuple]:
-    """Decode the distinct chosen regions: index -> (lr, hr), read once per shard."""
-    wanted = sorted({int(i) for i in chosen})
+def _decode_regions(regions: Sequence[_Region], wanted: Sequence[int]) -> dict[int, tuple]:
+    """Decode regions: index -> (lr, hr) (H, W) uint8|uint16; each shard opened once."""
     by_url: dict[str, list[int]] = {}
     for index in wanted:
         by_url.setdefault(regions[index].url, []).append(index)
@@ -480,6 +483,44 @@ def _decode_regions(regions: Sequence[_Region], chosen: Sequence[int]) -> dict[i
     return decoded
 
 
+class _RegionCache:
+    """Decoded regions kept across pools, least recently used out first, up to a byte budget.
+
+    A pool redraws regions every few steps; a small dataset (the paper's 22 pairs are
+    ~40 MB decoded at 8 bit) then stays decoded, as the published code keeps every image
+    in memory, while a large one costs at most ``capacity_bytes`` per process. Only speed
+    depends on the cache, never which pixels a step gets. Entries are torch tensors so
+    that a DataLoader worker shares each one with the trainer once, not once per pool.
+    """
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self.entries: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.bytes = 0
+
+    def fetch(self, regions: Sequence[_Region], chosen: Sequence[int]) -> dict[int, tuple]:
+        """Index -> (lr, hr) tensors for every chosen region, decoding only the missing."""
+        wanted = sorted({int(i) for i in chosen})
+        fresh = _decode_regions(regions, [i for i in wanted if i not in self.entries])
+        pool = {}
+        for index in wanted:
+            if index in self.entries:
+                self.entries.move_to_end(index)
+                pool[index] = self.entries[index]
+            else:
+                pool[index] = tuple(torch.from_numpy(image) for image in fresh[index])
+        for index in fresh:
+            self._put(index, pool[index])
+        return pool
+
+    def _put(self, index: int, pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.entries[index] = pair
+        self.bytes += sum(t.numel() * t.element_size() for t in pair)
+        while self.bytes > self.capacity_bytes and self.entries:
+            _, evicted = self.entries.popitem(last=False)
+            self.bytes -= sum(t.numel() * t.element_size() for t in evicted)
+
+
 class _PoolEpochs(IterableDataset):
     """Decoded region pools, one item per pool epoch, forever.
 
@@ -488,29 +529,26 @@ class _PoolEpochs(IterableDataset):
     a worker travels as ``{"error": message}`` so the caller can raise it as one line.
     """
 
-    def __init__(self, regions: list[_Region], settings: _TrainSettings, first_epoch: int):
+    def __init__(
+        self, regions: list[_Region], settings: _TrainSettings, first_epoch: int, cache_bytes: int
+    ):
         self.regions = regions
         self.settings = settings
         self.first_epoch = first_epoch
+        self.cache_bytes = cache_bytes
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        cache = _RegionCache(self.cache_bytes)  # one per process, made where it is used
         for epoch in count(self.first_epoch + worker, workers):
             try:
-                yield self._pool(epoch)
+                chosen, slots = _pool_plan(self.settings, len(self.regions), epoch)
+                images = cache.fetch(self.regions, chosen)
             except UserError as err:
                 yield {"error": str(err)}
                 return
-
-    def _pool(self, epoch: int) -> dict:
-        chosen, slots = _pool_plan(self.settings, len(self.regions), epoch)
-        decoded = _decode_regions(self.regions, chosen)
-        images = {
-            index: (torch.from_numpy(lr), torch.from_numpy(hr))
-            for index, (lr, hr) in decoded.items()
-        }
-        return {"epoch": epoch, "chosen": chosen, "slots": slots, "images": images}
+            yield {"epoch": epoch, "chosen": chosen, "slots": slots, "images": images}
 
 
 def _worker_init(worker_id: int) -> None:
@@ -613,6 +651,7 @@ def train_loader(
     num_workers: int = 0,
     crops_per_region: int | None = None,
     pool_size: int = DEFAULT_POOL_SIZE,
+    cache_mib: float = DEFAULT_CACHE_MIB,
 ) -> Iterator[dict]:
     """Endless batches of paired crops from the training regions, starting at ``start_step``.
 
@@ -620,8 +659,9 @@ def train_loader(
     "step": int, "crop": int64 (B, 3) [x0, y0, d4 op]}``. ``crop_size`` None takes the
     whole training region (floored to a multiple of 4; the smallest region when pairs
     differ). ``crops_per_region`` None means 16 for crops, 1 for whole regions (every
-    crop of a whole region is the same picture). 8- and 16-bit pairs both map to [0, 1]
-    by their own maximum. The batch at step s on this rank is a pure function of (dataset,
+    crop of a whole region is the same picture). ``cache_mib`` bounds the decoded regions
+    kept across pools by each process (0: decode every pool afresh). 8- and 16-bit pairs
+    both map to [0, 1] by their own maximum. The batch at step s on this rank is a pure function of (dataset,
     seed, s, rank, crop/augment/pool settings); see the module docstring for the design.
     ``world_size`` only checks ``rank``: ranks never split the data, they draw from all of
     it with different random streams.
@@ -650,7 +690,8 @@ def train_loader(
         rank, len(regions), len(wanted), crop_hw[1], crop_hw[0], pool_size,
         settings.steps_per_pool, num_workers,
     )  # fmt: skip
-    pools = _PoolEpochs(regions, settings, first_epoch=start_step // settings.steps_per_pool)
+    first_epoch = start_step // settings.steps_per_pool
+    pools = _PoolEpochs(regions, settings, first_epoch, cache_bytes=int(cache_mib * 2**20))
     batches = _batches(pools, num_workers, settings, start_step)
     if num_workers:
         atexit.register(_close_at_exit, weakref.ref(batches))

@@ -223,6 +223,24 @@ def test_each_decoded_region_serves_crops_per_region_crops(coded):
         assert sum(counts) == 12 and counts in ([12], [6, 6])
 
 
+def test_the_cache_saves_decodes_and_changes_no_pixel(coded, monkeypatch):
+    decoded = []
+    real = data._decode_regions
+
+    def counting(regions, wanted):
+        decoded.append(len(wanted))
+        return real(regions, wanted)
+
+    monkeypatch.setattr(data, "_decode_regions", counting)
+    settings = {"crop_size": 32, "batch_size": 4, "seed": 0, "pool_size": 2, "crops_per_region": 2}
+    cached = take(train_loader(coded, **settings), 12)  # a new pool of 2 draws every step
+    assert sum(decoded) == 3  # each of the 3 regions decoded once, then served from memory
+    decoded.clear()
+    uncached = take(train_loader(coded, cache_mib=0, **settings), 12)
+    assert sum(decoded) >= 12  # every pool decodes its 1 or 2 distinct regions
+    assert_same_batches(cached, uncached)
+
+
 def test_whole_region_crops(coded):
     batch = next(train_loader(coded, crop_size=None, batch_size=2, seed=0, augment=True))
     assert batch["hr"].shape == (2, 1, 240, 240)
