@@ -69,7 +69,9 @@ class RunInfo:
         """``config["data"]["pairs"]``: the pairs trained on, or None for all of them."""
         data = self.config.get("data") or {}
         pairs = data.get("pairs") if isinstance(data, dict) else None
-        return list(pairs) if pairs else None
+        if isinstance(pairs, str):  # a hand-written config may name one pair bare
+            return [pairs]
+        return [str(p) for p in pairs] if pairs else None
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
