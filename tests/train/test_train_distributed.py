@@ -1,0 +1,133 @@
+"""Launched runs: 2 CPU processes (DDP over gloo), DeepSpeed ZeRO-2, full-resolution bf16.
+
+Slow: each starts 2 Python processes that import torch and accelerate on 2 busy cores.
+"""
+
+import json
+import re
+import socket
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aeatrain import checkpoint as ckpt
+from aeatrain.models import build_model
+from tests.datasets import make_dataset
+from tests.train.helpers import REPO, check, events, launch_command, run, scalar, train_command
+
+pytestmark = pytest.mark.slow
+
+TRAIN_SCALARS = {
+    "train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "perf/step_seconds",
+    "perf/samples_per_second", "perf/megapixels_per_second", "perf/peak_memory_mib",
+}  # fmt: skip
+VAL_SCALARS = {"val/dpsnr", "val/dssim", "val/psnr", "val/ssim", "val/tiles"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "DATA", pairs=3)
+
+
+def free_port() -> int:
+    """A port for the rendezvous, so parallel test runs do not collide on 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def loads_into_build_model(run_dir):
+    run_json = json.loads((run_dir / "run.json").read_text())
+    model = build_model(run_json["model"]["name"], **run_json["model"]["kwargs"])
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))  # strict
+    return run_json
+
+
+def test_two_cpu_processes_debug_config(data, tmp_path):
+    """The issue's CI command: accelerate launch --cpu --num_processes 2 ... debug.yaml."""
+    run_dir = tmp_path / "ddp"
+    launch = ("--cpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    result = run(
+        launch_command("--data.root", str(data), "--train.run_dir", str(run_dir),
+                       launch_args=launch),
+        timeout=400,
+    )  # fmt: skip
+    check(result)
+    accumulator = events(run_dir)
+    tags = accumulator.Tags()
+    assert set(tags["scalars"]) >= TRAIN_SCALARS | VAL_SCALARS
+    losses = [value for _, value in scalar(accumulator, "train/loss")]
+    assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses  # the loss falls
+    # 9 test tiles, eval_max_tiles 6: rank 0 scores tiles 0, 2, 4 and rank 1 tiles 1, 3, 5;
+    # gathered without duplicates (summarize refuses a tile scored twice).
+    assert [value for _, value in scalar(accumulator, "val/tiles")] == [6.0, 6.0]
+    assert any(tag.startswith("val_images/") for tag in tags["images"])
+    heatmaps = [tag for tag in tags["images"] if tag.startswith("val_heatmaps/")]
+    assert heatmaps
+    image = accumulator.Images(heatmaps[0])[-1]
+    assert (image.width, image.height) == (3 * 80 + 2 * 4, 80)  # LR + 2 references
+    run_json = loads_into_build_model(run_dir)
+    assert run_json["step"] == 40
+    latest = ckpt.newest_complete(run_dir)
+    assert sorted(p.name for p in latest.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl",
+    ]  # fmt: skip
+    assert ckpt.read_trainer_state(latest)["world_size"] == 2
+
+
+def test_deepspeed_zero2_two_cpu_processes_trains_and_resumes(data, tmp_path):
+    run_dir = tmp_path / "zero2"
+    launch = (
+        "--config_file", str(REPO / "launch" / "deepspeed_zero2.yaml"),
+        "--num_processes", "2", "--main_process_port", str(free_port()),
+    )  # fmt: skip
+    common = ("--data.root", str(data), "--train.run_dir", str(run_dir),
+              "--train.checkpoint_every", "4", "--logging.log_every", "2")  # fmt: skip
+    first = run(launch_command(*common, "--train.steps", "8", launch_args=launch), timeout=400)
+    check(first)
+    saved = ckpt.checkpoint_path(run_dir, 8)
+    shards = sorted(p.name for p in (saved / "pytorch_model").glob("*optim_states.pt"))
+    assert shards == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]  # fmt: skip  ZeRO-2: each rank holds its shard of the Adam state
+
+    resumed = run(
+        launch_command(*common, "--train.steps", "12", "--resume", launch_args=launch),
+        timeout=400,
+    )
+    check(resumed)
+    assert f"resumed from {saved} at step 8" in resumed.stderr
+    accumulator = events(run_dir)
+    steps = [step for step, _ in scalar(accumulator, "train/loss")]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    losses = [value for _, value in scalar(accumulator, "train/loss")]
+    assert losses[-1] < losses[0]
+    assert loads_into_build_model(run_dir)["step"] == 12
+
+
+def test_full_resolution_bf16_config_runs_on_cpu(data, tmp_path):
+    run_dir = tmp_path / "fullres"
+    result = run(
+        train_command(
+            "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "2",
+            "--data.global_batch_size", "2", "--data.num_workers", "0",
+            "--model.base_channels", "8", "--model.num_refs", "8",  # CPU bf16 is slow
+            "--logging.eval_every", "2", "--logging.eval_max_tiles", "1", "--logging.log_every", "1",
+            "--logging.progress_bar", "false",
+            config=REPO / "configs" / "aeanet_fullres.yaml",
+        ),
+        timeout=400,
+    )  # fmt: skip
+    check(result)
+    # make_dataset's 320 x 240 pairs have a 240 x 240 training region: one crop is all of it
+    assert re.search(r"crops 240x240", result.stderr), result.stderr[-2000:]
+    assert "mixed precision bf16" in result.stderr
+    losses = scalar(events(run_dir), "train/loss")
+    assert [step for step, _ in losses] == [1, 2]
+    assert torch.isfinite(torch.tensor([value for _, value in losses])).all()
+    run_json = loads_into_build_model(run_dir)
+    assert run_json["step"] == 2
+    config = (run_dir / "config.yaml").read_text()
+    assert "mixed_precision: bf16" in config and "crop_size: full" in config
