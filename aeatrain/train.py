@@ -97,9 +97,9 @@ class Trainer:
     run_dir: Path
     batches: Iterator[dict]  # this rank's training stream, from the resumed step
     tiles: list  # this rank's test tiles
-    ema: WeightEMA | None = None
+    ema: WeightEMA | None
+    skipped: SkippedSteps
     step: int = 0
-    skipped: SkippedSteps = field(default_factory=lambda: SkippedSteps(limit=1))
     preemption: PreemptionFlag = field(default_factory=PreemptionFlag)
 
     @property
@@ -127,6 +127,7 @@ class Trainer:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="aeatrain/train.py",
+        allow_abbrev=False,
         description="Train an AEANet (or a baseline) on a DATA folder; see docs/training.md.",
         epilog="Any config key can be overridden as --section.key VALUE (e.g. --train.steps 100).",
     )
@@ -238,7 +239,10 @@ def build_network(cfg: Config, accelerator: Accelerator) -> nn.Module:
         raise ConfigError(f"model: {err}") from None
     if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
         if accelerator.device.type != "cuda":
-            raise ConfigError("train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only")
+            raise ConfigError(
+                f"train.sync_batchnorm: PyTorch's SyncBatchNorm needs GPUs; this run is on "
+                f"{accelerator.device.type}"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -272,14 +276,13 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     tiles = load_tiles(cfg, accelerator, manifest)
     start_run_folder(cfg, accelerator)  # the first write
     configure_deepspeed(cfg, accelerator, local_batch)
+    ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     trainer = Trainer(
-        cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles
-    )
-    trainer.skipped = SkippedSteps(limit=cfg.train.max_skipped_steps)
-    if cfg.train.ema:
-        trainer.ema = WeightEMA(trainer.module, cfg.train.ema_decay)
+        cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles,
+        ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
+    )  # fmt: skip
     return trainer, resume_from
 
 
