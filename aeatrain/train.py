@@ -262,11 +262,6 @@ def configure_deepspeed(cfg: Config, accelerator: Accelerator, local_batch: int)
 def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path | None]:
     """Check everything a user can get wrong, THEN write: config, data, run folder, model."""
     local_batch = per_device_batch(cfg, accelerator.num_processes)
-    log.info(
-        "%d process(es), %s, mixed precision %s, %d images per process per step",
-        accelerator.num_processes, accelerator.distributed_type.value,
-        accelerator.mixed_precision, local_batch, main_process_only=True,
-    )  # fmt: skip
     manifest = load_manifest(cfg.data.root)
     resume_from = check_run_folder(cfg)
     start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
@@ -275,6 +270,11 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     model = build_network(cfg, accelerator)
     tiles = load_tiles(cfg, accelerator, manifest)
     start_run_folder(cfg, accelerator)  # the first write
+    log.info(
+        "%d process(es), %s, mixed precision %s, %d images per process per step",
+        accelerator.num_processes, accelerator.distributed_type.value,
+        accelerator.mixed_precision, local_batch, main_process_only=True,
+    )  # fmt: skip
     configure_deepspeed(cfg, accelerator, local_batch)
     ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
     optimizer = build_optimizer(model.parameters(), cfg.optim)
