@@ -4,8 +4,13 @@ Slow: each starts 2 Python processes that import torch and accelerate on 2 busy 
 """
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +19,16 @@ from safetensors.torch import load_file
 from aeatrain import checkpoint as ckpt
 from aeatrain.models import build_model
 from tests.datasets import make_dataset
-from tests.train.helpers import REPO, check, events, launch_command, run, scalar, train_command
+from tests.train.helpers import (
+    REPO,
+    check,
+    events,
+    launch_command,
+    run,
+    scalar,
+    train_command,
+    train_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +145,48 @@ def test_full_resolution_bf16_config_runs_on_cpu(data, tmp_path):
     assert run_json["step"] == 2
     config = (run_dir / "config.yaml").read_text()
     assert "mixed_precision: bf16" in config and "crop_size: full" in config
+
+
+def worker_pids(tag: str) -> dict[int, int]:
+    """RANK -> pid of the training processes whose environment carries ``tag``."""
+    ranks = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, NotADirectoryError):
+            continue
+        env = dict(item.split(b"=", 1) for item in environ if b"=" in item)
+        if env.get(b"AEATRAIN_TEST_TAG") == tag.encode() and b"RANK" in env:
+            ranks[int(env[b"RANK"])] = int(proc.name)  # only workers have RANK set
+    return ranks
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_checkpoint(data, tmp_path):
+    """SIGUSR1 to rank 1 only: all ranks agree (all-reduce), main writes the checkpoint."""
+    run_dir = tmp_path / "preempt2"
+    launch = ("--cpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    command = launch_command(
+        "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "400",
+        "--logging.log_every", "1", "--logging.progress_bar", "false", launch_args=launch,
+    )  # fmt: skip
+    env = dict(train_env(), AEATRAIN_TEST_TAG=uuid.uuid4().hex)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    signalled = False
+    for line in process.stderr:
+        if " step 3: loss" in line:
+            ranks = worker_pids(env["AEATRAIN_TEST_TAG"])
+            assert sorted(ranks) == [0, 1], ranks
+            os.kill(ranks[1], signal.SIGUSR1)
+            signalled = True
+            break
+    _, tail = process.communicate(timeout=300)
+    assert signalled
+    assert process.returncode != 0  # the launcher reports the workers' 75 its own way
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    assert 3 < marker["step"] <= 6 and marker["signal"] is None  # rank 0 was not signalled
+    latest = ckpt.newest_complete(run_dir)
+    assert latest == ckpt.checkpoint_path(run_dir, marker["step"])
+    assert sorted(p.name for p in latest.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl",
+    ]  # fmt: skip
+    assert "exiting with 75" in tail
