@@ -7,12 +7,16 @@ it was cut from, from which pair, and whether LR and HR match.
 """
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -241,6 +245,14 @@ def test_the_cache_saves_decodes_and_changes_no_pixel(coded, monkeypatch):
     assert_same_batches(cached, uncached)
 
 
+def test_default_crops_per_region_uses_a_decode_about_once():
+    region = [SimpleNamespace(height=944, width=960)]
+    assert data.default_crops_per_region(region, (256, 256)) == 14
+    assert data.default_crops_per_region(region, (512, 512)) == 3
+    assert data.default_crops_per_region(region, (944, 960)) == 1
+    assert data.default_crops_per_region(region, (32, 32)) == 16  # capped
+
+
 def test_whole_region_crops(coded):
     batch = next(train_loader(coded, crop_size=None, batch_size=2, seed=0, augment=True))
     assert batch["hr"].shape == (2, 1, 240, 240)
@@ -394,28 +406,38 @@ def test_synthetic_pairs_are_learnable(plain):
 # --------------------------------------------------------------------------- processes
 
 
-def test_workers_ignore_preemption_signals():
-    """SLURM signals the whole process group; only the trainer's main process may act."""
-    pid = os.fork()
-    if pid == 0:  # child: become a loader worker, then get signalled
-        code = 1
-        try:
-            data._worker_init(0)
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGUSR1)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+def test_workers_leave_signals_to_the_trainer(plain):
+    """Worker threads start no process, and a signal still reaches the main thread's handler.
+
+    SLURM signals every process of the job ahead of preemption; the trainer's handler
+    (main thread) must run while the loader's workers are busy.
+    """
+    caught = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: caught.append(signum))
+    try:
+        stream = train_loader(plain, crop_size=32, batch_size=2, seed=0, num_workers=2)
+        next(stream)
+        assert multiprocessing.active_children() == []
+        assert sum(t.name.startswith("aeatrain-loader") for t in threading.enumerate()) == 2
+        os.kill(os.getpid(), signal.SIGUSR1)
+        next(stream)
+        assert caught == [signal.SIGUSR1]
+        stream.close()  # stops the workers
+        deadline = time.monotonic() + 10
+        while any(t.name.startswith("aeatrain-loader") for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "loader threads still running after close()"
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_a_process_with_loader_workers_exits(plain):
-    """Workers ignore SIGTERM, so the loader must shut them down itself at exit."""
+    """Workers still making batches must not hold up the end of the process."""
     code = (
         "import sys\n"
         "from aeatrain.data import train_loader\n"
-        f"stream = train_loader({str(plain)!r}, crop_size=32, batch_size=2, seed=0, num_workers=2)\n"
+        f"stream = train_loader({str(plain)!r}, crop_size=32, batch_size=2, seed=0,\n"
+        "                      num_workers=2)\n"
         "print(next(stream)['step'])\n"
     )
     done = subprocess.run(
