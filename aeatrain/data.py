@@ -19,14 +19,14 @@ How the training stream reads, and why:
   cheap. So regions are decoded into a *pool* and each pool serves ``crops_per_region``
   crops per region before it is replaced. The schedule is fixed in steps: pool epoch
   ``e`` covers steps ``[e * P, (e + 1) * P)`` with ``P = ceil(pool_size *
-  crops_per_region / batch_size)``. Decoded regions also stay in a per-process cache
-  (``cache_mib``) across pools, so a dataset of the paper's size is decoded once, as the
-  published code holds every image in memory.
+  crops_per_region / batch_size)``. Decoded regions also stay in a cache (``cache_mib``)
+  across pools, so a dataset of the paper's size is decoded once, as the published code
+  holds every image in memory.
 - Everything random is drawn from ``numpy.random.default_rng([seed, rank, stream, n])``
   with ``n`` the pool epoch (which regions) or the step (which crops, which D4 op). So the
   batch at step ``s`` on rank ``r`` is a pure function of (dataset, seed, s, r, settings):
   a run resumed at ``start_step`` sees exactly the batches an uninterrupted run would, and
-  the number of DataLoader workers changes nothing.
+  the number of worker threads changes nothing.
 - Node splitting: NONE, on purpose. Every rank draws regions, with replacement, from every
   region of every shard, with its own RNG stream (seeded by its rank). Ranks therefore see
   different crops, never run dry and never wait for each other, even with fewer shards than
@@ -76,7 +76,7 @@ MANIFEST_NAME = "manifest.json"
 CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide by 4
 DEFAULT_POOL_SIZE = 8
 MAX_CROPS_PER_REGION = 16
-DEFAULT_CACHE_MIB = 512  # decoded regions kept per process: the paper's 22 pairs need ~40
+DEFAULT_CACHE_MIB = 512  # decoded regions kept per loader: the paper's 22 pairs need ~40
 
 # Separate RNG streams so the region choice and the crop choice never share draws.
 _POOL_STREAM = 0
@@ -584,22 +584,24 @@ class _TrainEpochs:
 
 def _batches(epochs: _TrainEpochs, num_workers: int) -> Iterator[dict]:
     """Batches from ``start_step`` on, made here or by ``num_workers`` threads."""
-    if num_workers == 0:
+    if num_workers > 0:
+        yield from _threaded_batches(epochs, num_workers)
+    else:
         for epoch in count(epochs.first_epoch):
             yield from epochs.epoch_batches(epoch)
-    yield from _threaded_batches(epochs, num_workers)
 
 
 def _threaded_batches(epochs: _TrainEpochs, workers: int) -> Iterator[dict]:
     """Worker ``w`` makes every batch of epochs ``first + w, first + w + W, ...``.
 
-    Threads, not processes: decoding (OpenCV) and converting (numpy) release the GIL, so
-    threads run in parallel, share one region cache, and hand batches over without the
-    copy through shared memory that process workers pay (measured: 961 vs 146 crops/s
-    with 2 workers, benchmarks/bench_loader.py). Signals reach only the main thread, so
-    the trainer's preemption handler is never bypassed, and daemon threads never hold up
-    exit. Each worker keeps at most one finished epoch ready; closing this generator
-    stops them.
+    Threads, not DataLoader processes: decoding (OpenCV) and converting (numpy) release
+    the GIL, so threads run in parallel, share one region cache, and hand batches over
+    without the trip through shared memory that process workers pay (a process variant
+    of this loader, 2 workers, gave 146 crops/s of 256^2 where these threads give 961,
+    and cost the trainer's thread 340 us per crop where these cost it 4; docs/
+    benchmarks.md). Signals reach only the main thread, so the trainer's preemption
+    handler is never bypassed, and daemon threads never hold up exit. Each worker keeps
+    at most one finished epoch ready; closing this generator stops them.
     """
     handoff = [queue.Queue(maxsize=1) for _ in range(workers)]
     stop = threading.Event()
@@ -690,7 +692,7 @@ def train_loader(
       smallest region when pairs differ); rotations by 90 degrees are only drawn for
       square crops.
     - ``crops_per_region`` None: see :func:`default_crops_per_region`.
-    - ``cache_mib`` bounds the decoded regions each process keeps across pools (0:
+    - ``cache_mib`` bounds the decoded regions this loader keeps across pools (0:
       decode every pool afresh); it changes speed, never data.
     - 8- and 16-bit pairs both map to [0, 1] by their own maximum.
     - The batch at step s on this rank is a pure function of (dataset, seed, s, rank,

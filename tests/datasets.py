@@ -24,25 +24,13 @@ import cv2
 import numpy as np
 
 from data_prep.shards import Sample, build_manifest, write_manifest, write_split
-
-PROTOCOL = {"name": "paper-split-v1", "train_fraction": 0.75, "test_tiles": 3}
+from data_prep.split import PROTOCOL, paper_split
 
 
 def split_regions(width: int, height: int) -> tuple[dict, dict[str, dict]]:
-    """The paper split of docs/formats.md: (train region, {"test0".."test2": region})."""
-    train_width = 16 * int(0.75 * width // 16)
-    tile_height = height // 3
-    train = {"x0": 0, "y0": 0, "x1": train_width, "y1": height}
-    tests = {
-        f"test{k}": {
-            "x0": train_width,
-            "y0": k * tile_height,
-            "x1": width,
-            "y1": (k + 1) * tile_height,
-        }
-        for k in range(3)
-    }
-    return train, tests
+    """The paper split (data_prep.split): (train region, {"test0".."test2": region})."""
+    split = paper_split(width, height)
+    return split.train.as_dict(), {k: r.as_dict() for k, r in split.tests.items()}
 
 
 def specimen_pair(
