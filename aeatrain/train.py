@@ -604,7 +604,6 @@ def stop_for_preemption(t: Trainer) -> int:
         "preempted: checkpoint %s written; exiting with %d (resume with --resume)",
         path, EXIT_PREEMPTED, main_process_only=True,
     )  # fmt: skip
-    t.accelerator.end_training()
     return EXIT_PREEMPTED
 
 
@@ -631,7 +630,6 @@ def finish(t: Trainer) -> None:
             ema_model=averaged,
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -647,9 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator)
     trainer, resume_from = build_trainer(cfg, accelerator)
-    if resume_from is not None:
-        restore(trainer, resume_from)
-    return train(trainer)
+    try:
+        if resume_from is not None:
+            restore(trainer, resume_from)
+        return train(trainer)
+    finally:
+        accelerator.end_training()  # flush TensorBoard, also when a run stops on an error
 
 
 if __name__ == "__main__":
