@@ -85,6 +85,7 @@ def staged_output(target: str | os.PathLike, *, overwrite: bool) -> Iterator[Pat
     staging = Path(
         tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_TAG}{os.getpid()}-", dir=target.parent)
     )
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is not
     previous = signal.getsignal(signal.SIGTERM)
     in_main_thread = _in_main_thread()
     if in_main_thread:
@@ -97,6 +98,12 @@ def staged_output(target: str | os.PathLike, *, overwrite: bool) -> Iterator[Pat
             signal.signal(signal.SIGTERM, previous)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _in_main_thread() -> bool:

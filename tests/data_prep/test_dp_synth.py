@@ -1,0 +1,117 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from aeatrain.errors import UserError
+from aeatrain.imageio import read_image
+from data_prep.registration import apply_homography, smoothed_ncc, warp_lr_to_hr
+from data_prep.synth import SynthConfig, draw_specimen, make_pair, synthesize
+
+TINY = SynthConfig(width=256, height=192, bar_rows=32)
+
+
+def _spec(seed):
+    return draw_specimen(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
+
+
+def test_same_seed_same_bytes_and_pair_independent_of_count(tmp_path):
+    synthesize(tmp_path / "a", pairs=2, seed=5, config=TINY)
+    synthesize(tmp_path / "b", pairs=1, seed=5, config=TINY)
+    synthesize(tmp_path / "c", pairs=1, seed=6, config=TINY)
+    a = (tmp_path / "a" / "syn000_10000.bmp").read_bytes()
+    assert a == (tmp_path / "b" / "syn000_10000.bmp").read_bytes()
+    assert a != (tmp_path / "c" / "syn000_10000.bmp").read_bytes()
+    truth_a = json.loads((tmp_path / "a" / "truth.json").read_text())
+    truth_b = json.loads((tmp_path / "b" / "truth.json").read_text())
+    assert truth_a["pairs"]["syn000"] == truth_b["pairs"]["syn000"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "syn000_10000.bmp",
+        "syn000_20000.bmp",
+        "syn001_10000.bmp",
+        "syn001_20000.bmp",
+        "truth.json",
+    ]
+
+
+def test_truth_json_describes_the_pairs(tmp_path):
+    synthesize(tmp_path / "raw", pairs=3, seed=2, config=TINY)
+    truth = json.loads((tmp_path / "raw" / "truth.json").read_text())
+    assert truth["generator"] == "aeatrain.synth" and truth["seed"] == 2
+    assert truth["scale"] == 2 and truth["bar_row"] == 192
+    for entry in truth["pairs"].values():
+        h = np.array(entry["homography"])
+        assert h.shape == (3, 3) and np.allclose(h[2], [0, 0, 1])
+        assert abs(entry["rotation_deg"]) <= 1.5 and abs(entry["scale_error"]) <= 0.01
+        scale = np.sqrt(abs(np.linalg.det(h[:2, :2])))
+        assert scale == pytest.approx(2 * (1 + entry["scale_error"]), rel=1e-9)
+        # the HR field lies inside LR: its corners map to LR pixels inside the image
+        corners = np.array([[0, 0], [255, 0], [0, 191], [255, 191]], float)
+        in_lr = apply_homography(np.linalg.inv(h), corners)
+        assert (in_lr >= 0).all() and (in_lr[:, 0] <= 255).all() and (in_lr[:, 1] <= 191).all()
+        lr, depth = read_image(tmp_path / "raw" / entry["lr_file"])
+        assert lr.shape == (192 + 32, 256) and depth == 8
+
+
+def test_data_bar_has_bright_text_and_image_area_does_not_saturate():
+    lr, hr, _ = make_pair(TINY, _spec(1), 1, 0)
+    bar = lr[192:]
+    assert (bar == 255).mean() > 0.005  # white text and scale bar
+    assert np.median(bar) < 20  # on a dark bar
+    assert (lr[:192] == 255).mean() < 0.01 and (hr[:192] == 255).mean() < 0.01
+
+
+def test_truth_homography_aligns_the_images_to_a_fraction_of_a_pixel():
+    """Warped with the true map, LR matches HR better than with the map shifted by half
+    an HR pixel either way: a half-pixel slip in the generator would fail this."""
+    config = SynthConfig(
+        width=384, height=288, bar_rows=0, dose=1e5, detector_noise=0.0, scan_jitter_px=0.0
+    )
+    lr, hr, truth = make_pair(config, _spec(3), 3, 0)
+    h = np.array(truth["homography"])
+    best = smoothed_ncc(warp_lr_to_hr(lr, h, hr.shape), hr, 2.0)
+    assert best > 0.9
+    for dx, dy in ((0.5, 0), (-0.5, 0), (0, 0.5), (0, -0.5)):
+        shifted = np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1.0]]) @ h
+        assert smoothed_ncc(warp_lr_to_hr(lr, shifted, hr.shape), hr, 2.0) < best
+
+
+def test_hr_has_finer_detail_and_its_own_noise():
+    """The HR shows what the LR lost (noise-free: sharper than LR brought to the HR
+    frame), and the acquisitions carry noise (fine-scale energy far above noise-free)."""
+    clean = SynthConfig(width=256, height=192, bar_rows=0, dose=1e6, detector_noise=0.0)
+    lr, hr, truth = make_pair(clean, _spec(4), 4, 0)
+    warped = warp_lr_to_hr(lr.astype(np.float32), np.array(truth["homography"]), hr.shape)
+
+    def detail(image):
+        return float(np.abs(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F)).mean())
+
+    assert detail(hr) > 1.5 * detail(warped)
+    noisy_lr, noisy_hr, _ = make_pair(TINY, _spec(4), 4, 0)
+
+    def fine(image):
+        image = image[:192].astype(np.float32)
+        return float((image - cv2.GaussianBlur(image, (0, 0), 1.5)).std())
+
+    assert fine(noisy_hr) > 1.5 * fine(hr) and fine(noisy_lr) > 1.5 * fine(lr)
+
+
+def test_tif16_writes_16_bit(tmp_path):
+    synthesize(tmp_path / "raw", pairs=1, seed=0, config=TINY, image_format="tif16")
+    lr, depth = read_image(tmp_path / "raw" / "syn000_10000.tif")
+    hr, hr_depth = read_image(tmp_path / "raw" / "syn000_20000.tif")
+    assert depth == hr_depth == 16 and lr.dtype == hr.dtype == np.uint16
+    assert lr[:192].max() > 10000 and hr[:192].max() > 10000
+
+
+def test_refuses_a_non_empty_folder_and_bad_arguments(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        synthesize(tmp_path / "raw", pairs=1, seed=0, config=TINY)
+    assert (tmp_path / "raw" / "keep.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="--pairs"):
+        synthesize(tmp_path / "other", pairs=0, seed=0, config=TINY)
+    with pytest.raises(UserError, match="--scale"):
+        SynthConfig(scale=20)
