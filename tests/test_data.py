@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -414,19 +413,20 @@ def test_workers_leave_signals_to_the_trainer(plain):
     """
     caught = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: caught.append(signum))
+    before = set(threading.enumerate())  # other tests' loaders may still be winding down
     try:
         stream = train_loader(plain, crop_size=32, batch_size=2, seed=0, num_workers=2)
         next(stream)
         assert multiprocessing.active_children() == []
-        assert sum(t.name.startswith("aeatrain-loader") for t in threading.enumerate()) == 2
+        mine = [t for t in threading.enumerate() if t not in before]
+        assert sorted(t.name for t in mine) == ["aeatrain-loader-0", "aeatrain-loader-1"]
         os.kill(os.getpid(), signal.SIGUSR1)
         next(stream)
         assert caught == [signal.SIGUSR1]
         stream.close()  # stops the workers
-        deadline = time.monotonic() + 10
-        while any(t.name.startswith("aeatrain-loader") for t in threading.enumerate()):
-            assert time.monotonic() < deadline, "loader threads still running after close()"
-            time.sleep(0.05)
+        for thread in mine:
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "loader thread still running after close()"
     finally:
         signal.signal(signal.SIGUSR1, previous)
 
