@@ -58,11 +58,11 @@ from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 
-import braceexpand
 import cv2
 import numpy as np
 import torch
 from webdataset.gopen import gopen
+from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from aeatrain.errors import UserError
@@ -217,8 +217,8 @@ def _resolve(source: DataSource, split: str) -> tuple[list[str], DatasetManifest
             raise DatasetError("no shard URLs given (empty list)")
         return [os.fspath(url) for url in source], None
     text = os.fspath(source)
-    if text.startswith("pipe:") or "://" in text or "{" in text:
-        return list(braceexpand.braceexpand(text)), None
+    if text.startswith("pipe:") or "://" in text or "{" in text or "::" in text:
+        return expand_urls(text), None  # webdataset's own rules: braces, "::" lists
     path = Path(text)
     if path.suffix == ".tar" and not path.is_dir():
         return [text], None
