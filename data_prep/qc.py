@@ -153,8 +153,11 @@ def summary_text(data_dir: str | Path) -> str:
             figures += f"; feature rmse_px median {np.median(rmse):.2f} max {max(rmse):.2f}"
         lines.append(figures)
     splits = manifest["splits"]
+    order = [s for s in ("train", "test", "full") if s in splits]
     lines.append(
         "samples: "
-        + ", ".join(f"{s} {v['samples']} in {len(v['shards'])} shard(s)" for s, v in splits.items())
+        + ", ".join(
+            f"{s} {splits[s]['samples']} in {len(splits[s]['shards'])} shard(s)" for s in order
+        )
     )
     return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""The command line: one-line errors with exit 2, summary, check-truth, signals, demo.sh."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aeatrain.errors import run_cli
+from data_prep.__main__ import main
+from data_prep.outdir import _remove_stale_staging
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(argv):
+    """Run ``python -m data_prep ARGV`` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    return exit_info.value.code
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_missing_and_empty_raw_folder_one_line_exit_2(tmp_path, capsys):
+    assert _cli(["build", "--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'nope'}: raw folder does not exist"]
+    (tmp_path / "empty").mkdir()
+    assert _cli(["build", "--raw", str(tmp_path / "empty"), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "empty: no images found" in err[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_summary_and_check_truth(small_raw, small_data, capsys):
+    assert _cli(["summary", str(small_data)]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 3 ok, 0 rejected" in out
+    assert "samples: train 3 in 1 shard(s), test 9 in 1 shard(s), full 3 in 1 shard(s)" in out
+    assert "bit depth 8" in out and "scale 2" in out
+    assert _cli(["check-truth", str(small_raw), str(small_data)]) == 0
+    out = capsys.readouterr().out
+    assert "corner error over 3 pairs: max" in out
+    assert _cli(["check-truth", str(small_raw), str(small_data), "--max-error", "0.001"]) == 1
+
+
+def test_summary_of_a_folder_that_is_no_dataset(tmp_path, capsys):
+    assert _cli(["summary", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json: not found" in err[0]
+
+
+def _start_build(raw, out, workers):
+    command = [sys.executable, "-m", "data_prep", "build", "--raw", str(raw), "--out", str(out)]
+    command += ["--bar-row", "384", "--workers", str(workers)]
+    return subprocess.Popen(
+        command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_work(process, parent, seconds=120):
+    """Wait until the build has registered a pair (a QC picture in its staging folder)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if list(parent.glob(".data.staging-*/qc/*.png")):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"build ended before it could be interrupted: {process.communicate()}")
+        time.sleep(0.05)
+    pytest.fail("build did not start working in time")
+
+
+def test_sigterm_mid_build_leaves_nothing(small_raw, tmp_path):
+    process = _start_build(small_raw, tmp_path / "data", workers=2)
+    _wait_for_work(process, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert not (tmp_path / "data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sigkill_mid_build_leaves_no_dataset_and_next_run_cleans_up(small_raw, tmp_path):
+    process = _start_build(small_raw, tmp_path / "data", workers=1)
+    _wait_for_work(process, tmp_path)
+    process.kill()
+    process.wait(timeout=30)
+    assert not (tmp_path / "data").exists()
+    left = list(tmp_path.glob(".data.staging-*"))
+    assert len(left) == 1  # a killed process cannot clean up ...
+    _remove_stale_staging(tmp_path / "data")  # ... the next build for the target does
+    assert not left[0].exists()
+
+
+def test_demo_refuses_a_non_empty_outdir(tmp_path):
+    (tmp_path / "mine.txt").write_text("x")
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "demo.sh"), str(tmp_path)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "not empty" in result.stderr and (tmp_path / "mine.txt").read_text() == "x"
+
+
+def test_demo_runs_synth_build_summary(tmp_path):
+    env = {
+        **_env(),
+        "PYTHON": sys.executable,
+        "PAIRS": "2",
+        "WIDTH": "512",
+        "HEIGHT": "384",
+        "WORKERS": "1",
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "demo.sh"), str(tmp_path / "demo")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "== 1/3 synth" in out and "== 2/3 build" in out and "== 3/3 summary" in out
+    assert "pairs: 2 ok, 0 rejected" in out and "corner error over 2 pairs" in out
+    assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
+    assert (tmp_path / "demo" / "raw" / "truth.json").is_file()
