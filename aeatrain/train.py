@@ -364,6 +364,7 @@ class Meter:
     """Figures of the steps since the last log line."""
 
     started: float = field(default_factory=time.perf_counter)
+    cpu_started: float = field(default_factory=time.process_time)  # all threads of this process
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     grad_norm: float | None = None
@@ -481,6 +482,7 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     local = sum(meter.losses) / len(meter.losses) if meter.losses else math.nan
     loss = accelerator.reduce(torch.tensor(local, device=accelerator.device), "mean").item()
     seconds = (time.perf_counter() - meter.started) / meter.steps
+    cpu_seconds = (time.process_time() - meter.cpu_started) / meter.steps
     processes = accelerator.num_processes
     values = {
         "train/loss": loss,
@@ -488,6 +490,7 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
         "train/grad_norm": meter.grad_norm,
         "train/skipped_steps": t.skipped.total,
         "perf/step_seconds": seconds,
+        "perf/cpu_seconds_per_step": cpu_seconds,  # main process; robust on a shared CPU
         "perf/samples_per_second": t.cfg.data.global_batch_size / seconds,
         "perf/megapixels_per_second": meter.pixels * processes / meter.steps / seconds / 1e6,
         "perf/peak_memory_mib": peak_memory_mib(accelerator.device),

@@ -10,9 +10,11 @@ OpenMP spin and the figures meaningless. On a machine with a GPU, ``--gpu`` runs
 process per model on it instead (the card is printed).
 
 Step time is the median of the per-step ``perf/step_seconds`` the trainer logs to
-TensorBoard, leaving out ``--warmup`` steps; samples/s = global batch / step time. The runs
-of the three models alternate ``--repeats`` times so that all see the same machine load;
-the table gives the median over repeats and the AEANet / U-Net ratio.
+TensorBoard, leaving out ``--warmup`` steps; samples/s = global batch / step time. The CPU
+seconds per step (``perf/cpu_seconds_per_step``, the main process's CPU time) are what the
+step costs whatever else the machine runs: on a shared machine compare those. The runs of
+the three models alternate ``--repeats`` times so that all see the same machine load; the
+table gives medians over repeats and the ratios to U-Net.
 
     python benchmarks/bench_train.py [--steps 8] [--warmup 3] [--repeats 2] [--gpu]
 """
@@ -66,15 +68,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def step_seconds(run_dir: Path, warmup: int) -> float:
-    """Median logged step time, leaving out the first ``warmup`` steps."""
+def step_seconds(run_dir: Path, warmup: int) -> tuple[float, float]:
+    """Median logged (wall, CPU) seconds per step, leaving out the first ``warmup`` steps."""
     events = EventAccumulator(str(run_dir / "logs" / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    times = [e.value for e in events.Scalars("perf/step_seconds") if e.step > warmup]
-    return statistics.median(times)
+
+    def median(tag: str) -> float:
+        return statistics.median(e.value for e in events.Scalars(tag) if e.step > warmup)
+
+    return median("perf/step_seconds"), median("perf/cpu_seconds_per_step")
 
 
-def measure(model: str, processes: int, data: Path, args, workdir: Path, tag: str) -> float:
+def measure(model, processes, data, args, workdir: Path, tag: str) -> tuple[float, float]:
     run_dir = workdir / f"{model}-{processes}-{tag}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     if not args.gpu:
@@ -88,20 +93,26 @@ def measure(model: str, processes: int, data: Path, args, workdir: Path, tag: st
     return step_seconds(run_dir, args.warmup)
 
 
-def table(results: dict[tuple[str, int], list[float]], process_counts) -> str:
+def table(results: dict[tuple[str, int], list[tuple[float, float]]], process_counts) -> str:
+    """Medians over repeats; ratios to U-Net on the same number of processes."""
     lines = [
-        "| model | processes | s/step | samples/s | step time / U-Net |",
-        "|---|---|---|---|---|",
+        "| model | processes | s/step (wall) | samples/s (wall) | CPU s/step per process "
+        "| wall / U-Net | CPU / U-Net |",
+        "|---|---|---|---|---|---|---|",
     ]
     for processes in process_counts:
-        unet = statistics.median(results[("unet", processes)])
+        unet_wall, unet_cpu = _medians(results[("unet", processes)])
         for model in MODELS:
-            seconds = statistics.median(results[(model, processes)])
+            wall, cpu = _medians(results[(model, processes)])
             lines.append(
-                f"| {model} | {processes} | {seconds:.3f} | "
-                f"{GLOBAL_BATCH / seconds:.2f} | {seconds / unet:.3f} |"
+                f"| {model} | {processes} | {wall:.2f} | {GLOBAL_BATCH / wall:.2f} | {cpu:.2f} "
+                f"| {wall / unet_wall:.3f} | {cpu / unet_cpu:.3f} |"
             )
     return "\n".join(lines)
+
+
+def _medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def device_name(gpu: bool) -> str:
@@ -127,10 +138,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             for processes in process_counts:
                 for model in MODELS:
-                    seconds = measure(model, processes, data, args, workdir, str(repeat))
-                    results.setdefault((model, processes), []).append(seconds)
-                    print(f"repeat {repeat}: {model} x{processes}: {seconds:.3f} s/step",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    wall, cpu = measure(model, processes, data, args, workdir, str(repeat))
+                    results.setdefault((model, processes), []).append((wall, cpu))
+                    print(f"repeat {repeat}: {model} x{processes}: {wall:.3f} s/step wall, "
+                          f"{cpu:.3f} CPU s/step", file=sys.stderr, flush=True)  # fmt: skip
     print(f"device: {device_name(args.gpu)}; crops {CROP}x{CROP}, global batch {GLOBAL_BATCH}, "
           f"{args.steps} steps ({args.warmup} warm-up), median of {args.repeats} repeats, "
           f"1 thread per process")  # fmt: skip
