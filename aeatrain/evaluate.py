@@ -90,6 +90,8 @@ class RunScores:
 
 @dataclass
 class RowResult:
+    """One line of the table: a row's runs scored with one tiling."""
+
     spec: RowSpec
     tiling: Tiling
     runs: list[RunScores]
@@ -174,15 +176,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.run and not args.selftrain:
         raise UserError("give at least one --run or --selftrain")
-    if args.tile is not None and args.tile <= 2 * args.margin:
-        raise UserError(f"--tile {args.tile}: must exceed twice the margin ({2 * args.margin})")
     return args
 
 
 def tilings_of(args: argparse.Namespace) -> list[Tiling]:
+    """The tilings asked for, each tile checked against the margin before any work."""
     if args.tiles:
-        return [Tiling(t.tile, args.margin) if t.tile else t for t in parse_tiles(args.tiles)]
-    return [Tiling(args.tile, args.margin) if args.tile else Tiling()]
+        tilings = [Tiling(t.tile, args.margin) if t.tile else t for t in parse_tiles(args.tiles)]
+    else:
+        tilings = [Tiling(args.tile, args.margin) if args.tile else Tiling()]
+    if args.margin < 0:
+        raise UserError(f"--margin {args.margin}: must be 0 or more")
+    for tiling in tilings:
+        if tiling.tile is not None and tiling.tile <= 2 * tiling.margin:
+            raise UserError(
+                f"tile {tiling.tile}: must exceed twice the margin ({2 * tiling.margin})"
+            )
+    return tilings
 
 
 def row_specs(args: argparse.Namespace) -> list[RowSpec]:

@@ -266,6 +266,18 @@ def test_bad_tiles_argument(lab, capsys):
         ["--run", str(lab / "pooled"), "--data", str(lab / "DATA"), "--tiles", "512,abc"], capsys
     )
     assert code == EXIT_USER_ERROR and "'abc' is not a tile size" in err
+    argv = [
+        "--run",
+        str(lab / "pooled"),
+        "--data",
+        str(lab / "DATA"),
+        "--tile",
+        "128",
+        "--margin",
+        "64",
+    ]
+    code, _, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and "tile 128: must exceed twice the margin (128)" in err
 
 
 def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
