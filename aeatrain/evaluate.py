@@ -543,9 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=True,
     )
     print(markdown_table(results))
-    print(
-        f"\n{len(results)} row(s) in {seconds:.1f} s on {device}; wrote {out}/metrics.md, metrics.json"
-    )
+    print(f"\n{len(results)} row(s) in {seconds:.1f} s on {device}; wrote {out}/metrics.md, .json")
     return 0
 
 
