@@ -61,7 +61,7 @@ class SynthConfig:
     bit_depth: int = 8
     max_rotation_deg: float = 1.5  # HR scan rotation relative to LR, uniform in +-this
     max_scale_error: float = 0.01  # magnification calibration error, uniform in +-this
-    probe_sigma_lr_px: float = 0.35  # Gaussian probe, specimen units (LR pixels)
+    probe_sigma_lr_px: float = 0.2  # Gaussian probe sigma, specimen units (LR pixels)
     focus_jitter: float = 0.12  # relative spread of the probe sigma per acquisition
     dose: float = 60.0  # mean detected electrons per pixel at unit signal
     detector_noise: float = 0.015  # Gaussian read-out noise, fraction of full scale
