@@ -361,16 +361,19 @@ class StepOutcome:
 
 @dataclass
 class Meter:
-    """Figures of the steps since the last log line."""
+    """Figures of the steps since the last log line (validation and checkpoints excluded)."""
 
-    started: float = field(default_factory=time.perf_counter)
-    cpu_started: float = field(default_factory=time.process_time)  # all threads of this process
     steps: int = 0
+    seconds: float = 0.0  # wall time of the steps: loading the batch + the optimizer step
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) in those steps
     losses: list[float] = field(default_factory=list)
     grad_norm: float | None = None
     pixels: int = 0  # HR pixels trained on by THIS process
 
-    def add(self, outcome: StepOutcome, batch: dict) -> None:
+    def add(self, outcome: StepOutcome, batch: dict, started: tuple[float, float]) -> None:
+        """``started``: ``(time.perf_counter(), time.process_time())`` before the batch."""
+        self.seconds += time.perf_counter() - started[0]
+        self.cpu_seconds += time.process_time() - started[1]
         self.steps += 1
         if not math.isnan(outcome.loss):
             self.losses.append(outcome.loss)
@@ -387,15 +390,15 @@ def train(t: Trainer) -> int:
         disable=not (accelerator.is_main_process and cfg.logging.progress_bar),
     )  # fmt: skip
     meter = Meter()
-    t.preemption.install()
     try:
         while t.step < cfg.train.steps:
+            started = (time.perf_counter(), time.process_time())
             batch = next(t.batches)
             if batch["step"] != t.step:
                 raise RuntimeError(f"loader gave step {batch['step']} at step {t.step}")
             outcome = train_step(t, batch)
             t.step += 1
-            meter.add(outcome, batch)
+            meter.add(outcome, batch, started)
             bar.update(1)
             if t.step % cfg.logging.log_every == 0:
                 log_train(t, meter, bar)
@@ -407,7 +410,6 @@ def train(t: Trainer) -> int:
             if t.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(t)
     finally:
-        t.preemption.restore()
         bar.close()
     finish(t)
     return 0
@@ -481,8 +483,8 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     accelerator = t.accelerator
     local = sum(meter.losses) / len(meter.losses) if meter.losses else math.nan
     loss = accelerator.reduce(torch.tensor(local, device=accelerator.device), "mean").item()
-    seconds = (time.perf_counter() - meter.started) / meter.steps
-    cpu_seconds = (time.process_time() - meter.cpu_started) / meter.steps
+    seconds = meter.seconds / meter.steps
+    cpu_seconds = meter.cpu_seconds / meter.steps
     processes = accelerator.num_processes
     values = {
         "train/loss": loss,
@@ -648,11 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator)
     trainer, resume_from = build_trainer(cfg, accelerator)
+    trainer.preemption.install()  # a signal during the restore is acted on at the first step
     try:
         if resume_from is not None:
             restore(trainer, resume_from)
         return train(trainer)
     finally:
+        trainer.preemption.restore()
         accelerator.end_training()  # flush TensorBoard, also when a run stops on an error
 
 

@@ -11,8 +11,6 @@ from aeatrain.models import build_model
 from tests.datasets import make_dataset
 from tests.train.helpers import check, events, run, scalar, train_command
 
-pytestmark = pytest.mark.slow  # each runs the trainer, ~20 s on 2 busy cores
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

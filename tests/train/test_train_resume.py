@@ -26,7 +26,6 @@ from tests.train.helpers import (
 )
 
 STEPS = 24
-pytestmark = pytest.mark.slow  # five trainer runs of ~20 s each on 2 busy cores
 
 
 def overrides(data, run_dir, *extra):
