@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import atomic_write_bytes
+from data_prep.registration import flatten_background
 
 _CHECKER_PX = 32
+_BACKGROUND_PX = 40.0  # sigma of the brightness variation removed for display
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -26,6 +27,13 @@ def _display(image: np.ndarray) -> np.ndarray:
     image = image.astype(np.float32)
     low, high = np.percentile(image, (0.5, 99.5))
     return np.clip((image - low) * (255 / max(float(high - low), 1e-6)), 0, 255).astype(np.uint8)
+
+
+def _even_out(image: np.ndarray) -> np.ndarray:
+    """Local mean removed and local standard deviation divided out (over ~40 px)."""
+    flat = flatten_background(image.astype(np.float32), _BACKGROUND_PX)
+    local_power = flat * flat - flatten_background(flat * flat, _BACKGROUND_PX)  # its blur
+    return flat / np.sqrt(np.maximum(local_power, 1e-12))
 
 
 def _overlay(lr: np.ndarray, hr: np.ndarray) -> np.ndarray:
@@ -83,8 +91,12 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def qc_picture(name: str, lr_warped: np.ndarray, hr: np.ndarray, record: dict) -> np.ndarray:
-    """(rows, cols, 3) BGR uint8 picture of one registered pair and its figures."""
-    lr8, hr8 = _display(lr_warped), _display(hr)
+    """(rows, cols, 3) BGR uint8 picture of one registered pair and its figures.
+
+    Both images are shown with local brightness and contrast evened out, so that
+    charging or a gain difference between the scans does not tint the overlay.
+    """
+    lr8, hr8 = _display(_even_out(lr_warped)), _display(_even_out(hr))
     height, width = hr8.shape
     half = (max(1, width // 2), max(1, height // 2))
     overview = cv2.resize(_overlay(lr8, hr8), half, interpolation=cv2.INTER_AREA)
@@ -101,7 +113,7 @@ def write_qc(path: Path, name: str, lr_warped: np.ndarray, hr: np.ndarray, recor
     ok, data = cv2.imencode(".png", qc_picture(name, lr_warped, hr, record))
     if not ok:
         raise ValueError("PNG encoding of the QC picture failed")
-    atomic_write_bytes(path, data.tobytes(), overwrite=True)
+    path.write_bytes(data.tobytes())  # inside the build's staging folder: atomic already
 
 
 # --- dataset summary ---------------------------------------------------------------------

@@ -145,7 +145,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image * 255, 0, 255).astype(np.uint8)
 
 
-def _highpass(image: np.ndarray, sigma: float) -> np.ndarray:
+def flatten_background(image: np.ndarray, sigma: float) -> np.ndarray:
     """Remove slow brightness variation (charging, detector shading): subtract a
     Gaussian blur of ``sigma`` px, computed at 1/8 size (a wide kernel is slow)."""
     if sigma <= 0:
@@ -336,7 +336,9 @@ def verification_ncc(
     smoothed to about the LR resolution (``sigma = scale`` HR px)."""
     sigma = config.highpass_lr_px * scale
     return smoothed_ncc(
-        _highpass(normalise(warped), sigma), _highpass(normalise(hr), sigma), sigma=scale
+        flatten_background(normalise(warped), sigma),
+        flatten_background(normalise(hr), sigma),
+        sigma=scale,
     )
 
 
@@ -398,7 +400,7 @@ def noise_to_signal(image: np.ndarray) -> float:
     About 0.5 for clean scans, 1 for typical ones, 3 for very noisy low-contrast ones."""
     image = normalise(image)
     noise = float(np.median(np.abs(cv2.filter2D(image, -1, _NOISE_KERNEL)))) / (0.6745 * 6)
-    structure = float(_highpass(cv2.GaussianBlur(image, (0, 0), 2.0), 20.0).std())
+    structure = float(flatten_background(cv2.GaussianBlur(image, (0, 0), 2.0), 20.0).std())
     return noise / max(structure, 1e-6)
 
 
@@ -423,8 +425,8 @@ def _refine(lr_n, hr_n, hr_small, hr_to_small, start, config) -> np.ndarray:
     and a free 8-parameter homography fits noise (measured: 0.12-0.22 vs 0.08-0.15 px).
     """
     sigma = config.highpass_lr_px
-    lr_hp = _highpass(lr_n, sigma)
-    warp, _ = _ecc_pyramid(_highpass(hr_small, sigma), lr_hp, start, config)
+    lr_hp = flatten_background(lr_n, sigma)
+    warp, _ = _ecc_pyramid(flatten_background(hr_small, sigma), lr_hp, start, config)
     hr_to_lr = warp @ hr_to_small
     scale = hr_n.shape[1] / hr_small.shape[1]
     criteria = (
@@ -435,7 +437,7 @@ def _refine(lr_n, hr_n, hr_small, hr_to_small, start, config) -> np.ndarray:
     smoothing = final_smoothing(noise_to_signal(lr_n))
     try:
         _, final = cv2.findTransformECC(
-            _highpass(hr_n, sigma * scale),
+            flatten_background(hr_n, sigma * scale),
             lr_hp,
             hr_to_lr[:2].astype(np.float32),
             cv2.MOTION_AFFINE,

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import from_float, write_image
+from aeatrain.imageio import encode_image, from_float
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
 
@@ -413,8 +413,9 @@ def _write_pair(job: tuple) -> tuple[str, dict]:
     name = pair_name(index)
     lr_file = f"{name}_{config.lr_magnification}{suffix}"
     hr_file = f"{name}_{config.hr_magnification}{suffix}"
-    write_image(Path(out) / lr_file, lr)
-    write_image(Path(out) / hr_file, hr)
+    # plain writes: the whole folder is staged and renamed (and keeps the umask's mode)
+    (Path(out) / lr_file).write_bytes(encode_image(lr, suffix))
+    (Path(out) / hr_file).write_bytes(encode_image(hr, suffix))
     return name, {"lr_file": lr_file, "hr_file": hr_file, **truth}
 
 
