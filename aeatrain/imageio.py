@@ -121,6 +121,13 @@ def from_float(image: np.ndarray, bit_depth: int) -> np.ndarray:
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode a plain ``open(..., "w")`` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -139,6 +146,7 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     tmp = Path(tmp_name)
     try:
         yield tmp
+        tmp.chmod(_default_file_mode())  # mkstemp makes 0600; give the usual umask mode
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -81,3 +81,14 @@ def test_atomic_write_refuses_existing_and_leaves_nothing_on_failure(tmp_path):
 def test_bmp_refuses_16_bit(tmp_path):
     with pytest.raises(UserError, match="BMP"):
         write_image(tmp_path / "x.bmp", np.zeros((4, 4), np.uint16))
+
+
+def test_atomic_writes_get_the_umask_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_image(tmp_path / "m.png", np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o644
