@@ -279,6 +279,8 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.train.compile:
+        log.info("torch.compile: training %s", type(model).__name__, main_process_only=True)
     trainer = Trainer(
         cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles,
         ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),

@@ -68,3 +68,23 @@ def test_a_diverging_run_stops_naming_the_steps_without_nan_checkpoints(data, tm
         tensors = load_file(str(folder / "model.safetensors"))
         assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
     assert not (run_dir / "model.safetensors").exists()
+
+
+@pytest.mark.slow  # torch.compile on CPU: ~100 s with a cold inductor cache, ~17 s warm
+def test_torch_compile_option_trains_and_exports_plain_weights(data, tmp_path):
+    run_dir = tmp_path / "compiled"
+    result = run(
+        train_command(
+            "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "4",
+            "--train.compile", "true", "--logging.log_every", "2",
+            "--logging.progress_bar", "false",
+        ),
+        timeout=600,
+    )  # fmt: skip
+    check(result)
+    assert "torch.compile: training OptimizedModule" in result.stderr
+    run_json = json.loads((run_dir / "run.json").read_text())
+    model = build_model("aeanet", **run_json["model"]["kwargs"])
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))  # no _orig_mod. keys
+    saved = load_file(str(ckpt.checkpoint_path(run_dir, 4) / "model.safetensors"))
+    assert not [key for key in saved if "_orig_mod" in key]
