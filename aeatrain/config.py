@@ -116,7 +116,11 @@ class DataConfig(_Section):
         description="Random flips and 90-degree rotations (D4) of each crop, applied to LR "
         "and HR together. Off in the paper-faithful config.",
     )
-    num_workers: int = Field(2, ge=0, description="Loader worker processes per process.")
+    num_workers: int = Field(
+        2,
+        ge=0,
+        description="Loader worker threads per process (signals reach only the main thread).",
+    )
 
     @field_validator("crop_size")
     @classmethod

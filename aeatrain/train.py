@@ -137,6 +137,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="continue from the newest complete checkpoint in train.run_dir (= train.resume auto)",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check the config, the data and the run folder (for job scripts); write nothing",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --check: the number of processes the run will have (default 1)",
+    )
     return parser.parse_known_args(argv)
 
 
@@ -231,12 +243,17 @@ def _check_same_run(saved_path: Path, cfg: Config) -> None:
                 )
 
 
-def build_network(cfg: Config, accelerator: Accelerator) -> nn.Module:
-    """``build_model`` from the model section, plus the speed options of the train section."""
+def make_model(cfg: Config) -> nn.Module:
+    """``build_model`` from the model section; a bad combination is the user's error."""
     try:
-        model = build_model(cfg.model.name, **cfg.model.build_kwargs())
+        return build_model(cfg.model.name, **cfg.model.build_kwargs())
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
+
+
+def build_network(cfg: Config, accelerator: Accelerator) -> nn.Module:
+    """``build_model`` from the model section, plus the speed options of the train section."""
+    model = make_model(cfg)
     if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
         if accelerator.device.type != "cuda":
             raise ConfigError(
@@ -257,6 +274,28 @@ def configure_deepspeed(cfg: Config, accelerator: Accelerator, local_batch: int)
     config["train_micro_batch_size_per_gpu"] = local_batch
     config["train_batch_size"] = local_batch * accelerator.num_processes
     config["gradient_clipping"] = cfg.optim.grad_clip_norm or 0.0
+
+
+def check_only(cfg: Config, num_processes: int) -> str:
+    """Everything :func:`build_trainer` refuses, checked without an Accelerator and without
+    writing anything (``--check``): job scripts run it before any node starts working."""
+    local_batch = per_device_batch(cfg, num_processes)
+    manifest = load_manifest(cfg.data.root)
+    resume_from = check_run_folder(cfg)
+    train_loader(
+        manifest,
+        crop_size=None if cfg.data.crop_size == "full" else cfg.data.crop_size,
+        batch_size=local_batch,
+        seed=cfg.train.seed,
+        pairs=cfg.data.pairs,
+    )  # checks pair names and crop size against the data; decodes nothing yet
+    make_model(cfg)
+    start = f"resumes from {resume_from}" if resume_from else "starts at step 0"
+    return (
+        f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} pair(s) "
+        f"of {manifest.root}, {num_processes} process(es) x {local_batch} images, "
+        f"{cfg.train.steps} steps into {cfg.train.run_dir} ({start})"
+    )
 
 
 def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path | None]:
@@ -607,6 +646,9 @@ def stop_for_preemption(t: Trainer) -> int:
             "signal": t.preemption.received,  # None when only another rank received it
         }
         atomic_write_text(t.run_dir / PREEMPTED_MARKER, json.dumps(marker) + "\n", overwrite=True)
+    # No rank leaves before the marker exists: a launcher that kills the other processes
+    # when one exits (srun --kill-on-bad-exit) would otherwise cut the main one short.
+    t.accelerator.wait_for_everyone()
     log.warning(
         "preempted: checkpoint %s written; exiting with %d (resume with --resume)",
         path, EXIT_PREEMPTED, main_process_only=True,
@@ -649,6 +691,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides)
     if args.resume:
         cfg.train.resume = "auto"
+    if args.check:
+        if args.processes < 1:
+            raise UserError(f"--processes {args.processes}: must be at least 1")
+        print(check_only(cfg, args.processes))
+        return 0
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator)
     trainer, resume_from = build_trainer(cfg, accelerator)

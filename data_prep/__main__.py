@@ -1,8 +1,9 @@
-"""``python -m data_prep <command>``: synth, build, summary, check-truth.
+"""``python -m data_prep <command>``: synth, build, summary, pairs, check-truth.
 
 python -m data_prep synth --out RAW --pairs 22 --seed 0
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep summary DATA
+python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
 python -m data_prep check-truth RAW DATA
 """
 
@@ -91,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_build(commands)
     p = commands.add_parser("summary", help="print a built dataset's summary")
     p.add_argument("data", help="dataset folder (DATA)")
+    p = commands.add_parser("pairs", help="print a built dataset's pair names, one a line")
+    p.add_argument("data", help="dataset folder (DATA)")
     p = commands.add_parser("check-truth", help="corner error of a build against truth.json")
     p.add_argument("raw", help="synthetic raw folder with truth.json")
     p.add_argument("data", help="dataset built from it")
@@ -175,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args)
     if args.command == "summary":
         print(summary_text(args.data))
+        return 0
+    if args.command == "pairs":
+        from aeatrain.data import pair_names  # reads and checks the manifest
+
+        print("\n".join(pair_names(args.data)))
         return 0
     return _check_truth(args)
 

@@ -4,8 +4,9 @@ A cluster (SLURM ``--signal=USR1@120``, or SIGTERM at the time limit) warns a jo
 killing it. The handler only sets a flag: nothing unsafe happens inside a signal handler.
 The trainer all-reduces the flag at every step boundary so all ranks agree on the same
 step, saves a checkpoint there and exits with :data:`EXIT_PREEMPTED`, on which the SLURM
-launcher requeues the job; the requeued job resumes from that checkpoint. Loader worker
-processes ignore these signals (aeatrain/data.py), so only the training processes act.
+launcher requeues the job; the requeued job resumes from that checkpoint. The loader's
+workers are threads (aeatrain/data.py): Python delivers signals to the main thread only, so
+the handler here is the one that acts.
 """
 
 from __future__ import annotations

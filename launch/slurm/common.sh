@@ -1,7 +1,8 @@
 # Shared by the aeatrain SLURM job scripts (sourced, not run).
 #
 # aeatrain_enter_repo          cd into the checkout the job was submitted from
-# aeatrain_check ARGS...       validate config + overrides + data, or stop the job (exit 2)
+# aeatrain_check ARGS...       validate config + overrides + data + run folder (as a resumed
+#                              run), or stop the job (exit 2); writes nothing
 # aeatrain_run_preemptible RUN_DIR CMD...
 #                              run CMD (usually an srun step) in the background, pass a
 #                              preemption signal (USR1/TERM to this script) on to the
@@ -19,7 +20,7 @@ aeatrain_enter_repo() {
 }
 
 aeatrain_check() {
-    "$PYTHON" aeatrain/train.py --check "$@" \
+    "$PYTHON" aeatrain/train.py --check --resume "$@" \
         || aeatrain_die "configuration refused (see the line above); nothing was started"
 }
 

@@ -50,6 +50,14 @@ def test_summary_and_check_truth(small_raw, small_data, capsys):
     assert _cli(["check-truth", str(small_raw), str(small_data), "--max-error", "0.001"]) == 1
 
 
+def test_pairs_lists_usable_names_one_a_line(small_data, tmp_path, capsys):
+    assert _cli(["pairs", str(small_data)]) == 0
+    names = capsys.readouterr().out.split()
+    assert len(names) == 3 and names == sorted(names)
+    assert _cli(["pairs", str(tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
 def test_summary_of_a_folder_that_is_no_dataset(tmp_path, capsys):
     assert _cli(["summary", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

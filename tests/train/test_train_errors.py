@@ -121,3 +121,23 @@ def test_command_line_contract_one_line_exit_2(data, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "no pair named 'pair77'" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_check_only_refuses_without_writing(data, tmp_path):
+    """--check (used by the SLURM job scripts) refuses what training would, writing nothing."""
+    message = _refused(tmp_path / "run", "--check", "--data.root", str(data), "--data.pairs", "x9")
+    assert "no pair named 'x9'" in message
+    message = _refused(
+        tmp_path / "run", "--check", "--processes", "4", "--data.root", str(data),
+        "--data.global_batch_size", "4",
+    )  # fmt: skip
+    assert "needs at least 2" in message
+
+
+def test_check_only_accepts_a_good_config_and_writes_nothing(data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["--config", str(DEBUG_CONFIG), "--check", "--processes", "2"]
+    assert main([*argv, "--data.root", str(data), "--train.run_dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("check: ok: aeanet on 2 pair(s)") and "2 process(es) x 2 images" in out
+    assert not run_dir.exists()
