@@ -114,7 +114,9 @@ class LocalSlurm:
             "MpiDefault=none",
             "ReturnToService=2",
             "MailProg=/bin/true",
-            # Fast turnaround for tests: signals and requeues are handled within seconds.
+            # Fast turnaround for tests: a requeued job may start again after cred_expire
+            # seconds (default 120: the nodes must have forgotten the revoked credential).
+            "AuthInfo=cred_expire=10",
             "SchedulerParameters=sched_interval=1",
             "MinJobAge=600",
             "KillWait=5",
