@@ -43,6 +43,7 @@ from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text, to_float
 from aeatrain.inference import choose_device, predict_full, predict_paper_tiles
+from aeatrain.malloc import keep_freed_memory
 from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
 
 log = logging.getLogger(__name__)
@@ -548,4 +549,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # CPU: 1.7-3x faster steps, see aeatrain/malloc.py
     run_cli(main)

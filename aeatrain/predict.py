@@ -37,6 +37,7 @@ from aeatrain.imageio import (
     write_image,
 )
 from aeatrain.inference import check_tiling, choose_device, predict_full, predict_tiled
+from aeatrain.malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -251,4 +252,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # CPU: 1.7-3x faster steps, see aeatrain/malloc.py
     run_cli(main)

@@ -33,6 +33,7 @@ from torch import nn
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import from_float, read_image, to_float, write_image
 from aeatrain.inference import choose_device, eval_mode, pad_to_multiple
+from aeatrain.malloc import keep_freed_memory
 from aeatrain.predict import cut_bar, upsample
 
 log = logging.getLogger(__name__)
@@ -191,4 +192,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # CPU: 1.7-3x faster steps, see aeatrain/malloc.py
     run_cli(main)

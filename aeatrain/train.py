@@ -54,6 +54,7 @@ from aeatrain.data import DatasetManifest, load_manifest, test_tiles, train_load
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
+from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model
 from aeatrain.runs import CONFIG_YAML, write_run_files
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
@@ -710,4 +711,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # CPU: 1.7-3x faster steps, see aeatrain/malloc.py
     run_cli(main)

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The main job on built-in synthetic data, end to end:
-#   synthetic SEM pairs -> registered, split WebDataset dataset -> its summary and accuracy.
+#   synthetic SEM pairs -> registered, split WebDataset dataset -> training (2 CPU
+#   processes, the batch-aware attention spanning both) -> evaluation with the paper's
+#   protocol (the results table) -> super-resolution of one new LR image.
 #
 #   bash launch/demo.sh OUTDIR [--overwrite]
 #
-# Writes OUTDIR/raw (the pairs and truth.json) and OUTDIR/data (the dataset). Refuses an
-# OUTDIR that is not empty unless --overwrite is given (then raw/ and data/ are replaced).
+# Writes OUTDIR/raw (the pairs and truth.json), OUTDIR/data (the dataset), OUTDIR/run
+# (the trained model, checkpoints, TensorBoard logs), OUTDIR/eval (metrics.md/json) and
+# OUTDIR/predict (the super-resolved image). Refuses an OUTDIR that is not empty unless
+# --overwrite is given (then those five folders are replaced).
 # Environment (optional): PYTHON (default python3), PAIRS (22), SEED (0), WIDTH and
-# HEIGHT of the image area (1280 x 944, the paper's), WORKERS (default: all cores).
+# HEIGHT of the image area (1280 x 944, the paper's), WORKERS (default: all cores),
+# NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml).
 set -euo pipefail
 die() { echo "demo.sh: error: $*" >&2; exit 2; }
 usage="usage: launch/demo.sh OUTDIR [--overwrite]"
@@ -31,16 +36,44 @@ HEIGHT=${HEIGHT:-944}
 WORKERS_ARG=()
 [ -z "${WORKERS:-}" ] || WORKERS_ARG=(--workers "$WORKERS")
 
-echo "== 1/3 synth: $PAIRS synthetic SEM pairs, ${WIDTH}x${HEIGHT}, seed $SEED -> $OUT/raw"
+NUM_PROCESSES=${NUM_PROCESSES:-2}
+CONFIG=${CONFIG:-configs/demo.yaml}
+[ -f "$CONFIG" ] || die "$CONFIG: no such config"
+if [ ${#OVERWRITE[@]} -gt 0 ]; then
+    rm -rf "$OUT/run" "$OUT/eval" "$OUT/predict"
+fi
+START=$(date +%s)
+
+echo "== 1/6 synth: $PAIRS synthetic SEM pairs, ${WIDTH}x${HEIGHT}, seed $SEED -> $OUT/raw"
 "$PYTHON" -m data_prep synth --out "$OUT/raw" --pairs "$PAIRS" --seed "$SEED" \
     --width "$WIDTH" --height "$HEIGHT" "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
 
-echo "== 2/3 build: register LR onto HR, paper split, WebDataset shards -> $OUT/data"
+echo "== 2/6 build: register LR onto HR, paper split, WebDataset shards -> $OUT/data"
 "$PYTHON" -m data_prep build --raw "$OUT/raw" --out "$OUT/data" --bar-row "$HEIGHT" \
     "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
 
-echo "== 3/3 summary of $OUT/data, and registration error against the generator's truth"
+echo "== 3/6 summary of $OUT/data, and registration error against the generator's truth"
 "$PYTHON" -m data_prep summary "$OUT/data"
 "$PYTHON" -m data_prep check-truth "$OUT/raw" "$OUT/data" | tail -n 1
 
-echo "demo: done. Dataset: $OUT/data (manifest.json, registration.json, qc/*.png, *.tar)"
+echo "== 4/6 train: $CONFIG on $NUM_PROCESSES CPU processes -> $OUT/run"
+OMP_NUM_THREADS=1 "$PYTHON" -m accelerate.commands.launch --cpu --num_processes "$NUM_PROCESSES" \
+    --num_machines 1 --mixed_precision no --dynamo_backend no \
+    aeatrain/train.py --config "$CONFIG" --data.root "$OUT/data" --train.run_dir "$OUT/run" \
+    --logging.progress_bar false
+
+echo "== 5/6 evaluate with the paper's protocol (whole images, test tiles) -> $OUT/eval"
+"$PYTHON" -m aeatrain.evaluate --run "$OUT/run" --data "$OUT/data" --out "$OUT/eval"
+
+LR_IMAGE=$(ls "$OUT/raw"/*_10000.* | head -n 1)
+echo "== 6/6 predict: super-resolve $LR_IMAGE (data bar cut) -> $OUT/predict"
+"$PYTHON" -m aeatrain.predict --run "$OUT/run" --input "$LR_IMAGE" --output "$OUT/predict" \
+    --bar-row "$HEIGHT"
+
+echo
+echo "demo: done in $(( $(date +%s) - START )) s."
+echo "  dataset:   $OUT/data (manifest.json, registration.json, qc/*.png, *.tar)"
+echo "  model:     $OUT/run (model.safetensors, config.yaml, checkpoints/)"
+echo "  results:   $OUT/eval/metrics.md"
+echo "  predicted: $(ls "$OUT/predict"/* | head -n 1)"
+echo "  TensorBoard: tensorboard --logdir $OUT/run/logs"

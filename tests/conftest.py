@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from aeatrain.malloc import keep_freed_memory
+
+keep_freed_memory()  # as the command-line tools do: CPU tests run 1.7-3x faster
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
