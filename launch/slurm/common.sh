@@ -45,8 +45,13 @@ aeatrain_run_preemptible() {
     trap - USR1 TERM
     if [ -f "$run_dir/preempted.json" ]; then
         echo "[$(date -Is)] checkpoint written on preemption; requeueing job $SLURM_JOB_ID"
-        scontrol requeue "$SLURM_JOB_ID" \
-            || aeatrain_die "scontrol requeue failed; resume by submitting the same job again"
+        if ! scontrol requeue "$SLURM_JOB_ID"; then
+            # e.g. SLURM itself is already requeueing a preempted job: nothing is lost,
+            # the checkpoint is complete and the next start resumes from it.
+            echo "[$(date -Is)] scontrol requeue failed; if the job does not come back," \
+                 "submit the same command again: it resumes from the checkpoint" >&2
+            exit 75
+        fi
         exit 0
     fi
     echo "[$(date -Is)] training ended with status $status"

@@ -1,0 +1,52 @@
+"""aeatrain.compare: evaluations grouped over seeds, mean and sample standard deviation."""
+
+import json
+
+import pytest
+
+from aeatrain.compare import main
+from aeatrain.errors import UserError
+
+
+def _evaluation(folder, dpsnr, *, sha="abc", pairs=("p0", "p1")):
+    folder.mkdir(parents=True)
+    summary = {"dpsnr": dpsnr, "dssim": dpsnr / 100, "fg_dpsnr": dpsnr / 2, "bg_dpsnr": 2 * dpsnr,
+               "input_psnr": 21.5, "input_ssim": 0.25}  # fmt: skip
+    row = {"label": folder.name, "summary": summary, "pairs": {p: {} for p in pairs}}
+    metrics = {"rows": [row], "data": {"manifest_sha256": sha}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_seeds_of_one_configuration_make_one_row(tmp_path, capsys):
+    folders = [
+        _evaluation(tmp_path / "unet-pooled-seed0", 1.0),
+        _evaluation(tmp_path / "aeanet-pooled-seed0", 2.0),
+        _evaluation(tmp_path / "unet-pooled-seed1", 2.0),
+        _evaluation(tmp_path / "aeanet-pooled-seed1", 3.0),
+    ]
+    assert main([str(f) for f in folders] + ["--out", str(tmp_path / "t.md")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert rows[0].startswith("| unet-pooled | 2 | +1.50 ± 0.71 | +0.0150 ± 0.0071 |")
+    assert rows[1].startswith("| aeanet-pooled | 2 | +2.50 ± 0.71 |")
+    assert rows[1].endswith("| +2.00, +3.00 |")
+    assert "PSNR 21.50 dB" in (tmp_path / "t.md").read_text()
+
+
+def test_a_single_seed_has_no_spread(tmp_path, capsys):
+    main([str(_evaluation(tmp_path / "gvtnet-self", 0.5))])
+    assert "| gvtnet-self | 1 | +0.50 | +0.0050 |" in capsys.readouterr().out
+
+
+def test_different_data_or_pairs_are_refused(tmp_path):
+    a = _evaluation(tmp_path / "a-seed0", 1.0)
+    b = _evaluation(tmp_path / "b-seed0", 1.0, sha="other")
+    c = _evaluation(tmp_path / "c-seed0", 1.0, pairs=("p0",))
+    for other in (b, c):
+        with pytest.raises(UserError, match="other data or pairs"):
+            main([str(a), str(other)])
+
+
+def test_missing_metrics_is_named(tmp_path):
+    with pytest.raises(UserError, match="metrics.json: no such file"):
+        main([str(tmp_path)])
