@@ -14,6 +14,7 @@ bf16, full-resolution crops, ...) are options switched on by their own configs.
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 import typing
@@ -279,13 +280,34 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return validate_tree(tree, source)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where ``no``, ``yes``,
+    ``on`` and ``off`` are booleans too, so ``mixed_precision: no`` (or the override
+    ``--train.mixed_precision no``) would arrive as False instead of the setting "no"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: no arbitrary objects
+
+
 def read_yaml_tree(path: str | Path) -> dict:
     """The mapping in a YAML file; ConfigError naming the file if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = _load_yaml(path.read_text())
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
@@ -354,7 +376,7 @@ def _parse_value(raw: str, annotation: Any) -> Any:
     name one pair without list brackets.
     """
     try:
-        value = yaml.safe_load(raw)
+        value = _load_yaml(raw)
     except yaml.YAMLError:
         value = raw
     if value is None:

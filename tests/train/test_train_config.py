@@ -37,6 +37,15 @@ def test_defaults_are_the_paper_faithful_values(minimal):
     assert cfg.model.bn_eps == 1e-5 and cfg.train.ema is False and cfg.data.augment is False
 
 
+def test_yes_no_on_off_are_words_not_booleans(minimal, tmp_path):
+    """YAML 1.1 reads `no` as False; `mixed_precision: no` must stay the setting "no"."""
+    cfg = load_config(minimal, ["--train.mixed_precision", "no", "--data.augment", "on"])
+    assert cfg.train.mixed_precision == "no" and cfg.data.augment is True
+    written = tmp_path / "w.yaml"
+    written.write_text(minimal.read_text() + "train:\n  run_dir: r\n  mixed_precision: no\n")
+    assert load_config(written).train.mixed_precision == "no"
+
+
 def test_dotted_overrides_both_spellings_and_types(minimal):
     cfg = load_config(
         minimal,
