@@ -169,3 +169,25 @@ def test_bad_input_is_refused_at_the_top_of_the_job(slurm, data, tmp_path, what)
     assert slurm.job_state(job_id)["ExitCode"] == "2:0", log
     assert "nothing was started" in log and str(config if what == "config" else root) in log
     assert "rendezvous" not in log and not (tmp_path / "run").exists()
+
+
+def test_prep_job_builds_the_dataset_on_a_node(slurm, tmp_path):
+    raw, data = tmp_path / "raw", tmp_path / "DATA"
+    subprocess.run(
+        [sys.executable, "-m", "data_prep", "synth", "--out", str(raw), "--pairs", "2",
+         "--seed", "3", "--width", "320", "--height", "240"],
+        env=_job_env(slurm), cwd=REPO, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    job_id, output = _sbatch(
+        slurm, tmp_path, "--cpus-per-task=1", str(REPO / "launch/slurm/prep.sbatch"), str(raw),
+        str(data), "--bar-row", "240", wait=True,
+    )  # fmt: skip
+    assert _state(slurm, job_id) == "COMPLETED", output.read_text()[-3000:]
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert sorted(manifest["pairs"]) == ["syn000", "syn001"]
+    job_id, output = _sbatch(
+        slurm, tmp_path, "--cpus-per-task=1", str(REPO / "launch/slurm/prep.sbatch"),
+        str(tmp_path / "nope"), str(tmp_path / "D2"), wait=True,
+    )  # fmt: skip
+    assert slurm.job_state(job_id)["ExitCode"] == "2:0"
+    assert "nope: no such folder" in output.read_text()
