@@ -605,10 +605,12 @@ def _threaded_batches(epochs: _TrainEpochs, workers: int) -> Iterator[dict]:
     """
     handoff = [queue.Queue(maxsize=1) for _ in range(workers)]
     stop = threading.Event()
+    threads = []
     for worker in range(workers):
         args = (epochs, worker, workers, handoff[worker], stop)
         name = f"aeatrain-loader-{worker}"
-        threading.Thread(target=_produce, args=args, name=name, daemon=True).start()
+        threads.append(threading.Thread(target=_produce, args=args, name=name, daemon=True))
+        threads[-1].start()
     try:
         for turn in count():
             item = handoff[turn % workers].get()
@@ -616,14 +618,27 @@ def _threaded_batches(epochs: _TrainEpochs, workers: int) -> Iterator[dict]:
                 raise item  # a DatasetError stays one line; a bug keeps its traceback
             yield from item
     finally:
+        # Stop AND join: a daemon thread still inside OpenCV or torch when the interpreter
+        # exits can abort the process ("terminate called without an active exception").
         stop.set()
+        for thread in threads:
+            thread.join(timeout=_JOIN_SECONDS)
+
+
+_JOIN_SECONDS = 60  # one batch at most: workers check the stop flag between batches
 
 
 def _produce(epochs: _TrainEpochs, worker: int, workers: int, out: queue.Queue, stop) -> None:
-    """A worker thread's loop: whole epochs into ``out`` until ``stop`` is set."""
+    """A worker thread's loop: whole epochs into ``out`` until ``stop`` is set (checked
+    between batches, so a closed stream stops its workers within one batch)."""
     try:
         for epoch in count(epochs.first_epoch + worker, workers):
-            if not _hand_over(out, list(epochs.epoch_batches(epoch)), stop):
+            batches = []
+            for batch in epochs.epoch_batches(epoch):
+                if stop.is_set():
+                    return
+                batches.append(batch)
+            if not _hand_over(out, batches, stop):
                 return
     except Exception as err:  # the consumer raises it in the trainer's thread
         _hand_over(out, err, stop)

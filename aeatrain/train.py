@@ -453,6 +453,9 @@ def train(t: Trainer) -> int:
                 save_checkpoint(t)
     finally:
         bar.close()
+        close_stream = getattr(t.batches, "close", None)
+        if close_stream is not None:
+            close_stream()  # stops and joins the loader's worker threads before exit
     finish(t)
     return 0
 

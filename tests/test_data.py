@@ -431,6 +431,16 @@ def test_workers_leave_signals_to_the_trainer(plain):
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_closing_the_stream_stops_and_joins_its_worker_threads(plain):
+    import threading
+
+    stream = train_loader(plain, crop_size=32, batch_size=2, seed=0, num_workers=2)
+    next(stream)
+    assert any(t.name.startswith("aeatrain-loader") for t in threading.enumerate())
+    stream.close()
+    assert not any(t.name.startswith("aeatrain-loader") for t in threading.enumerate())
+
+
 def test_a_process_with_loader_workers_exits(plain):
     """Workers still making batches must not hold up the end of the process."""
     code = (
