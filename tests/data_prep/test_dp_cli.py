@@ -120,7 +120,8 @@ def test_demo_refuses_a_non_empty_outdir(tmp_path):
     assert "not empty" in result.stderr and (tmp_path / "mine.txt").read_text() == "x"
 
 
-def test_demo_runs_synth_build_summary(tmp_path):
+@pytest.mark.slow  # ~35 s: a 2-process training run, evaluation and prediction
+def test_demo_runs_every_stage(tmp_path):
     env = {
         **_env(),
         "PYTHON": sys.executable,
@@ -128,6 +129,7 @@ def test_demo_runs_synth_build_summary(tmp_path):
         "WIDTH": "512",
         "HEIGHT": "384",
         "WORKERS": "1",
+        "CONFIG": "configs/debug.yaml",  # the demo's stages, at a test's budget
     }
     result = subprocess.run(
         ["bash", str(REPO / "launch" / "demo.sh"), str(tmp_path / "demo")],
@@ -135,11 +137,16 @@ def test_demo_runs_synth_build_summary(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "== 1/3 synth" in out and "== 2/3 build" in out and "== 3/3 summary" in out
+    stages = ["1/6 synth", "2/6 build", "3/6 summary", "4/6 train", "5/6 evaluate", "6/6 predict"]
+    assert all(f"== {stage}" in out for stage in stages), out
     assert "pairs: 2 ok, 0 rejected" in out and "corner error over 2 pairs" in out
-    assert (tmp_path / "demo" / "data" / "manifest.json").is_file()
-    assert (tmp_path / "demo" / "raw" / "truth.json").is_file()
+    demo = tmp_path / "demo"
+    assert (demo / "data" / "manifest.json").is_file()
+    assert (demo / "raw" / "truth.json").is_file()
+    assert (demo / "run" / "model.safetensors").is_file()
+    assert (demo / "eval" / "metrics.md").is_file()
+    assert len(list((demo / "predict").iterdir())) == 1
