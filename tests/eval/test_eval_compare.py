@@ -48,5 +48,5 @@ def test_different_data_or_pairs_are_refused(tmp_path):
 
 
 def test_missing_metrics_is_named(tmp_path):
-    with pytest.raises(UserError, match="metrics.json: no such file"):
+    with pytest.raises(UserError, match=r"metrics\.json: no such file"):
         main([str(tmp_path)])
