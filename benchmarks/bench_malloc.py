@@ -5,7 +5,8 @@ Runs the real trainer (``aeatrain/train.py``, one process, one thread) with
 defaults: blocks above the mmap threshold go back to the kernel), alternating, and prints per
 setting the median step time (wall and CPU, from the trainer's TensorBoard scalars, leaving
 out ``--warmup`` steps), the process's minor page faults per step and its peak resident
-memory (``ru_maxrss`` from ``wait4``), with the ratios tuned / defaults.
+memory after the warm-up steps (the trainer's ``perf/peak_memory_mib``) and at the end
+(``ru_maxrss`` from ``wait4``): whether the kept memory settles. Ratios are tuned / defaults.
 
     python benchmarks/bench_malloc.py [--model aeanet] [--steps 10] [--warmup 3] [--repeats 1]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import CROP, GLOBAL_BATCH, MODELS, ROOT, command, device_name, step_seconds
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.datasets import make_dataset
 
@@ -45,8 +47,16 @@ def measure(model: str, tuning: str, data: Path, run_dir: Path, args) -> dict[st
         "wall": wall,
         "cpu": cpu,
         "faults_per_step": usage.ru_minflt / args.steps,
+        "warm_peak_gib": peak_rss_after(run_dir, args.warmup) / 2**10,
         "peak_gib": usage.ru_maxrss / 2**20,  # kilobytes on Linux
     }
+
+
+def peak_rss_after(run_dir: Path, step: int) -> float:
+    """The peak resident MiB the trainer logged at ``step`` (``perf/peak_memory_mib`` on CPU)."""
+    events = EventAccumulator(str(run_dir / "logs" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return next(e.value for e in events.Scalars("perf/peak_memory_mib") if e.step >= step)
 
 
 def main() -> None:
@@ -72,11 +82,14 @@ def main() -> None:
     print(f"device: {device_name(False)}; {args.model}, crops {CROP}x{CROP}, global batch "
           f"{GLOBAL_BATCH}, 1 process, 1 thread, {args.steps} steps ({args.warmup} warm-up), "
           f"median of {args.repeats} repeats")  # fmt: skip
-    print("| allocator | s/step (wall) | CPU s/step | page faults/step | peak RSS (GiB) |")
-    print("|---|---|---|---|---|")
+    print(
+        f"| allocator | s/step (wall) | CPU s/step | page faults/step "
+        f"| peak RSS after step {args.warmup} (GiB) | peak RSS at the end (GiB) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, m in medians.items():
         print(f"| {name} | {m['wall']:.2f} | {m['cpu']:.2f} | {m['faults_per_step']:.0f} "
-              f"| {m['peak_gib']:.2f} |")  # fmt: skip
+              f"| {m['warm_peak_gib']:.2f} | {m['peak_gib']:.2f} |")  # fmt: skip
     tuned, defaults = medians["tuned"], medians["defaults"]
     print(f"tuned / defaults: wall {tuned['wall'] / defaults['wall']:.2f}x, CPU "
           f"{tuned['cpu'] / defaults['cpu']:.2f}x, peak RSS "
