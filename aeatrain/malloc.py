@@ -7,7 +7,10 @@ tens to hundreds of MB many times over, so every step pays for fresh zeroed page
 kernel: measured on this project's 2-core machine, 40-70% of the CPU time of an AEANet step
 (256x256 crops, batch 8: 14.3 s -> 8.5 s) and of a 1280x944 whole-image prediction
 (3.7 s -> 1.1 s) went to page faults. Raising the mmap and trim thresholds keeps the freed
-blocks in the heap for reuse. The cost: the process's resident memory stays at its peak.
+blocks in the heap for reuse. The cost: the process's resident memory stays at its peak,
+and above it, since torch's 64-byte-aligned requests fragment the kept heap until freed
+neighbours merge: an AEANet training step at 256x256, batch 8 peaked at 3.8 GiB instead of
+2.4 GiB (``benchmarks/bench_malloc.py``, docs/benchmarks.md).
 
 ``AEATRAIN_MALLOC_TUNING=0`` leaves glibc's defaults alone. Nothing happens off glibc
 (macOS, musl) or where the library cannot be loaded; GPU memory is unaffected either way.
