@@ -45,6 +45,7 @@ from aeatrain.imageio import atomic_write_text, to_float
 from aeatrain.inference import choose_device, predict_full, predict_paper_tiles
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
+from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--margin", type=int, default=PAPER_MARGIN, help="context margin of --tile(s), default 32"
     )
     parser.add_argument("--pairs", nargs="+", help="score only these pairs")
-    parser.add_argument(
-        "--weights",
-        choices=("auto", "ema", "raw"),
-        default="auto",
-        help="auto: EMA if the run has it",
-    )
+    add_loading_arguments(parser)
     parser.add_argument(
         "--out", help="folder for metrics.md/json (default: eval/ in the first run)"
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...; default: GPU if any")
     args = parser.parse_args(argv)
     if not args.run and not args.selftrain:
         raise UserError("give at least one --run or --selftrain")

@@ -38,6 +38,7 @@ from aeatrain.imageio import (
 )
 from aeatrain.inference import check_tiling, choose_device, predict_full, predict_tiled
 from aeatrain.malloc import keep_freed_memory
+from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=AUTO_OVERLAP,
         help="tile overlap in output pixels (multiple of 16, default 128)",
     )
-    parser.add_argument(
-        "--weights",
-        choices=("auto", "ema", "raw"),
-        default="auto",
-        help="auto: EMA if the run has it",
-    )
+    add_loading_arguments(parser)
     parser.add_argument(
         "--bar-row",
         type=int,
@@ -204,7 +200,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never inputs)"
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: GPU if any")
     args = parser.parse_args(argv)
     if args.bar_row is not None and args.bar_row < 1:
         raise UserError(f"--bar-row {args.bar_row}: must be a positive row number")

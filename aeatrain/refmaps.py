@@ -35,6 +35,7 @@ from aeatrain.imageio import from_float, read_image, to_float, write_image
 from aeatrain.inference import choose_device, eval_mode, pad_to_multiple
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.predict import cut_bar, upsample
+from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--registered", action="store_true", help="input is in the HR frame already"
     )
     parser.add_argument("--bar-row", type=int, help="cut the SEM data bar: keep rows [0, N)")
-    parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto")
+    add_loading_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
-    parser.add_argument("--device", help="cpu, cuda ...; default: GPU if any")
     args = parser.parse_args(argv)
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be at least 1")

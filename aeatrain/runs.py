@@ -241,6 +241,17 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
     model.load_state_dict(state, strict=True)
 
 
+def add_loading_arguments(parser) -> None:
+    """``--weights`` and ``--device``: how every tool that loads a run chooses them."""
+    parser.add_argument(
+        "--weights",
+        choices=("auto", *WEIGHT_FILES),
+        default="auto",
+        help="auto: EMA if the run has it",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...; default: GPU if any")
+
+
 def load_run(
     run_dir: str | Path, *, weights: str = "auto", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, RunInfo]:
