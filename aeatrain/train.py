@@ -283,13 +283,7 @@ def check_only(cfg: Config, num_processes: int) -> str:
     local_batch = per_device_batch(cfg, num_processes)
     manifest = load_manifest(cfg.data.root)
     resume_from = check_run_folder(cfg)
-    train_loader(
-        manifest,
-        crop_size=None if cfg.data.crop_size == "full" else cfg.data.crop_size,
-        batch_size=local_batch,
-        seed=cfg.train.seed,
-        pairs=cfg.data.pairs,
-    )  # checks pair names and crop size against the data; decodes nothing yet
+    open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
     make_model(cfg)
     start = f"resumes from {resume_from}" if resume_from else "starts at step 0"
     return (
@@ -305,7 +299,10 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     manifest = load_manifest(cfg.data.root)
     resume_from = check_run_folder(cfg)
     start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
-    batches = open_batches(cfg, accelerator, manifest, local_batch, start_step)
+    batches = open_batches(
+        cfg, manifest, local_batch, start_step=start_step,
+        rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )  # fmt: skip
     set_seed(cfg.train.seed)
     model = build_network(cfg, accelerator)
     tiles = load_tiles(cfg, accelerator, manifest)
@@ -328,15 +325,24 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     return trainer, resume_from
 
 
-def open_batches(cfg, accelerator, manifest, local_batch: int, start_step: int):
-    """This rank's endless batch stream from ``start_step`` (checks pairs and crop size)."""
+def open_batches(
+    cfg: Config,
+    manifest: DatasetManifest,
+    local_batch: int,
+    *,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """A rank's endless batch stream from ``start_step``. Opening it checks the pair names
+    and the crop size against the data; nothing is decoded before the first batch."""
     return train_loader(
         manifest,
         crop_size=None if cfg.data.crop_size == "full" else cfg.data.crop_size,
         batch_size=local_batch,
         seed=cfg.train.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
+        rank=rank,
+        world_size=world_size,
         start_step=start_step,
         augment=cfg.data.augment,
         pairs=cfg.data.pairs,

@@ -22,8 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import CROP, GLOBAL_BATCH, MODELS, ROOT, command, device_name, step_seconds
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from bench_train import (
+    CROP,
+    GLOBAL_BATCH,
+    MODELS,
+    ROOT,
+    command,
+    device_name,
+    logged_scalars,
+    step_seconds,
+)
 
 from tests.datasets import make_dataset
 
@@ -42,20 +50,19 @@ def measure(model: str, tuning: str, data: Path, run_dir: Path, args) -> dict[st
         _, status, usage = os.wait4(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{model} with tuning={tuning} failed:\n{log.read_text()[-3000:]}")
-    wall, cpu = step_seconds(run_dir, args.warmup)
+    events = logged_scalars(run_dir)
+    wall, cpu = step_seconds(events, args.warmup)
     return {
         "wall": wall,
         "cpu": cpu,
         "faults_per_step": usage.ru_minflt / args.steps,
-        "warm_peak_gib": peak_rss_after(run_dir, args.warmup) / 2**10,
+        "warm_peak_gib": peak_rss_after(events, args.warmup) / 2**10,
         "peak_gib": usage.ru_maxrss / 2**20,  # kilobytes on Linux
     }
 
 
-def peak_rss_after(run_dir: Path, step: int) -> float:
+def peak_rss_after(events, step: int) -> float:
     """The peak resident MiB the trainer logged at ``step`` (``perf/peak_memory_mib`` on CPU)."""
-    events = EventAccumulator(str(run_dir / "logs" / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
     return next(e.value for e in events.Scalars("perf/peak_memory_mib") if e.step >= step)
 
 

@@ -68,10 +68,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def step_seconds(run_dir: Path, warmup: int) -> tuple[float, float]:
-    """Median logged (wall, CPU) seconds per step, leaving out the first ``warmup`` steps."""
+def logged_scalars(run_dir: Path) -> EventAccumulator:
+    """The scalars a run logged to TensorBoard, all of them."""
     events = EventAccumulator(str(run_dir / "logs" / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
+    return events
+
+
+def step_seconds(events: EventAccumulator, warmup: int) -> tuple[float, float]:
+    """Median logged (wall, CPU) seconds per step, leaving out the first ``warmup`` steps."""
 
     def median(tag: str) -> float:
         return statistics.median(e.value for e in events.Scalars(tag) if e.step > warmup)
@@ -90,7 +95,7 @@ def measure(model, processes, data, args, workdir: Path, tag: str) -> tuple[floa
     )  # fmt: skip
     if result.returncode != 0:
         raise SystemExit(f"{model} x{processes} failed:\n{result.stderr[-3000:]}")
-    return step_seconds(run_dir, args.warmup)
+    return step_seconds(logged_scalars(run_dir), args.warmup)
 
 
 def table(results: dict[tuple[str, int], list[tuple[float, float]]], process_counts) -> str:
