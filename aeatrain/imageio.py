@@ -121,11 +121,16 @@ def from_float(image: np.ndarray, bit_depth: int) -> np.ndarray:
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode a plain ``open(..., "w")`` would give."""
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode a plain ``open(..., "w")`` would give."""
+    return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aeatrain.errors import UserError
+from aeatrain.imageio import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def staged_output(target: str | os.PathLike, *, overwrite: bool) -> Iterator[Pat
     staging = Path(
         tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_TAG}{os.getpid()}-", dir=target.parent)
     )
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is not
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the result is not
     previous = signal.getsignal(signal.SIGTERM)
     in_main_thread = _in_main_thread()
     if in_main_thread:
@@ -98,12 +99,6 @@ def staged_output(target: str | os.PathLike, *, overwrite: bool) -> Iterator[Pat
             signal.signal(signal.SIGTERM, previous)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _in_main_thread() -> bool:
