@@ -98,6 +98,7 @@ def test_lbnlm_run_beats_bicubic_through_evaluate(lab, tmp_path, capsys):
     assert summary["dpsnr"] > 0.1 and summary["dssim"] > 0, summary
 
 
+@pytest.mark.slow
 def test_a_self_training_library_is_scored_on_its_pair_and_predicts(lab, tmp_path, capsys):
     out = tmp_path / "self"
     code, printed, err = _cli(
@@ -131,8 +132,8 @@ def _refused(argv: list[str], capsys) -> str:
     return err
 
 
-def test_bad_input_is_one_line_and_exit_2(lab, tmp_path, capsys):
-    data, out = str(lab / "DATA"), tmp_path / "out"
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    data, out = str(make_dataset(tmp_path / "DATA", pairs=1)), tmp_path / "out"
     assert "no pair named 'nope'" in _refused(
         ["--data", data, "--out", str(out), "--pairs", "nope"], capsys
     )

@@ -103,7 +103,7 @@ def build_model(name: str, **kw: Any) -> nn.Module:
 
 def _build_lbnlm(kw: dict[str, Any]) -> nn.Module:
     """The library method takes its own keywords (``LBNLM``), none of ``DEFAULTS``."""
-    known = ("patch", "components", "neighbours", "h", "library_size")
+    known = ("patch", "components", "neighbours", "h", "eps", "library_size")
     unknown = sorted(set(kw) - set(known))
     if unknown:
         raise ValueError(f"unknown lbnlm option(s) {unknown}; known: {list(known)}")

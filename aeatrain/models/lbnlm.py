@@ -9,8 +9,10 @@ were not available to us; this design is ours (``aeatrain/lbnlm.py`` builds it):
 - every patch is reduced by PCA to ``components`` numbers: k_j = (P_j - mean) B, B the
   (p*p, components) leading principal directions of the library's LR patches;
 - for every output pixel i with LR patch Q_i, the ``neighbours`` = K library keys nearest
-  to q_i = (Q_i - mean) B (exact Euclidean nearest neighbours, scipy's cKDTree), weights
-  w_ij = exp(-d_ij^2 / h^2), and the output LR(i) + sum_j w_ij v_j / sum_j w_ij.
+  to q_i = (Q_i - mean) B (Euclidean, scipy's cKDTree; approximate with ``eps`` > 0: the
+  j-th neighbour found is at most (1 + eps) times farther than the true j-th, and eps = 0
+  is exact), weights w_ij = exp(-d_ij^2 / h^2), and the output
+  LR(i) + sum_j w_ij v_j / sum_j w_ij.
 
 The library is held in buffers, so a run folder stores it in ``model.safetensors`` like
 any network's weights and ``aeatrain.evaluate`` / ``aeatrain.predict`` load it through
@@ -58,8 +60,9 @@ class LBNLM(nn.Module):
     """Paired library non-local means; see the module docstring. Keyword-only options:
 
     ``patch`` p (odd), ``components`` of the PCA, ``neighbours`` K, ``h`` (the weights'
-    bandwidth, in [0, 1] intensity units of the PCA keys), ``library_size`` N (fixes the
-    buffers' shapes so that a saved library loads into a freshly built module).
+    bandwidth, in [0, 1] intensity units of the PCA keys), ``eps`` (the search's
+    approximation, 0 = exact), ``library_size`` N (fixes the buffers' shapes so that a
+    saved library loads into a freshly built module).
     """
 
     input_multiple = 1
@@ -68,9 +71,10 @@ class LBNLM(nn.Module):
         self,
         *,
         patch: int = 7,
-        components: int = 4,
+        components: int = 8,
         neighbours: int = 16,
         h: float = 0.05,
+        eps: float = 0.0,
         library_size: int = 1,
     ) -> None:
         super().__init__()
@@ -82,9 +86,10 @@ class LBNLM(nn.Module):
             raise ValueError(
                 f"lbnlm needs 1 <= neighbours ({neighbours}) <= library_size ({library_size})"
             )
-        if not h > 0:
-            raise ValueError(f"lbnlm h must be positive, got {h}")
+        if not h > 0 or eps < 0:
+            raise ValueError(f"lbnlm needs h > 0 and eps >= 0, got h {h}, eps {eps}")
         self.patch, self.components, self.neighbours, self.h = patch, components, neighbours, h
+        self.eps = eps
         dims = patch * patch
         self.register_buffer("mean", torch.zeros(dims))  # (p*p,)
         self.register_buffer("basis", torch.zeros(dims, components))  # (p*p, components)
@@ -96,7 +101,7 @@ class LBNLM(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"patch={self.patch}, components={self.components}, neighbours={self.neighbours}, "
-            f"h={self.h:.4g}, library_size={self.keys.shape[0]}"
+            f"h={self.h:.4g}, eps={self.eps}, library_size={self.keys.shape[0]}"
         )
 
     def set_library(
@@ -127,7 +132,7 @@ class LBNLM(nn.Module):
         for start in range(0, image.shape[0], ROWS_PER_CHUNK):
             rows = slice(start, min(start + ROWS_PER_CHUNK, image.shape[0]))
             queries = patch_features(image, self.patch, mean, basis, rows)  # (M, components)
-            distances, index = tree.query(queries, k=self.neighbours, workers=1)
+            distances, index = tree.query(queries, k=self.neighbours, eps=self.eps, workers=1)
             distances = distances.reshape(len(queries), -1)  # k=1 gives 1-D arrays
             index = index.reshape(len(queries), -1)
             weights = nlm_weights(distances, self.h)  # (M, K)
