@@ -110,6 +110,8 @@ def test_fei_lzw_pair_with_free_names_via_pairs_file(tmp_path, capsys):
     assert entry["pixel_size_nm"] == pytest.approx({"lr": 10.0, "hr": 5.0})
     error = corner_error(np.array(truth["homography"]), np.array(record["homography"]), (512, 384))
     assert error <= 0.5  # the BMP pairs' bar (test_dp_build.test_registration_matches_truth)
+    assert data_prep_main(["summary", str(data)]) == 0
+    assert "data bar cut at row 384" in capsys.readouterr().out
 
 
 def test_zeiss_pair_scale_from_pixel_sizes(tmp_path):
