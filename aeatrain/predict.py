@@ -1,15 +1,16 @@
 """Super-resolve new LR images with a trained run: ``python -m aeatrain.predict``.
 
     python -m aeatrain.predict --run RUN --input IMAGE_OR_FOLDER [...] --output DIR
-        [--tile S --overlap O] [--weights auto|ema|raw] [--bar-row N] [--float32]
-        [--overwrite] [--device cpu|cuda]
+        [--tile S --overlap O] [--tta none|d4] [--weights auto|ema|raw] [--bar-row N]
+        [--float32] [--overwrite] [--device cpu|cuda]
 
 Each input (any size, 8 or 16 bit, BMP/PNG/TIFF; a folder means its images) is
 upsampled by the run's scale with bicubic interpolation (as the registered LR the model
 was trained on), run through the model and written to ``DIR/<input name>`` with the
 input's bit depth and format (``--float32``: a float32 TIFF on the input's scale, neither
 rounded nor clipped). Large images are predicted in tiles blended without seams
-(aeatrain.inference.predict_tiled). Inputs are never overwritten; existing outputs only
+(aeatrain.inference.predict_tiled). ``--tta d4`` averages the predictions of the image's 8
+flips/rotations (the D4 self-ensemble, 8x the time). Inputs are never overwritten; existing outputs only
 with ``--overwrite``. Every output path is checked before the first image is processed.
 """
 
@@ -36,7 +37,14 @@ from aeatrain.imageio import (
     to_float,
     write_image,
 )
-from aeatrain.inference import check_tiling, choose_device, predict_full, predict_tiled
+from aeatrain.inference import (
+    TTA_MODES,
+    check_tiling,
+    choose_device,
+    predict_full,
+    predict_tiled,
+    self_ensemble,
+)
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.runs import add_loading_arguments
 
@@ -78,11 +86,13 @@ def super_resolve(
     tile: int | None = None,
     overlap: int = AUTO_OVERLAP,
     device: torch.device | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """Integer LR (H, W) -> float32 prediction in about [0, 1] at ``scale`` x the size.
 
     ``tile`` None: the whole image at once unless it exceeds ``AUTO_TILE_PIXELS`` once
     upsampled, then tiles of 1024 with ``overlap``; 0: always whole; S: tiles of S.
+    ``tta`` "d4": the mean over the image's 8 flips/rotations (``self_ensemble``).
     """
     lr = to_float(upsample(image, scale))
     if tile is None:
@@ -91,9 +101,13 @@ def super_resolve(
             log.info(
                 "%dx%d is large: tiles of %d, overlap %d", lr.shape[1], lr.shape[0], tile, overlap
             )
-    if tile == 0:
-        return predict_full(model, lr, device=device)
-    return predict_tiled(model, lr, tile=tile, overlap=overlap, device=device)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        if tile == 0:
+            return predict_full(model, image, device=device)
+        return predict_tiled(model, image, tile=tile, overlap=overlap, device=device)
+
+    return self_ensemble(predict, lr, tta)
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,13 @@ def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: flo
     image, bit_depth = read_image(job.source)
     image = cut_bar(image, args.bar_row, job.source)
     pred = super_resolve(
-        model, image, scale=scale, tile=args.tile, overlap=args.overlap, device=args.device
+        model,
+        image,
+        scale=scale,
+        tile=args.tile,
+        overlap=args.overlap,
+        device=args.device,
+        tta=args.tta,
     )
     out = to_output(pred, bit_depth, float32=args.float32)
     write_image(job.target, out, overwrite=args.overwrite)
@@ -186,6 +206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=AUTO_OVERLAP,
         help="tile overlap in output pixels (multiple of 16, default 128)",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="d4: average the predictions of the image's 8 flips/rotations (8x the time)",
     )
     add_loading_arguments(parser)
     parser.add_argument(

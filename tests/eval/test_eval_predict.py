@@ -107,6 +107,25 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
     assert np.array_equal(from_float(got / 255, 8), from_float(want, 8))
 
 
+def test_tta_d4_averages_the_eight_flips(run_dir, tmp_path, capsys):
+    from aeatrain.imageio import to_float
+    from aeatrain.inference import predict_full, self_ensemble
+    from aeatrain.runs import load_run
+
+    image = np.random.default_rng(5).integers(0, 256, (24, 36), dtype=np.uint8)
+    write_image(tmp_path / "a.png", image)
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "a.png"), "--output",
+            str(tmp_path / "o"), "--float32", "--tta", "d4"]  # fmt: skip
+    code, err = _cli(argv, capsys)
+    assert code == 0, err
+    model, _ = load_run(run_dir)
+    upsampled = to_float(cv2.resize(image, (72, 48), interpolation=cv2.INTER_CUBIC))
+    want = self_ensemble(lambda x: predict_full(model, x), upsampled, "d4")
+    got = tifffile.imread(tmp_path / "o" / "a.tif")
+    assert np.abs(got - want * 255).max() < 1e-3
+    assert np.abs(want - predict_full(model, upsampled)).max() > 1e-5
+
+
 def test_bar_row_cuts_the_data_bar_before_upsampling(run_dir, tmp_path, capsys):
     write_image(tmp_path / "b.png", np.full((60, 40), 100, np.uint8))
     code, err = _cli(
