@@ -89,11 +89,11 @@ def test_evaluation_streams_over_http_read_only_their_share(served):
 def test_a_cache_folder_stages_each_shard_once_for_all_processes(served, tmp_path):
     cache = tmp_path / "cache"
     local = take(train_loader(served / "DATA", **SETTINGS), 4)
-    with RangeServer(served, ranges=False) as server:  # even a server without ranges
-        with pytest.raises(
-            DatasetError, match=r"ignores range requests \(HTTP 200\); set data\.cache_dir"
-        ):
-            next(train_loader(f"{server.url}/DATA", **SETTINGS))
+    refused = pytest.raises(
+        DatasetError, match=r"ignores range requests \(HTTP 200\); set data\.cache_dir"
+    )
+    with RangeServer(served, ranges=False) as server, refused:  # even a server without ranges
+        next(train_loader(f"{server.url}/DATA", **SETTINGS))
     with RangeServer(served, ranges=False) as server:
         url = f"{server.url}/DATA"
         for _ in range(2):  # a second process on the node finds the copy

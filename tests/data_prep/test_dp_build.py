@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
+from aeatrain.dataformat import sha256_file
 from aeatrain.errors import UserError
 from aeatrain.imageio import read_image, write_image
 from data_prep import build as build_module
 from data_prep.build import build_dataset
 from data_prep.pairs import cut_bar
 from data_prep.registration import warp_lr_to_hr
-from aeatrain.dataformat import sha256_file
 from data_prep.synth import SynthConfig, synthesize
 from data_prep.truth import check_truth
 
