@@ -159,6 +159,24 @@ def load_manifest(
     return manifest
 
 
+def dataset_identity(manifest: DatasetManifest) -> str:
+    """sha256 of what a dataset holds: its pairs and every shard's checksum and size.
+
+    Unlike ``manifest.sha256`` it ignores where the folder lies, when and by which command
+    it was built: the same data copied elsewhere has the same identity, a folder rebuilt
+    from other pairs (or other pixels) another. Resuming a run compares identities.
+    """
+    content = {
+        "scale": manifest.scale,
+        "pairs": manifest.pairs,
+        "splits": {
+            split: [[shard.get("sha256"), shard.get("samples")] for shard in entry["shards"]]
+            for split, entry in sorted(manifest.raw["splits"].items())
+        },
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def _check_manifest_fields(path: Path, raw: object) -> None:
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: not a dataset manifest (top level is not an object)")
