@@ -116,7 +116,7 @@ def write_run_files(
 
     ``model``/``ema_model`` may be wrapped (DDP, AveragedModel, compiled); the plain
     module's state_dict is saved. ``dataset`` is recorded as given (the trainer passes
-    ``{"path": ..., "manifest_sha256": ...}``). ``run.json`` is written last, so a reader
+    ``{"identity": ..., "path": ..., "manifest_sha256": ...}``). ``run.json`` is written last, so a reader
     that finds it finds complete weights. Call on the main process only.
     """
     run_dir = Path(run_dir)

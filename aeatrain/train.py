@@ -153,7 +153,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest complete checkpoint in train.run_dir (= train.resume auto)",
+        help="continue from the newest intact checkpoint in train.run_dir, on data of the same "
+        "dataset identity (= train.resume auto)",
     )
     parser.add_argument(
         "--check",
