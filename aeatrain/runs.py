@@ -116,8 +116,8 @@ def write_run_files(
 
     ``model``/``ema_model`` may be wrapped (DDP, AveragedModel, compiled); the plain
     module's state_dict is saved. ``dataset`` is recorded as given (the trainer passes
-    ``{"identity": ..., "path": ..., "manifest_sha256": ...}``). ``run.json`` is written last, so a reader
-    that finds it finds complete weights. Call on the main process only.
+    ``{"identity": ..., "path": ..., "manifest_sha256": ...}``). ``run.json`` is written
+    last, so a reader that finds it finds complete weights. Call on the main process only.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
