@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aeatrain import checkpoint as ckpt
+from aeatrain import shardio
 from aeatrain.config import Config, ConfigError, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data import (
@@ -92,6 +94,7 @@ EMA_FILE = "ema.safetensors"
 RESUMABLE_CHANGES = {
     "train.steps", "train.resume", "train.run_dir", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_skipped_steps", "data.num_workers", "data.root",
+    "data.cache_dir", "data.verify",
 }  # fmt: skip
 
 
@@ -216,8 +219,8 @@ def per_device_batch(cfg: Config, num_processes: int) -> int:
     if cfg.model.name == "aeanet" and cfg.model.batch_aware and local < 2:
         raise ConfigError(
             f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
-            f"least 2 (the first half of each process's batch trains the references, the "
-            f"second the batch-aware branch; with 1 the references get no gradient)"
+            f"least 2 (the first half of each process's batch trains the batch-aware "
+            f"branch, the second the references; with 1 the references get no gradient)"
         )
     return local
 
@@ -278,7 +281,7 @@ def check_same_dataset(checkpoint: Path, manifest: DatasetManifest, saved_root: 
     """Resume only on the dataset the checkpoint was trained on, wherever it lies now."""
     recorded = ckpt.read_trainer_state(checkpoint).get("dataset")
     if recorded is None:  # written before checkpoints recorded their dataset
-        if Path(saved_root).resolve() != manifest.root.resolve():
+        if not _same_location(saved_root, manifest.root):
             raise RunFolderError(
                 f"{checkpoint}: records no dataset identity (an older aeatrain wrote it), so "
                 f"it resumes only with the data.root it was started with, {saved_root!r}"
@@ -291,6 +294,14 @@ def check_same_dataset(checkpoint: Path, manifest: DatasetManifest, saved_root: 
             f"{checkpoint} was trained on ({recorded['identity'][:12]}, then at "
             f"{recorded['path']}); resume with that data or choose another train.run_dir"
         )
+
+
+def _same_location(a: str, b: str) -> bool:
+    """Two DATA roots name the same folder (or URL)."""
+    local_a, local_b = shardio.local_path(a), shardio.local_path(b)
+    if local_a is None or local_b is None:
+        return a.rstrip("/") == b.rstrip("/")
+    return local_a.resolve() == local_b.resolve()
 
 
 def _check_same_run(saved_path: Path, cfg: Config) -> str:
@@ -348,7 +359,7 @@ def check_only(cfg: Config, num_processes: int) -> str:
     """Everything :func:`build_trainer` refuses, checked without an Accelerator and without
     writing anything (``--check``): job scripts run it before any node starts working."""
     local_batch = per_device_batch(cfg, num_processes)
-    manifest = load_manifest(cfg.data.root)
+    manifest = load_manifest(cfg.data.root, verify_checksums=cfg.data.verify)
     resume_from = check_run_folder(cfg, manifest)
     runlock.check_unlocked(cfg.train.run_dir)
     open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
@@ -415,19 +426,22 @@ def open_batches(
         augment=cfg.data.augment,
         pairs=cfg.data.pairs,
         num_workers=cfg.data.num_workers,
+        cache_dir=cfg.data.cache_dir,
     )
 
 
 def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest) -> list:
-    """This rank's share of the test tiles (tile i to rank i % world), decoded once."""
+    """This rank's share of the first ``logging.eval_max_tiles`` test tiles (tile i to
+    rank i % world), decoded once; tiles past the limit are never read."""
     tiles = test_tiles(
         manifest,
         pairs=cfg.data.pairs,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
+        cache_dir=cfg.data.cache_dir,
     )
     limit = cfg.logging.eval_max_tiles
-    return [tile for tile in tiles if limit is None or tile.index < limit]
+    return list(itertools.takewhile(lambda tile: limit is None or tile.index < limit, tiles))
 
 
 def start_run_folder(cfg: Config, accelerator: Accelerator) -> None:
