@@ -398,3 +398,16 @@ def test_multi_page_input_needs_page(run_dir, tmp_path, capsys):
     code, err = _cli([*argv, "--output", str(tmp_path / "o2"), "--page", "2"], capsys)
     assert code == 0, err
     assert read_image(tmp_path / "o2" / "stack.tif")[0].shape == (48, 64)
+
+
+def test_calibrated_tiff_under_a_png_name_warns_that_the_calibration_is_lost(
+    run_dir, tmp_path, capsys, caplog
+):
+    _fei_lr(tmp_path / "a.tif")
+    (tmp_path / "a.tif").rename(tmp_path / "mislabelled.png")
+    caplog.set_level("WARNING")
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "mislabelled.png")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "o" / "mislabelled.png"), -1).shape == (96, 160)
+    assert "mislabelled.png: .png holds no calibration; the pixel size is lost" in caplog.text
