@@ -183,7 +183,12 @@ def _check_manifest_fields(path: Path, raw: object) -> None:
 
 def _check_shards(manifest: DatasetManifest, verify_checksums: bool) -> None:
     for split, entry in manifest.raw["splits"].items():
-        for shard in entry["shards"]:
+        for number, shard in enumerate(entry["shards"]):
+            for key in ("file", "sha256"):
+                if not isinstance(shard, dict) or not isinstance(shard.get(key), str):
+                    raise DatasetError(
+                        f"{manifest.path}: splits.{split}.shards[{number}] has no {key!r}"
+                    )
             shard_path = manifest.root / shard["file"]
             if not shard_path.is_file():
                 raise DatasetError(
@@ -254,6 +259,11 @@ def _iter_shard(url: str) -> Iterator[dict]:
                 yield current
                 current = None
             current = current or {"__key__": key}
+            if ext.lower() in current:  # builds before pair_key gave some names one key
+                raise DatasetError(
+                    f"{url}: sample {key} holds {ext} twice (two pairs share its key); "
+                    "rebuild the dataset with data_prep build"
+                )
             current[ext.lower()] = member["data"]
         if current is not None:
             yield current

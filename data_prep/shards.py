@@ -52,9 +52,20 @@ class ShardInfo:
         return {"file": self.file, "samples": self.samples, "sha256": self.sha256}
 
 
+def pair_key(pair: str) -> str:
+    """A pair name as a key and file name: only [A-Za-z0-9_-%], unique and reversible.
+
+    Names of [A-Za-z0-9_-] stay as they are; every other character becomes the %XX
+    escapes of its UTF-8 bytes (``"a b"`` -> ``"a%20b"``, ``"α-Fe2O3"`` ->
+    ``"%CE%B1-Fe2O3"``), so no two names share a key. A dot would split WebDataset's
+    extension, a slash make a folder. ``urllib.parse.unquote`` gives the name back.
+    """
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8")), pair)
+
+
 def sample_key(pair: str, region_id: str) -> str:
-    """WebDataset key of a region: dots would split the extension, so only [A-Za-z0-9_-]."""
-    return f"{_UNSAFE.sub('-', pair)}__{region_id}"
+    """WebDataset key of a region: ``<pair_key(pair)>__<region_id>``."""
+    return f"{pair_key(pair)}__{region_id}"
 
 
 def encode_png(image: np.ndarray) -> bytes:

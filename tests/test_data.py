@@ -127,6 +127,17 @@ def test_checksum_mismatch_is_named_and_can_be_skipped(own_copy):
     assert load_manifest(own_copy, verify_checksums=False).pair_names == ["pair00", "pair01"]
 
 
+def test_shard_entry_without_sha256_is_named(own_copy):
+    path = own_copy / "manifest.json"
+    raw = json.loads(path.read_text())
+    del raw["splits"]["test"]["shards"][0]["sha256"]  # was a KeyError traceback
+    path.write_text(json.dumps(raw))
+    with pytest.raises(
+        DatasetError, match=r"manifest\.json: splits\.test\.shards\[0\] has no 'sha"
+    ):
+        load_manifest(own_copy)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

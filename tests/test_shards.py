@@ -1,11 +1,19 @@
 import io
 import json
 import tarfile
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 
-from data_prep.shards import Sample, build_manifest, sample_key, sha256_file, write_split
+from data_prep.shards import (
+    Sample,
+    build_manifest,
+    pair_key,
+    sample_key,
+    sha256_file,
+    write_split,
+)
 
 
 def _sample(name, region, value, dtype=np.uint8):
@@ -13,8 +21,17 @@ def _sample(name, region, value, dtype=np.uint8):
     return Sample(name, region, image, image + 1, {"pair": name, "region_id": region})
 
 
-def test_keys_are_safe_for_webdataset():
-    assert sample_key("Au.np 3/b", "test1") == "Au-np-3-b__test1"
+def test_keys_are_safe_for_webdataset_unique_and_reversible():
+    assert sample_key("Au.np 3/b", "test1") == "Au%2Enp%203%2Fb__test1"
+    assert sample_key("syn_01-a", "full") == "syn_01-a__full"  # plain names keep their keys
+    names = ["α-Fe2O3", "β-Fe2O3", "--Fe2O3", "a b", "a-b", "a%20b", "a.b", "a/b", "Ω"]
+    keys = [pair_key(n) for n in names]
+    assert len(set(keys)) == len(names)  # these all shared a key before
+    assert all(
+        set(k) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
+        for k in keys
+    )
+    assert [unquote(k) for k in keys] == names
 
 
 def test_write_split_rolls_shards_and_counts(tmp_path):

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aeatrain import evaluate
@@ -15,7 +16,7 @@ from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full, predict_paper_tiles
 from aeatrain.metrics import average_pairs, mean_scores, score_regions
 from aeatrain.runs import load_run
-from tests.datasets import make_dataset
+from tests.datasets import make_dataset, specimen_pair, write_dataset
 from tests.eval.helpers import make_run
 
 
@@ -295,3 +296,22 @@ def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
         capsys,
     )
     assert code == EXIT_USER_ERROR and "no pair left to score" in err
+
+
+def test_pairs_whose_names_shared_a_key_are_both_scored(tmp_path, capsys):
+    """'α-Fe2O3' and 'β-Fe2O3' were both keyed '--Fe2O3': one full image hid the other
+    and evaluate stopped with a KeyError."""
+    rng = np.random.default_rng(5)
+    images = {name: specimen_pair(rng, 160, 120, 8) for name in ("α-Fe2O3", "β-Fe2O3")}
+    write_dataset(tmp_path / "DATA", images)
+    run = make_run(tmp_path / "run", residual=True)
+    argv = ["--run", str(run), "--data", str(tmp_path / "DATA"), "--out", str(tmp_path / "ev")]
+    code, _, err = _cli(argv, capsys)
+    assert code == 0, err
+    row = json.loads((tmp_path / "ev" / "metrics.json").read_text())["rows"][0]
+    assert sorted(row["pairs"]) == ["α-Fe2O3", "β-Fe2O3"]
+    want = _by_hand(run, tmp_path / "DATA", ["α-Fe2O3", "β-Fe2O3"])
+    for name in images:
+        got = row["pairs"][name]["mean"]["input_psnr"]
+        assert got == pytest.approx(want[name]["input_psnr"], abs=1e-9)
+    assert want["α-Fe2O3"]["input_psnr"] != pytest.approx(want["β-Fe2O3"]["input_psnr"])
