@@ -198,8 +198,8 @@ def per_device_batch(cfg: Config, num_processes: int) -> int:
     if cfg.model.name == "aeanet" and cfg.model.batch_aware and local < 2:
         raise ConfigError(
             f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
-            f"least 2 (the first half of each process's batch trains the references, the "
-            f"second the batch-aware branch; with 1 the references get no gradient)"
+            f"least 2 (the first half of each process's batch trains the batch-aware "
+            f"branch, the second the references; with 1 the references get no gradient)"
         )
     return local
 

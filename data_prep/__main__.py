@@ -2,6 +2,7 @@
 
 python -m data_prep synth --out RAW --pairs 22 --seed 0
 python -m data_prep build --raw RAW --out DATA --workers 2
+python -m data_prep build --raw RAW --out DATA --pairs-file PAIRS.csv
 python -m data_prep summary DATA
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
 python -m data_prep check-truth RAW DATA
@@ -36,7 +37,9 @@ def _add_synth(commands) -> None:
         "--format",
         choices=sorted(FORMATS),
         default="bmp",
-        help="bmp: 8-bit BMP like the public dataset; tif16: 16-bit TIFF",
+        help="bmp: 8-bit BMP like the public dataset; tif16: 16-bit TIFF; fei-tif, "
+        "zeiss-tif: 16-bit LZW TIFFs with the metadata an FEI or Zeiss SEM writes "
+        "(pixel size; FEI: the data-bar row)",
     )
     p.add_argument("--scale", type=float, default=2.0, help="HR / LR magnification")
     p.add_argument("--width", type=int, default=1280, help="image area width, pixels")
@@ -69,14 +72,24 @@ def _add_build(commands) -> None:
     p = commands.add_parser("build", help="register, split and shard raw pairs")
     p.add_argument("--raw", required=True, help="folder of <name>_<mag>.<ext> pairs")
     p.add_argument("--out", required=True, help="dataset folder to create (DATA)")
+    p.add_argument(
+        "--pairs-file",
+        help="CSV with a header name,lr,hr listing the pairs (paths relative to --raw); "
+        "instead of <name>_<mag> file names",
+    )
+    p.add_argument(
+        "--page",
+        type=int,
+        help="page of multi-page TIFFs to use, 0 = first (refused without it)",
+    )
     p.add_argument("--workers", type=int, default=_default_workers())
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--bar-row",
         type=int,
-        default=DEFAULT_BAR_ROW,
-        help="first row of the SEM data bar, cut from both images",
+        help="first row of the SEM data bar, cut from both images (default: the row the "
+        f"vendor metadata records, FEI ResolutionY; else {DEFAULT_BAR_ROW})",
     )
     bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
 
@@ -141,7 +154,10 @@ def _build(args) -> int:
     outcomes = build_dataset(
         args.raw,
         args.out,
-        bar_row=None if args.no_bar else args.bar_row,
+        bar_row=None if args.no_bar else args.bar_row or DEFAULT_BAR_ROW,
+        bar_from_metadata=not args.no_bar and args.bar_row is None,
+        pairs_file=args.pairs_file,
+        page=args.page,
         workers=args.workers,
         overwrite=args.overwrite,
         command=command,
@@ -172,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if getattr(args, "workers", 1) < 1:
         raise UserError(f"--workers: {args.workers} < 1")
+    if getattr(args, "page", None) is not None and args.page < 0:
+        raise UserError(f"--page: {args.page} < 0 (0 is the first page)")
+    if getattr(args, "bar_row", None) is not None and args.bar_row < 1:
+        raise UserError(f"--bar-row: {args.bar_row} must be positive")
     if args.command == "synth":
         return _synth(args)
     if args.command == "build":

@@ -138,6 +138,7 @@ def build_manifest(
     scale: float,
     bar_row: int | None,
     command: str,
+    bar_from_metadata: bool = False,
 ) -> dict:
     """The manifest dict of docs/formats.md; ``pairs`` maps name -> size, bit depth, region."""
     return {
@@ -148,6 +149,7 @@ def build_manifest(
         "command": command,
         "protocol": protocol,
         "bar_row": bar_row,
+        "bar_from_metadata": bar_from_metadata,
         "scale": float(scale),
         "bit_depths": sorted({int(p["bit_depth"]) for p in pairs.values()}),
         "pairs": pairs,

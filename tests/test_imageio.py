@@ -1,4 +1,5 @@
 import errno
+import io
 import logging
 import os
 import struct
@@ -116,13 +117,26 @@ def _bmp_header_only(width: int, height: int) -> bytes:
     return b"BM" + struct.pack("<IHHI", 1178, 0, 0, 1078) + info + bytes(1124)
 
 
+def _tiff_header_only(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((8, 8), np.uint8))
+    buffer.seek(0)
+    with tifffile.TiffFile(buffer, mode="r+b") as tif:  # the tags now claim another size
+        tif.pages[0].tags["ImageWidth"].overwrite(width)
+        tif.pages[0].tags["ImageLength"].overwrite(height)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
-    ("suffix", "make"), [(".png", _png_header_only), (".bmp", _bmp_header_only)]
+    ("suffix", "make"),
+    [(".png", _png_header_only), (".bmp", _bmp_header_only), (".tif", _tiff_header_only)],
 )
 def test_a_header_claiming_100000_squared_pixels_is_one_line(tmp_path, suffix, make):
     path = tmp_path / f"huge{suffix}"
     path.write_bytes(make(100_000, 100_000))  # was a cv2.error traceback
-    with pytest.raises(ImageError, match=r"huge\.(png|bmp): header claims 100000 x 100000 pixels"):
+    with pytest.raises(
+        ImageError, match=r"huge\.(png|bmp|tif): header claims 100000 x 100000 pixels"
+    ):
         read_image(path)
 
 

@@ -70,6 +70,8 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
         "height": 384,
         "bit_depth": 8,
         "train_region": {"x0": 0, "y0": 0, "x1": 384, "y1": 384},
+        "pixel_size_nm": {"lr": None, "hr": None},  # BMPs record none
+        "bar_rows": {"lr": BAR, "hr": BAR},
     }
     counts = {
         s: (v["samples"], [x["file"] for x in v["shards"]]) for s, v in manifest["splits"].items()

@@ -128,7 +128,7 @@ def test_refuses_a_non_empty_folder_and_bad_arguments(tmp_path):
     with pytest.raises(UserError, match="--scale"):
         SynthConfig(scale=20)
     for dose in (-1.0, 0.0, float("nan")):  # 0 used to give black images and exit 0
-        with pytest.raises(UserError, match="--dose: .* must be a positive number"):
+        with pytest.raises(UserError, match=r"--dose: .* must be a positive number"):
             SynthConfig(dose=dose)
 
 
