@@ -188,7 +188,7 @@ def _check_before_decoding(path: Path, data: memoryview) -> None:
         _check_pixels(path, size)
     problem = _png_problem(data) if data[:8] == _PNG_SIGNATURE else None
     if problem:
-        raise ImageError(f"{path}: not a readable PNG image ({problem})")
+        raise ImageError(f"{path}: not a readable image (PNG {problem})")
 
 
 def _check_pixels(path: Path, size: tuple[int, int]) -> None:
@@ -215,6 +215,8 @@ def _png_problem(data: memoryview) -> str | None:
     position = len(_PNG_SIGNATURE)
     while position + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if not kind.isalpha():
+            return "damaged: no chunk where one should start"
         end = position + 12 + length  # length, type, data, CRC
         if end > len(data):
             return f"truncated in its {kind.decode('latin-1')} chunk"

@@ -81,13 +81,18 @@ def recorded_outputs(folder: str | os.PathLike) -> set[str]:
     return set(ledger.get("files", {}))
 
 
-def check_replaceable_file(target: str | os.PathLike, *, overwrite: bool) -> None:
-    """Refuse an existing ``target`` unless ``overwrite`` and aeatrain wrote it (ledger)."""
+def check_replaceable_file(
+    target: str | os.PathLike, *, overwrite: bool, marker: Marker | None = None
+) -> None:
+    """Refuse an existing ``target`` unless ``overwrite`` and aeatrain wrote it: it is
+    listed in its folder's ledger, or the folder holds ``marker`` (its own kind)."""
     target = Path(target)
     if not target.exists():
         return
     if not overwrite:
         raise UserError(f"{target}: already exists (use --overwrite to replace it)")
+    if marker is not None and holds_marker(target.parent, marker):
+        return
     if target.name not in recorded_outputs(target.parent):
         raise UserError(
             f"{target}: not written by aeatrain (not listed in {target.parent / LEDGER_NAME}); "

@@ -334,3 +334,14 @@ def test_tta_d4_row_matches_the_self_ensemble_by_hand(lab, tmp_path, capsys):
     assert row["summary"]["dpsnr"] == pytest.approx(want["dpsnr"], abs=1e-12)
     plain = _by_hand(lab / "pooled", lab / "DATA", ["pair01"])["pair01"]
     assert row["summary"]["dpsnr"] != pytest.approx(plain["dpsnr"], abs=1e-6)
+
+
+def test_out_folder_files_not_written_by_evaluate_are_refused_before_scoring(lab, tmp_path, capsys):
+    (tmp_path / "metrics.md").write_text("my own notes")  # replaced silently before
+    argv = ["--run", str(lab / "self_1"), "--data", str(lab / "DATA"), "--out", str(tmp_path)]
+    code, _, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and "metrics.md: not written by aeatrain" in err
+    assert (tmp_path / "metrics.md").read_text() == "my own notes"
+    (tmp_path / "metrics.md").unlink()
+    assert _cli(argv, capsys)[0] == 0
+    assert _cli(argv, capsys)[0] == 0  # its own report: replaced on a re-run
