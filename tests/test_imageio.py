@@ -150,7 +150,9 @@ def test_damaged_png_is_named_without_libpng_or_opencv_lines(tmp_path, capfd):
     (tmp_path / "flipped.png").write_bytes(bytes(flipped))
     write_image(tmp_path / "good.bmp", image.astype(np.uint8))
     (tmp_path / "cut.bmp").write_bytes((tmp_path / "good.bmp").read_bytes()[:2000])
-    with pytest.raises(ImageError, match=r"cut\.png: not a readable image \(PNG truncated in its IDAT"):
+    with pytest.raises(
+        ImageError, match=r"cut\.png: not a readable image \(PNG truncated in its IDAT"
+    ):
         read_image(tmp_path / "cut.png")
     with pytest.raises(ImageError, match=r"flipped\.png: .*damaged: checksum of its IDAT"):
         read_image(tmp_path / "flipped.png")

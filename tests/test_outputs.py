@@ -37,9 +37,9 @@ def test_a_folder_is_replaced_only_when_it_holds_its_marker(tmp_path):
 
 def test_files_are_replaced_only_when_the_ledger_lists_them(tmp_path):
     (tmp_path / "a.png").write_bytes(b"mine")
-    with pytest.raises(UserError, match="a.png: already exists"):
+    with pytest.raises(UserError, match=r"a\.png: already exists"):
         check_replaceable_file(tmp_path / "a.png", overwrite=False)
-    with pytest.raises(UserError, match="a.png: not written by aeatrain"):
+    with pytest.raises(UserError, match=r"a\.png: not written by aeatrain"):
         check_replaceable_file(tmp_path / "a.png", overwrite=True)
     record_outputs(tmp_path, ["a.png"], tool="test")
     record_outputs(tmp_path, ["b.png"], tool="test")  # merged, not replaced
