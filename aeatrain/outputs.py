@@ -40,6 +40,8 @@ class Marker:
 DATASET = Marker("manifest.json", "format", "aeatrain-dataset", "a dataset of data_prep build")
 SYNTH_RAW = Marker("truth.json", "generator", "aeatrain.synth", "a raw folder of data_prep synth")
 METRICS = Marker("metrics.json", "format", "aeatrain-metrics", "an aeatrain.evaluate report")
+RUN = Marker("run.json", "format", "aeatrain-run", "a run folder of aeatrain.train")
+OUTPUTS = Marker(LEDGER_NAME, "format", LEDGER_FORMAT, "a folder of predict/refmaps outputs")
 
 
 def _json_object(path: Path) -> dict | None:

@@ -125,6 +125,22 @@ def test_demo_refuses_a_non_empty_outdir(tmp_path):
     assert "not empty" in result.stderr and (tmp_path / "mine.txt").read_text() == "x"
 
 
+def test_demo_overwrite_keeps_folders_it_did_not_write(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "thesis.md").write_text("x")  # rm -rf'd by --overwrite before
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "demo.sh"), str(tmp_path), "--overwrite"],
+        cwd=REPO,
+        env={**_env(), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "eval: --overwrite replaces only an aeatrain.evaluate report" in result.stderr
+    assert (tmp_path / "eval" / "thesis.md").read_text() == "x"
+
+
 @pytest.mark.slow  # ~35 s: a 2-process training run, evaluation and prediction
 def test_demo_runs_every_stage(tmp_path):
     env = {
@@ -154,7 +170,8 @@ def test_demo_runs_every_stage(tmp_path):
     assert (demo / "raw" / "truth.json").is_file()
     assert (demo / "run" / "model.safetensors").is_file()
     assert (demo / "eval" / "metrics.md").is_file()
-    assert len(list((demo / "predict").iterdir())) == 1
+    written = sorted(p.name for p in (demo / "predict").iterdir())
+    assert len(written) == 2 and written[0] == "aeatrain-outputs.json"  # one image, its ledger
 
 
 def _one_line_error(capsys) -> str:

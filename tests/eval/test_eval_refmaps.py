@@ -53,7 +53,8 @@ def test_explicit_refs_write_overlays_montage_and_raw_maps(aeanet_run, picture, 
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png", "sem_refmaps.tif",
+        "aeatrain-outputs.json", "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png",
+        "sem_refmaps.tif",
     ]  # fmt: skip
     raw = tifffile.imread(out / "sem_refmaps.tif")
     assert raw.shape == (2, 100, 120) and raw.dtype == np.float32  # upsampled 2x
