@@ -136,6 +136,19 @@ class DataConfig(_Section):
         ge=0,
         description="Loader worker threads per process (signals reach only the main thread).",
     )
+    cache_dir: str | None = Field(
+        None,
+        description="Node-local folder into which each shard read is staged once (shared by "
+        "the node's processes; checked against the manifest's sha256 on arrival). null = read "
+        "shards where they are: local files at their index's offsets, http(s) shards by range "
+        "requests (docs/scaling.md).",
+    )
+    verify: bool = Field(
+        False,
+        description="With train.py --check: hash every shard, index and member against the "
+        "manifest (local DATA folders; as python -m data_prep verify). Training itself never "
+        "hashes whole shards; it checks each member it reads against its index.",
+    )
 
     @field_validator("crop_size")
     @classmethod

@@ -94,7 +94,16 @@ def _content_kind(path: Path) -> str:
     return "other"
 
 
-_LOSSY_TIFF = ("JPEG", "OJPEG", "WEBP", "JPEGXR", "JPEGXL", "JPEG_LOSSY", "LERC")
+# always-lossy TIFF compressions (WebP, JPEG XR/XL, JPEG 2000 and LERC can be lossless)
+_LOSSY_TIFF = (
+    "JPEG",
+    "OJPEG",
+    "JPEG_99",
+    "ALT_JPEG",
+    "JPEG_LOSSY",
+    "JPEG_2000_LOSSY",
+    "JPEGXR_NDPI",
+)
 
 
 def _read_tiff(path: Path, page: int | None) -> np.ndarray:

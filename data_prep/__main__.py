@@ -1,10 +1,12 @@
-"""``python -m data_prep <command>``: synth, build, summary, pairs, check-truth.
+"""``python -m data_prep <command>``: synth, build, summary, pairs, verify, index, check-truth.
 
 python -m data_prep synth --out RAW --pairs 22 --seed 0
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep build --raw RAW --out DATA --pairs-file PAIRS.csv
 python -m data_prep summary DATA
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
+python -m data_prep verify DATA       (hash every shard, index and member once)
+python -m data_prep index DATA        (add shard indexes to a format_version 1 dataset)
 python -m data_prep check-truth RAW DATA
 """
 
@@ -16,10 +18,14 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
+
+from tqdm import tqdm
 
 from aeatrain.errors import UserError, run_cli
 from data_prep.build import DEFAULT_BAR_ROW, build_dataset
 from data_prep.qc import pair_table, summary_text
+from data_prep.shards import add_indexes
 from data_prep.synth import FORMATS, SynthConfig, synthesize
 from data_prep.truth import check_truth, truth_table
 
@@ -111,6 +117,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder (DATA)")
     p = commands.add_parser("pairs", help="print a built dataset's pair names, one a line")
     p.add_argument("data", help="dataset folder (DATA)")
+    p = commands.add_parser(
+        "verify", help="check every shard, index and member against the manifest's sha256"
+    )
+    p.add_argument("data", help="dataset folder (DATA)")
+    p.add_argument("--workers", type=int, default=_default_workers(), help="hashing threads")
+    p = commands.add_parser(
+        "index", help="add shard indexes to a dataset built before they existed (in place)"
+    )
+    p.add_argument("data", help="dataset folder (DATA) of format_version 1")
     p = commands.add_parser("check-truth", help="corner error of a build against truth.json")
     p.add_argument("raw", help="synthetic raw folder with truth.json")
     p.add_argument("data", help="dataset built from it")
@@ -175,6 +190,40 @@ def _build(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from aeatrain.data import load_manifest  # reads and checks the manifest
+    from aeatrain.dataformat import verify_shards
+
+    start = time.perf_counter()
+    manifest = load_manifest(args.data)
+    if "://" in manifest.root:
+        raise UserError(f"{args.data}: verify reads a local DATA folder (stage it first)")
+    entries = [s for split in manifest.model.splits.values() for s in split.shards]
+    with tqdm(total=len(entries), desc="verify", unit="shard") as bar:
+        problems = verify_shards(
+            Path(manifest.root), entries, workers=args.workers, progress=bar.update
+        )
+    for problem in problems:
+        print(f"verify: {problem}", file=sys.stderr)
+    if problems:
+        raise UserError(f"{args.data}: {len(problems)} of {len(entries)} shards failed verify")
+    samples = sum(e.samples for e in entries)
+    print(
+        f"verify: ok: {len(entries)} shards, {samples} samples of {args.data} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _index(args) -> int:
+    indexed = add_indexes(args.data)
+    if indexed == 0:
+        print(f"index: {args.data} has its shard indexes already (format_version 2)")
+    else:
+        print(f"index: wrote {indexed} shard indexes; {args.data} is now format_version 2")
+    return 0
+
+
 def _check_truth(args) -> int:
     check = check_truth(args.raw, args.data)
     print(truth_table(check))
@@ -208,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(pair_names(args.data)))
         return 0
+    if args.command == "verify":
+        return _verify(args)
+    if args.command == "index":
+        return _index(args)
     return _check_truth(args)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aeatrain.dataformat import SPLITS, pair_key, sha256_file
 from aeatrain.errors import UserError
 from aeatrain.outputs import DATASET
 from data_prep.outdir import check_target, staged_output
@@ -35,15 +36,7 @@ from data_prep.pairs_file import read_pairs_file
 from data_prep.parallel import parallel_map
 from data_prep.qc import write_qc
 from data_prep.registration import RegistrationConfig, register, warp_lr_to_hr
-from data_prep.shards import (
-    SPLITS,
-    Sample,
-    build_manifest,
-    pair_key,
-    sha256_file,
-    write_manifest,
-    write_split,
-)
+from data_prep.shards import Sample, build_manifest, write_manifest, write_split
 from data_prep.split import PROTOCOL, paper_split
 
 log = logging.getLogger(__name__)

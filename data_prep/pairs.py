@@ -115,7 +115,7 @@ def pair_scale(
     return scale
 
 
-def make_pair(name: str, lr_path: Path, hr_path: Path, names=None) -> RawPair:
+def raw_pair(name: str, lr_path: Path, hr_path: Path, names=None) -> RawPair:
     """A RawPair with both files' vendor calibration read and its scale checked."""
     lr_cal, hr_cal = read_calibration(lr_path), read_calibration(hr_path)
     scale = pair_scale(lr_path, hr_path, lr_cal, hr_cal, names)
@@ -187,7 +187,7 @@ def _pair(name: str, members: list[tuple[int, Path]]) -> RawPair:
     (lr_mag, lr_path), (hr_mag, hr_path) = sorted(members)
     if lr_mag == hr_mag:
         raise UserError(f"{hr_path}: same magnification as {lr_path.name}; expected LR and HR")
-    return make_pair(name, lr_path, hr_path, (lr_mag, hr_mag))
+    return raw_pair(name, lr_path, hr_path, (lr_mag, hr_mag))
 
 
 def find_pairs(raw: str | Path) -> list[RawPair]:

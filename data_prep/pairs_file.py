@@ -17,7 +17,7 @@ import csv
 from pathlib import Path
 
 from aeatrain.errors import UserError
-from data_prep.pairs import RawPair, check_one_scale, make_pair, name_magnification
+from data_prep.pairs import RawPair, check_one_scale, name_magnification, raw_pair
 
 HEADER = ["name", "lr", "hr"]
 
@@ -83,7 +83,7 @@ def read_pairs_file(pairs_file: str | Path, raw: str | Path) -> list[RawPair]:
             files[key] = (line, name)
             paths.append(path)
         try:
-            pairs.append(make_pair(name, paths[0], paths[1], _names(paths[0], paths[1])))
+            pairs.append(raw_pair(name, paths[0], paths[1], _names(paths[0], paths[1])))
         except UserError as err:
             raise UserError(f"{where}: {err}") from None
     pairs.sort(key=lambda p: p.name)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from aeatrain.dataformat import sha256_file
 from aeatrain.errors import UserError
 from data_prep.registration import corner_error
-from data_prep.shards import sha256_file
 
 
 @dataclass(frozen=True)

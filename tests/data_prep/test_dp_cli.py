@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from aeatrain.errors import run_cli
+from aeatrain.microscope import read_calibration
 from data_prep.__main__ import main
 from data_prep.outdir import _remove_stale_staging
 from data_prep.synth import synthesize
@@ -141,8 +142,9 @@ def test_demo_overwrite_keeps_folders_it_did_not_write(tmp_path):
     assert (tmp_path / "eval" / "thesis.md").read_text() == "x"
 
 
-@pytest.mark.slow  # ~35 s: a 2-process training run, evaluation and prediction
-def test_demo_runs_every_stage(tmp_path):
+@pytest.mark.slow  # ~35 s each: a 2-process training run, evaluation and prediction
+@pytest.mark.parametrize("image_format", ["bmp", "fei-tif"])
+def test_demo_runs_every_stage(tmp_path, image_format):
     env = {
         **_env(),
         "PYTHON": sys.executable,
@@ -151,6 +153,7 @@ def test_demo_runs_every_stage(tmp_path):
         "HEIGHT": "384",
         "WORKERS": "1",
         "CONFIG": "configs/debug.yaml",  # the demo's stages, at a test's budget
+        "FORMAT": image_format,
     }
     result = subprocess.run(
         ["bash", str(REPO / "launch" / "demo.sh"), str(tmp_path / "demo")],
@@ -170,8 +173,10 @@ def test_demo_runs_every_stage(tmp_path):
     assert (demo / "raw" / "truth.json").is_file()
     assert (demo / "run" / "model.safetensors").is_file()
     assert (demo / "eval" / "metrics.md").is_file()
-    written = sorted(p.name for p in (demo / "predict").iterdir())
-    assert len(written) == 2 and written[0] == "aeatrain-outputs.json"  # one image, its ledger
+    predicted = [p for p in (demo / "predict").iterdir() if p.name != "aeatrain-outputs.json"]
+    assert len(predicted) == 1 and (demo / "predict" / "aeatrain-outputs.json").is_file()
+    if image_format == "fei-tif":  # 10 nm LR pixels -> a 5 nm calibrated TIFF
+        assert read_calibration(predicted[0]).pixel_size_nm == pytest.approx(5.0)
 
 
 def _one_line_error(capsys) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from aeatrain.errors import EXIT_USER_ERROR, run_cli
+from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
 from aeatrain.imageio import ImageError, read_image, write_image
 from aeatrain.microscope import read_calibration
 from data_prep.__main__ import main as data_prep_main
@@ -110,6 +110,8 @@ def test_fei_lzw_pair_with_free_names_via_pairs_file(tmp_path, capsys):
     assert entry["pixel_size_nm"] == pytest.approx({"lr": 10.0, "hr": 5.0})
     error = corner_error(np.array(truth["homography"]), np.array(record["homography"]), (512, 384))
     assert error <= 0.5  # the BMP pairs' bar (test_dp_build.test_registration_matches_truth)
+    assert data_prep_main(["summary", str(data)]) == 0
+    assert "data bar cut at row 384" in capsys.readouterr().out
 
 
 def test_zeiss_pair_scale_from_pixel_sizes(tmp_path):
@@ -297,3 +299,39 @@ def test_bad_pairs_file_one_line_exit_2_nothing_written(
     assert re.search(message, err), err
     assert not out.exists() and sorted(p.name for p in tagged_raw.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv", "raw"]
+
+
+def test_calibration_units_and_fiji_calibrated_tiffs(tmp_path):
+    image = np.zeros((16, 16), np.uint8)
+    tifffile.imwrite(tmp_path / "pm.tif", image, extratags=_zeiss_tags("850.0 pm", "250.0 K X"))
+    zeiss = read_calibration(tmp_path / "pm.tif")
+    assert zeiss.pixel_size_nm == pytest.approx(0.85) and zeiss.magnification == 250000
+    escan_only = "[EScan]\r\nPixelWidth=2.5e-09\r\n[Image]\r\nResolutionY=12\r\n"
+    tifffile.imwrite(tmp_path / "e.tif", image, extratags=[(34680, "s", 0, escan_only, True)])
+    fei = read_calibration(tmp_path / "e.tif")
+    assert (fei.vendor, fei.pixel_size_nm, fei.bar_row) == ("fei", pytest.approx(2.5), 12)
+    tifffile.imwrite(
+        tmp_path / "fiji.tif", image, imagej=True, resolution=(50, 50), metadata={"unit": "micron"}
+    )
+    fiji = read_calibration(tmp_path / "fiji.tif")
+    assert (fiji.vendor, fiji.pixel_size_nm) == ("imagej", pytest.approx(20.0))  # 1/50 um
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    assert read_calibration(tmp_path / "plain.tif") is None
+    bad = "[Scan]\r\nPixelWidth=-1\r\n"
+    tifffile.imwrite(tmp_path / "bad.tif", image, extratags=[(34682, "s", 0, bad, True)])
+    with pytest.raises(UserError, match=r"bad\.tif: \[Scan\] PixelWidth -1 .* not a positive"):
+        read_calibration(tmp_path / "bad.tif")
+
+
+def test_no_scale_and_swapped_files_are_refused(tagged_raw, tmp_path, capsys):
+    tifffile.imwrite(tagged_raw / "u1.tif", np.zeros((8, 8), np.uint8))
+    tifffile.imwrite(tagged_raw / "u2.tif", np.zeros((8, 8), np.uint8))
+    for row, message in (
+        ("u,u1.tif,u2.tif", r"u2\.tif: cannot tell the scale"),
+        ("a,a high.tif,a low.tif", r"a low\.tif: scale 0\.5 with a high\.tif as LR"),
+    ):
+        pairs = _write_pairs_file(tmp_path / "pairs.csv", [row])
+        argv = ["build", "--raw", str(tagged_raw), "--out", str(tmp_path / "d")]
+        code, err = _cli([*argv, "--pairs-file", str(pairs)], capsys)
+        assert code == EXIT_USER_ERROR and re.search(message, err), err
+        assert not (tmp_path / "d").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,28 @@ def test_out_folder_files_not_written_by_evaluate_are_refused_before_scoring(lab
     (tmp_path / "metrics.md").unlink()
     assert _cli(argv, capsys)[0] == 0
     assert _cli(argv, capsys)[0] == 0  # its own report: replaced on a re-run
+
+
+@pytest.mark.slow
+def test_two_processes_give_exactly_the_one_process_table(lab, tmp_path, capsys):
+    """torchrun splits the images over 2 processes (gloo on CPU); the gathered table and
+    metrics are those of one process, figure for figure. (``--``: torchrun would take
+    ``--run`` for an abbreviation of its own ``--run-path``.)"""
+    import subprocess
+    import sys
+
+    argv = ["--run", str(lab / "pooled"), "--selftrain", str(lab / "self_*"),
+            "--data", str(lab / "DATA"), "--tiles", "whole,96", "--device", "cpu"]  # fmt: skip
+    code, _, _ = _cli([*argv, "--out", str(tmp_path / "one")], capsys)
+    assert code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "aeatrain.evaluate", "--", *argv, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert two["rows"] == one["rows"] and len(one["rows"]) == 4
+    table = [(tmp_path / d / "metrics.md").read_text().split("\n\n")[2] for d in ("one", "two")]
+    assert table[0] == table[1] and "self-training (3 runs" in table[0]
