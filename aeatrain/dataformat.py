@@ -15,7 +15,7 @@ Three documents, each a pydantic model:
   tar, so a reader seeks (or sends an HTTP range request) straight to the bytes it needs
   and never scans tar headers; the member hashes check exactly the bytes read.
 
-Newer writers may add keys (for instance a per-pair ``pixel_size_nm`` or vendor metadata):
+Newer writers may add keys (as the per-pair ``pixel_size_nm`` and vendor metadata once were):
 the manifest, pair, shard and sample models accept and keep unknown keys
 (``extra="allow"``), so an older reader still opens a newer dataset of the same
 ``format_version``; a change a reader must understand bumps ``format_version``. The
@@ -99,6 +99,38 @@ class ImageSize(_Open):
     height: int = Field(ge=1)
 
 
+class PixelSizes(_Strict):
+    """Nanometres per pixel that each raw file's microscope recorded (None: it did not;
+    aeatrain/microscope.py). The registered pair is in the HR frame: ``hr`` wide pixels."""
+
+    lr: float | None = Field(default=None, gt=0)
+    hr: float | None = Field(default=None, gt=0)
+
+
+class BarRows(_Strict):
+    """The row each raw file's data bar was cut at (None: not cut)."""
+
+    lr: int | None = Field(default=None, ge=1)
+    hr: int | None = Field(default=None, ge=1)
+
+
+class MicroscopeRecord(_Open):
+    """One file's vendor metadata (aeatrain.microscope.Calibration.as_record); ``hv_kv``,
+    ``detector`` and ``system`` come as extra keys where the vendor records them."""
+
+    vendor: Literal["fei", "zeiss", "imagej"]
+    pixel_size_nm: float | None = Field(default=None, gt=0)
+    magnification: float | None = Field(default=None, gt=0)
+    bar_row: int | None = Field(default=None, ge=1)
+
+
+class Microscope(_Strict):
+    """Both files' vendor metadata (None: a file without any)."""
+
+    lr: MicroscopeRecord | None = None
+    hr: MicroscopeRecord | None = None
+
+
 class SampleMeta(_Open):
     """A sample's ``json`` member. ``test_regions``/``train_region``: ``full`` samples only."""
 
@@ -113,6 +145,9 @@ class SampleMeta(_Open):
     sources: dict
     test_regions: dict[str, Region] | None = None
     train_region: Region | None = None
+    # what the microscope recorded; as_dict leaves out what it did not ({} for BMPs)
+    pixel_size_nm: PixelSizes | None = None
+    microscope: Microscope | None = None
 
     def as_dict(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
@@ -123,6 +158,8 @@ class PairInfo(_Open):
     height: int = Field(ge=1)
     bit_depth: Literal[8, 16]
     train_region: Region
+    pixel_size_nm: PixelSizes | None = None  # None: a dataset built before they were kept
+    bar_rows: BarRows | None = None
 
 
 class ShardEntry(_Open):
@@ -152,6 +189,7 @@ class Manifest(_Open):
     command: str
     protocol: Protocol
     bar_row: int | None
+    bar_from_metadata: bool = False  # rows the vendor metadata records were used (FEI)
     scale: float = Field(gt=0)
     bit_depths: list[int]
     pairs: dict[str, PairInfo]
@@ -159,7 +197,9 @@ class Manifest(_Open):
     splits: dict[str, SplitEntry]
 
     def as_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        """The document as read or built: fields with defaults that it did not have (an
+        older dataset's missing ``bar_from_metadata``, a pair's ``pixel_size_nm``) stay out."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class Member(_Strict):

@@ -55,6 +55,7 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text, to_float
 from aeatrain.inference import (
     TTA_MODES,
+    check_paper_tiling,
     choose_device,
     predict_full,
     predict_paper_tiles,
@@ -217,10 +218,8 @@ def tilings_of(args: argparse.Namespace) -> list[Tiling]:
     if args.margin < 0:
         raise UserError(f"--margin {args.margin}: must be 0 or more")
     for tiling in tilings:
-        if tiling.tile is not None and tiling.tile <= 2 * tiling.margin:
-            raise UserError(
-                f"tile {tiling.tile}: must exceed twice the margin ({2 * tiling.margin})"
-            )
+        if tiling.tile is not None:
+            check_paper_tiling(tiling.tile, tiling.margin)
     return tilings
 
 

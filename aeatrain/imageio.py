@@ -84,7 +84,7 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
 
 
 def _content_kind(path: Path) -> str:
-    """ "tiff", "jpeg" or "other", from the file's first bytes (its magic number)."""
+    """The file's kind from its first bytes (its magic number): tiff, jpeg or other."""
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):

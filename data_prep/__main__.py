@@ -101,7 +101,9 @@ def _add_build(commands) -> None:
         help="first row of the SEM data bar, cut from both images (default: the row the "
         f"vendor metadata records, FEI ResolutionY; else {DEFAULT_BAR_ROW})",
     )
-    bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
+    bar.add_argument(
+        "--no-bar", action="store_true", help="cut no data bar, whatever the metadata says"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

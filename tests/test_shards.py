@@ -22,7 +22,7 @@ def _meta(name, region):
         "scale": 2.0,
         "registration": {},
         "sources": {},
-        "pixel_size_nm": 3.5,  # a key a newer writer added: kept, not refused
+        "stage_tilt_deg": 3.5,  # a key a newer writer added: kept, not refused
     }
 
 
@@ -118,7 +118,7 @@ def test_manifest_sums_samples(tmp_path):
                 "height": 8,
                 "bit_depth": 8,
                 "train_region": _meta("a", "train")["region"],
-                "pixel_size_nm": 3.5,
+                "stage_tilt_deg": 3.5,
             }
         },
         rejected={},
@@ -129,7 +129,7 @@ def test_manifest_sums_samples(tmp_path):
     )
     assert manifest["splits"]["train"]["samples"] == 1
     assert manifest["bit_depths"] == [8] and manifest["format_version"] == FORMAT_VERSION == 2
-    assert manifest["pairs"]["a"]["pixel_size_nm"] == 3.5
+    assert manifest["pairs"]["a"]["stage_tilt_deg"] == 3.5
 
 
 def test_a_key_held_twice_is_refused_not_merged(tmp_path):

@@ -282,6 +282,20 @@ def test_bad_tiles_argument(lab, capsys):
     assert code == EXIT_USER_ERROR and "tile 128: must exceed twice the margin (128)" in err
 
 
+@pytest.mark.parametrize(
+    ("tile_args", "expected"),
+    [
+        (["--tile", "66"], "tile 66: with margin 32 the tiles step by 2 px, below the minimum"),
+        (["--tile", "1", "--margin", "0"], "tile 1: with margin 0 the tiles step by 1 px"),
+        (["--tiles", "512,70"], "tile 70: with margin 32 the tiles step by 6 px"),
+    ],
+)
+def test_a_tile_step_below_16_px_is_refused_before_any_work(tmp_path, capsys, tile_args, expected):
+    argv = ["--run", str(tmp_path / "no-run"), "--data", str(tmp_path / "no-data"), *tile_args]
+    code, _, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and expected in err and err.count("\n") == 1, err
+
+
 def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
     code, _, err = _cli(
         [
