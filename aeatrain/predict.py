@@ -22,8 +22,8 @@ Files from microscopes (aeatrain/microscope.py): the data bar is cut where the v
 metadata records it (FEI ``ResolutionY``) unless ``--bar-row``/``--no-bar`` say
 otherwise; an input with a recorded pixel size gives a calibrated TIFF (ImageJ unit nm,
 X/Y resolution = 1 / (input pixel size / scale)), the input's vendor metadata in its
-ImageJ Info. Only TIFF inputs carry a calibration and their outputs are TIFFs, so a BMP
-or PNG output never has one to lose.
+ImageJ Info. Only TIFF content carries a calibration; a TIFF named .png or .bmp gives
+an output of that name and format, with a warning that the calibration is lost.
 """
 
 from __future__ import annotations

@@ -452,3 +452,16 @@ def test_huge_header_read_only_output_and_full_disk_are_one_line(
         assert code == EXIT_USER_ERROR and err.count("\n") == 1, err
         assert "cannot write: " in err and ("read-only" in err or "disk full" in err)
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_calibrated_tiff_under_a_png_name_warns_that_the_calibration_is_lost(
+    run_dir, tmp_path, capsys, caplog
+):
+    _fei_lr(tmp_path / "a.tif")
+    (tmp_path / "a.tif").rename(tmp_path / "mislabelled.png")
+    caplog.set_level("WARNING")
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "mislabelled.png")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "o" / "mislabelled.png"), -1).shape == (96, 160)
+    assert "mislabelled.png: .png holds no calibration; the pixel size is lost" in caplog.text
