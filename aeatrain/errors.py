@@ -41,7 +41,8 @@ def reporting_write_errors(path: str | os.PathLike) -> Iterator[None]:
         problem = _WRITE_PROBLEMS.get(err.errno)
         if problem is None:
             raise
-        raise UserError(f"{path}: cannot write: {problem} ({err.strerror})") from None
+        where = f": {err.filename}" if err.filename else ""
+        raise UserError(f"{path}: cannot write: {problem} ({err.strerror}{where})") from None
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
