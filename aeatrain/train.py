@@ -783,18 +783,25 @@ def finish(t: Trainer) -> None:
     raw = t.float32_copy()
     averaged = t.float32_copy(averaged=True) if t.ema is not None else None
     if accelerator.is_main_process:
-        write_run_files(
-            t.run_dir,
-            model=raw,
-            model_name=t.cfg.model.name,
-            model_kwargs=t.cfg.model.build_kwargs(),
-            scale=t.manifest.scale,
-            bit_depths=t.manifest.bit_depths,
-            dataset=dataset_record(t.manifest),
-            step=t.step,
-            config_yaml=t.cfg.to_yaml(),
-            ema_model=averaged,
-        )
+        try:
+            write_run_files(
+                t.run_dir,
+                model=raw,
+                model_name=t.cfg.model.name,
+                model_kwargs=t.cfg.model.build_kwargs(),
+                scale=t.manifest.scale,
+                bit_depths=t.manifest.bit_depths,
+                dataset=dataset_record(t.manifest),
+                step=t.step,
+                config_yaml=t.cfg.to_yaml(),
+                ema_model=averaged,
+            )
+        except OSError as err:  # each file is written atomically: none is half there
+            raise CheckpointWriteError(
+                f"{t.run_dir}: could not write the final weights and run.json "
+                f"({err.strerror or err}); the checkpoint of step {t.step} is complete, so "
+                f"run the same command with --resume once there is space"
+            ) from None
     accelerator.wait_for_everyone()
 
 
