@@ -2,12 +2,13 @@
 
     python -m aeatrain.evaluate --run RUN [--run RUN2 ...] --data DATA
         [--selftrain RUN_A RUN_B ... | --selftrain 'runs/self_*']
-        [--tile S [--margin 32] | --tiles 512,384,256,128] [--pairs NAME ...]
-        [--weights auto|ema|raw] [--out DIR] [--device cpu|cuda]
+        [--tile S [--margin 32] | --tiles 512,384,256,128] [--tta none|d4]
+        [--pairs NAME ...] [--weights auto|ema|raw] [--out DIR] [--device cpu|cuda]
 
 Each registered LR image of DATA's ``full`` split is predicted whole (reflect-padded to a
 multiple of 16 and cropped back) or, with ``--tile``/``--tiles``, with the paper's tiles
-(tile S, margin 32: aeatrain.inference.predict_paper_tiles). The three test tiles of each
+(tile S, margin 32: aeatrain.inference.predict_paper_tiles), and with ``--tta d4`` as the
+mean of its 8 flips/rotations (aeatrain.inference.self_ensemble). The three test tiles of each
 image are scored (aeatrain.metrics: cv2.PSNR and SSIM on the 0..255 scale, the prediction
 clipped; gains over the input; Otsu foreground/background on the HR tile), averaged over
 tiles, then over pairs.
@@ -42,7 +43,13 @@ from tqdm import tqdm
 from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text, to_float
-from aeatrain.inference import choose_device, predict_full, predict_paper_tiles
+from aeatrain.inference import (
+    TTA_MODES,
+    choose_device,
+    predict_full,
+    predict_paper_tiles,
+    self_ensemble,
+)
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
 from aeatrain.runs import add_loading_arguments
@@ -55,19 +62,24 @@ PAPER_TILES = (512, 384, 256, 128)  # paper Fig. 7
 
 @dataclass(frozen=True)
 class Tiling:
-    """How a whole image is predicted: at once (``tile`` None) or in the paper's tiles."""
+    """How a whole image is predicted: at once (``tile`` None) or in the paper's tiles;
+    ``tta`` "d4" averages that prediction over the image's 8 flips/rotations."""
 
     tile: int | None = None
     margin: int = PAPER_MARGIN
+    tta: str = "none"
 
     @property
     def label(self) -> str:
-        return "whole image" if self.tile is None else f"tiles {self.tile} (margin {self.margin})"
+        label = "whole image" if self.tile is None else f"tiles {self.tile} (margin {self.margin})"
+        return label if self.tta == "none" else f"{label} + {self.tta}"
 
     def as_dict(self) -> dict:
         if self.tile is None:
-            return {"mode": "whole", "pad_multiple": 16}
-        return {"mode": "tiles", "tile": self.tile, "margin": self.margin}
+            layout = {"mode": "whole", "pad_multiple": 16}
+        else:
+            layout = {"mode": "tiles", "tile": self.tile, "margin": self.margin}
+        return layout if self.tta == "none" else {**layout, "tta": self.tta}
 
 
 @dataclass
@@ -164,6 +176,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--margin", type=int, default=PAPER_MARGIN, help="context margin of --tile(s), default 32"
     )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="d4: average the predictions of the image's 8 flips/rotations (8x the time)",
+    )
     parser.add_argument("--pairs", nargs="+", help="score only these pairs")
     add_loading_arguments(parser)
     parser.add_argument(
@@ -178,9 +196,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def tilings_of(args: argparse.Namespace) -> list[Tiling]:
     """The tilings asked for, each tile checked against the margin before any work."""
     if args.tiles:
-        tilings = [Tiling(t.tile, args.margin) if t.tile else t for t in parse_tiles(args.tiles)]
+        tiles = [t.tile for t in parse_tiles(args.tiles)]
     else:
-        tilings = [Tiling(args.tile, args.margin) if args.tile else Tiling()]
+        tiles = [args.tile or None]
+    tilings = [
+        Tiling(tile, args.margin, args.tta) if tile else Tiling(tta=args.tta) for tile in tiles
+    ]
     if args.margin < 0:
         raise UserError(f"--margin {args.margin}: must be 0 or more")
     for tiling in tilings:
@@ -235,10 +256,15 @@ def pairs_for_run(
 
 def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> np.ndarray:
     """Float prediction of a whole registered LR image (integer (H, W))."""
-    image = to_float(lr)
-    if tiling.tile is None:
-        return predict_full(model, image, device=device)
-    return predict_paper_tiles(model, image, tile=tiling.tile, margin=tiling.margin, device=device)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        if tiling.tile is None:
+            return predict_full(model, image, device=device)
+        return predict_paper_tiles(
+            model, image, tile=tiling.tile, margin=tiling.margin, device=device
+        )
+
+    return self_ensemble(predict, to_float(lr), tiling.tta)
 
 
 def score_run(

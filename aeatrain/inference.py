@@ -13,6 +13,10 @@ Three ways to predict an image (float (H, W) in [0, 1], the registered/upsampled
   study (paper Fig. 7): tiles of size s, each predicted on its own, and only its centre
   (all but a margin of 32 px of context on inner sides) kept; no blending.
 
+Any of them can be wrapped in the D4 self-ensemble (:func:`self_ensemble`, ``--tta d4``;
+the "+" of EDSR): the image is predicted in each of its 8 flips/rotations, each
+prediction is transformed back, and the 8 are averaged.
+
 Padding goes at the bottom and right only (the published code splits it over both
 sides). The network samples on a stride-4 grid; anchoring that grid at pixel (0, 0) for
 every image and every tile is what makes tiles agree with the whole image. On the paper's
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +41,7 @@ from aeatrain.errors import UserError
 
 PAD_MULTIPLE = 16  # the published code pads to 2 ** (depth + 1) = 16
 DEFAULT_BATCH = 4  # tiles per forward pass
+TTA_MODES = ("none", "d4")  # test-time augmentation: none, or the 8-fold D4 self-ensemble
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
@@ -286,3 +291,39 @@ def predict_paper_tiles(
         keep = (slice(r[2] - r[0], r[3] - r[0]), slice(c[2] - c[0], c[3] - c[0]))
         out[r[2] : r[3], c[2] : c[3]] = pred[keep]
     return out
+
+
+# --------------------------------------------------------------- D4 self-ensemble
+def d4_elements() -> list[tuple[int, bool]]:
+    """The 8 elements of the dihedral group D4 as (quarter turns k, mirrored first)."""
+    return [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def d4_apply(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Mirror left-right (when ``flip``), then rotate by k quarter turns (counter-clockwise)."""
+    return np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
+
+
+def d4_invert(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """The inverse of :func:`d4_apply`: rotate back, then undo the mirror."""
+    back = np.rot90(image, -k)
+    return np.ascontiguousarray(back[:, ::-1] if flip else back)
+
+
+def self_ensemble(
+    predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tta: str = "none"
+) -> np.ndarray:
+    """``predict(image)`` (``tta`` "none"), or its D4 self-ensemble (``tta`` "d4").
+
+    d4: the mean of the 8 predictions ``d4_invert(predict(d4_apply(image, g)), g)`` over
+    :func:`d4_elements` in that order, summed in float64 and divided by 8; float32 out.
+    One transformed prediction is held at a time (8x the compute, not 8x the memory).
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
+    if tta == "none":
+        return predict(image)
+    total = np.zeros(image.shape, dtype=np.float64)
+    for k, flip in d4_elements():
+        total += d4_invert(predict(d4_apply(image, k, flip)), k, flip)
+    return (total / len(d4_elements())).astype(np.float32)

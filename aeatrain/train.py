@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -85,6 +86,7 @@ EMA_FILE = "ema.safetensors"
 RESUMABLE_CHANGES = {
     "train.steps", "train.resume", "train.run_dir", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_skipped_steps", "data.num_workers",
+    "data.cache_dir", "data.verify",
 }  # fmt: skip
 
 
@@ -208,8 +210,8 @@ def per_device_batch(cfg: Config, num_processes: int) -> int:
     if cfg.model.name == "aeanet" and cfg.model.batch_aware and local < 2:
         raise ConfigError(
             f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
-            f"least 2 (the first half of each process's batch trains the references, the "
-            f"second the batch-aware branch; with 1 the references get no gradient)"
+            f"least 2 (the first half of each process's batch trains the batch-aware "
+            f"branch, the second the references; with 1 the references get no gradient)"
         )
     return local
 
@@ -291,7 +293,7 @@ def check_only(cfg: Config, num_processes: int) -> str:
     """Everything :func:`build_trainer` refuses, checked without an Accelerator and without
     writing anything (``--check``): job scripts run it before any node starts working."""
     local_batch = per_device_batch(cfg, num_processes)
-    manifest = load_manifest(cfg.data.root)
+    manifest = load_manifest(cfg.data.root, verify_checksums=cfg.data.verify)
     resume_from = check_run_folder(cfg)
     open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
     make_model(cfg)
@@ -368,20 +370,23 @@ def open_batches(
         augment=cfg.data.augment,
         pairs=cfg.data.pairs,
         num_workers=cfg.data.num_workers,
+        cache_dir=cfg.data.cache_dir,
         pin_memory=torch.cuda.is_available(),  # page-locked: copies to the GPU overlap compute
     )
 
 
 def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest) -> list:
-    """This rank's share of the test tiles (tile i to rank i % world), decoded once."""
+    """This rank's share of the first ``logging.eval_max_tiles`` test tiles (tile i to
+    rank i % world), decoded once; tiles past the limit are never read."""
     tiles = test_tiles(
         manifest,
         pairs=cfg.data.pairs,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
+        cache_dir=cfg.data.cache_dir,
     )
     limit = cfg.logging.eval_max_tiles
-    return [tile for tile in tiles if limit is None or tile.index < limit]
+    return list(itertools.takewhile(lambda tile: limit is None or tile.index < limit, tiles))
 
 
 def start_run_folder(cfg: Config, accelerator: Accelerator) -> None:

@@ -295,3 +295,22 @@ def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
         capsys,
     )
     assert code == EXIT_USER_ERROR and "no pair left to score" in err
+
+
+def test_tta_d4_row_matches_the_self_ensemble_by_hand(lab, tmp_path, capsys):
+    from aeatrain.inference import self_ensemble
+
+    argv = ["--run", str(lab / "pooled"), "--data", str(lab / "DATA"), "--pairs", "pair01",
+            "--tta", "d4", "--out", str(tmp_path)]  # fmt: skip
+    code, out, err = _cli(argv, capsys)
+    assert code == 0, err
+    row = json.loads((tmp_path / "metrics.json").read_text())["rows"][0]
+    assert row["prediction"] == {"mode": "whole", "pad_multiple": 16, "tta": "d4"}
+    assert "whole image + d4" in out
+    model, _ = load_run(lab / "pooled")
+    (image,) = full_images(lab / "DATA", pairs=["pair01"])
+    pred = self_ensemble(lambda x: predict_full(model, x), to_float(image.lr), "d4")
+    want = mean_scores(score_regions(pred, image.lr, image.hr, image.test_regions, bit_depth=8))
+    assert row["summary"]["dpsnr"] == pytest.approx(want["dpsnr"], abs=1e-12)
+    plain = _by_hand(lab / "pooled", lab / "DATA", ["pair01"])["pair01"]
+    assert row["summary"]["dpsnr"] != pytest.approx(plain["dpsnr"], abs=1e-6)

@@ -154,3 +154,34 @@ def test_bad_tiling_arguments_are_user_errors():
 def test_choose_device_prefers_cuda_only_when_present():
     assert inference.choose_device("cpu").type == "cpu"
     assert inference.choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------ D4 self-ensemble
+def test_d4_elements_are_eight_distinct_invertible_transforms():
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    seen = set()
+    for k, flip in inference.d4_elements():
+        moved = inference.d4_apply(image, k, flip)
+        assert np.array_equal(inference.d4_invert(moved, k, flip), image)
+        seen.add(moved.tobytes() + bytes(moved.shape))
+    assert len(seen) == 8
+
+
+def test_tta_d4_is_exactly_the_mean_of_the_8_inverse_transformed_predictions():
+    model = _unet(channels=4)
+    image = np.random.default_rng(3).random((32, 48), dtype=np.float32)
+    got = inference.self_ensemble(lambda x: inference.predict_full(model, x), image, "d4")
+    total = np.zeros(image.shape, dtype=np.float64)
+    preds = []
+    for k, flip in [(k, f) for f in (False, True) for k in range(4)]:
+        moved = np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
+        back = np.rot90(inference.predict_full(model, moved), -k)
+        preds.append(back[:, ::-1] if flip else back)
+    for pred in preds:
+        total += pred
+    assert got.dtype == np.float32 and np.array_equal(got, (total / 8).astype(np.float32))
+    plain = inference.predict_full(model, image)
+    assert np.abs(got - plain).max() > 1e-4  # the U-Net is not D4-equivariant: it differs
+    assert np.array_equal(inference.self_ensemble(lambda x: plain, image, "none"), plain)
+    with pytest.raises(ValueError, match="tta"):
+        inference.self_ensemble(lambda x: x, image, "d8")

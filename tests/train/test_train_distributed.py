@@ -191,3 +191,30 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_checkpoint(data, tmp_
         "random_states_0.pkl", "random_states_1.pkl",
     ]  # fmt: skip
     assert "exiting with 75" in tail
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("vdsr", ["--model.width", "8", "--model.depth", "4"]),
+        ("edsr", ["--model.width", "8", "--model.depth", "2", "--model.residual", "true"]),
+        ("rcan", ["--model.width", "8", "--model.depth", "2", "--model.groups", "2",
+                  "--model.reduction", "4", "--model.residual", "true"]),
+    ],
+)  # fmt: skip
+def test_table1_networks_train_in_two_cpu_processes(data, tmp_path, name, shape):
+    """VDSR, EDSR, RCAN (debug-sized) train a few DDP steps over gloo and load back."""
+    run_dir = tmp_path / name
+    launch = ("--cpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    overrides = ["--data.root", str(data), "--train.run_dir", str(run_dir),
+                 "--model.name", name, *shape, "--model.num_refs", "64",
+                 "--model.base_channels", "32", "--model.bn_momentum", "0.003",
+                 "--train.steps", "6", "--train.checkpoint_every", "6",
+                 "--logging.eval_every", "6", "--logging.log_every", "2"]  # fmt: skip
+    check(run(launch_command(*overrides, launch_args=launch), timeout=400))
+    run_json = loads_into_build_model(run_dir)
+    assert run_json["model"]["name"] == name and run_json["step"] == 6
+    assert run_json["model"]["kwargs"]["width"] == 8
+    losses = [value for _, value in scalar(events(run_dir), "train/loss")]
+    assert len(losses) == 3 and all(v == v and v > 0 for v in losses), losses
+    assert ckpt.read_trainer_state(ckpt.newest_complete(run_dir))["world_size"] == 2
