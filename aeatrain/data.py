@@ -603,14 +603,24 @@ class _Pool:
     images: dict[int, tuple[np.ndarray, np.ndarray]]  # region index -> (lr, hr)
 
 
+def _batch_tensors(shape: tuple[int, ...], pinned: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's LR and HR float32 tensors, to be filled through ``.numpy()``.
+
+    Pinned ones come from torch's caching host allocator, which holds each block until
+    the asynchronous copy to the GPU that reads it has finished; a numpy array wrapped
+    by ``torch.from_numpy`` would not be tracked so.
+    """
+    if pinned:
+        return tuple(torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in "lh")
+    return tuple(torch.from_numpy(np.empty(shape, np.float32)) for _ in "lh")
+
+
 def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, step: int) -> dict:
     """The batch of ``step`` from its pool epoch: crop, D4, scale to [0, 1]."""
     height, width = settings.crop_hw
     batch = settings.batch_size
-    shape = (batch, 1, height, width)
-    lr_tensor = torch.empty(shape, dtype=torch.float32, pin_memory=settings.pin_memory)
-    hr_tensor = torch.empty(shape, dtype=torch.float32, pin_memory=settings.pin_memory)
-    lr_out, hr_out = lr_tensor.numpy(), hr_tensor.numpy()  # (B, 1, h, w), written in place
+    lr_batch, hr_batch = _batch_tensors((batch, 1, height, width), settings.pin_memory)
+    lr_out, hr_out = lr_batch.numpy(), hr_batch.numpy()  # (B, 1, h, w), filled in place
     fractions, ops = _crop_draws(settings, step)
     first = (step - pool.epoch * settings.steps_per_pool) * batch
     names, boxes = [], np.zeros((batch, 3), np.int64)
@@ -627,8 +637,8 @@ def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, s
         names.append(regions[index].pair)
         boxes[i] = (x0, y0, op)
     return {
-        "lr": lr_tensor,
-        "hr": hr_tensor,
+        "lr": lr_batch,
+        "hr": hr_batch,
         "pair": names,
         "step": step,
         "crop": torch.from_numpy(boxes),  # (B, 3): x0, y0 in the region, D4 op
