@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -133,6 +134,7 @@ def build(name: str, quick: bool, setting: Setting, device: torch.device):
     optimizer = build_optimizer(model.parameters(), cfg.optim, fused=device.type == "cuda")
     forward = model
     if setting.compile_mode is not None:
+        torch._dynamo.reset()  # else past 8 models dynamo silently runs the rest eagerly
         forward = torch.compile(model, mode=setting.compile_mode)
     return model, optimizer, forward
 
@@ -205,10 +207,8 @@ def time_steps(name, quick, shape, setting, device, steps, warmup) -> dict:
 
 
 def measure_steps(args, device, shapes, settings, peak_tflops, report, budget) -> None:
-    """Every (model, shape, setting): eager settings first, compiled ones after, so that a
-    short budget still gets the cheap figures."""
-    order = sorted(settings, key=lambda s: s.compile_mode is not None)
-    for setting in order:
+    """Every (model, shape, setting) given, in that order; see :func:`main` for the order."""
+    for setting in settings:
         for shape in shapes:
             for name in args.models:
                 estimate = args.compile_estimate_seconds if setting.compile_mode else 5.0
@@ -257,9 +257,10 @@ def measure_loader(args, device, shapes, root: Path, report, budget) -> None:
             if not budget.fits(10.0):
                 report["skipped"].append(f"loader {shape.name} {count} workers: time budget")
                 continue
+            batches = loader_batches(args.loader_steps, crop, shape.batch, count)
             rate, _, _ = crops_per_second(
-                root, crop_size=crop, batch_size=shape.batch, steps=args.loader_steps,
-                warmup=2, num_workers=count, pin_memory=device.type == "cuda",
+                root, crop_size=crop, batch_size=shape.batch, steps=batches, warmup=batches,
+                num_workers=count, pin_memory=device.type == "cuda",
             )  # fmt: skip
             report["loader"].append({
                 "shape": shape.name, "crop": crop or "whole region", "workers": count,
@@ -267,6 +268,15 @@ def measure_loader(args, device, shapes, root: Path, report, budget) -> None:
                 "keeps_up": None if demand is None else rate >= demand,
             })  # fmt: skip
             write(report, args.out)
+
+
+def loader_batches(least: int, crop: int | None, batch: int, workers: int) -> int:
+    """Batches to time, after as many untimed ones: at least twice what ``workers`` threads
+    can hold ready (each keeps one finished pool epoch and makes the next), so that the
+    rate is what they make, not what they had made before the clock started."""
+    crops_per_region = data.MAX_CROPS_PER_REGION if crop is not None else 1  # at most
+    per_epoch = math.ceil(data.DEFAULT_POOL_SIZE * crops_per_region / batch)
+    return max(least, 4 * max(1, workers) * per_epoch)
 
 
 def loss_curve(name, quick, setting, device, root, crop, batch, steps) -> list[float]:
@@ -291,7 +301,8 @@ def compare_curves(args, device, shape: Shape, root: Path, report, budget) -> No
     by_name = {s.name: s for s in SETTINGS}
     for name in args.models:
         best = fastest(report, shape.name, name)
-        if best is None:
+        done = report["loss_curves"].get(name, {}).get("candidate")
+        if best is None or best["setting"] == done:
             continue
         candidate = by_name[best["setting"]]
         estimate = 2 * args.curve_steps * best["step_seconds"] * 4 + 20
@@ -299,11 +310,11 @@ def compare_curves(args, device, shape: Shape, root: Path, report, budget) -> No
             report["skipped"].append(f"loss curves {name}: time budget")
             continue
         crop = shape.height
-        curves = {
+        curves = {  # one curve when float32 itself is the fastest
             s.name: loss_curve(
                 name, args.quick, s, device, root, crop, shape.batch, args.curve_steps
             )
-            for s in (SETTINGS[0], candidate)
+            for s in dict.fromkeys((SETTINGS[0], candidate))
         }
         quarter = max(1, args.curve_steps // 4)
         reference = statistics.fmean(curves["float32"][-quarter:])
@@ -376,7 +387,9 @@ def summary(report: dict) -> str:
     for name, c in report["loss_curves"].items():
         lines.append(f"loss curve {name}: {c['candidate']} vs float32 over {c['steps']} steps: "
                      f"{100 * c['relative_difference']:.2f}% apart, keeps {c['keeps_float32_curve']}")  # fmt: skip
-    for name, p in report["projection_paper_steps"].items():
+    if report["quick"]:
+        lines.insert(0, "--quick: tiny models and sizes; no figure here is of the paper's setting")
+    for name, p in () if report["quick"] else report["projection_paper_steps"].items():
         lines.append(
             f"paper's {PAPER_STEPS} steps, {name}: {p['minutes']:.1f} min ({p['setting']})"
         )
@@ -395,13 +408,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps (default 20; quick 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 5; quick 1)")
     parser.add_argument("--curve-steps", type=int, help="loss-curve steps (default 200; quick 4)")
-    parser.add_argument("--loader-steps", type=int, help="loader batches (default 300; quick 20)")
+    parser.add_argument(
+        "--loader-steps", type=int, help="loader batches timed, at least (default 100; quick 20)"
+    )
     parser.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, TFLOP/s")
     parser.add_argument("--budget-seconds", type=float, default=240.0)
     parser.add_argument("--compile-estimate-seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
-    defaults = (2, 1, 4, 20) if args.quick else (20, 5, 200, 300)
+    defaults = (2, 1, 4, 20) if args.quick else (20, 5, 200, 100)
     for key, default in zip(("steps", "warmup", "curve_steps", "loader_steps"), defaults):
         if getattr(args, key) is None:
             setattr(args, key, default)
@@ -436,9 +451,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         size = {"pairs": 2} if args.quick else {"pairs": 8, "width": 1280, "height": 944}
         root = make_dataset(Path(tmp) / "DATA", **size)
-        measure_steps(args, device, shapes, chosen_settings(args, device), peak, report, budget)
+        # Cheap figures first, so that a short budget still gets them: eager steps, the
+        # loader, the curves of the fastest eager setting; then compiled steps (a minute
+        # of compilation each), the paper's shape first, and a curve for any that won.
+        settings = chosen_settings(args, device)
+        eager = [s for s in settings if s.compile_mode is None]
+        compiled = [s for s in settings if s.compile_mode is not None]
+        measure_steps(args, device, shapes, eager, peak, report, budget)
         measure_loader(args, device, shapes, root, report, budget)
         compare_curves(args, device, shapes[0], root, report, budget)
+        for shape in shapes:
+            measure_steps(args, device, [shape], compiled, peak, report, budget)
+            if shape is shapes[0]:
+                compare_curves(args, device, shapes[0], root, report, budget)
     report["wall_seconds"] = time.perf_counter() - started
     write(report, args.out)
     print(summary(report))

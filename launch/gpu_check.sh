@@ -1,5 +1,5 @@
 #!/bin/bash
-# Everything a first GPU session measures, in one run of at most about 8 minutes:
+# Everything a first GPU session measures, in one run of at most 7.6 minutes (the limits):
 #
 #   launch/gpu_check.sh OUT
 #
@@ -10,7 +10,7 @@
 # (3) benchmarks/bench_gpu.py. OUT (new or empty) receives gpu_check.log (everything
 # printed), gpu_check.json (card, stages, test counts, every benchmark figure),
 # gpu_tests.xml and bench_gpu.json. Each stage has its own time limit (seconds, from the
-# environment): SETUP_SECONDS (default 150), TESTS_SECONDS (120), BENCH_SECONDS (190).
+# environment): SETUP_SECONDS (default 120), TESTS_SECONDS (120), BENCH_SECONDS (200).
 # Exit 0 when every stage passed, 1 when one failed (gpu_check.json says which), 2 (one
 # line) on a machine without CUDA or a bad OUT. PYTHON: the python to start from
 # (default python3); GPU_CHECK_VENV: the environment's folder (default .venv-gpu). With no
@@ -36,7 +36,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, note its stat
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
     echo "== $name (limit ${limit} s)"
-    timeout --kill-after=10 "$limit" "$@"
+    timeout --kill-after=5 "$limit" "$@"
     rc=$?
     STAGES+=("$name:$rc:$((SECONDS - start))")
     echo "== $name: exit $rc after $((SECONDS - start)) s"
@@ -58,12 +58,12 @@ sys.exit(any(u.find_spec(m) is None for m in ("aeatrain", "accelerate", "deepspe
 print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))'
 }
 
-BENCH_SECONDS=${BENCH_SECONDS:-190}
-if stage setup "${SETUP_SECONDS:-150}" bash -c "$(declare -f setup); VENV=$VENV PYTHON=$PYTHON setup"; then
+BENCH_SECONDS=${BENCH_SECONDS:-200}
+if stage setup "${SETUP_SECONDS:-120}" bash -c "$(declare -f setup); VENV=$VENV PYTHON=$PYTHON setup"; then
     stage gpu_tests "${TESTS_SECONDS:-120}" "$VENV/bin/python" -m pytest -m gpu tests -q \
         -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
     stage bench "$BENCH_SECONDS" "$VENV/bin/python" benchmarks/bench_gpu.py \
-        --out "$OUT/bench_gpu.json" --budget-seconds $((BENCH_SECONDS - 40))
+        --out "$OUT/bench_gpu.json" --budget-seconds $((BENCH_SECONDS - 35))
 fi
 
 REPORT_PYTHON=$([ -x "$VENV/bin/python" ] && echo "$VENV/bin/python" || echo "$PYTHON")

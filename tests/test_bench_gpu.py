@@ -60,7 +60,7 @@ def test_loader_curves_and_projection(report):
         assert row["keeps_up"] == (row["crops_per_second"] >= row["gpu_demand_images_per_second"])
     for name in ("unet", "aeanet"):
         curve = report["loss_curves"][name]
-        assert set(curve["curves"]) == {"float32", curve["candidate"]}
+        assert set(curve["curves"]) == {"float32", curve["candidate"]}  # one when the same
         assert all(len(losses) == 4 and min(losses) > 0 for losses in curve["curves"].values())
         fastest = min((r for r in report["steps"] if r["model"] == name and r["shape"] == "paper"),
                       key=lambda r: r["step_seconds"])  # fmt: skip
