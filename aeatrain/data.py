@@ -246,6 +246,28 @@ def load_manifest(
     return manifest
 
 
+def dataset_identity(manifest: DatasetManifest) -> str:
+    """sha256 of what a dataset holds: its pairs and every shard's checksum and size.
+
+    Unlike ``manifest.sha256`` it ignores where the folder lies, when, by which command and
+    in which manifest version it was written: the same data copied elsewhere has the same
+    identity, a folder rebuilt from other pairs (or other pixels) another. Resuming a run
+    compares identities (aeatrain/train.py).
+    """
+    content = {
+        "scale": manifest.scale,
+        "pairs": {
+            name: [info.width, info.height, info.bit_depth, info.train_region.as_dict()]
+            for name, info in sorted(manifest.model.pairs.items())
+        },
+        "splits": {
+            split: [[shard.sha256, shard.samples] for shard in manifest.entries(split)]
+            for split in sorted(manifest.model.splits)
+        },
+    }
+    return sha256_bytes(json.dumps(content, sort_keys=True).encode())
+
+
 def _read_manifest(text: str) -> DatasetManifest:
     if "://" in text:
         path = text if text.endswith(".json") else shardio.join(text, MANIFEST_NAME)

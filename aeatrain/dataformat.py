@@ -15,7 +15,7 @@ Three documents, each a pydantic model:
   tar, so a reader seeks (or sends an HTTP range request) straight to the bytes it needs
   and never scans tar headers; the member hashes check exactly the bytes read.
 
-Newer writers may add keys (for instance a per-pair ``pixel_size_nm`` or vendor metadata):
+Newer writers may add keys (as the per-pair ``pixel_size_nm`` and vendor metadata once were):
 the manifest, pair, shard and sample models accept and keep unknown keys
 (``extra="allow"``), so an older reader still opens a newer dataset of the same
 ``format_version``; a change a reader must understand bumps ``format_version``. The
@@ -99,6 +99,38 @@ class ImageSize(_Open):
     height: int = Field(ge=1)
 
 
+class PixelSizes(_Strict):
+    """Nanometres per pixel that each raw file's microscope recorded (None: it did not;
+    aeatrain/microscope.py). The registered pair is in the HR frame: ``hr`` wide pixels."""
+
+    lr: float | None = Field(default=None, gt=0)
+    hr: float | None = Field(default=None, gt=0)
+
+
+class BarRows(_Strict):
+    """The row each raw file's data bar was cut at (None: not cut)."""
+
+    lr: int | None = Field(default=None, ge=1)
+    hr: int | None = Field(default=None, ge=1)
+
+
+class MicroscopeRecord(_Open):
+    """One file's vendor metadata (aeatrain.microscope.Calibration.as_record); ``hv_kv``,
+    ``detector`` and ``system`` come as extra keys where the vendor records them."""
+
+    vendor: Literal["fei", "zeiss", "imagej"]
+    pixel_size_nm: float | None = Field(default=None, gt=0)
+    magnification: float | None = Field(default=None, gt=0)
+    bar_row: int | None = Field(default=None, ge=1)
+
+
+class Microscope(_Strict):
+    """Both files' vendor metadata (None: a file without any)."""
+
+    lr: MicroscopeRecord | None = None
+    hr: MicroscopeRecord | None = None
+
+
 class SampleMeta(_Open):
     """A sample's ``json`` member. ``test_regions``/``train_region``: ``full`` samples only."""
 
@@ -113,6 +145,9 @@ class SampleMeta(_Open):
     sources: dict
     test_regions: dict[str, Region] | None = None
     train_region: Region | None = None
+    # what the microscope recorded; as_dict leaves out what it did not ({} for BMPs)
+    pixel_size_nm: PixelSizes | None = None
+    microscope: Microscope | None = None
 
     def as_dict(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
@@ -123,6 +158,8 @@ class PairInfo(_Open):
     height: int = Field(ge=1)
     bit_depth: Literal[8, 16]
     train_region: Region
+    pixel_size_nm: PixelSizes | None = None  # None: a dataset built before they were kept
+    bar_rows: BarRows | None = None
 
 
 class ShardEntry(_Open):
@@ -152,6 +189,7 @@ class Manifest(_Open):
     command: str
     protocol: Protocol
     bar_row: int | None
+    bar_from_metadata: bool = False  # rows the vendor metadata records were used (FEI)
     scale: float = Field(gt=0)
     bit_depths: list[int]
     pairs: dict[str, PairInfo]
@@ -159,7 +197,9 @@ class Manifest(_Open):
     splits: dict[str, SplitEntry]
 
     def as_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        """The document as read or built: fields with defaults that it did not have (an
+        older dataset's missing ``bar_from_metadata``, a pair's ``pixel_size_nm``) stay out."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class Member(_Strict):
@@ -193,9 +233,20 @@ class ShardIndex(_Strict):
 # ----------------------------------------------------------------------------- names
 
 
+def pair_key(pair: str) -> str:
+    """A pair name as a key and file name: only [A-Za-z0-9_-%], unique and reversible.
+
+    Names of [A-Za-z0-9_-] stay as they are; every other character becomes the %XX
+    escapes of its UTF-8 bytes (``"a b"`` -> ``"a%20b"``, ``"α-Fe2O3"`` ->
+    ``"%CE%B1-Fe2O3"``), so no two names share a key. A dot would split WebDataset's
+    extension, a slash make a folder. ``urllib.parse.unquote`` gives the name back.
+    """
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8")), pair)
+
+
 def sample_key(pair: str, region_id: str) -> str:
-    """WebDataset key of a region: dots would split the extension, so only [A-Za-z0-9_-]."""
-    return f"{_UNSAFE.sub('-', pair)}__{region_id}"
+    """WebDataset key of a region: ``<pair_key(pair)>__<region_id>``."""
+    return f"{pair_key(pair)}__{region_id}"
 
 
 def index_name(shard_file: str) -> str:
@@ -266,6 +317,8 @@ def index_tar(path: str | Path) -> ShardIndex:
                 continue
             data = tar.extractfile(member).read()
             entry = samples.setdefault(key, {"key": key, "members": {}})
+            if ext in entry["members"]:  # builds before pair_key gave some names one key
+                raise ValueError(f"sample {key} holds {ext} twice (two pairs share its key)")
             entry["members"][ext] = Member(
                 offset=member.offset_data, size=member.size, sha256=sha256_bytes(data)
             )

@@ -55,7 +55,7 @@ def _add_synth(commands) -> None:
         "--dose",
         type=float,
         default=SynthConfig.dose,
-        help="detected electrons per pixel at unit signal (lower: noisier)",
+        help="detected electrons per pixel at unit signal, > 0 (lower: noisier)",
     )
     p.add_argument(
         "--contrast",
@@ -71,7 +71,9 @@ def _add_synth(commands) -> None:
     )
     p.add_argument("--max-rotation-deg", type=float, default=SynthConfig.max_rotation_deg)
     p.add_argument("--workers", type=int, default=_default_workers())
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a synth folder (its truth.json) at --out"
+    )
 
 
 def _add_build(commands) -> None:
@@ -89,7 +91,9 @@ def _add_build(commands) -> None:
         help="page of multi-page TIFFs to use, 0 = first (refused without it)",
     )
     p.add_argument("--workers", type=int, default=_default_workers())
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset (its manifest.json) at --out"
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--bar-row",
@@ -97,7 +101,9 @@ def _add_build(commands) -> None:
         help="first row of the SEM data bar, cut from both images (default: the row the "
         f"vendor metadata records, FEI ResolutionY; else {DEFAULT_BAR_ROW})",
     )
-    bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
+    bar.add_argument(
+        "--no-bar", action="store_true", help="cut no data bar, whatever the metadata says"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

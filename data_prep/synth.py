@@ -38,6 +38,7 @@ import numpy as np
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
 from aeatrain.microscope import fei_tag_text, zeiss_tag_text
+from aeatrain.outputs import SYNTH_RAW
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
 
@@ -86,6 +87,8 @@ class SynthConfig:
             raise UserError(f"bit depth {self.bit_depth}: expected 8 or 16")
         if self.bar_rows < 0:
             raise UserError(f"bar rows {self.bar_rows} < 0")
+        if not (self.dose > 0 and math.isfinite(self.dose)):
+            raise UserError(f"--dose: {self.dose} must be a positive number of electrons")
 
     @property
     def hr_magnification(self) -> int:
@@ -474,9 +477,9 @@ def synthesize(
     _, bit_depth, _ = FORMATS[image_format]
     config = replace(config or SynthConfig(), bit_depth=bit_depth)
     out = Path(out)
-    check_target(out, overwrite=overwrite)
+    check_target(out, SYNTH_RAW, overwrite=overwrite)
     spec = draw_specimen(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
-    with staged_output(out, overwrite=overwrite) as staging:
+    with staged_output(out, SYNTH_RAW, overwrite=overwrite) as staging:
         jobs = [(config, spec, seed, i, staging, image_format) for i in range(pairs)]
         results = parallel_map(_write_pair, jobs, workers=workers, desc="synth")
         truth = {

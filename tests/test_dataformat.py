@@ -26,10 +26,10 @@ def test_member_names_split_as_webdataset_does():
 
 def test_newer_keys_are_kept_by_every_open_document(dataset):
     raw = json.loads((dataset / "manifest.json").read_text())
-    raw["pairs"]["pair00"]["pixel_size_nm"] = 2.5
+    raw["pairs"]["pair00"]["stage_tilt_deg"] = 2.5  # pixel_size_nm is a field by now
     raw["acquisition"] = {"vendor": "FEI"}
     manifest = Manifest.model_validate(raw)
-    assert manifest.pairs["pair00"].model_extra == {"pixel_size_nm": 2.5}
+    assert manifest.pairs["pair00"].model_extra == {"stage_tilt_deg": 2.5}
     assert manifest.as_dict() == raw  # nothing lost on the way through
     meta = next(iter(data.full_images(dataset))).meta
     typed = SampleMeta.model_validate({**meta, "vendor": {"detector": "TLD"}})

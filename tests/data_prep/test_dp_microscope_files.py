@@ -335,3 +335,13 @@ def test_no_scale_and_swapped_files_are_refused(tagged_raw, tmp_path, capsys):
         code, err = _cli([*argv, "--pairs-file", str(pairs)], capsys)
         assert code == EXIT_USER_ERROR and re.search(message, err), err
         assert not (tmp_path / "d").exists()
+
+
+def test_synth_zeiss_tif_records_pixel_size_and_magnification(tmp_path):
+    config = SynthConfig(width=96, height=64, bar_rows=8)
+    synthesize(tmp_path / "raw", pairs=1, seed=0, config=config, image_format="zeiss-tif")
+    lr, hr = (read_calibration(tmp_path / "raw" / f"syn000_{m}.tif") for m in (10000, 20000))
+    assert (lr.vendor, lr.pixel_size_nm, lr.magnification) == ("zeiss", 10.0, 10000)
+    assert (hr.pixel_size_nm, hr.magnification, hr.bar_row) == (5.0, 20000, None)
+    with tifffile.TiffFile(tmp_path / "raw" / "syn000_10000.tif") as tif:
+        assert tif.pages.first.compression.name == "LZW" and tif.pages.first.shape == (72, 96)

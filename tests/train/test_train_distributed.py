@@ -193,6 +193,40 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_checkpoint(data, tmp_
     assert "exiting with 75" in tail
 
 
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_leaves_no_process(data, tmp_path):
+    """The launcher dies at once (accelerate's simple launcher passes nothing on); torchrun
+    gets SIGTERM from the kernel (PR_SET_PDEATHSIG), forwards it, both ranks checkpoint
+    the same step and exit 75, and no process of the run is left training."""
+    run_dir = tmp_path / "terminated"
+    launch = ("--cpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    command = launch_command(
+        "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "400",
+        "--logging.log_every", "1", "--logging.progress_bar", "false", launch_args=launch,
+    )  # fmt: skip
+    env = dict(train_env(), AEATRAIN_TEST_TAG=uuid.uuid4().hex)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if " step 3: loss" in line:
+            assert sorted(worker_pids(env["AEATRAIN_TEST_TAG"])) == [0, 1]
+            process.send_signal(signal.SIGTERM)
+            break
+    _, tail = process.communicate(timeout=120)  # EOF: every holder of the pipe has exited
+    assert process.returncode == -signal.SIGTERM
+    assert not worker_pids(env["AEATRAIN_TEST_TAG"]), "workers still running"
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    assert 3 < marker["step"] <= 6 and marker["signal"] == int(signal.SIGTERM), marker
+    latest = ckpt.newest_complete(run_dir)
+    assert latest == ckpt.checkpoint_path(run_dir, marker["step"])
+    assert sorted(p.name for p in latest.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl",
+    ]  # fmt: skip
+    for rank in (0, 1):
+        assert f"preempted: process {rank} of 2: checkpoint {latest} written; exiting with 75" in (
+            tail
+        ), tail[-3000:]
+    assert not (run_dir / "trainer.lock").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "shape"),
     [
