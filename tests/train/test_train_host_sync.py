@@ -45,6 +45,8 @@ class SyncCounter:
         for name in READS:
             monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
         monkeypatch.setattr(trainer_module, "train_step", self._in_step(trainer_module.train_step))
+        meter_add = self._in_step(trainer_module.Meter.add, new_step=False)
+        monkeypatch.setattr(trainer_module.Meter, "add", meter_add)
         for name in EXEMPT:
             monkeypatch.setattr(trainer_module, name, self._exempted(getattr(trainer_module, name)))
 
@@ -58,9 +60,10 @@ class SyncCounter:
 
         return counted
 
-    def _in_step(self, function):
+    def _in_step(self, function, new_step: bool = True):
         def step(*args, **kwargs):
-            self.per_step.append(0)
+            if new_step:
+                self.per_step.append(0)
             self.depth += 1
             try:
                 return function(*args, **kwargs)
