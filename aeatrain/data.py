@@ -518,6 +518,7 @@ class _TrainSettings:
     augment: bool
     pool_size: int
     crops_per_region: int
+    pin_memory: bool = False  # where the batch lives (page-locked host memory), not its values
 
     @property
     def steps_per_pool(self) -> int:
@@ -625,12 +626,24 @@ class _Pool:
     images: dict[int, tuple[np.ndarray, np.ndarray]]  # region index -> (lr, hr)
 
 
+def _batch_tensors(shape: tuple[int, ...], pinned: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's LR and HR float32 tensors, to be filled through ``.numpy()``.
+
+    Pinned ones come from torch's caching host allocator, which holds each block until
+    the asynchronous copy to the GPU that reads it has finished; a numpy array wrapped
+    by ``torch.from_numpy`` would not be tracked so.
+    """
+    if pinned:
+        return tuple(torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in "lh")
+    return tuple(torch.from_numpy(np.empty(shape, np.float32)) for _ in "lh")
+
+
 def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, step: int) -> dict:
     """The batch of ``step`` from its pool epoch: crop, D4, scale to [0, 1]."""
     height, width = settings.crop_hw
     batch = settings.batch_size
-    lr_out = np.empty((batch, 1, height, width), np.float32)  # (B, 1, h, w)
-    hr_out = np.empty_like(lr_out)
+    lr_batch, hr_batch = _batch_tensors((batch, 1, height, width), settings.pin_memory)
+    lr_out, hr_out = lr_batch.numpy(), hr_batch.numpy()  # (B, 1, h, w), filled in place
     fractions, ops = _crop_draws(settings, step)
     first = (step - pool.epoch * settings.steps_per_pool) * batch
     names, boxes = [], np.zeros((batch, 3), np.int64)
@@ -647,8 +660,8 @@ def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, s
         names.append(regions[index].pair)
         boxes[i] = (x0, y0, op)
     return {
-        "lr": torch.from_numpy(lr_out),
-        "hr": torch.from_numpy(hr_out),
+        "lr": lr_batch,
+        "hr": hr_batch,
         "pair": names,
         "step": step,
         "crop": torch.from_numpy(boxes),  # (B, 3): x0, y0 in the region, D4 op
@@ -792,6 +805,7 @@ def train_loader(
     pool_size: int = DEFAULT_POOL_SIZE,
     cache_mib: float = DEFAULT_CACHE_MIB,
     cache_dir: str | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[dict]:
     """Endless batches of paired crops from the training regions, starting at ``start_step``.
 
@@ -814,6 +828,8 @@ def train_loader(
       all of it with different random streams.
     - ``num_workers`` > 0: that many background threads make batches ahead (see
       :func:`_threaded_batches`); 0: batches are made when asked for.
+    - ``pin_memory``: batches in page-locked memory (needs CUDA), so that a
+      ``.to("cuda", non_blocking=True)`` runs while the GPU computes.
     """
     if batch_size < 1 or pool_size < 1 or not 0 <= rank < world_size or start_step < 0:
         raise ValueError(
@@ -832,7 +848,7 @@ def train_loader(
     if crops_per_region is None:
         crops_per_region = default_crops_per_region(regions, crop_hw)
     settings = _TrainSettings(
-        seed, rank, batch_size, crop_hw, augment, pool_size, max(1, crops_per_region)
+        seed, rank, batch_size, crop_hw, augment, pool_size, max(1, crops_per_region), pin_memory
     )
     log.info(
         "training stream (rank %d): %d regions of %d pairs, crops %dx%d, pool of %d regions "
