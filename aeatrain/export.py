@@ -54,9 +54,8 @@ from aeatrain.imageio import atomic_path, encode_image, from_float, max_value
 
 log = logging.getLogger(__name__)
 
-INPUT_MULTIPLE = 4  # two stride-2 levels: aeatrain.models.unet.check_input
 ONNX_OPSET = 18
-MAX_TEST_SIZE = 128  # side of the test tensors (px), at most
+MAX_TEST_SIZE = 128  # side of the test tensors (px), at most (or the minimum size if larger)
 INPUT_ID, OUTPUT_ID = "lr", "sr"
 EXPORT_EXTRA = "pip install 'aeatrain[export]'"
 PAPER_CITE = (
@@ -91,7 +90,7 @@ class Geometry:
         """The largest valid size <= ``limit`` (:class:`ExportError` when none is)."""
         if limit < self.min_size:
             raise ExportError(
-                f"the run's test tiles ({limit} px) are smaller than the package's minimum "
+                f"the run's test images ({limit} px) are smaller than the package's minimum "
                 f"size {self.min_size} px (twice the halo {self.halo} + {self.step})"
             )
         return self.min_size + (limit - self.min_size) // self.step * self.step
@@ -151,16 +150,17 @@ def _existing_ancestor(folder: Path) -> Path:
 
 def load_network(run_dir: str, weights: str):
     """The run's float32 network in eval mode and its RunInfo; refuses non-networks."""
+    from aeatrain.models import MODEL_NAMES
     from aeatrain.runs import RUN_JSON, load_run, read_run_json
 
-    info = read_run_json(run_dir)
-    name = (info.get("model") or {}).get("name")
-    model, run = load_run(run_dir, weights=weights, device="cpu")
-    if not isinstance(model, nn.Module) or not any(True for _ in model.parameters()):
+    name = (read_run_json(run_dir).get("model") or {}).get("name")
+    if name not in MODEL_NAMES:
         raise ExportError(
-            f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a neural network; a "
-            f"bioimage.io package holds network weights"
+            f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a neural network of "
+            f"aeatrain.models ({', '.join(MODEL_NAMES)}); a bioimage.io package holds "
+            f"network weights"
         )
+    model, run = load_run(run_dir, weights=weights, device="cpu")
     if len(set(run.bit_depths)) != 1:
         raise ExportError(
             f"{Path(run_dir) / RUN_JSON}: trained on {sorted(set(run.bit_depths))}-bit data; "
@@ -172,14 +172,25 @@ def load_network(run_dir: str, weights: str):
 # ---------------------------------------------------------------------------- geometry
 
 
-def receptive_radius(model: nn.Module, size: int = 192) -> int:
+def receptive_radius(model: nn.Module) -> int:
     """Pixels an output depends on in each direction, through the convolutions.
 
-    Measured on a copy whose BatchNorms are identities, whose convolutions have small
-    positive kernels and whose attention output projection is zero, so every structural
-    connection carries a positive gradient (no ReLU6 saturates). The attention's global
-    summary is left out on purpose: it spans the whole image (or tile) by design.
+    A network of stride-1 convolutions only (VDSR, EDSR, RCAN): the sum of the kernels'
+    half-widths, exact for a chain with additive skips. The U-Net family (strided and
+    transposed convolutions, skips across levels): measured, see :func:`_probed_radius`.
+    Global operators (attention, channel attention's pooling) are left out on purpose:
+    they span the whole image or tile by design.
     """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    if all(isinstance(m, nn.Conv2d) and m.stride == (1, 1) for m in convs):
+        return sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in convs)
+    return _probed_radius(model, multiple=model.input_multiple)
+
+
+def _probed_radius(model: nn.Module, *, multiple: int, size: int = 192) -> int:
+    """The receptive radius of a copy whose BatchNorms are identities, whose convolutions
+    have small positive kernels and whose attention output projection is zero: every
+    structural connection then carries a positive gradient (no ReLU6 saturates)."""
     probe = copy.deepcopy(model).float().eval()
     with torch.no_grad():
         for module in probe.modules():
@@ -199,20 +210,20 @@ def receptive_radius(model: nn.Module, size: int = 192) -> int:
     out = probe(x)
     radius = 0
     centre = size // 2
-    for offset in range(INPUT_MULTIPLE):  # every phase of the stride-4 grid
+    for offset in range(multiple):  # every phase of the sampling grid
         c = centre + offset
         (grad,) = torch.autograd.grad(out[0, 0, c, c], x, retain_graph=True)
         rows, cols = torch.nonzero(grad[0, 0] != 0, as_tuple=True)
         radius = max(radius, int((rows - c).abs().max()), int((cols - c).abs().max()))
-    if radius >= centre - INPUT_MULTIPLE:
+    if radius >= centre - multiple:
         raise AssertionError(f"receptive field reaches the probe's edge ({size} px): enlarge it")
     return radius
 
 
 def geometry_of(model: nn.Module) -> Geometry:
-    radius = receptive_radius(model)
-    halo = -(-radius // INPUT_MULTIPLE) * INPUT_MULTIPLE  # rounded up: tiles stay on the grid
-    return Geometry(step=INPUT_MULTIPLE, halo=halo)
+    step = model.input_multiple
+    halo = -(-receptive_radius(model) // step) * step  # rounded up: tiles stay on the grid
+    return Geometry(step=step, halo=halo)
 
 
 # ---------------------------------------------------------------------------- test data
@@ -220,7 +231,7 @@ def geometry_of(model: nn.Module) -> Geometry:
 
 def test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, str]:
     """The top-left square of the run's first test tile: (S, S) uint8|uint16, a label."""
-    from aeatrain.data import load_manifest, test_tiles
+    from aeatrain.data import full_images, load_manifest, test_tiles
 
     root = data or run.dataset.get("path")
     if not root:
@@ -234,9 +245,14 @@ def test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, s
     tile = next(iter(test_tiles(manifest, pairs=run.train_pairs)), None)
     if tile is None:
         raise ExportError(f"{root}: holds no test tile of the run's pairs")
-    size = geometry.largest_size(min(*tile.lr.shape, MAX_TEST_SIZE))
-    label = f"pair {tile.pair}, {tile.tile_id}, top-left {size} x {size} px"
-    return np.ascontiguousarray(tile.lr[:size, :size]), label
+    limit = max(MAX_TEST_SIZE, geometry.min_size)
+    if min(tile.lr.shape) >= geometry.min_size:
+        lr, where = tile.lr, f"pair {tile.pair}, {tile.tile_id}"
+    else:  # a large receptive field (RCAN): cut from the whole registered image
+        image = next(iter(full_images(manifest, pairs=[tile.pair])))
+        lr, where = image.lr, f"pair {tile.pair}, whole registered image"
+    size = geometry.largest_size(min(*lr.shape, limit))
+    return np.ascontiguousarray(lr[:size, :size]), f"{where}, top-left {size} x {size} px"
 
 
 def predict_tensor(model: nn.Module, lr: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -275,8 +291,8 @@ def write_weights(model: nn.Module, folder: Path, example: torch.Tensor) -> dict
     traced.save(str(paths["torchscript"]))
     dims = {
         0: torch.export.Dim("batch"),
-        2: INPUT_MULTIPLE * torch.export.Dim("y_steps"),
-        3: INPUT_MULTIPLE * torch.export.Dim("x_steps"),
+        2: model.input_multiple * torch.export.Dim("y_steps"),
+        3: model.input_multiple * torch.export.Dim("x_steps"),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +20,18 @@ import cv2
 import numpy as np
 import tifffile
 
-from aeatrain.errors import UserError
+from aeatrain.errors import UserError, reporting_write_errors
 
 log = logging.getLogger(__name__)
+# OpenCV's own log lines ("[ERROR:0@0.1] global loadsave.cpp ...") would come before, and
+# repeat, the one-line ImageError that a failed read raises
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
-_MAX_PIXELS = 30_000 * 30_000
+_MAX_SIDE = 30_000
+_MAX_PIXELS = _MAX_SIDE * _MAX_SIDE
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(UserError):
@@ -45,18 +52,27 @@ def max_value(bit_depth: int) -> int:
     return (1 << bit_depth) - 1
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.ndarray, int]:
     """Read a greyscale SEM image; returns ``(array (H, W) uint8|uint16, bit_depth)``.
 
-    Colour images (SEM software often saves grey as RGB) are converted to grey with a
-    warning. Raises :class:`ImageError` naming the file when it is missing, not an
-    image, truncated, or of an unsupported pixel type.
+    The content decides how the file is read, not its name (a TIFF named .png is still a
+    TIFF); JPEG content, lossy whatever its name, is read with a warning naming the file.
+    TIFFs: any compression tifffile + imagecodecs decode (LZW, PackBits, deflate, zstd,
+    JPEG); a palette becomes grey when it is grey-like and is refused otherwise; a
+    multi-page file is refused unless ``page`` chooses one (0 is the first; single-page
+    files ignore it). Colour images (SEM software often saves grey as RGB) are converted
+    to grey with a warning; a constant alpha channel is dropped, a varying one refused.
+    Raises :class:`ImageError` naming the file when it is missing, not an image,
+    truncated, or of an unsupported pixel type.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    if path.suffix.lower() in _TIFF_SUFFIXES:
-        array = _read_tiff(path)
+    kind = _content_kind(path)
+    if kind == "jpeg":
+        log.warning("%s: JPEG content (lossy compression) under the name %s", path, path.name)
+    if kind == "tiff":
+        array = _read_tiff(path, page)
     else:
         array = _read_with_opencv(path)
     array = _to_grey(array, path)
@@ -67,21 +83,97 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(array), bit_depth_of(array)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _content_kind(path: Path) -> str:
+    """The file's kind from its first bytes (its magic number): tiff, jpeg or other."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "tiff"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    return "other"
+
+
+# always-lossy TIFF compressions (WebP, JPEG XR/XL, JPEG 2000 and LERC can be lossless)
+_LOSSY_TIFF = (
+    "JPEG",
+    "OJPEG",
+    "JPEG_99",
+    "ALT_JPEG",
+    "JPEG_LOSSY",
+    "JPEG_2000_LOSSY",
+    "JPEGXR_NDPI",
+)
+
+
+def _read_tiff(path: Path, page: int | None) -> np.ndarray:
     try:
-        array = tifffile.imread(path, key=0)
+        with tifffile.TiffFile(path) as tif:
+            chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
+            _check_pixels(path, (chosen.imagewidth, chosen.imagelength))
+            array = chosen.asarray()
+            if chosen.compression.name in _LOSSY_TIFF:
+                log.warning(
+                    "%s: %s-compressed TIFF: lossy content under a lossless name",
+                    path,
+                    chosen.compression.name,
+                )
+            if chosen.photometric == tifffile.PHOTOMETRIC.PALETTE:
+                return _palette_to_grey(array, chosen.colormap, path)
+            axes = chosen.axes
+    except ImageError:
+        raise
     except Exception as err:  # tifffile raises many types for damaged files
         raise ImageError(f"{path}: not a readable TIFF image ({err})") from None
-    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+    if array.ndim == 3 and axes.startswith("S"):
         array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
     return array
+
+
+def _tiff_page(path: Path, count: int, page: int | None) -> int:
+    """Index of the page to read; refuses to guess among several."""
+    if count == 1:
+        return 0
+    if page is None:
+        raise ImageError(
+            f"{path}: {count} pages; choose one with --page N (0 to {count - 1}), "
+            "none is picked silently"
+        )
+    if not 0 <= page < count:
+        raise ImageError(f"{path}: --page {page}, but the file has pages 0 to {count - 1}")
+    return page
+
+
+def _palette_to_grey(indices: np.ndarray, colormap: np.ndarray, path: Path) -> np.ndarray:
+    """Apply a TIFF colour map (3, 2**bits uint16) to its indices, as grey.
+
+    Refused unless the palette is grey-like: red, green and blue within 1/255 of the
+    full scale of each other on every entry the image uses.
+    """
+    if colormap is None:
+        raise ImageError(f"{path}: palette TIFF without a colour map")
+    used = colormap[:, np.unique(indices)].astype(np.int64)  # (3, used entries)
+    spread = int((used.max(axis=0) - used.min(axis=0)).max())
+    if spread > 257:
+        raise ImageError(
+            f"{path}: palette (indexed colour) TIFF whose colours are not grey "
+            f"(red, green and blue differ by up to {spread / 65535:.0%}); convert it to grey"
+        )
+    grey = colormap[1][indices]  # (H, W) uint16, 0..65535
+    if colormap.shape[1] <= 256:  # an 8-bit palette: its grey levels are 8-bit
+        return np.rint(grey / 257.0).astype(np.uint8)
+    return grey.astype(np.uint16)
 
 
 def _read_with_opencv(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageError(f"{path}: file is empty")
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    _check_before_decoding(path, memoryview(data))
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. a header beyond OpenCV's pixel limit
+        raise ImageError(f"{path}: not a readable image (OpenCV: {opencv_message(err)})") from None
     if array is None:
         raise ImageError(f"{path}: not a readable image (unknown format, or truncated)")
     if array.ndim == 3 and array.shape[2] in (3, 4):
@@ -91,11 +183,80 @@ def _read_with_opencv(path: Path) -> np.ndarray:
     return array
 
 
+def opencv_message(err: cv2.error) -> str:
+    """OpenCV's own sentence of a ``cv2.error``, whole, without its source file and line."""
+    text = getattr(err, "err", None) or str(err).strip().splitlines()[-1]
+    return " ".join(text.split())
+
+
+def _check_before_decoding(path: Path, data: memoryview) -> None:
+    """Refuse what OpenCV would refuse noisily: a header claiming an absurd size, a
+    truncated or damaged PNG (libpng prints its own line to stderr before failing)."""
+    size = _declared_size(data)
+    if size is not None:
+        _check_pixels(path, size)
+    problem = _png_problem(data) if data[:8] == _PNG_SIGNATURE else None
+    if problem:
+        raise ImageError(f"{path}: not a readable image (PNG {problem})")
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """Refuse a header's (width, height) beyond 30000 x 30000 before memory is taken."""
+    if size[0] * size[1] > _MAX_PIXELS:
+        raise ImageError(
+            f"{path}: header claims {size[0]} x {size[1]} pixels, beyond the "
+            f"{_MAX_SIDE} x {_MAX_SIDE} this reader accepts (a damaged file?)"
+        )
+
+
+def _declared_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from a PNG or BMP header; None for other formats or no header."""
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])  # height < 0: top-down rows
+        return abs(width), abs(height)
+    return None
+
+
+def _png_problem(data: memoryview) -> str | None:
+    """Why a PNG's chunks are unusable (truncated, checksum wrong), or None."""
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if not kind.isalpha():
+            return "damaged: no chunk where one should start"
+        end = position + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            return f"truncated in its {kind.decode('latin-1')} chunk"
+        stored = int.from_bytes(data[end - 4 : end], "big")
+        if zlib.crc32(data[position + 4 : end - 4]) != stored:
+            return f"damaged: checksum of its {kind.decode('latin-1')} chunk is wrong"
+        if kind == b"IEND":
+            return None
+        position = end
+    return "truncated: no IEND chunk"
+
+
+def _drop_alpha(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W, 2|4) -> (H, W, 1|3): a constant alpha (opaque, or an unused zero channel
+    as some BMP writers leave) carries nothing; a varying one would be lost, so refused."""
+    alpha = array[..., -1]
+    if alpha.min() != alpha.max():
+        raise ImageError(
+            f"{path}: image with transparency (alpha varies from {alpha.min()} to "
+            f"{alpha.max()}); flatten it to an opaque grey image first"
+        )
+    return array[..., :-1]
+
+
 def _to_grey(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 2:
         return array
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        rgb = array[..., :3]
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        array = _drop_alpha(array, path)
+    if array.ndim == 3 and array.shape[2] == 3:
+        rgb = array
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
             log.warning("%s: RGB image with equal channels, using one channel as grey", path)
             return np.ascontiguousarray(rgb[..., 0])
@@ -138,21 +299,24 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     Nothing is left behind on failure, and an existing ``target`` is refused unless
-    ``overwrite`` (raises :class:`UserError` naming it).
+    ``overwrite`` (raises :class:`UserError` naming it). A full disk or a read-only
+    folder raises :class:`UserError` naming ``target``.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"{target}: already exists (use --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
-    )
+    with reporting_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
+        )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        tmp.chmod(_default_file_mode())  # mkstemp makes 0600; give the usual umask mode
-        os.replace(tmp, target)
+        with reporting_write_errors(target):
+            yield tmp
+            tmp.chmod(_default_file_mode())  # mkstemp makes 0600; give the usual umask mode
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -169,14 +333,38 @@ def atomic_write_text(target: str | os.PathLike, text: str, *, overwrite: bool =
     atomic_write_bytes(target, text.encode("utf-8"), overwrite=overwrite)
 
 
-def encode_image(array: np.ndarray, suffix: str) -> bytes:
-    """Encode an (H, W) uint8/uint16 or float32 (TIFF only) array as the format of ``suffix``."""
+def encode_image(
+    array: np.ndarray,
+    suffix: str,
+    *,
+    pixel_size_nm: float | None = None,
+    info: str | None = None,
+    extratags: list | None = None,
+    compression: str | None = None,
+) -> bytes:
+    """Encode an (H, W) uint8/uint16 or float32 (TIFF only) array as the format of ``suffix``.
+
+    TIFF only: ``pixel_size_nm`` writes an ImageJ calibration (unit ``nm``, X/Y
+    resolution = 1 / pixel size), so Fiji opens the file calibrated; ``info`` goes into
+    ImageJ's Info property (Image > Show Info); ``extratags`` are tifffile extra tags
+    (synthetic vendor files); ``compression`` a tifffile compression ("lzw"). BMP and
+    PNG hold no calibration: callers say so.
+    """
     suffix = suffix.lower()
     if suffix in _TIFF_SUFFIXES:
         import io
 
         buffer = io.BytesIO()
-        tifffile.imwrite(buffer, array, photometric="minisblack")
+        options: dict = {
+            "photometric": "minisblack",
+            "extratags": extratags or [],
+            "compression": compression,
+        }
+        if pixel_size_nm is not None:
+            per_nm = 1.0 / pixel_size_nm
+            metadata = {"unit": "nm"} | ({"Info": info} if info else {})
+            options |= {"imagej": True, "resolution": (per_nm, per_nm), "metadata": metadata}
+        tifffile.imwrite(buffer, array, **options)
         return buffer.getvalue()
     if array.dtype == np.float32 or array.dtype == np.float64:
         raise UserError(f"float images can only be written as TIFF, not {suffix}")
@@ -192,7 +380,16 @@ def encode_image(array: np.ndarray, suffix: str) -> bytes:
     return buffer.tobytes()
 
 
-def write_image(target: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False) -> None:
-    """Write an (H, W) image atomically in the format named by the target's suffix."""
+def write_image(
+    target: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    overwrite: bool = False,
+    pixel_size_nm: float | None = None,
+    info: str | None = None,
+) -> None:
+    """Write an (H, W) image atomically in the format named by the target's suffix
+    (``pixel_size_nm``, ``info``: a calibrated TIFF, see :func:`encode_image`)."""
     target = Path(target)
-    atomic_write_bytes(target, encode_image(array, target.suffix), overwrite=overwrite)
+    data = encode_image(array, target.suffix, pixel_size_nm=pixel_size_nm, info=info)
+    atomic_write_bytes(target, data, overwrite=overwrite)

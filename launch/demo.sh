@@ -9,10 +9,13 @@
 # Writes OUTDIR/raw (the pairs and truth.json), OUTDIR/data (the dataset), OUTDIR/run
 # (the trained model, checkpoints, TensorBoard logs), OUTDIR/eval (metrics.md/json) and
 # OUTDIR/predict (the super-resolved image). Refuses an OUTDIR that is not empty unless
-# --overwrite is given (then those five folders are replaced).
+# --overwrite is given (then those five folders are replaced, each only when an earlier
+# run wrote it: a folder of those names holding anything else is refused).
 # Environment (optional): PYTHON (default python3), PAIRS (22), SEED (0), WIDTH and
 # HEIGHT of the image area (1280 x 944, the paper's), WORKERS (default: all cores),
-# NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml).
+# NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml), FORMAT of the
+# synthetic files (bmp; fei-tif: 16-bit TIFFs with FEI metadata, so the pixel size
+# travels through build and predict writes a calibrated TIFF).
 set -euo pipefail
 die() { echo "demo.sh: error: $*" >&2; exit 2; }
 usage="usage: launch/demo.sh OUTDIR [--overwrite]"
@@ -31,6 +34,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PAIRS=${PAIRS:-22}
 SEED=${SEED:-0}
+FORMAT=${FORMAT:-bmp}
 WIDTH=${WIDTH:-1280}
 HEIGHT=${HEIGHT:-944}
 WORKERS_ARG=()
@@ -39,14 +43,30 @@ WORKERS_ARG=()
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 CONFIG=${CONFIG:-configs/demo.yaml}
 [ -f "$CONFIG" ] || die "$CONFIG: no such config"
-if [ ${#OVERWRITE[@]} -gt 0 ]; then
+if [ ${#OVERWRITE[@]} -gt 0 ]; then  # only folders an earlier demo wrote (aeatrain.outputs)
+    "$PYTHON" - "$OUT" <<'PY' || exit 2
+import sys
+from pathlib import Path
+
+from aeatrain.errors import run_cli
+from aeatrain.outputs import METRICS, OUTPUTS, RUN, check_replaceable_folder
+
+
+
+def main():
+    for name, marker in {"run": RUN, "eval": METRICS, "predict": OUTPUTS}.items():
+        check_replaceable_folder(Path(sys.argv[1], name), marker, overwrite=True)
+
+
+run_cli(main)
+PY
     rm -rf "$OUT/run" "$OUT/eval" "$OUT/predict"
 fi
 START=$(date +%s)
 
 echo "== 1/6 synth: $PAIRS synthetic SEM pairs, ${WIDTH}x${HEIGHT}, seed $SEED -> $OUT/raw"
 "$PYTHON" -m data_prep synth --out "$OUT/raw" --pairs "$PAIRS" --seed "$SEED" \
-    --width "$WIDTH" --height "$HEIGHT" "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
+    --width "$WIDTH" --height "$HEIGHT" --format "$FORMAT" "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
 
 echo "== 2/6 build: register LR onto HR, paper split, WebDataset shards -> $OUT/data"
 "$PYTHON" -m data_prep build --raw "$OUT/raw" --out "$OUT/data" --bar-row "$HEIGHT" \

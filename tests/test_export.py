@@ -207,3 +207,19 @@ def _extract(package: Path, name: str, folder: Path) -> Path:
     target = folder / name
     target.write_bytes(read_member(package, name))
     return target
+
+
+def test_a_run_of_a_model_that_is_not_a_network_is_refused(small_run, tmp_path):
+    info = json.loads((small_run / "run.json").read_text())
+    info["model"]["name"] = "lbnlm"
+    (small_run / "run.json").write_text(json.dumps(info))
+    _refused(["--run", str(small_run), "--out", str(tmp_path / "m.zip")], "not a neural network")
+
+
+def test_halo_of_a_stride_1_network_is_its_conv_chain_and_the_probe_agrees():
+    from aeatrain.models import build_model
+
+    vdsr = build_model("vdsr", width=4, depth=5)
+    geometry = export.geometry_of(vdsr)
+    assert (geometry.step, geometry.halo, geometry.min_size) == (1, 5, 11)
+    assert export._probed_radius(vdsr, multiple=1, size=64) == 5

@@ -3,18 +3,19 @@
 import json
 import shutil
 import tarfile
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
 import pytest
 
+from aeatrain.dataformat import sha256_file
 from aeatrain.errors import UserError
 from aeatrain.imageio import read_image, write_image
 from data_prep import build as build_module
 from data_prep.build import build_dataset
 from data_prep.pairs import cut_bar
 from data_prep.registration import warp_lr_to_hr
-from data_prep.shards import sha256_file
 from data_prep.synth import SynthConfig, synthesize
 from data_prep.truth import check_truth
 
@@ -46,11 +47,14 @@ def _no_staging_left(parent):
 def test_dataset_layout_manifest_and_registration(small_raw, small_data):
     names = sorted(p.name for p in small_data.iterdir())
     assert names == [
+        "full-000000.index.json",
         "full-000000.tar",
         "manifest.json",
         "qc",
         "registration.json",
+        "test-000000.index.json",
         "test-000000.tar",
+        "train-000000.index.json",
         "train-000000.tar",
     ]
     assert sorted(p.name for p in (small_data / "qc").iterdir()) == [
@@ -60,7 +64,7 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
     ]
     assert _no_staging_left(small_data.parent)
     manifest = json.loads((small_data / "manifest.json").read_text())
-    assert manifest["format"] == "aeatrain-dataset" and manifest["format_version"] == 1
+    assert manifest["format"] == "aeatrain-dataset" and manifest["format_version"] == 2
     assert manifest["protocol"]["name"] == "paper-split-v1"
     assert manifest["scale"] == 2.0 and manifest["bit_depths"] == [8] and manifest["bar_row"] == BAR
     assert manifest["rejected"] == {}
@@ -69,6 +73,8 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
         "height": 384,
         "bit_depth": 8,
         "train_region": {"x0": 0, "y0": 0, "x1": 384, "y1": 384},
+        "pixel_size_nm": {"lr": None, "hr": None},  # BMPs record none
+        "bar_rows": {"lr": BAR, "hr": BAR},
     }
     counts = {
         s: (v["samples"], [x["file"] for x in v["shards"]]) for s, v in manifest["splits"].items()
@@ -81,6 +87,8 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             assert shard["sha256"] == sha256_file(small_data / shard["file"])
+            assert shard["index"] == shard["file"].replace(".tar", ".index.json")
+            assert shard["index_sha256"] == sha256_file(small_data / shard["index"])
     records = json.loads((small_data / "registration.json").read_text())
     assert sorted(records) == ["syn000", "syn001", "syn002"]
     for name, r in records.items():
@@ -157,11 +165,16 @@ def test_non_empty_output_refused_then_replaced_with_overwrite(small_raw, tmp_pa
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(UserError, match=r"data: folder is not empty \(use --overwrite"):
         build_dataset(raw, out, bar_row=BAR)
-    assert (out / "mine.txt").read_text() == "keep me"
-    build_dataset(raw, out, bar_row=BAR, overwrite=True)
-    assert not (out / "mine.txt").exists() and (out / "manifest.json").is_file()
+    with pytest.raises(UserError, match=r"data: --overwrite replaces only a dataset"):
+        build_dataset(raw, out, bar_row=BAR, overwrite=True)  # not ours: never deleted
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    out = tmp_path / "data2"
+    build_dataset(raw, out, bar_row=BAR)
+    (out / "extra.txt").write_text("inside the old dataset")
+    build_dataset(raw, out, bar_row=BAR, overwrite=True)  # an old dataset is replaced
+    assert not (out / "extra.txt").exists() and (out / "manifest.json").is_file()
     assert _snapshot(raw) == before  # sources never touched
-    assert _no_staging_left(tmp_path) and not list(tmp_path.glob(".data.old-*"))
+    assert _no_staging_left(tmp_path) and not list(tmp_path.glob(".data*.old-*"))
 
 
 def test_output_inside_the_raw_folder_refused(small_raw):
@@ -177,6 +190,7 @@ def test_interrupted_build_leaves_no_half_dataset_and_keeps_the_old_one(
 ):
     out = tmp_path / "data"
     out.mkdir()
+    (out / "manifest.json").write_text('{"format": "aeatrain-dataset"}')
     (out / "old.txt").write_text("previous dataset")
     real_register, calls = build_module.register, []
 
@@ -189,7 +203,7 @@ def test_interrupted_build_leaves_no_half_dataset_and_keeps_the_old_one(
     monkeypatch.setattr(build_module, "register", register_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_dataset(small_raw, out, bar_row=BAR, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "old.txt"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         calls.clear()
         build_dataset(small_raw, tmp_path / "fresh", bar_row=BAR)
@@ -276,3 +290,23 @@ def test_magnification_ratio_mismatch_between_pairs_names_the_folder(small_raw, 
     with pytest.raises(UserError, match="different magnification ratios"):
         build_dataset(raw, tmp_path / "data", bar_row=BAR)
     assert not (tmp_path / "data").exists()
+
+
+def test_names_sharing_a_safe_spelling_keep_their_own_pixels(small_raw, tmp_path):
+    """'a b' and 'a-b' used to share scratch files, QC picture and shard keys: one
+    pair's pixels replaced the other's while the manifest listed both."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for source, name in (("syn000", "a b"), ("syn001", "a-b")):
+        for mag in (10000, 20000):
+            shutil.copy(small_raw / f"{source}_{mag}.bmp", raw / f"{name}_{mag}.bmp")
+    outcomes = build_dataset(raw, tmp_path / "data", bar_row=BAR)
+    assert [o.name for o in outcomes if o.ok] == ["a b", "a-b"]
+    data = tmp_path / "data"
+    assert sorted(p.name for p in (data / "qc").iterdir()) == ["a%20b.png", "a-b.png"]
+    full, order = _members(data / "full-000000.tar")
+    assert [n for n in order if n.endswith(".json")] == ["a%20b__full.json", "a-b__full.json"]
+    for key, source in (("a%20b", "syn000"), ("a-b", "syn001")):
+        assert json.loads(full[f"{key}__full.json"])["pair"] == unquote(key)
+        raw_hr = cut_bar(read_image(small_raw / f"{source}_20000.bmp")[0], BAR, small_raw)
+        np.testing.assert_array_equal(_png(full[f"{key}__full.hr.png"]), raw_hr)

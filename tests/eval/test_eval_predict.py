@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +108,25 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
     assert got.dtype == np.float32 and got.shape == (80, 104)
     assert np.abs(got - want * 255).max() < 1e-3
     assert np.array_equal(from_float(got / 255, 8), from_float(want, 8))
+
+
+def test_tta_d4_averages_the_eight_flips(run_dir, tmp_path, capsys):
+    from aeatrain.imageio import to_float
+    from aeatrain.inference import predict_full, self_ensemble
+    from aeatrain.runs import load_run
+
+    image = np.random.default_rng(5).integers(0, 256, (24, 36), dtype=np.uint8)
+    write_image(tmp_path / "a.png", image)
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "a.png"), "--output",
+            str(tmp_path / "o"), "--float32", "--tta", "d4"]  # fmt: skip
+    code, err = _cli(argv, capsys)
+    assert code == 0, err
+    model, _ = load_run(run_dir)
+    upsampled = to_float(cv2.resize(image, (72, 48), interpolation=cv2.INTER_CUBIC))
+    want = self_ensemble(lambda x: predict_full(model, x), upsampled, "d4")
+    got = tifffile.imread(tmp_path / "o" / "a.tif")
+    assert np.abs(got - want * 255).max() < 1e-3
+    assert np.abs(want - predict_full(model, upsampled)).max() > 1e-5
 
 
 def test_bar_row_cuts_the_data_bar_before_upsampling(run_dir, tmp_path, capsys):
@@ -249,6 +271,12 @@ def test_existing_output_needs_overwrite(run_dir, tmp_path, capsys):
     code, err = _cli(argv, capsys)
     assert code == EXIT_USER_ERROR and "already exists (use --overwrite" in err
     assert _digest(tmp_path / "o" / "a.png") == before
+    code, err = _cli([*argv, "--overwrite"], capsys)  # not written by predict: kept
+    assert code == EXIT_USER_ERROR and "a.png: not written by aeatrain" in err
+    assert _digest(tmp_path / "o" / "a.png") == before
+    (tmp_path / "o" / "a.png").unlink()
+    assert _cli(argv, capsys)[0] == 0
+    assert _cli(argv, capsys)[0] == EXIT_USER_ERROR  # predict's own output: needs --overwrite
     assert _cli([*argv, "--overwrite"], capsys)[0] == 0
     assert read_image(tmp_path / "o" / "a.png")[0].shape == (16, 16)
 
@@ -314,3 +342,126 @@ def test_real_subprocess_exit_code_and_single_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'missing'}: no such run folder"
     ]
+
+
+# --- files from microscopes: the data bar and the pixel size from the vendor metadata ----
+
+FEI_LR_TEXT = (
+    "[System]\r\nSystemType=Quanta FEG 250\r\n[Beam]\r\nHV=10000\r\n"
+    "[Scan]\r\nPixelWidth=1.240234e-08\r\nPixelHeight=1.240234e-08\r\n"
+    "[Image]\r\nResolutionX=80\r\nResolutionY=48\r\n[Detectors]\r\nName=ETD\r\n"
+)
+
+
+def _fei_lr(path: Path) -> np.ndarray:
+    """A 16-bit LZW FEI TIFF: 48 image rows, a 16-row data bar, 12.40234 nm pixels."""
+    image = (np.random.default_rng(5).random((64, 80)) * 50000).astype(np.uint16)
+    image[48:] = 65535  # the data bar: white, so a missed cut shows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, image, compression="lzw", extratags=[(34682, "s", 0, FEI_LR_TEXT, True)])
+    return image
+
+
+def test_fei_input_gives_a_calibrated_tiff_cut_at_resolution_y(run_dir, tmp_path, capsys):
+    _fei_lr(tmp_path / "in" / "spot 1.tif")
+    code, err = _cli(
+        ["--run", str(run_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "o" / "spot 1.tif") as tif:
+        out = tif.asarray()
+        meta = tif.imagej_metadata
+        numerator, denominator = tif.pages.first.tags["XResolution"].value
+        y_numerator, y_denominator = tif.pages.first.tags["YResolution"].value
+    assert out.shape == (96, 160) and out.dtype == np.uint16  # 48 rows above the bar, x2
+    assert meta["unit"] == "nm"
+    assert denominator / numerator == pytest.approx(12.40234 / 2, rel=1e-6)  # nm per pixel
+    assert y_denominator / y_numerator == pytest.approx(12.40234 / 2, rel=1e-6)
+    info = json.loads(meta["Info"])
+    assert info["source_pixel_size_nm"] == pytest.approx(12.40234)
+    assert info["source_microscope"]["vendor"] == "fei"
+    assert info["source_microscope"]["detector"] == "ETD"
+
+
+def test_bar_row_and_no_bar_override_the_metadata(run_dir, tmp_path, capsys):
+    _fei_lr(tmp_path / "a.tif")
+    for option, rows in ((["--no-bar"], 128), (["--bar-row", "32"], 64)):
+        out = tmp_path / f"o{rows}"
+        argv = ["--run", str(run_dir), "--input", str(tmp_path / "a.tif"), "--output", str(out)]
+        code, err = _cli([*argv, *option], capsys)
+        assert code == 0, err
+        assert read_image(out / "a.tif")[0].shape == (rows, 160)
+    code, err = _cli([*argv, "--no-bar", "--bar-row", "3"], capsys)
+    assert code == EXIT_USER_ERROR and "not allowed with" in err
+
+
+def test_multi_page_input_needs_page(run_dir, tmp_path, capsys):
+    stack = np.stack([np.full((24, 32), 60 * (k + 1), np.uint8) for k in range(3)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "stack.tif")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR and "stack.tif: 3 pages; choose one with --page N" in err
+    assert not (tmp_path / "o").exists()
+    code, err = _cli([*argv, "--output", str(tmp_path / "o2"), "--page", "2"], capsys)
+    assert code == 0, err
+    assert read_image(tmp_path / "o2" / "stack.tif")[0].shape == (48, 64)
+
+
+def _folder_with_a_bad_file(tmp_path: Path) -> Path:
+    for name in ("a.png", "c.png"):
+        write_image(tmp_path / "in" / name, np.full((8, 8), 40, np.uint8))
+    (tmp_path / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return tmp_path / "in"
+
+
+def test_a_bad_file_in_a_folder_stops_before_any_prediction(run_dir, tmp_path, capsys):
+    """The outputs before the bad file used to be written, the good files after it never
+    processed, and a re-run then failed with 'already exists'."""
+    argv = ["--run", str(run_dir), "--input", str(_folder_with_a_bad_file(tmp_path))]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR and err.count("\n") == 1
+    assert "b.png: not a readable image" in err
+    assert not (tmp_path / "o").exists()  # not even a.png
+    (tmp_path / "in" / "b.png").unlink()
+    assert _cli([*argv, "--output", str(tmp_path / "o")], capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "a.png",
+        "aeatrain-outputs.json",
+        "c.png",
+    ]
+
+
+def test_huge_header_read_only_output_and_full_disk_are_one_line(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    huge = bytearray(cv2.imencode(".bmp", np.zeros((8, 8), np.uint8))[1].tobytes())
+    huge[18:26] = (100_000).to_bytes(4, "little") * 2
+    (tmp_path / "huge.bmp").write_bytes(bytes(huge))
+    argv = ["--run", str(run_dir), "--input"]
+    code, err = _cli([*argv, str(tmp_path / "huge.bmp"), "--output", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR and "header claims 100000 x 100000 pixels" in err  # cv2.error
+    write_image(tmp_path / "a.png", np.full((8, 8), 40, np.uint8))
+    for code_ in (errno.EROFS, errno.ENOSPC):  # a read-only --output, a full disk
+
+        def refuse(*args, code_=code_, **kwargs):
+            raise OSError(code_, os.strerror(code_))
+
+        monkeypatch.setattr("aeatrain.imageio.tempfile.mkstemp", refuse)
+        code, err = _cli([*argv, str(tmp_path / "a.png"), "--output", str(tmp_path / "o")], capsys)
+        assert code == EXIT_USER_ERROR and err.count("\n") == 1, err
+        assert "cannot write: " in err and ("read-only" in err or "disk full" in err)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_calibrated_tiff_under_a_png_name_warns_that_the_calibration_is_lost(
+    run_dir, tmp_path, capsys, caplog
+):
+    _fei_lr(tmp_path / "a.tif")
+    (tmp_path / "a.tif").rename(tmp_path / "mislabelled.png")
+    caplog.set_level("WARNING")
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "mislabelled.png")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "o" / "mislabelled.png"), -1).shape == (96, 160)
+    assert "mislabelled.png: .png holds no calibration; the pixel size is lost" in caplog.text

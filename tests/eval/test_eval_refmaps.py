@@ -53,7 +53,8 @@ def test_explicit_refs_write_overlays_montage_and_raw_maps(aeanet_run, picture, 
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png", "sem_refmaps.tif",
+        "aeatrain-outputs.json", "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png",
+        "sem_refmaps.tif",
     ]  # fmt: skip
     raw = tifffile.imread(out / "sem_refmaps.tif")
     assert raw.shape == (2, 100, 120) and raw.dtype == np.float32  # upsampled 2x
@@ -154,3 +155,47 @@ def test_unreadable_input(aeanet_run, tmp_path, capsys):
         capsys,
     )
     assert code == EXIT_USER_ERROR and "x.bmp: not a readable image" in err
+
+
+def test_raw_maps_of_a_calibrated_input_are_calibrated(aeanet_run, tmp_path, capsys, caplog):
+    """Zeiss input, 8 nm pixels: the maps are at the HR frame, so 4 nm per pixel."""
+    text = "0\r\nAP_PIXEL_SIZE\r\nPixel Size = 8.000 nm\r\nAP_MAG\r\nMag = 12.50 K X\r\n"
+    image = cv2.GaussianBlur(
+        np.random.default_rng(3).integers(0, 256, (40, 48), np.uint8), (0, 0), 1
+    )
+    tifffile.imwrite(tmp_path / "z.tif", image, extratags=[(34118, "s", 0, text, True)])
+    caplog.set_level("WARNING")
+    argv = ["--run", str(aeanet_run), "--input", str(tmp_path / "z.tif"), "--refs", "1"]
+    code, err = _cli([*argv, "--output", str(tmp_path / "f")], capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "f" / "z_refmaps.tif") as tif:
+        assert tif.asarray().shape == (80, 96) and tif.imagej_metadata["unit"] == "nm"
+        numerator, denominator = tif.pages.first.tags["XResolution"].value
+    assert denominator / numerator == pytest.approx(4.0)
+    assert "PNG figures carry no calibration" in caplog.text
+    code, err = _cli([*argv, "--output", str(tmp_path / "g"), "--registered"], capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "g" / "z_refmaps.tif") as tif:
+        numerator, denominator = tif.pages.first.tags["XResolution"].value
+    assert denominator / numerator == pytest.approx(8.0)  # already in the HR frame
+
+
+def test_overwrite_replaces_only_refmaps_own_figures(aeanet_run, picture, tmp_path, capsys):
+    out = tmp_path / "o"
+    write_image(out / "sem_ref1.png", np.zeros((4, 4), np.uint8))  # the user's, same name
+    argv = ["--run", str(aeanet_run), "--input", str(picture), "--output", str(out)]
+    code, err = _cli([*argv, "--refs", "1", "--overwrite"], capsys)  # replaced it before
+    assert code == EXIT_USER_ERROR and "sem_ref1.png: not written by aeatrain" in err
+    assert read_image(out / "sem_ref1.png")[0].shape == (4, 4)
+    assert _cli([*argv, "--refs", "2"], capsys)[0] == 0
+    assert _cli([*argv, "--refs", "2", "--overwrite"], capsys)[0] == 0  # its own: replaced
+
+
+def test_huge_image_header_is_one_line(aeanet_run, tmp_path, capsys):
+    huge = bytearray(cv2.imencode(".bmp", np.zeros((8, 8), np.uint8))[1].tobytes())
+    huge[18:26] = (100_000).to_bytes(4, "little") * 2
+    (tmp_path / "huge.bmp").write_bytes(bytes(huge))
+    argv = ["--run", str(aeanet_run), "--input", str(tmp_path / "huge.bmp")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)  # a cv2.error before
+    assert code == EXIT_USER_ERROR and "header claims 100000 x 100000 pixels" in err
+    assert not (tmp_path / "o").exists()
