@@ -21,6 +21,7 @@ EXIT_USER_ERROR = 2
 _WRITE_PROBLEMS = {
     errno.ENOSPC: "disk full",
     errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the size limit (ulimit -f)",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
@@ -41,7 +42,8 @@ def reporting_write_errors(path: str | os.PathLike) -> Iterator[None]:
         problem = _WRITE_PROBLEMS.get(err.errno)
         if problem is None:
             raise
-        raise UserError(f"{path}: cannot write: {problem} ({err.strerror})") from None
+        where = f" ({err.filename})" if err.filename else ""
+        raise UserError(f"{path}: cannot write: {problem}{where}") from None
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -68,6 +68,8 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):  # else a PermissionError traceback, or mistaken for
+        raise ImageError(f"{path}: cannot read it (permission denied)")  # a write error
     kind = _content_kind(path)
     if kind == "jpeg":
         log.warning("%s: JPEG content (lossy compression) under the name %s", path, path.name)

@@ -186,3 +186,10 @@ def test_atomic_write_on_a_full_disk_or_read_only_folder_is_one_line(tmp_path, m
     ):
         write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, monkeypatch):
+    write_image(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    monkeypatch.setattr(imageio.os, "access", lambda path, mode: False)  # root reads anything
+    with pytest.raises(ImageError, match=r"a\.png: cannot read it \(permission denied\)"):
+        read_image(tmp_path / "a.png")
