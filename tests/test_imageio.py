@@ -183,9 +183,10 @@ def test_atomic_write_on_a_full_disk_or_read_only_folder_is_one_line(tmp_path, m
     monkeypatch.setattr(imageio.os, "replace", refuse)
     with pytest.raises(
         UserError, match=r"out\.png: cannot write: (disk full|read-only|permission)"
-    ):
+    ) as caught:
         write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+    assert isinstance(caught.value, OSError) and caught.value.errno == code  # as train.py needs
 
 
 def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, monkeypatch):
