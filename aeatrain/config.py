@@ -189,6 +189,13 @@ class OptimConfig(_Section):
         "gradient norm is still logged). Under DeepSpeed the trainer writes it into the "
         "DeepSpeed config's gradient_clipping.",
     )
+    fused: bool | None = Field(
+        None,
+        description="Fused Adam (one kernel for all parameters); null = on CUDA only. With "
+        "it (and bf16 or float32, no DeepSpeed) a step never waits for the device: skipping a "
+        "non-finite step is decided on the device and the host reads losses, norms and "
+        "skipped steps at log steps and checkpoints only (docs/training.md).",
+    )
 
     @field_validator("betas")
     @classmethod
