@@ -61,7 +61,8 @@ _APPLIES = {
 def build_model(name: str, **kw: Any) -> nn.Module:
     """Build one of ``MODEL_NAMES`` with the published defaults (see ``DEFAULTS``).
 
-    Every keyword of ``DEFAULTS`` is accepted for every name, so a config can pass its
+    Every keyword of ``DEFAULTS`` is accepted for every name but "lbnlm" (which takes
+    only its own: ``LBNLM``'s keywords), so a config can pass its
     whole model section; one that has no meaning for the named model (``num_refs`` for
     "unet", say) must keep its default, else ValueError. Unknown names or keywords raise
     ValueError naming them. ``process_group`` is the group the batch-aware branch spans
