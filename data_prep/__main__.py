@@ -1,6 +1,6 @@
 """``python -m data_prep <command>``: synth, build, summary, pairs, check-truth.
 
-python -m data_prep synth --out RAW --pairs 22 --seed 0
+python -m data_prep synth --out RAW --pairs 22 --seed 0 [--preset realistic] [--family F]
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep summary DATA
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
@@ -18,8 +18,9 @@ import time
 
 from aeatrain.errors import UserError, run_cli
 from data_prep.build import DEFAULT_BAR_ROW, build_dataset
+from data_prep.families import FAMILIES
 from data_prep.qc import pair_table, summary_text
-from data_prep.synth import FORMATS, SynthConfig, synthesize
+from data_prep.synth import FORMATS, PRESET_FAMILY, PRESETS, SynthConfig, preset_config, synthesize
 from data_prep.truth import check_truth, truth_table
 
 
@@ -43,26 +44,46 @@ def _add_synth(commands) -> None:
     p.add_argument("--height", type=int, default=944, help="image area height (bar below)")
     p.add_argument("--bar-rows", type=int, default=80, help="rows of the SEM data bar")
     p.add_argument(
-        "--dose",
-        type=float,
-        default=SynthConfig.dose,
-        help="detected electrons per pixel at unit signal (lower: noisier)",
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="default: the original generator (byte for byte); realistic: matches the "
+        "statistics of real SEM tiles (docs/data_prep.md); the options below override it",
     )
     p.add_argument(
-        "--contrast",
-        type=float,
-        default=SynthConfig.contrast,
-        help="multiplier on the specimen's contrast",
+        "--family",
+        choices=sorted(FAMILIES),
+        default=None,
+        help="specimen family (default: the preset's, aggregates or clusters)",
     )
-    p.add_argument(
-        "--shading",
-        type=float,
-        default=SynthConfig.shading,
-        help="amplitude of slow brightness variation (charging)",
-    )
+    _add_acquisition_options(p)
     p.add_argument("--max-rotation-deg", type=float, default=SynthConfig.max_rotation_deg)
     p.add_argument("--workers", type=int, default=_default_workers())
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+# SynthConfig fields settable from the command line (default: the preset's value)
+_ACQUISITION_OPTIONS = {
+    "dose": "detected electrons per pixel at unit signal (lower: noisier)",
+    "contrast": "multiplier on the specimen's contrast",
+    "shading": "amplitude of slow brightness variation (charging)",
+    "bandwidth_px": "detector bandwidth: Gaussian sigma on the recording, px (correlated noise)",
+    "line_offset": "std of a brightness offset per scan line, fraction of full scale",
+    "drift_px": "RMS of slow drift of the scan position within a frame, px",
+    "highlight_gain": "extra detector gain; > 1 clips the brightest pixels",
+    "charging": "bright trails after bright features along the scan line",
+    "edge_brightening": "multiplier on the specimen's secondary-electron edge rims",
+}
+
+
+def _add_acquisition_options(p) -> None:
+    for name, text in _ACQUISITION_OPTIONS.items():
+        values = ", ".join(
+            f"{k} {PRESETS[k].get(name, getattr(SynthConfig, name)):g}" for k in PRESETS
+        )
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=float, default=None, help=f"{text} ({values})"
+        )
 
 
 def _add_build(commands) -> None:
@@ -107,28 +128,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synth(args) -> int:
-    config = SynthConfig(
+    config = preset_config(
+        args.preset,
         width=args.width,
         height=args.height,
         bar_rows=args.bar_rows,
         scale=args.scale,
-        dose=args.dose,
-        contrast=args.contrast,
-        shading=args.shading,
         max_rotation_deg=args.max_rotation_deg,
+        **{name: getattr(args, name) for name in _ACQUISITION_OPTIONS},
     )
+    family = args.family or PRESET_FAMILY[args.preset]
     start = time.perf_counter()
     synthesize(
         args.out,
         pairs=args.pairs,
         seed=args.seed,
         config=config,
+        draw=FAMILIES[family],
         image_format=args.format,
         workers=args.workers,
         overwrite=args.overwrite,
     )
     print(
-        f"synth: {args.pairs} pairs ({args.format}, {args.width}x{args.height} + "
+        f"synth: {args.pairs} pairs ({args.preset} preset, {family}; {args.format}, "
+        f"{args.width}x{args.height} + "
         f"{args.bar_rows}-row bar, scale {args.scale:g}, seed {args.seed}) in {args.out} "
         f"in {time.perf_counter() - start:.1f} s; truth in {args.out}/truth.json"
     )
