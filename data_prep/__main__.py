@@ -1,8 +1,9 @@
-"""``python -m data_prep <command>``: synth, build, summary, pairs, check-truth.
+"""``python -m data_prep <command>``: synth, build, summary, stats, pairs, check-truth.
 
 python -m data_prep synth --out RAW --pairs 22 --seed 0 [--preset realistic] [--family F]
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep summary DATA
+python -m data_prep stats RAW [RAW2 ...]  (REAL-SEM-STATS.md's statistics of HR test tiles)
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
 python -m data_prep check-truth RAW DATA
 """
@@ -17,6 +18,7 @@ import sys
 import time
 
 from aeatrain.errors import UserError, run_cli
+from data_prep import semstats
 from data_prep.build import DEFAULT_BAR_ROW, build_dataset
 from data_prep.families import FAMILIES
 from data_prep.qc import pair_table, summary_text
@@ -102,6 +104,42 @@ def _add_build(commands) -> None:
     bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
 
 
+def _add_stats(commands) -> None:
+    p = commands.add_parser(
+        "stats",
+        help="statistics of REAL-SEM-STATS.md on the HR test tiles of raw folders",
+        description="Render each HR test tile as the published figures do (per-tile "
+        "min/max, 256 levels, 274x269 nearest neighbour), measure it, and print a markdown "
+        "table: one column per raw folder, then the real tiles' figures.",
+    )
+    p.add_argument("raw", nargs="+", help="raw folders of <name>_<mag>.<ext> pairs")
+    p.add_argument("--pairs", type=int, default=8, help="first N pairs of each folder")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--bar-row",
+        type=int,
+        default=None,
+        help=f"first row of the data bar (default: truth.json's, else {DEFAULT_BAR_ROW})",
+    )
+    bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
+
+
+def _stats(args) -> int:
+    if args.pairs < 1:
+        raise UserError(f"--pairs: {args.pairs} < 1")
+    columns = {}
+    for raw in args.raw:
+        bar_row = args.bar_row or semstats.synthetic_bar_row(raw) or DEFAULT_BAR_ROW
+        label = os.path.basename(os.path.normpath(raw))
+        columns[label] = semstats.measure_folder(
+            raw, pairs=args.pairs, bar_row=None if args.no_bar else bar_row
+        )
+    print(semstats.stats_table(columns))
+    for label, summary in columns.items():
+        print(semstats.targets_line(label, summary))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep",
@@ -115,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder (DATA)")
     p = commands.add_parser("pairs", help="print a built dataset's pair names, one a line")
     p.add_argument("data", help="dataset folder (DATA)")
+    _add_stats(commands)
     p = commands.add_parser("check-truth", help="corner error of a build against truth.json")
     p.add_argument("raw", help="synthetic raw folder with truth.json")
     p.add_argument("data", help="dataset built from it")
@@ -199,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return _synth(args)
     if args.command == "build":
         return _build(args)
+    if args.command == "stats":
+        return _stats(args)
     if args.command == "summary":
         print(summary_text(args.data))
         return 0

@@ -329,12 +329,12 @@ def draw_grains(rng: np.random.Generator) -> GrainSystem:
         grain_spread=float(rng.uniform(0.06, 0.1)),
         host_texture=float(rng.uniform(0.015, 0.025)),
         texture_scale=float(rng.uniform(6, 14)),
-        groove_depth=float(rng.uniform(0.12, 0.2)),
+        groove_depth=float(rng.uniform(0.2, 0.3)),
         groove_width=float(rng.uniform(0.4, 0.7)),
         rim_gain=float(rng.uniform(0.04, 0.08)),
         rim_width=float(rng.uniform(0.4, 0.6)),
-        precipitates_per_kpx=float(rng.uniform(0.5, 1.0)),
-        precipitate_radius=float(rng.uniform(0.8, 1.3)),
+        precipitates_per_kpx=float(rng.uniform(1.2, 1.8)),
+        precipitate_radius=float(rng.uniform(1.3, 1.7)),
         precipitate_level=float(rng.uniform(0.6, 0.7)),
         wiggle=0.08,
     )
@@ -459,9 +459,9 @@ class PorousFilm:
 
 def draw_porous(rng: np.random.Generator) -> PorousFilm:
     return PorousFilm(
-        pores_per_kpx=float(rng.uniform(3, 5)),
-        pore_radius=float(rng.uniform(1.2, 2.0)),
-        pore_spread=float(rng.uniform(0.3, 0.45)),
+        pores_per_kpx=float(rng.uniform(2, 3)),
+        pore_radius=float(rng.uniform(2.0, 3.0)),
+        pore_spread=float(rng.uniform(0.4, 0.55)),
         wiggle=float(rng.uniform(0.08, 0.15)),
         host_level=float(rng.uniform(0.45, 0.55)),
         host_texture=float(rng.uniform(0.02, 0.035)),

@@ -33,6 +33,7 @@ published figures did not use that one).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 from skimage.morphology import skeletonize
 
+from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
 from data_prep.pairs import find_pairs, load_pair_images
 from data_prep.split import paper_split
@@ -249,5 +251,24 @@ def stats_table(columns: dict[str, Summary]) -> str:
     return "\n".join(lines)
 
 
+def synthetic_bar_row(raw: str | Path) -> int | None:
+    """The bar row recorded in ``raw/truth.json`` (a ``data_prep synth`` folder), else None."""
+    path = Path(raw) / "truth.json"
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["bar_row"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: not a data_prep synth truth file (no bar_row)") from None
+
+
 def measure_folder(raw: str | Path, *, pairs: int | None, bar_row: int | None) -> Summary:
-    return summarise([tile_statistics(t) for t in hr_test_tiles(raw, pairs=pairs, bar_row=bar_row)])
+    """Summary of the HR test tiles of the first ``pairs`` pairs of ``raw``."""
+    tiles = hr_test_tiles(raw, pairs=pairs, bar_row=bar_row)
+    return summarise([tile_statistics(t) for t in tiles])
+
+
+def targets_line(label: str, summary: Summary) -> str:
+    met = within_targets(summary)
+    listed = ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in met.items())
+    return f"{label}: issue 16 acceptance {'met' if all(met.values()) else 'NOT met'} ({listed})"

@@ -115,7 +115,7 @@ PRESETS: dict[str, dict] = {
         "shading": 0.045,
         "bandwidth_px": 0.75,
         "line_offset": 0.004,
-        "highlight_gain": 1.7,
+        "highlight_gain": 1.6,
     },
 }
 PRESET_FAMILY = {"default": "aggregates", "realistic": "clusters"}
