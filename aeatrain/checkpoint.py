@@ -14,10 +14,16 @@ fp16 loss scaler, the Python/NumPy/torch RNG states of EVERY rank as
 ``trainer_state.json``:
 
     {"format": "aeatrain-trainer-state", "version": 1, "step": N, "data_position": N,
-     "world_size": P, "skipped_steps": S, "consecutive_skipped": C, "seed": 0}
+     "world_size": P, "skipped_steps": S, "consecutive_skipped": C, "seed": 0,
+     "dataset": {"identity": "<sha256>", "path": "...", "manifest_sha256": "..."},
+     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...}}
 
 ``data_position`` is the index of the next batch; the loader makes the batch of step s on
 rank r a pure function of (seed, s, r), so the data position is the step itself.
+``files`` lists every other file of the folder with its size, so a file lost or cut short
+later (a full disk while copying a run, a half-synced folder) is noticed before resuming:
+:func:`newest_intact` skips such a checkpoint (and names it) for the next older one.
+Checkpoints written before ``files`` existed are checked by their file formats only.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import json
 import os
 import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -85,7 +93,10 @@ def finish_partial(run_dir: str | Path, step: int, trainer_state: dict) -> Path:
     ``step_N`` therefore never lacks a byte of what was saved into it.
     """
     partial = partial_path(run_dir, step)
-    state = {"format": STATE_FORMAT, "version": STATE_VERSION, **trainer_state, "step": step}
+    state = {
+        "format": STATE_FORMAT, "version": STATE_VERSION, **trainer_state, "step": step,
+        "files": _file_sizes(partial),
+    }  # fmt: skip
     _write_json_synced(partial / STATE_FILE, state)
     final = checkpoint_path(run_dir, step)
     if final.exists():  # a complete save of the same step, e.g. before a crash: same state
@@ -93,6 +104,69 @@ def finish_partial(run_dir: str | Path, step: int, trainer_state: dict) -> Path:
     partial.rename(final)
     _fsync_dir(final.parent)
     return final
+
+
+def newest_intact(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint whose files are all there, and the broken newer ones.
+
+    Returns ``(checkpoint or None, [(broken folder, what is wrong), ...])``, newest first.
+    """
+    broken = []
+    for _, folder in reversed(complete_checkpoints(run_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, broken
+        broken.append((folder, problem))
+    return None, broken
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What makes a complete checkpoint unusable (one phrase naming the file), or None."""
+    try:
+        state = read_trainer_state(folder)
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        return f"{STATE_FILE} is not readable ({err})"
+    for name, size in (state.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is cut short or changed ({path.stat().st_size} of {size} bytes)"
+    for path in sorted(folder.rglob("*")):
+        problem = _format_problem(path) if path.is_file() else None
+        if problem:
+            return f"{path.relative_to(folder)} {problem}"
+    return None
+
+
+def _format_problem(path: Path) -> str | None:
+    """Cheap whole-file checks: a safetensors file's header must account for its length;
+    a ``torch.save`` file is a zip archive whose directory sits at its very end."""
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return "is not a safetensors file (shorter than its header)"
+            (header_length,) = struct.unpack("<Q", head)
+            try:
+                header = json.loads(handle.read(header_length))
+            except (ValueError, UnicodeDecodeError):
+                return "is not a safetensors file (unreadable header)"
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        expected = 8 + header_length + max(ends, default=0)
+        if path.stat().st_size != expected:
+            return f"is cut short ({path.stat().st_size} of {expected} bytes)"
+    elif path.suffix in (".bin", ".pt", ".pkl") and not zipfile.is_zipfile(path):
+        return "is cut short or not a torch.save file"
+    return None
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != STATE_FILE
+    }
 
 
 def prune(run_dir: str | Path, keep: int) -> list[Path]:
@@ -110,7 +184,11 @@ def read_trainer_state(checkpoint: str | Path) -> dict:
     """The trainer state of a complete checkpoint (raises ValueError if it is not ours)."""
     path = Path(checkpoint) / STATE_FILE
     state = json.loads(path.read_text())
-    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != STATE_FORMAT
+        or state.get("version") != STATE_VERSION
+    ):
         raise ValueError(f"{path}: not an {STATE_FORMAT} v{STATE_VERSION} file")
     return state
 

@@ -40,10 +40,12 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which network to build; every field but ``name`` is a keyword of ``build_model``."""
 
-    name: Literal["unet", "gvtnet", "aeanet"] = Field(
+    name: Literal["unet", "gvtnet", "aeanet", "vdsr", "edsr", "rcan"] = Field(
         "aeanet",
-        description="Network: `aeanet` (the paper's), or the baselines `unet` (residual "
-        "bottom block) and `gvtnet` (plain self-attention bottom block).",
+        description="Network: `aeanet` (the paper's), the baselines `unet` (residual "
+        "bottom block) and `gvtnet` (plain self-attention bottom block), or the classic SR "
+        "networks of the paper's Table 1 `vdsr`, `edsr`, `rcan` (scale-1 bodies at the HR "
+        "frame). Options that do not apply to the chosen network must keep their defaults.",
     )
     base_channels: int = Field(32, ge=1, description="Channels of the first level (32, 64, 128).")
     heads: int = Field(2, ge=1, description="Attention heads (aeanet, gvtnet).")
@@ -55,7 +57,7 @@ class ModelConfig(_Section):
     )
     batch_aware: bool = Field(
         True,
-        description="aeanet: send the second half of each per-device batch through the "
+        description="aeanet: send the first half of each per-device batch through the "
         "batch-aware branch, whose keys/values span the GLOBAL batch (all processes). "
         "False = references only (ablation).",
     )
@@ -77,7 +79,19 @@ class ModelConfig(_Section):
     residual: bool = Field(
         False,
         description="Add the input image to the network's output (predict the residual). "
-        "Off in the published network.",
+        "Off in the published network; also for edsr and rcan (vdsr always adds it).",
+    )
+    width: int = Field(64, ge=1, description="vdsr, edsr, rcan: feature channels (64).")
+    depth: int | None = Field(
+        None,
+        ge=0,
+        description="vdsr: conv layers (20, at least 2); edsr: residual blocks (16); rcan: "
+        "blocks per residual group (20). null = the published depth.",
+    )
+    groups: int = Field(10, ge=1, description="rcan: residual groups (10).")
+    reduction: int = Field(16, ge=1, description="rcan: channel-attention reduction (16).")
+    res_scale: float = Field(
+        1.0, gt=0, description="edsr: scale of each residual block's branch (1; 0.1 in big EDSR)."
     )
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -121,6 +135,19 @@ class DataConfig(_Section):
         2,
         ge=0,
         description="Loader worker threads per process (signals reach only the main thread).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Node-local folder into which each shard read is staged once (shared by "
+        "the node's processes; checked against the manifest's sha256 on arrival). null = read "
+        "shards where they are: local files at their index's offsets, http(s) shards by range "
+        "requests (docs/scaling.md).",
+    )
+    verify: bool = Field(
+        False,
+        description="With train.py --check: hash every shard, index and member against the "
+        "manifest (local DATA folders; as python -m data_prep verify). Training itself never "
+        "hashes whole shards; it checks each member it reads against its index.",
     )
 
     @field_validator("crop_size")

@@ -8,19 +8,33 @@ machine count and rendezvous that were asked of ``accelerate launch``, read back
 that launcher's own command line with accelerate's own argument parser. The workers keep
 ``ACCELERATE_USE_CPU``, so ``Accelerator`` sets itself up as MULTI_CPU over gloo.
 
+Signals. The simple launcher does not pass signals on: SIGTERM, SIGINT or SIGUSR1 to it
+ends it at once and would leave torchrun and its workers training on as orphans. So the
+re-executed process asks the kernel for SIGTERM when the launcher dies
+(``PR_SET_PDEATHSIG``, kept across ``exec``), and torchrun is told to pass SIGUSR1 on like
+SIGTERM and SIGINT (``TORCHELASTIC_SIGNALS_TO_HANDLE``). torchrun forwards what it
+receives to every worker's process group and waits for them (``--shutdown_timeout``); the
+workers checkpoint at the next step boundary and exit 75 (aeatrain/training/preemption.py).
+
 Nothing here knows about ``Accelerator``; train.py calls :func:`relaunch_cpu_multiprocess`
 first thing in ``main``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGUSR1,SIGHUP,SIGQUIT"  # torchrun's default + SIGUSR1
+SHUTDOWN_TIMEOUT_SECONDS = 120  # torchrun's grace for a checkpoint before it SIGKILLs
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ def relaunch_cpu_multiprocess(script: str, script_args: list[str]) -> None:
     )
     command = [
         sys.executable, "-m", "torch.distributed.run",
+        f"--shutdown_timeout={SHUTDOWN_TIMEOUT_SECONDS}",
         f"--nproc_per_node={request.processes_per_machine}",
         f"--nnodes={request.num_machines}",
         f"--node_rank={request.machine_rank}",
@@ -115,4 +130,22 @@ def relaunch_cpu_multiprocess(script: str, script_args: list[str]) -> None:
     ]  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
+    die_with_parent()
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS
     os.execv(sys.executable, command)
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``signum`` to this process when its parent (the launcher) dies.
+
+    Linux only (elsewhere nothing happens). The setting survives ``exec``. A parent that
+    died before the call is caught by comparing the parent pid before and after.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    elif os.getppid() != parent:
+        os.kill(os.getpid(), signum)

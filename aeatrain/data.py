@@ -8,13 +8,22 @@ Three streams, one reader:
 - :func:`test_tiles`: every test tile exactly once, in a fixed order, with its metadata;
 - :func:`full_images`: every whole registered image once (evaluation predicts them whole).
 
-A source is a DATA folder (or its ``manifest.json``), a :class:`DatasetManifest` already
-loaded, or explicit shard URLs (a list, or a webdataset brace pattern such as
-``"pipe:curl -s https://host/train-{000000..000003}.tar"``) for streaming from elsewhere
-without a manifest.
+A source is a DATA folder (or its ``manifest.json``), a DATA root URL
+(``https://host/DATA``), a :class:`DatasetManifest` already loaded, or explicit shard URLs
+(a list, or a webdataset brace pattern such as ``"pipe:curl -s https://host/train-{000000..
+000003}.tar"``) for reading from elsewhere without a manifest.
 
-How the training stream reads, and why:
+How the streams read, and why:
 
+- A reader opens ``manifest.json`` and the build-time index of each shard of the split
+  it reads (aeatrain/dataformat.py), nothing else, before the first batch: no tar header
+  is scanned and no shard hashed at start-up, so start-up costs the same for 22 pairs as
+  for 10,000. Each member is checked against its index's sha256 when it is read, which
+  covers exactly the bytes used; ``python -m data_prep verify DATA`` (or ``train.py
+  --check`` with ``data.verify``) checks whole datasets once.
+- The bytes come through aeatrain/shardio.py: local files at the index's offsets,
+  ``http(s)://`` shards by range requests (only the members a rank decodes), or copies
+  staged once per node into ``cache_dir``; ``pipe:`` shards are staged.
 - Decoding PNGs is the cost (~12 ms per 960x944 region image on one core), cropping is
   cheap. So regions are decoded into a *pool* and each pool serves ``crops_per_region``
   crops per region before it is replaced. The schedule is fixed in steps: pool epoch
@@ -26,7 +35,7 @@ How the training stream reads, and why:
   with ``n`` the pool epoch (which regions) or the step (which crops, which D4 op). So the
   batch at step ``s`` on rank ``r`` is a pure function of (dataset, seed, s, r, settings):
   a run resumed at ``start_step`` sees exactly the batches an uninterrupted run would, and
-  the number of worker threads changes nothing.
+  the number of worker threads or where the bytes come from changes nothing.
 - Node splitting: NONE, on purpose. Every rank draws regions, with replacement, from every
   region of every shard, with its own RNG stream (seeded by its rank). Ranks therefore see
   different crops, never run dry and never wait for each other, even with fewer shards than
@@ -36,14 +45,10 @@ How the training stream reads, and why:
   every batch of epochs ``e0 + w, e0 + w + W, ...``, handed back in epoch order, so the
   trainer's thread only takes finished batches (why threads and not DataLoader
   processes: :func:`_threaded_batches`).
-- Local shards are indexed once (tar headers) and read by seeking to the members a pool
-  needs; URLs that can only be streamed (``pipe:``, ``http:``) are streamed whole.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -54,6 +59,7 @@ import tarfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -61,30 +67,81 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from webdataset.gopen import gopen
+from tqdm.auto import tqdm
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from aeatrain.errors import UserError
+from aeatrain import shardio
+from aeatrain.dataformat import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PROTOCOLS,
+    DatasetError,
+    IndexedSample,
+    Manifest,
+    SampleMeta,
+    ShardEntry,
+    ShardIndex,
+    index_name,
+    index_tar,
+    parse_json,
+    sha256_bytes,
+    validation_message,
+    verify_shards,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "aeatrain-dataset"
-FORMAT_VERSION = 1
-PROTOCOLS = ("paper-split-v1",)
-MANIFEST_NAME = "manifest.json"
 CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide by 4
 DEFAULT_POOL_SIZE = 8
 MAX_CROPS_PER_REGION = 16
 DEFAULT_CACHE_MIB = 512  # decoded regions kept per loader: the paper's 22 pairs need ~40
+_INDEX_READERS = 8  # index files fetched at once (remote roots: one request each)
 
 # Separate RNG streams so the region choice and the crop choice never share draws.
 _POOL_STREAM = 0
 _CROP_STREAM = 1
 
 
-class DatasetError(UserError):
-    """A dataset that cannot be used as asked; the message names the file, key or setting."""
+# ----------------------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard as this process reads it: where, its index, and the cache folder used."""
+
+    url: str
+    index: ShardIndex
+    cache_dir: str | None = None
+
+    def open(self) -> shardio.ShardReader:
+        return shardio.open_shard(
+            self.url,
+            shard_bytes=self.index.shard_bytes,
+            sha256=self.index.shard_sha256,
+            cache_dir=self.cache_dir,
+        )
+
+    def read(self, reader: shardio.ShardReader, sample: IndexedSample, exts) -> dict[str, bytes]:
+        """The members ``exts`` of ``sample``, in one read (they lie together in the tar),
+        each checked against the sha256 in the index."""
+        missing = [ext for ext in exts if ext not in sample.members]
+        if missing:
+            raise DatasetError(f"{self.url}: sample {sample.key} has no {', '.join(missing)}")
+        members = {ext: sample.members[ext] for ext in exts}
+        start = min(m.offset for m in members.values())
+        end = max(m.offset + m.size for m in members.values())
+        block = reader.read(start, end - start)
+        files = {}
+        for ext, member in members.items():
+            data = block[member.offset - start : member.offset - start + member.size]
+            if sha256_bytes(data) != member.sha256:
+                raise DatasetError(
+                    f"{self.url}: sample {sample.key}: {ext} differs from the shard's index "
+                    f"(corrupt shard or stale index; run python -m data_prep verify)"
+                )
+            files[ext] = data
+        return files
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -94,113 +151,191 @@ class DatasetError(UserError):
 class DatasetManifest:
     """A checked ``manifest.json``: where the shards are and what they hold."""
 
-    root: Path  # the DATA folder
-    path: Path  # its manifest.json
+    root: str  # the DATA folder or URL
+    path: str  # its manifest.json
     sha256: str  # of manifest.json itself: runs record which dataset they trained on
     raw: dict = field(repr=False)  # the whole manifest as read
+    model: Manifest = field(repr=False)  # the same, typed
+    _shards: dict = field(default_factory=dict, repr=False, compare=False)  # split -> [Shard]
 
     @property
     def scale(self) -> float:
-        return float(self.raw["scale"])
+        return self.model.scale
 
     @property
     def bit_depths(self) -> list[int]:
-        return [int(d) for d in self.raw["bit_depths"]]
+        return list(self.model.bit_depths)
 
     @property
     def pairs(self) -> dict[str, dict]:
-        """Pair name -> ``{"width", "height", "bit_depth", "train_region"}``."""
+        """Pair name -> ``{"width", "height", "bit_depth", "train_region"}`` (and any
+        further keys the writer added)."""
         return self.raw["pairs"]
 
     @property
     def pair_names(self) -> list[str]:
-        return sorted(self.raw["pairs"])
+        return sorted(self.model.pairs)
 
     def shard_urls(self, split: str) -> list[str]:
-        """Paths of the split's shards, in manifest order (pair-name order)."""
-        return [str(self.root / s["file"]) for s in self._split(split)["shards"]]
+        """Paths (or URLs) of the split's shards, in manifest order (pair-name order)."""
+        return [shardio.join(self.root, s.file) for s in self.entries(split)]
 
     def samples(self, split: str) -> int:
-        return int(self._split(split)["samples"])
+        return self._split(split).samples
 
-    def _split(self, split: str) -> dict:
-        splits = self.raw["splits"]
+    def entries(self, split: str) -> list[ShardEntry]:
+        return self._split(split).shards
+
+    def shards(self, split: str, cache_dir: str | None = None) -> list[Shard]:
+        """The split's shards with their indexes (read once per split and cache folder)."""
+        key = (split, cache_dir)
+        if key not in self._shards:
+            entries = self.entries(split)
+            with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
+                indexes = list(pool.map(self._read_index, entries))
+            urls = self.shard_urls(split)
+            self._shards[key] = [Shard(u, i, cache_dir) for u, i in zip(urls, indexes)]
+        return self._shards[key]
+
+    def _read_index(self, entry: ShardEntry) -> ShardIndex:
+        shard, where = shardio.join(self.root, entry.file), shardio.join(self.root, entry.index)
+        try:
+            data = shardio.read_file(where)
+        except DatasetError as err:
+            raise DatasetError(f"{shard}: its index cannot be read ({err})") from None
+        if sha256_bytes(data) != entry.index_sha256:
+            raise DatasetError(f"{where}: sha256 differs from {self.path} (changed or corrupt)")
+        try:
+            index = parse_json(data, ShardIndex)
+        except ValueError as err:
+            raise DatasetError(f"{where}: not a shard index ({err})") from None
+        if index.shard_sha256 != entry.sha256 or len(index.samples) != entry.samples:
+            raise DatasetError(f"{where}: does not index {shard} (the manifest's shard)")
+        return index
+
+    def _split(self, split: str):
+        splits = self.model.splits
         if split not in splits:
             raise DatasetError(f"{self.path}: has no {split!r} split (has {sorted(splits)})")
         return splits[split]
 
 
 def load_manifest(
-    source: str | os.PathLike | DatasetManifest, *, verify_checksums: bool = True
+    source: str | os.PathLike | DatasetManifest,
+    *,
+    verify_checksums: bool = False,
+    workers: int = 4,
 ) -> DatasetManifest:
-    """Read and check a DATA folder's manifest (or the ``manifest.json`` path itself).
+    """Read and check a DATA folder's (or DATA URL's) manifest, or the manifest path itself.
 
-    Checks format, format_version, protocol, that every listed shard exists and, unless
-    ``verify_checksums`` is False, its sha256. Any failure raises :class:`DatasetError`
+    Checks format, format_version, protocol and the manifest's fields; for a local folder
+    that every listed shard and index exists. Reads nothing else: shards are hashed only
+    when ``verify_checksums`` is True (every shard, its index and every member, on
+    ``workers`` threads; local folders only). Any failure raises :class:`DatasetError`
     with one line naming the file.
     """
     if isinstance(source, DatasetManifest):
-        return source
-    path = Path(source)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: no such manifest (expected a DATA folder from data_prep build)"
-        )
-    data = path.read_bytes()
+        manifest = source
+    else:
+        manifest = _read_manifest(os.fspath(source))
+    local = shardio.local_path(manifest.root)
+    if local is not None:
+        _check_files(manifest, local)
+    if verify_checksums:
+        verify_dataset(manifest, workers=workers)
+    return manifest
+
+
+def dataset_identity(manifest: DatasetManifest) -> str:
+    """sha256 of what a dataset holds: its pairs and every shard's checksum and size.
+
+    Unlike ``manifest.sha256`` it ignores where the folder lies, when, by which command and
+    in which manifest version it was written: the same data copied elsewhere has the same
+    identity, a folder rebuilt from other pairs (or other pixels) another. Resuming a run
+    compares identities (aeatrain/train.py).
+    """
+    content = {
+        "scale": manifest.scale,
+        "pairs": {
+            name: [info.width, info.height, info.bit_depth, info.train_region.as_dict()]
+            for name, info in sorted(manifest.model.pairs.items())
+        },
+        "splits": {
+            split: [[shard.sha256, shard.samples] for shard in manifest.entries(split)]
+            for split in sorted(manifest.model.splits)
+        },
+    }
+    return sha256_bytes(json.dumps(content, sort_keys=True).encode())
+
+
+def _read_manifest(text: str) -> DatasetManifest:
+    if "://" in text:
+        path = text if text.endswith(".json") else shardio.join(text, MANIFEST_NAME)
+    else:
+        local = Path(text)
+        path = str(local / MANIFEST_NAME if local.is_dir() else local)
+        if not Path(path).is_file():
+            raise DatasetError(
+                f"{path}: no such manifest (expected a DATA folder from data_prep build)"
+            )
+    data = shardio.read_file(path)
     try:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
-    _check_manifest_fields(path, raw)
-    manifest = DatasetManifest(path.parent, path, hashlib.sha256(data).hexdigest(), raw)
-    _check_shards(manifest, verify_checksums)
-    return manifest
-
-
-def _check_manifest_fields(path: Path, raw: object) -> None:
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: not a dataset manifest (top level is not an object)")
+    model = _check_manifest_fields(path, raw)
+    root = path.rpartition("/")[0] if "://" in path else str(Path(path).parent)
+    return DatasetManifest(root, path, sha256_bytes(data), raw, model)
+
+
+def _check_manifest_fields(path: str, raw: dict) -> Manifest:
     if raw.get("format") != FORMAT:
         raise DatasetError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
-    if raw.get("format_version") != FORMAT_VERSION:
+    version = raw.get("format_version")
+    if version == 1:
         raise DatasetError(
-            f"{path}: format_version is {raw.get('format_version')!r}; this aeatrain reads "
-            f"version {FORMAT_VERSION}"
+            f"{path}: format_version 1 has no shard indexes; add them once with "
+            f"`python -m data_prep index DATA` (or rebuild the dataset)"
+        )
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version is {version!r}; this aeatrain reads version {FORMAT_VERSION}"
         )
     protocol = raw.get("protocol")
     name = protocol.get("name") if isinstance(protocol, dict) else None
     if name not in PROTOCOLS:
         raise DatasetError(f"{path}: protocol.name is {name!r}, expected one of {list(PROTOCOLS)}")
-    for key in ("scale", "bit_depths", "pairs", "splits"):
-        if key not in raw:
-            raise DatasetError(f"{path}: missing key {key!r}")
-    for split, entry in raw["splits"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
-            raise DatasetError(f"{path}: splits.{split}.shards is missing or not a list")
+    try:
+        return Manifest.model_validate(raw)
+    except ValueError as err:
+        raise DatasetError(f"{path}: {validation_message(err)}") from None
 
 
-def _check_shards(manifest: DatasetManifest, verify_checksums: bool) -> None:
-    for split, entry in manifest.raw["splits"].items():
-        for shard in entry["shards"]:
-            shard_path = manifest.root / shard["file"]
-            if not shard_path.is_file():
-                raise DatasetError(
-                    f"{shard_path}: {split} shard listed in {manifest.path} is missing"
-                )
-            if verify_checksums and _sha256(shard_path) != shard["sha256"]:
-                raise DatasetError(
-                    f"{shard_path}: sha256 differs from {manifest.path} (changed or corrupt shard)"
-                )
+def _check_files(manifest: DatasetManifest, root: Path) -> None:
+    """Every listed shard and index exists (a stat each; nothing is read)."""
+    for split, entry in manifest.model.splits.items():
+        for shard in entry.shards:
+            for name, what in ((shard.file, "shard"), (shard.index, "index of a shard")):
+                if not (root / name).is_file():
+                    raise DatasetError(
+                        f"{root / name}: {split} {what} listed in {manifest.path} is missing"
+                    )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def verify_dataset(manifest: DatasetManifest, *, workers: int = 4) -> None:
+    """Hash every shard, index and member of a local DATA folder against the manifest, on
+    ``workers`` threads with a progress bar; the first problem raises :class:`DatasetError`."""
+    root = shardio.local_path(manifest.root)
+    if root is None:
+        raise DatasetError(f"{manifest.root}: only a local DATA folder can be verified")
+    entries = [s for split in manifest.model.splits.values() for s in split.shards]
+    with tqdm(total=len(entries), desc="verify", unit="shard") as bar:
+        problems = verify_shards(root, entries, workers=workers, progress=bar.update)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise DatasetError(problems[0] + more)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -208,83 +343,55 @@ def _sha256(path: Path) -> str:
 DataSource = str | os.PathLike | Sequence[str] | DatasetManifest
 
 
-def _resolve(source: DataSource, split: str) -> tuple[list[str], DatasetManifest | None]:
-    """Shard URLs of ``split`` and the manifest (None when given URLs directly)."""
+def _resolve(
+    source: DataSource, split: str, cache_dir: str | None = None
+) -> tuple[list[Shard], DatasetManifest | None]:
+    """The shards of ``split`` with their indexes, and the manifest (None for shard URLs)."""
     if isinstance(source, DatasetManifest):
-        return source.shard_urls(split), source
+        return source.shards(split, cache_dir), source
+    urls = _shard_urls(source)
+    if urls is not None:
+        return [_unlisted_shard(url, cache_dir) for url in urls], None
+    manifest = load_manifest(source)
+    return manifest.shards(split, cache_dir), manifest
+
+
+def _shard_urls(source: str | os.PathLike | Sequence[str]) -> list[str] | None:
+    """The shard URLs a source names, or None when it names a DATA folder or URL."""
     if isinstance(source, (list, tuple)):
         if not source:
             raise DatasetError("no shard URLs given (empty list)")
-        return [os.fspath(url) for url in source], None
+        return [os.fspath(url) for url in source]
     text = os.fspath(source)
-    if text.startswith("pipe:") or "://" in text or "{" in text or "::" in text:
-        return expand_urls(text), None  # webdataset's own rules: braces, "::" lists
-    path = Path(text)
-    if path.suffix == ".tar" and not path.is_dir():
-        return [text], None
-    manifest = load_manifest(path)
-    return manifest.shard_urls(split), manifest
+    if text.startswith("pipe:") or "{" in text or "::" in text or text.endswith(".tar"):
+        return expand_urls(text)  # webdataset's own rules: braces, "::" lists
+    return None
 
 
-def _local_path(url: str) -> Path | None:
-    """The file behind a plain path or ``file:`` URL; None for anything to be streamed."""
-    if url.startswith("file:"):
-        url = url[len("file:") :].removeprefix("//")
-    elif url.startswith("pipe:") or "://" in url:
-        return None
-    return Path(url) if Path(url).is_file() else None
+def _unlisted_shard(url: str, cache_dir: str | None) -> Shard:
+    """A shard given by URL, not through a manifest: its index file beside it, else (local
+    and ``pipe:`` shards) an index made by reading it once."""
+    path = shardio.local_path(url)
+    if path is not None and not path.is_file():
+        raise DatasetError(f"{path}: no such shard")
+    beside = index_name(url) if url.endswith(".tar") and not shardio.is_stream(url) else None
+    if beside is not None and (shardio.is_http(url) or Path(shardio.local_path(beside)).is_file()):
+        try:
+            return Shard(url, parse_json(shardio.read_file(beside), ShardIndex), cache_dir)
+        except ValueError as err:
+            raise DatasetError(f"{beside}: not a shard index ({err})") from None
+        except DatasetError as err:
+            raise DatasetError(f"{url}: its index cannot be read ({err})") from None
+    if path is None and not shardio.is_stream(url):
+        raise DatasetError(f"{url}: no index beside it; give a DATA root or a pipe: URL")
+    staged = path if path is not None else shardio.stage(url, cache_dir, None)
+    try:
+        return Shard(url, index_tar(staged), cache_dir)
+    except (ValueError, tarfile.TarError, OSError) as err:
+        raise DatasetError(f"{url}: not a dataset shard ({err})") from None
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _iter_shard(url: str) -> Iterator[dict]:
-    """Samples of one shard in stream order: ``{"__key__": key, "lr.png": bytes, ...}``."""
-    try:
-        stream = gopen(url, "rb")
-    except Exception as err:  # gopen raises whatever the scheme's opener raises
-        raise DatasetError(f"{url}: cannot open shard ({err})") from None
-    try:
-        current: dict | None = None
-        for member in tar_file_iterator(stream):
-            key, ext = base_plus_ext(member["fname"])
-            if key is None:
-                continue
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            current = current or {"__key__": key}
-            current[ext.lower()] = member["data"]
-        if current is not None:
-            yield current
-        stream.close()  # a pipe: reports its command's exit status here
-    except (tarfile.TarError, OSError, ValueError) as err:
-        raise DatasetError(f"{url}: unreadable shard ({err})") from None
-    finally:
-        with contextlib.suppress(Exception):  # after an error or an early stop
-            stream.close()
-
-
-def _tar_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
-    """Key -> extension -> (byte offset, size) of every member of a local tar."""
-    index: dict[str, dict[str, tuple[int, int]]] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                key, ext = base_plus_ext(member.name)
-                if member.isreg() and key is not None:
-                    index.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
-    except (tarfile.TarError, OSError) as err:
-        raise DatasetError(f"{path}: unreadable shard ({err})") from None
-    return index
-
-
-def _read_spans(handle, spans: dict[str, tuple[int, int]]) -> dict[str, bytes]:
-    files = {}
-    for ext, (offset, size) in spans.items():
-        handle.seek(offset)
-        files[ext] = handle.read(size)
-    return files
 
 
 def _decode_png(url: str, key: str, files: dict, ext: str) -> np.ndarray:
@@ -309,48 +416,42 @@ def _decode_pair(url: str, key: str, files: dict) -> tuple[np.ndarray, np.ndarra
 
 def _decode_meta(url: str, key: str, files: dict) -> dict:
     try:
-        meta = json.loads(files["json"])
-    except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
-        meta = None
-    if not isinstance(meta, dict) or "pair" not in meta or "region" not in meta:
-        raise DatasetError(f"{url}: sample {key} has no valid json with pair and region")
-    return meta
+        return parse_json(files["json"], SampleMeta).as_dict()
+    except (KeyError, ValueError) as err:
+        raise DatasetError(f"{url}: sample {key} has no valid json ({err})") from None
 
 
 @dataclass(frozen=True)
 class _Region:
-    """One sample of a shard, as found by a metadata scan (no PNG decoded)."""
+    """One sample of a shard, as its index describes it (nothing read or decoded)."""
 
-    url: str
-    key: str
-    pair: str
-    region_id: str
-    width: int
-    height: int
-    spans: dict[str, tuple[int, int]] | None  # local shards: where each member lies
+    shard: Shard
+    sample: IndexedSample
+
+    @property
+    def url(self) -> str:
+        return self.shard.url
+
+    @property
+    def key(self) -> str:
+        return self.sample.key
+
+    @property
+    def pair(self) -> str:
+        return self.sample.pair
+
+    @property
+    def width(self) -> int:
+        return self.sample.region.width
+
+    @property
+    def height(self) -> int:
+        return self.sample.region.height
 
 
-def _scan(urls: Sequence[str]) -> list[_Region]:
-    """Every sample of ``urls`` in stream order; local tars read only headers and json."""
-    regions = []
-    for url in urls:
-        path = _local_path(url)
-        if path is not None:
-            with open(path, "rb") as handle:
-                for key, spans in _tar_index(path).items():
-                    files = _read_spans(handle, {"json": spans["json"]} if "json" in spans else {})
-                    regions.append(_region_of(url, key, files, spans))
-        else:
-            for sample in _iter_shard(url):
-                regions.append(_region_of(url, sample["__key__"], sample, None))
-    return regions
-
-
-def _region_of(url: str, key: str, files: dict, spans) -> _Region:
-    meta = _decode_meta(url, key, files)
-    box = meta["region"]
-    width, height = box["x1"] - box["x0"], box["y1"] - box["y0"]
-    return _Region(url, key, meta["pair"], meta.get("region_id", ""), width, height, spans)
+def _scan(shards: Sequence[Shard]) -> list[_Region]:
+    """Every sample of ``shards`` in stream order, from their indexes."""
+    return [_Region(shard, sample) for shard in shards for sample in shard.index.samples]
 
 
 def _check_pairs(wanted: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
@@ -367,10 +468,10 @@ def _check_pairs(wanted: Sequence[str] | None, known: Sequence[str], where: str)
 
 def pair_names(source: DataSource) -> list[str]:
     """Names of the registered pairs of a dataset (or of the given train shards), sorted."""
-    urls, manifest = _resolve(source, "train")
-    if manifest is not None:
-        return manifest.pair_names
-    return sorted({region.pair for region in _scan(urls)})
+    if isinstance(source, DatasetManifest) or _shard_urls(source) is None:
+        return load_manifest(source).pair_names
+    shards, _ = _resolve(source, "train")
+    return sorted({region.pair for region in _scan(shards)})
 
 
 # ----------------------------------------------------------------------------- D4
@@ -453,32 +554,24 @@ def crop_origin(region_hw: tuple[int, int], crop_hw: tuple[int, int], fraction) 
 
 
 def _decode_regions(regions: Sequence[_Region], wanted: Sequence[int]) -> dict[int, tuple]:
-    """Decode regions: index -> (lr, hr) (H, W) uint8|uint16; each shard opened once."""
+    """Decode regions: index -> (lr, hr) (H, W) uint8|uint16; each shard opened once and
+    only the wanted samples' images read."""
     by_url: dict[str, list[int]] = {}
     for index in wanted:
         by_url.setdefault(regions[index].url, []).append(index)
     decoded = {}
-    for url, indices in by_url.items():
-        path = _local_path(url)
-        if path is not None and regions[indices[0]].spans is not None:
-            with open(path, "rb") as handle:
-                for index in indices:
-                    files = _read_spans(handle, regions[index].spans)
-                    decoded[index] = _decode_pair(url, regions[index].key, files)
-        else:
-            keys = {regions[index].key: index for index in indices}
-            for sample in _iter_shard(url):
-                if sample["__key__"] in keys:
-                    decoded[keys[sample["__key__"]]] = _decode_pair(url, sample["__key__"], sample)
-    for index in wanted:
-        region = regions[index]
-        if index not in decoded:
-            raise DatasetError(f"{region.url}: sample {region.key} vanished since it was scanned")
-        if decoded[index][0].shape != (region.height, region.width):
-            raise DatasetError(
-                f"{region.url}: sample {region.key} is {decoded[index][0].shape[::-1]} pixels, "
-                f"its json region says {region.width}x{region.height}"
-            )
+    for indices in by_url.values():
+        shard = regions[indices[0]].shard
+        with shard.open() as reader:
+            for index in indices:
+                region = regions[index]
+                files = shard.read(reader, region.sample, ("lr.png", "hr.png"))
+                decoded[index] = _decode_pair(shard.url, region.key, files)
+                if decoded[index][0].shape != (region.height, region.width):
+                    raise DatasetError(
+                        f"{shard.url}: sample {region.key} is {decoded[index][0].shape[::-1]} "
+                        f"pixels, its index says {region.width}x{region.height}"
+                    )
     return decoded
 
 
@@ -697,6 +790,7 @@ def train_loader(
     crops_per_region: int | None = None,
     pool_size: int = DEFAULT_POOL_SIZE,
     cache_mib: float = DEFAULT_CACHE_MIB,
+    cache_dir: str | None = None,
 ) -> Iterator[dict]:
     """Endless batches of paired crops from the training regions, starting at ``start_step``.
 
@@ -709,6 +803,8 @@ def train_loader(
     - ``crops_per_region`` None: see :func:`default_crops_per_region`.
     - ``cache_mib`` bounds the decoded regions this loader keeps across pools (0:
       decode every pool afresh); it changes speed, never data.
+    - ``cache_dir``: a node-local folder into which each shard used is staged once
+      (aeatrain/shardio.py); None reads shards where they are. Speed, never data.
     - 8- and 16-bit pairs both map to [0, 1] by their own maximum.
     - The batch at step s on this rank is a pure function of (dataset, seed, s, rank,
       crop/augment/pool settings), whatever ``start_step`` and ``num_workers``; see the
@@ -723,9 +819,9 @@ def train_loader(
             f"bad loader settings: batch_size={batch_size} pool_size={pool_size} "
             f"rank={rank} world_size={world_size} start_step={start_step}"
         )
-    urls, manifest = _resolve(source, "train")
-    where = str(manifest.path) if manifest is not None else urls[0]
-    regions = _scan(urls)
+    shards, manifest = _resolve(source, "train", cache_dir)
+    where = manifest.path if manifest is not None else shards[0].url
+    regions = _scan(shards)
     if not regions:
         raise DatasetError(f"{where}: no training samples")
     wanted = _check_pairs(pairs, sorted({r.pair for r in regions}), where)
@@ -780,39 +876,49 @@ class FullImage:
 
 
 def _ordered_samples(
-    urls: Sequence[str], wanted: set[str] | None, rank: int, world_size: int
+    shards: Sequence[Shard], wanted: set[str] | None, rank: int, world_size: int
 ) -> Iterator[tuple[int, str, str, dict, dict]]:
     """(index, url, key, meta, files) of this rank's samples, in stream order.
 
-    Index i counts the selected samples; sample i belongs to rank ``i % world_size``.
-    Shards must list samples in (pair, region id) order, as DATA folders do.
+    Index i counts the selected samples; sample i belongs to rank ``i % world_size``, and
+    only this rank's samples are read. Shards must list samples in (pair, region id)
+    order, as DATA folders do.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     index, previous = 0, None
-    for url in urls:
-        for sample in _iter_shard(url):
-            meta = _decode_meta(url, sample["__key__"], sample)
-            order = (meta["pair"], meta.get("region_id", ""))
+    for shard in shards:
+        mine = []
+        for sample in shard.index.samples:
+            order = (sample.pair, sample.region_id)
             if previous is not None and order <= previous:
-                raise DatasetError(f"{url}: sample {sample['__key__']} is out of pair-name order")
+                raise DatasetError(f"{shard.url}: sample {sample.key} is out of pair-name order")
             previous = order
-            if wanted is not None and meta["pair"] not in wanted:
+            if wanted is not None and sample.pair not in wanted:
                 continue
             if index % world_size == rank:
-                yield index, url, sample["__key__"], meta, sample
+                mine.append((index, sample))
             index += 1
+        if not mine:
+            continue
+        with shard.open() as reader:
+            for position, sample in mine:
+                files = shard.read(reader, sample, ("lr.png", "hr.png", "json"))
+                meta = _decode_meta(shard.url, sample.key, files)
+                yield position, shard.url, sample.key, meta, files
 
 
-def _eval_stream(source: DataSource, split: str, pairs: Sequence[str] | None):
-    urls, manifest = _resolve(source, split)
+def _eval_stream(
+    source: DataSource, split: str, pairs: Sequence[str] | None, cache_dir: str | None
+) -> tuple[list[Shard], set[str] | None]:
+    shards, manifest = _resolve(source, split, cache_dir)
     if pairs is None:
-        return urls, None
+        return shards, None
     if manifest is not None:
-        known, where = manifest.pair_names, str(manifest.path)
+        known, where = manifest.pair_names, manifest.path
     else:
-        known, where = sorted({r.pair for r in _scan(urls)}), urls[0]
-    return urls, set(_check_pairs(pairs, known, where))
+        known, where = sorted({r.pair for r in _scan(shards)}), shards[0].url
+    return shards, set(_check_pairs(pairs, known, where))
 
 
 def test_tiles(
@@ -821,21 +927,23 @@ def test_tiles(
     pairs: Sequence[str] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    cache_dir: str | None = None,
 ) -> Iterator[TestTile]:
-    """Every test tile exactly once, in pair-name order then test0..test2.
+    """Every test tile exactly once, in pair-name order then test0..test2, read as the
+    caller iterates (stop early and the rest is never read).
 
     With ``world_size > 1`` tile ``i`` (of the selected tiles) goes to rank
-    ``i % world_size``; other ranks' tiles are not decoded.
+    ``i % world_size``; other ranks' tiles are not read.
     """
-    urls, wanted = _eval_stream(source, "test", pairs)
-    return _tiles(urls, wanted, rank, world_size)
+    shards, wanted = _eval_stream(source, "test", pairs, cache_dir)
+    return _tiles(shards, wanted, rank, world_size)
 
 
 test_tiles.__test__ = False  # a loader, not a pytest test
 
 
-def _tiles(urls, wanted, rank, world_size) -> Iterator[TestTile]:
-    for index, url, key, meta, files in _ordered_samples(urls, wanted, rank, world_size):
+def _tiles(shards, wanted, rank, world_size) -> Iterator[TestTile]:
+    for index, url, key, meta, files in _ordered_samples(shards, wanted, rank, world_size):
         lr, hr = _decode_pair(url, key, files)
         depth = 8 if lr.dtype == np.uint8 else 16
         yield TestTile(
@@ -849,14 +957,16 @@ def full_images(
     pairs: Sequence[str] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    cache_dir: str | None = None,
 ) -> Iterator[FullImage]:
-    """Every whole registered image once, in pair-name order; image i to rank i % world_size."""
-    urls, wanted = _eval_stream(source, "full", pairs)
-    return _full(urls, wanted, rank, world_size)
+    """Every whole registered image once, in pair-name order, read as the caller iterates
+    (one image in memory at a time); image i to rank i % world_size."""
+    shards, wanted = _eval_stream(source, "full", pairs, cache_dir)
+    return _full(shards, wanted, rank, world_size)
 
 
-def _full(urls, wanted, rank, world_size) -> Iterator[FullImage]:
-    for index, url, key, meta, files in _ordered_samples(urls, wanted, rank, world_size):
+def _full(shards, wanted, rank, world_size) -> Iterator[FullImage]:
+    for index, url, key, meta, files in _ordered_samples(shards, wanted, rank, world_size):
         lr, hr = _decode_pair(url, key, files)
         if "test_regions" not in meta or "train_region" not in meta:
             raise DatasetError(f"{url}: sample {key} json lacks test_regions/train_region")

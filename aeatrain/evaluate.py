@@ -2,12 +2,13 @@
 
     python -m aeatrain.evaluate --run RUN [--run RUN2 ...] --data DATA
         [--selftrain RUN_A RUN_B ... | --selftrain 'runs/self_*']
-        [--tile S [--margin 32] | --tiles 512,384,256,128] [--pairs NAME ...]
-        [--weights auto|ema|raw] [--out DIR] [--device cpu|cuda]
+        [--tile S [--margin 32] | --tiles 512,384,256,128] [--tta none|d4]
+        [--pairs NAME ...] [--weights auto|ema|raw] [--out DIR] [--device cpu|cuda]
 
 Each registered LR image of DATA's ``full`` split is predicted whole (reflect-padded to a
 multiple of 16 and cropped back) or, with ``--tile``/``--tiles``, with the paper's tiles
-(tile S, margin 32: aeatrain.inference.predict_paper_tiles). The three test tiles of each
+(tile S, margin 32: aeatrain.inference.predict_paper_tiles), and with ``--tta d4`` as the
+mean of its 8 flips/rotations (aeatrain.inference.self_ensemble). The three test tiles of each
 image are scored (aeatrain.metrics: cv2.PSNR and SSIM on the 0..255 scale, the prediction
 clipped; gains over the input; Otsu foreground/background on the HR tile), averaged over
 tiles, then over pairs.
@@ -21,6 +22,14 @@ registered bicubic LR) is printed as a reference line.
 
 Writes ``metrics.md`` (the table) and ``metrics.json`` (per pair and per tile figures) to
 ``--out`` (default: ``eval/`` in the first run folder); both are replaced when re-run.
+
+At scale, the same command under ``accelerate launch --num_processes N -m
+aeatrain.evaluate --run ...`` or ``torchrun --nproc_per_node N -m aeatrain.evaluate --
+--run ...`` (torchrun needs the ``--``: it reads ``--run`` as an abbreviation of its own
+``--run-path``): the images are split
+over the processes (image i to process i % N, each on its own GPU when there are GPUs),
+streamed one at a time from the shards (local, http(s) or ``pipe:``), and the scores
+gathered into the one table a single process would write (the first process writes it).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import glob
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,7 +52,14 @@ from tqdm import tqdm
 from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text, to_float
-from aeatrain.inference import choose_device, predict_full, predict_paper_tiles
+from aeatrain.inference import (
+    TTA_MODES,
+    check_paper_tiling,
+    choose_device,
+    predict_full,
+    predict_paper_tiles,
+    self_ensemble,
+)
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
 from aeatrain.runs import add_loading_arguments
@@ -55,19 +72,24 @@ PAPER_TILES = (512, 384, 256, 128)  # paper Fig. 7
 
 @dataclass(frozen=True)
 class Tiling:
-    """How a whole image is predicted: at once (``tile`` None) or in the paper's tiles."""
+    """How a whole image is predicted: at once (``tile`` None) or in the paper's tiles;
+    ``tta`` "d4" averages that prediction over the image's 8 flips/rotations."""
 
     tile: int | None = None
     margin: int = PAPER_MARGIN
+    tta: str = "none"
 
     @property
     def label(self) -> str:
-        return "whole image" if self.tile is None else f"tiles {self.tile} (margin {self.margin})"
+        label = "whole image" if self.tile is None else f"tiles {self.tile} (margin {self.margin})"
+        return label if self.tta == "none" else f"{label} + {self.tta}"
 
     def as_dict(self) -> dict:
         if self.tile is None:
-            return {"mode": "whole", "pad_multiple": 16}
-        return {"mode": "tiles", "tile": self.tile, "margin": self.margin}
+            layout = {"mode": "whole", "pad_multiple": 16}
+        else:
+            layout = {"mode": "tiles", "tile": self.tile, "margin": self.margin}
+        return layout if self.tta == "none" else {**layout, "tta": self.tta}
 
 
 @dataclass
@@ -164,6 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--margin", type=int, default=PAPER_MARGIN, help="context margin of --tile(s), default 32"
     )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="d4: average the predictions of the image's 8 flips/rotations (8x the time)",
+    )
     parser.add_argument("--pairs", nargs="+", help="score only these pairs")
     add_loading_arguments(parser)
     parser.add_argument(
@@ -178,16 +206,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def tilings_of(args: argparse.Namespace) -> list[Tiling]:
     """The tilings asked for, each tile checked against the margin before any work."""
     if args.tiles:
-        tilings = [Tiling(t.tile, args.margin) if t.tile else t for t in parse_tiles(args.tiles)]
+        tiles = [t.tile for t in parse_tiles(args.tiles)]
     else:
-        tilings = [Tiling(args.tile, args.margin) if args.tile else Tiling()]
+        tiles = [args.tile or None]
+    tilings = [
+        Tiling(tile, args.margin, args.tta) if tile else Tiling(tta=args.tta) for tile in tiles
+    ]
     if args.margin < 0:
         raise UserError(f"--margin {args.margin}: must be 0 or more")
     for tiling in tilings:
-        if tiling.tile is not None and tiling.tile <= 2 * tiling.margin:
-            raise UserError(
-                f"tile {tiling.tile}: must exceed twice the margin ({2 * tiling.margin})"
-            )
+        if tiling.tile is not None:
+            check_paper_tiling(tiling.tile, tiling.margin)
     return tilings
 
 
@@ -235,26 +264,27 @@ def pairs_for_run(
 
 def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> np.ndarray:
     """Float prediction of a whole registered LR image (integer (H, W))."""
-    image = to_float(lr)
-    if tiling.tile is None:
-        return predict_full(model, image, device=device)
-    return predict_paper_tiles(model, image, tile=tiling.tile, margin=tiling.margin, device=device)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        if tiling.tile is None:
+            return predict_full(model, image, device=device)
+        return predict_paper_tiles(
+            model, image, tile=tiling.tile, margin=tiling.margin, device=device
+        )
+
+    return self_ensemble(predict, to_float(lr), tiling.tta)
 
 
-def score_run(
-    model, run, images: dict, pairs: list[str], tilings: list[Tiling], device, bar
-) -> list[RunScores]:
-    """Predict and score every pair for every tiling; one RunScores per tiling."""
-    results = [RunScores(run.path, run.model_name, run.step, run.weights_kind) for _ in tilings]
-    for pair in pairs:
-        image = images[pair]
-        for tiling, result in zip(tilings, results):
-            pred = predict_image(model, image.lr, tiling, device)
-            result.tiles[pair] = score_regions(
-                pred, image.lr, image.hr, image.test_regions, bit_depth=image.bit_depth
-            )
-            bar.update(1)
-    return results
+def score_image(model, image, tilings: list[Tiling], device) -> list[dict[str, TileScores]]:
+    """Predict one whole image with every tiling and score its test tiles: per tiling,
+    tile id -> scores."""
+    scores = []
+    for tiling in tilings:
+        pred = predict_image(model, image.lr, tiling, device)
+        scores.append(
+            score_regions(pred, image.lr, image.hr, image.test_regions, bit_depth=image.bit_depth)
+        )
+    return scores
 
 
 def check_run_against_data(run, manifest) -> None:
@@ -324,9 +354,17 @@ def evaluate_rows(
     pairs: list[str] | None = None,
     weights: str = "auto",
     device=None,
+    rank: int = 0,
+    world_size: int = 1,
+    gather=None,
 ) -> list[RowResult]:
-    """Score every row for every tiling; rows in order, tilings inner. Reads each needed
-    registered image once (they are small: 1280 x 944 x 2 bytes per pair)."""
+    """Score every row for every tiling; rows in order, tilings inner.
+
+    The images are streamed, one in memory at a time. With ``world_size`` > 1 this process
+    scores only image i % world_size == rank of the needed pairs, and ``gather`` (every
+    process's scores -> the list of all of them, a collective) merges the shares, so each
+    process returns the same table as a one-process run.
+    """
     from aeatrain.data import full_images, load_manifest
 
     manifest = load_manifest(data)
@@ -334,20 +372,84 @@ def evaluate_rows(
     selected = check_pairs(pairs, known, manifest)
     loaded = load_rows(specs, weights=weights, selected=selected, known=known, manifest=manifest)
     needed = sorted({p for members in loaded for _, _, run_pairs in members for p in run_pairs})
-    images = {image.pair: image for image in full_images(manifest, pairs=needed)}
-    total = sum(len(p) for members in loaded for _, _, p in members) * len(tilings)
+    users = _pair_users(loaded)
     device = choose_device(device)
+    share = len(range(rank, len(needed), world_size))
+    total = sum(len(users[p]) for p in needed[rank::world_size]) * len(tilings)
+    scores: dict[tuple[int, int, int, str], dict] = {}  # (row, member, tiling, pair) -> tiles
+    images = full_images(manifest, pairs=needed, rank=rank, world_size=world_size)
+    desc = "evaluate" if world_size == 1 else f"evaluate ({share} of {len(needed)} images)"
+    with tqdm(total=total, desc=desc, unit="image", disable=rank != 0 or None) as bar:
+        for image in images:
+            for row, member in users[image.pair]:
+                model = loaded[row][member][0]
+                for tiling, tiles in enumerate(score_image(model, image, tilings, device)):
+                    scores[(row, member, tiling, image.pair)] = tiles
+                    bar.update(1)
+    for members in loaded:
+        for model, _, _ in members:
+            model.to("cpu")  # free the GPU
+    if gather is not None:
+        scores = {key: tiles for part in gather(scores) for key, tiles in part.items()}
+    return _rows(specs, tilings, loaded, scores)
+
+
+def _pair_users(loaded: list) -> dict[str, list[tuple[int, int]]]:
+    """Pair -> the (row, member) runs scored on it."""
+    users: dict[str, list[tuple[int, int]]] = {}
+    for row, members in enumerate(loaded):
+        for member, (_, _, run_pairs) in enumerate(members):
+            for pair in run_pairs:
+                users.setdefault(pair, []).append((row, member))
+    return users
+
+
+def _rows(specs, tilings, loaded, scores: dict) -> list[RowResult]:
+    """The table's results from every (row, member, tiling, pair) score, in the order a
+    one-process run makes them (rows, then tilings; each run's pairs in its own order)."""
     results = []
-    with tqdm(total=total, desc="evaluate", unit="image") as bar:
-        for spec, members in zip(specs, loaded):
-            per_tiling: list[list[RunScores]] = [[] for _ in tilings]
-            for model, run, run_pairs in members:
-                scores = score_run(model, run, images, run_pairs, tilings, device, bar)
-                model.to("cpu")  # free the GPU for the next run
-                for bucket, score in zip(per_tiling, scores):
-                    bucket.append(score)
-            results.extend(RowResult(spec, t, runs) for t, runs in zip(tilings, per_tiling))
+    for row, (spec, members) in enumerate(zip(specs, loaded)):
+        for t, tiling in enumerate(tilings):
+            runs = []
+            for member, (_, run, run_pairs) in enumerate(members):
+                tiles = {pair: scores[(row, member, t, pair)] for pair in run_pairs}
+                runs.append(RunScores(run.path, run.model_name, run.step, run.weights_kind, tiles))
+            results.append(RowResult(spec, tiling, runs))
     return results
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (``torchrun``, ``accelerate
+    launch``: RANK, WORLD_SIZE, MASTER_ADDR/PORT); several processes join a gloo group,
+    which only carries the scores (each process predicts on its own device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return dist.get_rank(), world_size
+
+
+def gather_scores(scores: dict) -> list[dict]:
+    """Every process's scores, on every process (a collective)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, scores)
+    return parts
+
+
+def process_device(device: str | None, world_size: int):
+    """The device of this process: ``--device`` if given; else, when several processes
+    share a machine's GPUs, the one of LOCAL_RANK."""
+    import torch
+
+    if device is None and world_size > 1 and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return choose_device(device)
 
 
 # ----------------------------------------------------------------------------- output
@@ -524,13 +626,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else specs[0].runs[0] / "eval"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out must be a folder, this is a file")
-    device = choose_device(args.device)
+    rank, world_size = process_group()
+    device = process_device(args.device, world_size)
     start = time.perf_counter()
     results = evaluate_rows(
-        specs, tilings, data=args.data, pairs=args.pairs, weights=args.weights, device=device
-    )
+        specs, tilings, data=args.data, pairs=args.pairs, weights=args.weights, device=device,
+        rank=rank, world_size=world_size, gather=gather_scores if world_size > 1 else None,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
-    manifest = load_manifest(args.data, verify_checksums=False)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0  # the first process writes the table
+    manifest = load_manifest(args.data)
     report = markdown_report(results, data=args.data, device=str(device), seconds=seconds)
     atomic_write_text(out / "metrics.md", report, overwrite=True)
     atomic_write_text(

@@ -45,18 +45,27 @@ def max_value(bit_depth: int) -> int:
     return (1 << bit_depth) - 1
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.ndarray, int]:
     """Read a greyscale SEM image; returns ``(array (H, W) uint8|uint16, bit_depth)``.
 
-    Colour images (SEM software often saves grey as RGB) are converted to grey with a
-    warning. Raises :class:`ImageError` naming the file when it is missing, not an
-    image, truncated, or of an unsupported pixel type.
+    The content decides how the file is read, not its name (a TIFF named .png is still a
+    TIFF); JPEG content, lossy whatever its name, is read with a warning naming the file.
+    TIFFs: any compression tifffile + imagecodecs decode (LZW, PackBits, deflate, zstd,
+    JPEG); a palette becomes grey when it is grey-like and is refused otherwise; a
+    multi-page file is refused unless ``page`` chooses one (0 is the first; single-page
+    files ignore it). Colour images (SEM software often saves grey as RGB) are converted
+    to grey with a warning; a constant alpha channel is dropped, a varying one refused.
+    Raises :class:`ImageError` naming the file when it is missing, not an image,
+    truncated, or of an unsupported pixel type.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
-    if path.suffix.lower() in _TIFF_SUFFIXES:
-        array = _read_tiff(path)
+    kind = _content_kind(path)
+    if kind == "jpeg":
+        log.warning("%s: JPEG content (lossy compression) under the name %s", path, path.name)
+    if kind == "tiff":
+        array = _read_tiff(path, page)
     else:
         array = _read_with_opencv(path)
     array = _to_grey(array, path)
@@ -67,14 +76,85 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(array), bit_depth_of(array)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _content_kind(path: Path) -> str:
+    """The file's kind from its first bytes (its magic number): tiff, jpeg or other."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "tiff"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    return "other"
+
+
+# always-lossy TIFF compressions (WebP, JPEG XR/XL, JPEG 2000 and LERC can be lossless)
+_LOSSY_TIFF = (
+    "JPEG",
+    "OJPEG",
+    "JPEG_99",
+    "ALT_JPEG",
+    "JPEG_LOSSY",
+    "JPEG_2000_LOSSY",
+    "JPEGXR_NDPI",
+)
+
+
+def _read_tiff(path: Path, page: int | None) -> np.ndarray:
     try:
-        array = tifffile.imread(path, key=0)
+        with tifffile.TiffFile(path) as tif:
+            chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
+            array = chosen.asarray()
+            if chosen.compression.name in _LOSSY_TIFF:
+                log.warning(
+                    "%s: %s-compressed TIFF: lossy content under a lossless name",
+                    path,
+                    chosen.compression.name,
+                )
+            if chosen.photometric == tifffile.PHOTOMETRIC.PALETTE:
+                return _palette_to_grey(array, chosen.colormap, path)
+            axes = chosen.axes
+    except ImageError:
+        raise
     except Exception as err:  # tifffile raises many types for damaged files
         raise ImageError(f"{path}: not a readable TIFF image ({err})") from None
-    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+    if array.ndim == 3 and axes.startswith("S"):
         array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
     return array
+
+
+def _tiff_page(path: Path, count: int, page: int | None) -> int:
+    """Index of the page to read; refuses to guess among several."""
+    if count == 1:
+        return 0
+    if page is None:
+        raise ImageError(
+            f"{path}: {count} pages; choose one with --page N (0 to {count - 1}), "
+            "none is picked silently"
+        )
+    if not 0 <= page < count:
+        raise ImageError(f"{path}: --page {page}, but the file has pages 0 to {count - 1}")
+    return page
+
+
+def _palette_to_grey(indices: np.ndarray, colormap: np.ndarray, path: Path) -> np.ndarray:
+    """Apply a TIFF colour map (3, 2**bits uint16) to its indices, as grey.
+
+    Refused unless the palette is grey-like: red, green and blue within 1/255 of the
+    full scale of each other on every entry the image uses.
+    """
+    if colormap is None:
+        raise ImageError(f"{path}: palette TIFF without a colour map")
+    used = colormap[:, np.unique(indices)].astype(np.int64)  # (3, used entries)
+    spread = int((used.max(axis=0) - used.min(axis=0)).max())
+    if spread > 257:
+        raise ImageError(
+            f"{path}: palette (indexed colour) TIFF whose colours are not grey "
+            f"(red, green and blue differ by up to {spread / 65535:.0%}); convert it to grey"
+        )
+    grey = colormap[1][indices]  # (H, W) uint16, 0..65535
+    if colormap.shape[1] <= 256:  # an 8-bit palette: its grey levels are 8-bit
+        return np.rint(grey / 257.0).astype(np.uint8)
+    return grey.astype(np.uint16)
 
 
 def _read_with_opencv(path: Path) -> np.ndarray:
@@ -91,11 +171,25 @@ def _read_with_opencv(path: Path) -> np.ndarray:
     return array
 
 
+def _drop_alpha(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W, 2|4) -> (H, W, 1|3): a constant alpha (opaque, or an unused zero channel
+    as some BMP writers leave) carries nothing; a varying one would be lost, so refused."""
+    alpha = array[..., -1]
+    if alpha.min() != alpha.max():
+        raise ImageError(
+            f"{path}: image with transparency (alpha varies from {alpha.min()} to "
+            f"{alpha.max()}); flatten it to an opaque grey image first"
+        )
+    return array[..., :-1]
+
+
 def _to_grey(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 2:
         return array
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        rgb = array[..., :3]
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        array = _drop_alpha(array, path)
+    if array.ndim == 3 and array.shape[2] == 3:
+        rgb = array
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
             log.warning("%s: RGB image with equal channels, using one channel as grey", path)
             return np.ascontiguousarray(rgb[..., 0])
@@ -169,14 +263,38 @@ def atomic_write_text(target: str | os.PathLike, text: str, *, overwrite: bool =
     atomic_write_bytes(target, text.encode("utf-8"), overwrite=overwrite)
 
 
-def encode_image(array: np.ndarray, suffix: str) -> bytes:
-    """Encode an (H, W) uint8/uint16 or float32 (TIFF only) array as the format of ``suffix``."""
+def encode_image(
+    array: np.ndarray,
+    suffix: str,
+    *,
+    pixel_size_nm: float | None = None,
+    info: str | None = None,
+    extratags: list | None = None,
+    compression: str | None = None,
+) -> bytes:
+    """Encode an (H, W) uint8/uint16 or float32 (TIFF only) array as the format of ``suffix``.
+
+    TIFF only: ``pixel_size_nm`` writes an ImageJ calibration (unit ``nm``, X/Y
+    resolution = 1 / pixel size), so Fiji opens the file calibrated; ``info`` goes into
+    ImageJ's Info property (Image > Show Info); ``extratags`` are tifffile extra tags
+    (synthetic vendor files); ``compression`` a tifffile compression ("lzw"). BMP and
+    PNG hold no calibration: callers say so.
+    """
     suffix = suffix.lower()
     if suffix in _TIFF_SUFFIXES:
         import io
 
         buffer = io.BytesIO()
-        tifffile.imwrite(buffer, array, photometric="minisblack")
+        options: dict = {
+            "photometric": "minisblack",
+            "extratags": extratags or [],
+            "compression": compression,
+        }
+        if pixel_size_nm is not None:
+            per_nm = 1.0 / pixel_size_nm
+            metadata = {"unit": "nm"} | ({"Info": info} if info else {})
+            options |= {"imagej": True, "resolution": (per_nm, per_nm), "metadata": metadata}
+        tifffile.imwrite(buffer, array, **options)
         return buffer.getvalue()
     if array.dtype == np.float32 or array.dtype == np.float64:
         raise UserError(f"float images can only be written as TIFF, not {suffix}")
@@ -192,7 +310,16 @@ def encode_image(array: np.ndarray, suffix: str) -> bytes:
     return buffer.tobytes()
 
 
-def write_image(target: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False) -> None:
-    """Write an (H, W) image atomically in the format named by the target's suffix."""
+def write_image(
+    target: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    overwrite: bool = False,
+    pixel_size_nm: float | None = None,
+    info: str | None = None,
+) -> None:
+    """Write an (H, W) image atomically in the format named by the target's suffix
+    (``pixel_size_nm``, ``info``: a calibrated TIFF, see :func:`encode_image`)."""
     target = Path(target)
-    atomic_write_bytes(target, encode_image(array, target.suffix), overwrite=overwrite)
+    data = encode_image(array, target.suffix, pixel_size_nm=pixel_size_nm, info=info)
+    atomic_write_bytes(target, data, overwrite=overwrite)

@@ -13,6 +13,10 @@ Three ways to predict an image (float (H, W) in [0, 1], the registered/upsampled
   study (paper Fig. 7): tiles of size s, each predicted on its own, and only its centre
   (all but a margin of 32 px of context on inner sides) kept; no blending.
 
+Any of them can be wrapped in the D4 self-ensemble (:func:`self_ensemble`, ``--tta d4``;
+the "+" of EDSR): the image is predicted in each of its 8 flips/rotations, each
+prediction is transformed back, and the 8 are averaged.
+
 Padding goes at the bottom and right only (the published code splits it over both
 sides). The network samples on a stride-4 grid; anchoring that grid at pixel (0, 0) for
 every image and every tile is what makes tiles agree with the whole image. On the paper's
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,13 +41,35 @@ from aeatrain.errors import UserError
 
 PAD_MULTIPLE = 16  # the published code pads to 2 ** (depth + 1) = 16
 DEFAULT_BATCH = 4  # tiles per forward pass
+MIN_TILE_STEP = 16  # px between paper tiles: a 1-2 px step means ~10^5 tiles per image
+TTA_MODES = ("none", "d4")  # test-time augmentation: none, or the 8-fold D4 self-ensemble
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else the GPU when one is visible, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given and usable here, else the GPU when one is visible, else the CPU.
+
+    A name torch does not know, or a device this machine lacks (``cuda`` without a GPU,
+    ``cuda:3`` with two), is a :class:`UserError` naming ``--device``.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+        if chosen.index is not None and chosen.index >= count:
+            raise UserError(f"--device {device}: only {count} CUDA GPU(s) visible here")
+    elif chosen.type != "cpu":
+        try:
+            torch.empty(0, device=chosen)
+        except (RuntimeError, AssertionError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "unavailable"
+            raise UserError(f"--device {device}: not usable here ({reason})") from None
+    return chosen
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -234,6 +260,18 @@ def predict_tiled(
     return (total / weight).astype(np.float32)
 
 
+def check_paper_tiling(tile: int, margin: int) -> None:
+    """Refuse paper tiles that leave no centre, or step by less than :data:`MIN_TILE_STEP`."""
+    if tile <= 2 * margin:
+        raise UserError(f"tile {tile}: must exceed twice the margin ({2 * margin})")
+    step = tile - 2 * margin
+    if step < MIN_TILE_STEP:
+        raise UserError(
+            f"tile {tile}: with margin {margin} the tiles step by {step} px, below the "
+            f"minimum of {MIN_TILE_STEP} px (a tile of at least {2 * margin + MIN_TILE_STEP})"
+        )
+
+
 def paper_tile_spans(length: int, *, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
     """The published ``get_coord`` along one axis: ``(src0, src1, keep0, keep1)`` per tile.
 
@@ -268,21 +306,59 @@ def predict_paper_tiles(
     """The paper's patch-size protocol: predict s x s tiles, keep each one's centre.
 
     Later tiles overwrite earlier ones where kept regions overlap, as in the published
-    ``crop_predict``. Returns float32 (H, W).
+    ``crop_predict``. Tiles are streamed: ``batch_size`` at a time are cut, predicted and
+    written into the result (every tile has the same shape, so the batches are the ones
+    a whole list would give). Returns float32 (H, W).
     """
     image = _check_image(image)
+    check_paper_tiling(tile, margin)
     device = _resolve_device(model, device)
     h, w = image.shape
     rows = paper_tile_spans(h, tile=tile, margin=margin)
     cols = paper_tile_spans(w, tile=tile, margin=margin)
     boxes = [(r, c) for c in cols for r in rows]  # published order: columns outer
-    with eval_mode(model):
-        tiles = [image[r[0] : r[1], c[0] : c[1]] for r, c in boxes]
-        preds = _predict_many(
-            model, tiles, device=device, multiple=PAD_MULTIPLE, batch_size=batch_size
-        )
     out = np.empty((h, w), dtype=np.float32)
-    for (r, c), pred in zip(boxes, preds):
-        keep = (slice(r[2] - r[0], r[3] - r[0]), slice(c[2] - c[0], c[3] - c[0]))
-        out[r[2] : r[3], c[2] : c[3]] = pred[keep]
+    with eval_mode(model):
+        for start in range(0, len(boxes), batch_size):
+            chunk = boxes[start : start + batch_size]
+            tiles = [image[r[0] : r[1], c[0] : c[1]] for r, c in chunk]  # views, same shape
+            for (r, c), pred in zip(chunk, _run_batch(model, tiles, device, PAD_MULTIPLE)):
+                keep = (slice(r[2] - r[0], r[3] - r[0]), slice(c[2] - c[0], c[3] - c[0]))
+                out[r[2] : r[3], c[2] : c[3]] = pred[keep]
     return out
+
+
+# --------------------------------------------------------------- D4 self-ensemble
+def d4_elements() -> list[tuple[int, bool]]:
+    """The 8 elements of the dihedral group D4 as (quarter turns k, mirrored first)."""
+    return [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def d4_apply(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Mirror left-right (when ``flip``), then rotate by k quarter turns (counter-clockwise)."""
+    return np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
+
+
+def d4_invert(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """The inverse of :func:`d4_apply`: rotate back, then undo the mirror."""
+    back = np.rot90(image, -k)
+    return np.ascontiguousarray(back[:, ::-1] if flip else back)
+
+
+def self_ensemble(
+    predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tta: str = "none"
+) -> np.ndarray:
+    """``predict(image)`` (``tta`` "none"), or its D4 self-ensemble (``tta`` "d4").
+
+    d4: the mean of the 8 predictions ``d4_invert(predict(d4_apply(image, g)), g)`` over
+    :func:`d4_elements` in that order, summed in float64 and divided by 8; float32 out.
+    One transformed prediction is held at a time (8x the compute, not 8x the memory).
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
+    if tta == "none":
+        return predict(image)
+    total = np.zeros(image.shape, dtype=np.float64)
+    for k, flip in d4_elements():
+        total += d4_invert(predict(d4_apply(image, k, flip)), k, flip)
+    return (total / len(d4_elements())).astype(np.float32)

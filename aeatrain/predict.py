@@ -1,21 +1,30 @@
 """Super-resolve new LR images with a trained run: ``python -m aeatrain.predict``.
 
     python -m aeatrain.predict --run RUN --input IMAGE_OR_FOLDER [...] --output DIR
-        [--tile S --overlap O] [--weights auto|ema|raw] [--bar-row N] [--float32]
-        [--overwrite] [--device cpu|cuda]
+        [--tile S --overlap O] [--tta none|d4] [--weights auto|ema|raw]
+        [--bar-row N | --no-bar] [--page N] [--float32] [--overwrite] [--device cpu|cuda]
 
 Each input (any size, 8 or 16 bit, BMP/PNG/TIFF; a folder means its images) is
 upsampled by the run's scale with bicubic interpolation (as the registered LR the model
 was trained on), run through the model and written to ``DIR/<input name>`` with the
 input's bit depth and format (``--float32``: a float32 TIFF on the input's scale, neither
 rounded nor clipped). Large images are predicted in tiles blended without seams
-(aeatrain.inference.predict_tiled). Inputs are never overwritten; existing outputs only
+(aeatrain.inference.predict_tiled). ``--tta d4`` averages the predictions of the image's 8
+flips/rotations (the D4 self-ensemble, 8x the time). Inputs are never overwritten; existing outputs only
 with ``--overwrite``. Every output path is checked before the first image is processed.
+
+Files from microscopes (aeatrain/microscope.py): the data bar is cut where the vendor
+metadata records it (FEI ``ResolutionY``) unless ``--bar-row``/``--no-bar`` say
+otherwise; an input with a recorded pixel size gives a calibrated TIFF (ImageJ unit nm,
+X/Y resolution = 1 / (input pixel size / scale)), the input's vendor metadata in its
+ImageJ Info. Only TIFF inputs carry a calibration and their outputs are TIFFs, so a BMP
+or PNG output never has one to lose.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -36,8 +45,16 @@ from aeatrain.imageio import (
     to_float,
     write_image,
 )
-from aeatrain.inference import check_tiling, choose_device, predict_full, predict_tiled
+from aeatrain.inference import (
+    TTA_MODES,
+    check_tiling,
+    choose_device,
+    predict_full,
+    predict_tiled,
+    self_ensemble,
+)
 from aeatrain.malloc import keep_freed_memory
+from aeatrain.microscope import Calibration, read_calibration
 from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
@@ -70,6 +87,55 @@ def cut_bar(image: np.ndarray, bar_row: int | None, path: Path) -> np.ndarray:
     return image[:bar_row]
 
 
+@dataclass(frozen=True)
+class InputImage:
+    """An input read and cut: ``image`` (H, W) integer, its bit depth and calibration."""
+
+    image: np.ndarray
+    bit_depth: int
+    calibration: Calibration | None
+
+
+def read_input(path: Path, args: argparse.Namespace) -> InputImage:
+    """Read an input (``--page``), cut its data bar: ``--bar-row``, else none with
+    ``--no-bar``, else the row its vendor metadata records (FEI), else none."""
+    image, bit_depth = read_image(path, page=args.page)
+    calibration = read_calibration(path)
+    if args.bar_row is not None:
+        image = cut_bar(image, args.bar_row, path)
+    elif not args.no_bar and calibration is not None and calibration.bar_row is not None:
+        image = image[: calibration.bar_row]  # at or past the last row: no bar
+    return InputImage(image, bit_depth, calibration)
+
+
+def output_calibration(
+    source: Path, calibration: Calibration | None, scale: float
+) -> tuple[float | None, str | None]:
+    """(pixel size nm, ImageJ Info text) of an output ``scale`` x finer than ``source``;
+    (None, None) when the source records no pixel size."""
+    if calibration is None or calibration.pixel_size_nm is None:
+        return None, None
+    pixel_nm = calibration.pixel_size_nm / scale
+    info = {
+        "aeatrain": f"super-resolved x{scale:g} from {source.name}",
+        "pixel_size_nm": pixel_nm,
+        "source_pixel_size_nm": calibration.pixel_size_nm,
+        "source_microscope": calibration.as_record(),
+    }
+    return pixel_nm, json.dumps(info, sort_keys=True)
+
+
+def write_calibrated(
+    target: Path, array: np.ndarray, source: Path, calibration, scale: float, overwrite: bool
+) -> None:
+    """Write an output; a TIFF of a calibrated source carries its calibration."""
+    pixel_nm, info = output_calibration(source, calibration, scale)
+    if pixel_nm is not None and target.suffix.lower() not in (".tif", ".tiff"):
+        log.warning("%s: %s holds no calibration; the pixel size is lost", target, target.suffix)
+        pixel_nm = info = None
+    write_image(target, array, overwrite=overwrite, pixel_size_nm=pixel_nm, info=info)
+
+
 def super_resolve(
     model: nn.Module,
     image: np.ndarray,
@@ -78,11 +144,13 @@ def super_resolve(
     tile: int | None = None,
     overlap: int = AUTO_OVERLAP,
     device: torch.device | None = None,
+    tta: str = "none",
 ) -> np.ndarray:
     """Integer LR (H, W) -> float32 prediction in about [0, 1] at ``scale`` x the size.
 
     ``tile`` None: the whole image at once unless it exceeds ``AUTO_TILE_PIXELS`` once
     upsampled, then tiles of 1024 with ``overlap``; 0: always whole; S: tiles of S.
+    ``tta`` "d4": the mean over the image's 8 flips/rotations (``self_ensemble``).
     """
     lr = to_float(upsample(image, scale))
     if tile is None:
@@ -91,9 +159,13 @@ def super_resolve(
             log.info(
                 "%dx%d is large: tiles of %d, overlap %d", lr.shape[1], lr.shape[0], tile, overlap
             )
-    if tile == 0:
-        return predict_full(model, lr, device=device)
-    return predict_tiled(model, lr, tile=tile, overlap=overlap, device=device)
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        if tile == 0:
+            return predict_full(model, image, device=device)
+        return predict_tiled(model, image, tile=tile, overlap=overlap, device=device)
+
+    return self_ensemble(predict, lr, tta)
 
 
 @dataclass(frozen=True)
@@ -158,14 +230,44 @@ def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
 
 def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: float) -> tuple:
     """Read, super-resolve and write one image; returns (input shape, output shape)."""
-    image, bit_depth = read_image(job.source)
-    image = cut_bar(image, args.bar_row, job.source)
+    source = read_input(job.source, args)
     pred = super_resolve(
-        model, image, scale=scale, tile=args.tile, overlap=args.overlap, device=args.device
+        model,
+        source.image,
+        scale=scale,
+        tile=args.tile,
+        overlap=args.overlap,
+        device=args.device,
+        tta=args.tta,
     )
-    out = to_output(pred, bit_depth, float32=args.float32)
-    write_image(job.target, out, overwrite=args.overwrite)
-    return image.shape, out.shape
+    out = to_output(pred, source.bit_depth, float32=args.float32)
+    write_calibrated(job.target, out, job.source, source.calibration, scale, args.overwrite)
+    return source.image.shape, out.shape
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """--bar-row / --no-bar and --page: how inputs are read (predict and refmaps)."""
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--bar-row",
+        type=int,
+        default=None,
+        help="cut the SEM data bar: keep rows [0, N) of each input (default: the row the "
+        "vendor metadata records, FEI ResolutionY; else no cut)",
+    )
+    bar.add_argument(
+        "--no-bar", action="store_true", help="cut no data bar, whatever the metadata says"
+    )
+    parser.add_argument(
+        "--page", type=int, default=None, help="page of multi-page TIFF inputs, 0 = first"
+    )
+
+
+def check_input_arguments(args: argparse.Namespace) -> None:
+    if args.bar_row is not None and args.bar_row < 1:
+        raise UserError(f"--bar-row {args.bar_row}: must be a positive row number")
+    if args.page is not None and args.page < 0:
+        raise UserError(f"--page {args.page}: must be 0 (the first page) or more")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,13 +289,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=AUTO_OVERLAP,
         help="tile overlap in output pixels (multiple of 16, default 128)",
     )
-    add_loading_arguments(parser)
     parser.add_argument(
-        "--bar-row",
-        type=int,
-        default=None,
-        help="cut the SEM data bar: keep rows [0, N) of each input",
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="d4: average the predictions of the image's 8 flips/rotations (8x the time)",
     )
+    add_loading_arguments(parser)
+    add_input_arguments(parser)
     parser.add_argument(
         "--float32", action="store_true", help="write float32 TIFFs on the input's scale"
     )
@@ -201,8 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite", action="store_true", help="replace existing outputs (never inputs)"
     )
     args = parser.parse_args(argv)
-    if args.bar_row is not None and args.bar_row < 1:
-        raise UserError(f"--bar-row {args.bar_row}: must be a positive row number")
+    check_input_arguments(args)
     if args.tile is not None and args.tile < 0:
         raise UserError(f"--tile {args.tile}: must be 0 (whole image) or a tile size")
     return args

@@ -1,8 +1,8 @@
 """Heatmaps of the shared references (paper Fig. 6): ``python -m aeatrain.refmaps``.
 
     python -m aeatrain.refmaps --run RUN --input IMAGE --output DIR
-        [--refs 0 5 12 | --top 4] [--registered] [--bar-row N] [--weights auto|ema|raw]
-        [--overwrite] [--device cpu|cuda]
+        [--refs 0 5 12 | --top 4] [--registered] [--bar-row N | --no-bar] [--page N]
+        [--weights auto|ema|raw] [--overwrite] [--device cpu|cuda]
 
 An AEANet's attention block holds r learned shared references; for each chosen reference
 the model's ``reference_maps`` gives the relevance of every pixel to it (the scaled
@@ -17,6 +17,11 @@ Writes to DIR, for an input ``name.ext``:
 - ``name_ref<k>.png``: reference k's map (colour, min-max scaled) over the grey image;
 - ``name_refmaps.png``: the input and every chosen map side by side, labelled;
 - ``name_refmaps.tif``: the raw maps, float32, one page per chosen reference.
+
+The input is read as predict reads it (data bar from the vendor metadata unless
+``--bar-row``/``--no-bar``; ``--page``). An input with a recorded pixel size gives a
+calibrated ``name_refmaps.tif`` (ImageJ unit nm, pixel size / scale; as is with
+``--registered``); the PNG figures are pictures and carry none (a warning says so).
 """
 
 from __future__ import annotations
@@ -31,10 +36,16 @@ import torch
 from torch import nn
 
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import from_float, read_image, to_float, write_image
+from aeatrain.imageio import from_float, to_float, write_image
 from aeatrain.inference import choose_device, eval_mode, pad_to_multiple
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.predict import cut_bar, upsample
+from aeatrain.predict import (
+    add_input_arguments,
+    check_input_arguments,
+    output_calibration,
+    read_input,
+    upsample,
+)
 from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
@@ -150,12 +161,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--registered", action="store_true", help="input is in the HR frame already"
     )
-    parser.add_argument("--bar-row", type=int, help="cut the SEM data bar: keep rows [0, N)")
+    add_input_arguments(parser)
     add_loading_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
     args = parser.parse_args(argv)
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be at least 1")
+    check_input_arguments(args)
     return args
 
 
@@ -165,16 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     source, output = Path(args.input), Path(args.output)
-    image, bit_depth = read_image(source)
+    source_image = read_input(source, args)
     model, run = load_run(args.run, weights=args.weights, device=choose_device(args.device))
     count = num_refs(model, run.path)
     bad = [k for k in args.refs or [] if not 0 <= k < count]
     if bad:
         raise UserError(f"--refs {bad[0]}: this model has references 0..{count - 1}")
-    prepared = cut_bar(image, args.bar_row, source)
+    prepared = source_image.image
     if not args.registered:
         prepared = upsample(prepared, run.scale)
-    floats = to_float(prepared, bit_depth)
+    floats = to_float(prepared, source_image.bit_depth)
     refs = sorted(set(args.refs)) if args.refs else None
     check_outputs(source, output_paths(source, output, refs or []), args.overwrite)
     if refs is None:
@@ -186,7 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     for k, values in zip(refs, maps):
         write_image(paths[f"ref{k}"], overlay(grey, values), overwrite=args.overwrite)
     write_image(paths["montage"], montage(grey, maps, refs), overwrite=args.overwrite)
-    write_image(paths["raw"], maps.astype(np.float32), overwrite=args.overwrite)
+    scale = 1.0 if args.registered else run.scale
+    pixel_nm, info = output_calibration(source, source_image.calibration, scale)
+    write_image(
+        paths["raw"],
+        maps.astype(np.float32),
+        overwrite=args.overwrite,
+        pixel_size_nm=pixel_nm,
+        info=info,
+    )
+    if pixel_nm is not None:
+        log.warning(
+            "%s: the PNG figures carry no calibration; %s does (%.4g nm per pixel)",
+            source,
+            paths["raw"].name,
+            pixel_nm,
+        )
     print(f"references {refs}: wrote {len(paths)} files to {output}")
     return 0
 

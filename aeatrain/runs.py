@@ -31,6 +31,7 @@ from torch import nn
 from aeatrain import __version__
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_bytes, atomic_write_text
+from aeatrain.inference import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ def write_run_files(
 
     ``model``/``ema_model`` may be wrapped (DDP, AveragedModel, compiled); the plain
     module's state_dict is saved. ``dataset`` is recorded as given (the trainer passes
-    ``{"path": ..., "manifest_sha256": ...}``). ``run.json`` is written last, so a reader
-    that finds it finds complete weights. Call on the main process only.
+    ``{"identity": ..., "path": ..., "manifest_sha256": ...}``). ``run.json`` is written
+    last, so a reader that finds it finds complete weights. Call on the main process only.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +250,11 @@ def add_loading_arguments(parser) -> None:
         default="auto",
         help="auto: EMA if the run has it",
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...; default: GPU if any")
+    parser.add_argument(
+        "--device",
+        type=choose_device,  # a bad or absent device: one line, exit 2, before any work
+        help="cpu, cuda, cuda:1 ...; default: GPU if any",
+    )
 
 
 def load_run(

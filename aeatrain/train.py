@@ -9,7 +9,9 @@ everything else from the config tree (aeatrain/config.py, docs/training.md). The
 batch -> forward/backward -> clip -> step -> log -> validate -> checkpoint.
 
 Exit codes: 0 finished; 2 a user error, one line on stderr naming the file or key (bad
-config or data, a run folder holding another run, a diverged run); 75
+config or data, a run folder holding another run or another dataset's checkpoints, a run
+folder in use by another trainer, a diverged run, a checkpoint that could not be
+written); 75
 (:data:`EXIT_PREEMPTED`) stopped by SIGUSR1/SIGTERM after writing a checkpoint: run the
 same command with ``--resume`` to continue. ``accelerate launch`` and ``torchrun`` report
 a failing worker with their own exit status, so the trainer also leaves
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +44,7 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
+    broadcast_object_list,
     gather_object,
     set_seed,
 )
@@ -48,15 +53,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aeatrain import checkpoint as ckpt
+from aeatrain import shardio
 from aeatrain.config import Config, ConfigError, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
-from aeatrain.data import DatasetManifest, load_manifest, test_tiles, train_loader
+from aeatrain.data import (
+    DatasetManifest,
+    dataset_identity,
+    load_manifest,
+    test_tiles,
+    train_loader,
+)
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model
 from aeatrain.runs import CONFIG_YAML, write_run_files
+from aeatrain.training import lock as runlock
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import build_optimizer, learning_rate, pixel_loss, set_learning_rate
 from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
@@ -71,19 +84,26 @@ from aeatrain.training.stability import (
 from aeatrain.training.validation import score_tiles, summarize
 
 log = get_logger(__name__)
+plain_log = logging.getLogger(__name__)  # before (or without) an Accelerator: --check
 
 PREEMPTED_MARKER = "preempted.json"
 EMA_FILE = "ema.safetensors"
 # Keys that may differ when a run is resumed; any other change is refused (it would not be
-# the same run any more). logging.* may always change.
+# the same run any more). logging.* may always change. data.root may move (node-local
+# scratch): the checkpoint's dataset identity is compared instead (check_same_dataset).
 RESUMABLE_CHANGES = {
     "train.steps", "train.resume", "train.run_dir", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.max_skipped_steps", "data.num_workers",
+    "train.keep_checkpoints", "train.max_skipped_steps", "data.num_workers", "data.root",
+    "data.cache_dir", "data.verify",
 }  # fmt: skip
 
 
 class RunFolderError(UserError):
     """A run folder that cannot be (re)used as asked; the message names the folder."""
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, quota, read-only); the older ones stay."""
 
 
 @dataclass
@@ -136,7 +156,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest complete checkpoint in train.run_dir (= train.resume auto)",
+        help="continue from the newest intact checkpoint in train.run_dir, on data of the same "
+        "dataset identity (= train.resume auto)",
     )
     parser.add_argument(
         "--check",
@@ -198,13 +219,13 @@ def per_device_batch(cfg: Config, num_processes: int) -> int:
     if cfg.model.name == "aeanet" and cfg.model.batch_aware and local < 2:
         raise ConfigError(
             f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
-            f"least 2 (the first half of each process's batch trains the references, the "
-            f"second the batch-aware branch; with 1 the references get no gradient)"
+            f"least 2 (the first half of each process's batch trains the batch-aware "
+            f"branch, the second the references; with 1 the references get no gradient)"
         )
     return local
 
 
-def check_run_folder(cfg: Config) -> Path | None:
+def check_run_folder(cfg: Config, manifest: DatasetManifest) -> Path | None:
     """Refuse a folder holding another run; return the checkpoint to resume from, if any."""
     run_dir = Path(cfg.train.run_dir)
     if not run_dir.exists():
@@ -224,11 +245,67 @@ def check_run_folder(cfg: Config) -> Path | None:
             f"{run_dir}: holds a run already ({CONFIG_YAML}); pass --resume to continue it "
             f"or choose another train.run_dir"
         )
-    _check_same_run(saved, cfg)
-    return ckpt.newest_complete(run_dir)
+    saved_root = _check_same_run(saved, cfg)
+    checkpoint = choose_checkpoint(run_dir)
+    if checkpoint is not None:
+        check_same_dataset(checkpoint, manifest, saved_root)
+    return checkpoint
 
 
-def _check_same_run(saved_path: Path, cfg: Config) -> None:
+def choose_checkpoint(run_dir: Path) -> Path | None:
+    """The newest intact checkpoint; a broken newer one is named in a warning and skipped."""
+    checkpoint, broken = ckpt.newest_intact(run_dir)
+    for folder, problem in broken:
+        plain_log.warning("%s: %s; not resuming from it", folder, problem)
+    if broken and checkpoint is None:
+        folder, problem = broken[0]
+        raise RunFolderError(
+            f"{folder}: {problem}, and no older checkpoint is intact; restore the file or "
+            f"choose another train.run_dir"
+        )
+    if broken:
+        plain_log.warning("resuming from the older %s instead", checkpoint)
+    return checkpoint
+
+
+def dataset_record(manifest: DatasetManifest) -> dict:
+    """What a checkpoint and run.json say about the data trained on."""
+    return {
+        "identity": dataset_identity(manifest),
+        "path": str(manifest.root),
+        "manifest_sha256": manifest.sha256,
+    }
+
+
+def check_same_dataset(checkpoint: Path, manifest: DatasetManifest, saved_root: str) -> None:
+    """Resume only on the dataset the checkpoint was trained on, wherever it lies now."""
+    recorded = ckpt.read_trainer_state(checkpoint).get("dataset")
+    if recorded is None:  # written before checkpoints recorded their dataset
+        if not _same_location(saved_root, manifest.root):
+            raise RunFolderError(
+                f"{checkpoint}: records no dataset identity (an older aeatrain wrote it), so "
+                f"it resumes only with the data.root it was started with, {saved_root!r}"
+            )
+        return
+    identity = dataset_identity(manifest)
+    if recorded["identity"] != identity:
+        raise RunFolderError(
+            f"{manifest.path}: another dataset (identity {identity[:12]}) than the one "
+            f"{checkpoint} was trained on ({recorded['identity'][:12]}, then at "
+            f"{recorded['path']}); resume with that data or choose another train.run_dir"
+        )
+
+
+def _same_location(a: str, b: str) -> bool:
+    """Two DATA roots name the same folder (or URL)."""
+    local_a, local_b = shardio.local_path(a), shardio.local_path(b)
+    if local_a is None or local_b is None:
+        return a.rstrip("/") == b.rstrip("/")
+    return local_a.resolve() == local_b.resolve()
+
+
+def _check_same_run(saved_path: Path, cfg: Config) -> str:
+    """Refuse a change of anything but :data:`RESUMABLE_CHANGES`; returns the saved data.root."""
     saved = yaml.safe_load(saved_path.read_text()) or {}
     current = cfg.model_dump(mode="json")
     for section, values in current.items():
@@ -242,6 +319,7 @@ def _check_same_run(saved_path: Path, cfg: Config) -> None:
                     f"{saved_path}: the run was started with {dotted}={old!r}; resuming with "
                     f"{value!r} would make it another run (choose another train.run_dir)"
                 )
+    return str((saved.get("data") or {}).get("root"))
 
 
 def make_model(cfg: Config) -> nn.Module:
@@ -281,8 +359,9 @@ def check_only(cfg: Config, num_processes: int) -> str:
     """Everything :func:`build_trainer` refuses, checked without an Accelerator and without
     writing anything (``--check``): job scripts run it before any node starts working."""
     local_batch = per_device_batch(cfg, num_processes)
-    manifest = load_manifest(cfg.data.root)
-    resume_from = check_run_folder(cfg)
+    manifest = load_manifest(cfg.data.root, verify_checksums=cfg.data.verify)
+    resume_from = check_run_folder(cfg, manifest)
+    runlock.check_unlocked(cfg.train.run_dir)
     open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
     make_model(cfg)
     start = f"resumes from {resume_from}" if resume_from else "starts at step 0"
@@ -297,7 +376,7 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     """Check everything a user can get wrong, THEN write: config, data, run folder, model."""
     local_batch = per_device_batch(cfg, accelerator.num_processes)
     manifest = load_manifest(cfg.data.root)
-    resume_from = check_run_folder(cfg)
+    resume_from = check_run_folder(cfg, manifest)
     start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
     batches = open_batches(
         cfg, manifest, local_batch, start_step=start_step,
@@ -347,26 +426,38 @@ def open_batches(
         augment=cfg.data.augment,
         pairs=cfg.data.pairs,
         num_workers=cfg.data.num_workers,
+        cache_dir=cfg.data.cache_dir,
     )
 
 
 def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest) -> list:
-    """This rank's share of the test tiles (tile i to rank i % world), decoded once."""
+    """This rank's share of the first ``logging.eval_max_tiles`` test tiles (tile i to
+    rank i % world), decoded once; tiles past the limit are never read."""
     tiles = test_tiles(
         manifest,
         pairs=cfg.data.pairs,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
+        cache_dir=cfg.data.cache_dir,
     )
     limit = cfg.logging.eval_max_tiles
-    return [tile for tile in tiles if limit is None or tile.index < limit]
+    return list(itertools.takewhile(lambda tile: limit is None or tile.index < limit, tiles))
 
 
 def start_run_folder(cfg: Config, accelerator: Accelerator) -> None:
-    """Main process: create RUN, save the resolved config; trackers start on every rank."""
+    """Main process: create and lock RUN, save the resolved config; trackers on every rank."""
     run_dir = Path(cfg.train.run_dir)
+    refusal = None
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            runlock.acquire(run_dir)  # the main process holds it for the whole run
+        except runlock.RunLockedError as err:
+            refusal = str(err)
+    refusal = broadcast_object_list([refusal])[0]  # collective: every rank stops, none waits
+    if refusal is not None:
+        raise runlock.RunLockedError(refusal)
+    if accelerator.is_main_process:
         atomic_write_text(run_dir / CONFIG_YAML, cfg.to_yaml(), overwrite=True)
         (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
@@ -375,7 +466,11 @@ def start_run_folder(cfg: Config, accelerator: Accelerator) -> None:
 
 def restore(t: Trainer, checkpoint: Path) -> None:
     """Every rank: weights, optimizer, loss scaler and RNG states, then the trainer state."""
-    t.accelerator.load_state(str(checkpoint))
+    try:
+        t.accelerator.load_state(str(checkpoint))
+    except (OSError, EOFError, RuntimeError) as err:  # files checked, yet unreadable
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunFolderError(f"{checkpoint}: cannot be resumed ({first_line})") from None
     state = ckpt.read_trainer_state(checkpoint)
     t.step = state["step"]
     t.skipped = SkippedSteps(
@@ -619,16 +714,26 @@ def save_checkpoint(t: Trainer) -> Path:
             f"weights are not finite after step {t.step}: no checkpoint written; the newest "
             f"complete one is {ckpt.newest_complete(t.run_dir)}"
         )
-    if accelerator.is_main_process:
-        ckpt.start_partial(t.run_dir, t.step)
-    accelerator.wait_for_everyone()
     partial = ckpt.partial_path(t.run_dir, t.step)
-    accelerator.save_state(str(partial))  # collective under DeepSpeed: every rank writes
-    if accelerator.is_main_process and t.ema is not None:
-        save_file(t.ema.tensors(), str(partial / EMA_FILE))
-    accelerator.wait_for_everyone()
+    try:
+        if accelerator.is_main_process:
+            ckpt.start_partial(t.run_dir, t.step)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))  # collective under DeepSpeed: every rank writes
+        if accelerator.is_main_process and t.ema is not None:
+            save_file(t.ema.tensors(), str(partial / EMA_FILE))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.finish_partial(t.run_dir, t.step, trainer_state(t))
+    except OSError as err:  # the rank that fails exits; torchrun then stops the others
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointWriteError(
+            f"{partial}: could not write the checkpoint of step {t.step} "
+            f"({err.strerror or err}); removed it, the newest complete checkpoint is still "
+            f"{ckpt.newest_complete(t.run_dir)}"
+        ) from None
     if accelerator.is_main_process:
-        ckpt.finish_partial(t.run_dir, t.step, trainer_state(t))
         ckpt.prune(t.run_dir, t.cfg.train.keep_checkpoints)
         log.info("checkpoint %s", final, main_process_only=True)
     accelerator.wait_for_everyone()
@@ -641,6 +746,7 @@ def trainer_state(t: Trainer) -> dict:
         "world_size": t.accelerator.num_processes,
         "seed": t.cfg.train.seed,
         "ema_updates": None if t.ema is None else t.ema.updates,
+        "dataset": dataset_record(t.manifest),
         **t.skipped.state(),
     }
 
@@ -660,8 +766,9 @@ def stop_for_preemption(t: Trainer) -> int:
     # when one exits (srun --kill-on-bad-exit) would otherwise cut the main one short.
     t.accelerator.wait_for_everyone()
     log.warning(
-        "preempted: checkpoint %s written; exiting with %d (resume with --resume)",
-        path, EXIT_PREEMPTED, main_process_only=True,
+        "preempted: process %d of %d: checkpoint %s written; exiting with %d (resume with "
+        "--resume)", t.accelerator.process_index, t.accelerator.num_processes, path,
+        EXIT_PREEMPTED, main_process_only=False,
     )  # fmt: skip
     return EXIT_PREEMPTED
 
@@ -683,7 +790,7 @@ def finish(t: Trainer) -> None:
             model_kwargs=t.cfg.model.build_kwargs(),
             scale=t.manifest.scale,
             bit_depths=t.manifest.bit_depths,
-            dataset={"path": str(t.manifest.root), "manifest_sha256": t.manifest.sha256},
+            dataset=dataset_record(t.manifest),
             step=t.step,
             config_yaml=t.cfg.to_yaml(),
             ema_model=averaged,
@@ -708,6 +815,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator)
+    try:
+        return build_and_train(cfg, accelerator)
+    finally:
+        if accelerator.is_main_process:
+            runlock.release(cfg.train.run_dir)  # only this process's own lock
+
+
+def build_and_train(cfg: Config, accelerator: Accelerator) -> int:
     trainer, resume_from = build_trainer(cfg, accelerator)
     trainer.preemption.install()  # a signal during the restore is acted on at the first step
     try:

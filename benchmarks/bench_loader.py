@@ -68,7 +68,7 @@ def crops_per_second(
 def region_decode_ms(root: Path, repeats: int = 10) -> float:
     """CPU milliseconds to decode one training region's LR and HR PNGs (the unit cost)."""
     manifest = data.load_manifest(root, verify_checksums=False)
-    regions = data._scan(manifest.shard_urls("train"))
+    regions = data._scan(manifest.shards("train"))
     start = time.process_time()
     for i in range(repeats):
         data._decode_regions(regions, [i % len(regions)])

@@ -1,10 +1,14 @@
-"""``python -m data_prep <command>``: synth, build, summary, stats, pairs, check-truth.
+"""``python -m data_prep <command>``: synth, build, summary, stats, pairs, verify, index,
+check-truth.
 
 python -m data_prep synth --out RAW --pairs 22 --seed 0 [--preset realistic] [--family F]
 python -m data_prep build --raw RAW --out DATA --workers 2
+python -m data_prep build --raw RAW --out DATA --pairs-file PAIRS.csv
 python -m data_prep summary DATA
 python -m data_prep stats RAW [RAW2 ...]  (REAL-SEM-STATS.md's statistics of HR test tiles)
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
+python -m data_prep verify DATA       (hash every shard, index and member once)
+python -m data_prep index DATA        (add shard indexes to a format_version 1 dataset)
 python -m data_prep check-truth RAW DATA
 """
 
@@ -16,12 +20,16 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
+
+from tqdm import tqdm
 
 from aeatrain.errors import UserError, run_cli
 from data_prep import semstats
 from data_prep.build import DEFAULT_BAR_ROW, build_dataset
 from data_prep.families import FAMILIES
 from data_prep.qc import pair_table, summary_text
+from data_prep.shards import add_indexes
 from data_prep.synth import FORMATS, PRESET_FAMILY, PRESETS, SynthConfig, preset_config, synthesize
 from data_prep.truth import check_truth, truth_table
 
@@ -39,7 +47,9 @@ def _add_synth(commands) -> None:
         "--format",
         choices=sorted(FORMATS),
         default="bmp",
-        help="bmp: 8-bit BMP like the public dataset; tif16: 16-bit TIFF",
+        help="bmp: 8-bit BMP like the public dataset; tif16: 16-bit TIFF; fei-tif, "
+        "zeiss-tif: 16-bit LZW TIFFs with the metadata an FEI or Zeiss SEM writes "
+        "(pixel size; FEI: the data-bar row)",
     )
     p.add_argument("--scale", type=float, default=2.0, help="HR / LR magnification")
     p.add_argument("--width", type=int, default=1280, help="image area width, pixels")
@@ -92,16 +102,28 @@ def _add_build(commands) -> None:
     p = commands.add_parser("build", help="register, split and shard raw pairs")
     p.add_argument("--raw", required=True, help="folder of <name>_<mag>.<ext> pairs")
     p.add_argument("--out", required=True, help="dataset folder to create (DATA)")
+    p.add_argument(
+        "--pairs-file",
+        help="CSV with a header name,lr,hr listing the pairs (paths relative to --raw); "
+        "instead of <name>_<mag> file names",
+    )
+    p.add_argument(
+        "--page",
+        type=int,
+        help="page of multi-page TIFFs to use, 0 = first (refused without it)",
+    )
     p.add_argument("--workers", type=int, default=_default_workers())
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--bar-row",
         type=int,
-        default=DEFAULT_BAR_ROW,
-        help="first row of the SEM data bar, cut from both images",
+        help="first row of the SEM data bar, cut from both images (default: the row the "
+        f"vendor metadata records, FEI ResolutionY; else {DEFAULT_BAR_ROW})",
     )
-    bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
+    bar.add_argument(
+        "--no-bar", action="store_true", help="cut no data bar, whatever the metadata says"
+    )
 
 
 def _add_stats(commands) -> None:
@@ -154,6 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("pairs", help="print a built dataset's pair names, one a line")
     p.add_argument("data", help="dataset folder (DATA)")
     _add_stats(commands)
+    p = commands.add_parser(
+        "verify", help="check every shard, index and member against the manifest's sha256"
+    )
+    p.add_argument("data", help="dataset folder (DATA)")
+    p.add_argument("--workers", type=int, default=_default_workers(), help="hashing threads")
+    p = commands.add_parser(
+        "index", help="add shard indexes to a dataset built before they existed (in place)"
+    )
+    p.add_argument("data", help="dataset folder (DATA) of format_version 1")
     p = commands.add_parser("check-truth", help="corner error of a build against truth.json")
     p.add_argument("raw", help="synthetic raw folder with truth.json")
     p.add_argument("data", help="dataset built from it")
@@ -203,7 +234,10 @@ def _build(args) -> int:
     outcomes = build_dataset(
         args.raw,
         args.out,
-        bar_row=None if args.no_bar else args.bar_row,
+        bar_row=None if args.no_bar else args.bar_row or DEFAULT_BAR_ROW,
+        bar_from_metadata=not args.no_bar and args.bar_row is None,
+        pairs_file=args.pairs_file,
+        page=args.page,
         workers=args.workers,
         overwrite=args.overwrite,
         command=command,
@@ -214,6 +248,40 @@ def _build(args) -> int:
         f"build: {ok} of {len(outcomes)} pairs usable, dataset in {args.out} "
         f"in {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def _verify(args) -> int:
+    from aeatrain.data import load_manifest  # reads and checks the manifest
+    from aeatrain.dataformat import verify_shards
+
+    start = time.perf_counter()
+    manifest = load_manifest(args.data)
+    if "://" in manifest.root:
+        raise UserError(f"{args.data}: verify reads a local DATA folder (stage it first)")
+    entries = [s for split in manifest.model.splits.values() for s in split.shards]
+    with tqdm(total=len(entries), desc="verify", unit="shard") as bar:
+        problems = verify_shards(
+            Path(manifest.root), entries, workers=args.workers, progress=bar.update
+        )
+    for problem in problems:
+        print(f"verify: {problem}", file=sys.stderr)
+    if problems:
+        raise UserError(f"{args.data}: {len(problems)} of {len(entries)} shards failed verify")
+    samples = sum(e.samples for e in entries)
+    print(
+        f"verify: ok: {len(entries)} shards, {samples} samples of {args.data} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _index(args) -> int:
+    indexed = add_indexes(args.data)
+    if indexed == 0:
+        print(f"index: {args.data} has its shard indexes already (format_version 2)")
+    else:
+        print(f"index: wrote {indexed} shard indexes; {args.data} is now format_version 2")
     return 0
 
 
@@ -234,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if getattr(args, "workers", 1) < 1:
         raise UserError(f"--workers: {args.workers} < 1")
+    if getattr(args, "page", None) is not None and args.page < 0:
+        raise UserError(f"--page: {args.page} < 0 (0 is the first page)")
+    if getattr(args, "bar_row", None) is not None and args.bar_row < 1:
+        raise UserError(f"--bar-row: {args.bar_row} must be positive")
     if args.command == "synth":
         return _synth(args)
     if args.command == "build":
@@ -248,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(pair_names(args.data)))
         return 0
+    if args.command == "verify":
+        return _verify(args)
+    if args.command == "index":
+        return _index(args)
     return _check_truth(args)
 
 

@@ -1,7 +1,8 @@
 """``data_prep build``: raw pairs -> registered, split WebDataset shards + manifest.
 
-Reads ``RAW/<name>_<mag>.<ext>`` (docs/formats.md section 1), writes ``DATA/``
-(section 2). Per pair, in worker processes: read both images, cut the data bar, register
+Reads ``RAW/<name>_<mag>.<ext>`` or the pairs a ``--pairs-file`` lists (docs/formats.md
+section 1), writes ``DATA/`` (section 2). Per pair, in worker processes: read both
+images, cut the data bar (where the vendor metadata records it, else ``--bar-row``), register
 LR onto HR (data_prep/registration.py), warp LR into the HR frame (bicubic, source bit
 depth), draw the QC picture, and park the registered pair in a scratch folder. Then, in
 pair-name order: the train, test and full shards (data_prep/shards.py), registration.json
@@ -27,20 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from aeatrain.dataformat import SPLITS, sha256_file
 from aeatrain.errors import UserError
 from data_prep.outdir import check_target, staged_output
 from data_prep.pairs import RawPair, find_pairs, load_pair_images
+from data_prep.pairs_file import read_pairs_file
 from data_prep.parallel import parallel_map
 from data_prep.qc import write_qc
 from data_prep.registration import RegistrationConfig, register, warp_lr_to_hr
-from data_prep.shards import (
-    SPLITS,
-    Sample,
-    build_manifest,
-    sha256_file,
-    write_manifest,
-    write_split,
-)
+from data_prep.shards import Sample, build_manifest, write_manifest, write_split
 from data_prep.split import PROTOCOL, paper_split
 
 log = logging.getLogger(__name__)
@@ -60,6 +56,9 @@ class PairOutcome:
     bit_depth: int = 0
     scale: float = 0.0
     sources: dict = field(default_factory=dict)
+    pixel_size_nm: dict = field(default_factory=dict)  # {"lr": nm | None, "hr": nm | None}
+    bar_rows: dict = field(default_factory=dict)  # {"lr": row | None, "hr": row | None}
+    microscope: dict = field(default_factory=dict)  # {"lr": vendor record | None, "hr": ...}
 
     @property
     def ok(self) -> bool:
@@ -70,6 +69,8 @@ class PairOutcome:
 class _PairJob:
     pair: RawPair
     bar_row: int | None
+    bar_from_metadata: bool
+    page: int | None
     config: RegistrationConfig
     staging: Path
 
@@ -95,6 +96,9 @@ def _rejected(pair: RawPair, reason: str, bit_depth: int) -> dict:
         "hr_file": pair.hr_path.name,
         "bit_depth": bit_depth,
         "magnification_ratio": pair.scale,
+        "pixel_size_nm": pair.pixel_size_nm,
+        "bar_rows": None,
+        "microscope": pair.metadata_record(),
         "qc": None,
     }
 
@@ -102,15 +106,17 @@ def _rejected(pair: RawPair, reason: str, bit_depth: int) -> dict:
 def _process_pair(job: _PairJob) -> PairOutcome:
     """Worker: read, check, register, warp, QC; the registered pair goes to scratch."""
     pair = job.pair
-    lr, hr, lr_depth, hr_depth = load_pair_images(pair, job.bar_row)
+    lr, hr, lr_depth, hr_depth, bar_rows = load_pair_images(
+        pair, job.bar_row, bar_from_metadata=job.bar_from_metadata, page=job.page
+    )
     if lr_depth != hr_depth:
         reason = (
             f"partners of different bit depth: {pair.lr_path.name} is {lr_depth}-bit, "
             f"{pair.hr_path.name} is {hr_depth}-bit"
         )
-        return PairOutcome(pair.name, _rejected(pair, reason, lr_depth))
+        return PairOutcome(pair.name, _rejected(pair, reason, lr_depth) | {"bar_rows": bar_rows})
     result = register(lr, hr, pair.scale, job.config)
-    record = _rejected(pair, "", lr_depth) | result.as_record()
+    record = _rejected(pair, "", lr_depth) | result.as_record() | {"bar_rows": bar_rows}
     if result.homography is not None:
         warped = warp_lr_to_hr(lr, result.homography, hr.shape)
         qc_file = f"qc/{safe_name(pair.name)}.png"
@@ -124,7 +130,18 @@ def _process_pair(job: _PairJob) -> PairOutcome:
         "lr": {"file": pair.lr_path.name, "sha256": sha256_file(pair.lr_path)},
         "hr": {"file": pair.hr_path.name, "sha256": sha256_file(pair.hr_path)},
     }
-    return PairOutcome(pair.name, record, hr.shape[1], hr.shape[0], lr_depth, pair.scale, sources)
+    return PairOutcome(
+        pair.name,
+        record,
+        hr.shape[1],
+        hr.shape[0],
+        lr_depth,
+        pair.scale,
+        sources,
+        pair.pixel_size_nm,
+        bar_rows,
+        pair.metadata_record(),
+    )
 
 
 def _sample_meta(outcome: PairOutcome, region_id: str, region, split_name: str) -> dict:
@@ -139,6 +156,8 @@ def _sample_meta(outcome: PairOutcome, region_id: str, region, split_name: str) 
         "scale": float(outcome.scale),
         "registration": {k: record[k] for k in ("homography", "inliers", "rmse_px", "ncc")},
         "sources": outcome.sources,
+        "pixel_size_nm": outcome.pixel_size_nm,
+        "microscope": outcome.microscope,
     }
 
 
@@ -175,7 +194,9 @@ def _no_usable_pair(raw: Path, outcomes: list[PairOutcome]) -> UserError:
     return UserError(f"{raw}: no usable pair, all {len(outcomes)} rejected ({reasons}{more})")
 
 
-def _write_dataset(staging: Path, outcomes: list[PairOutcome], bar_row, command: str) -> dict:
+def _write_dataset(
+    staging: Path, outcomes: list[PairOutcome], bar_row, bar_from_metadata: bool, command: str
+) -> dict:
     usable = [o for o in outcomes if o.ok]
     shards = {s: write_split(staging, s, _samples(usable, s, staging)) for s in SPLITS}
     manifest = build_manifest(
@@ -186,6 +207,8 @@ def _write_dataset(staging: Path, outcomes: list[PairOutcome], bar_row, command:
                 "height": o.height,
                 "bit_depth": o.bit_depth,
                 "train_region": paper_split(o.width, o.height).train.as_dict(),
+                "pixel_size_nm": o.pixel_size_nm,
+                "bar_rows": o.bar_rows,
             }
             for o in usable
         },
@@ -193,6 +216,7 @@ def _write_dataset(staging: Path, outcomes: list[PairOutcome], bar_row, command:
         protocol=PROTOCOL,
         scale=usable[0].scale,
         bar_row=bar_row,
+        bar_from_metadata=bar_from_metadata,
         command=command,
     )
     write_manifest(staging, manifest)
@@ -204,6 +228,9 @@ def build_dataset(
     out: str | os.PathLike,
     *,
     bar_row: int | None = DEFAULT_BAR_ROW,
+    bar_from_metadata: bool = True,
+    pairs_file: str | os.PathLike | None = None,
+    page: int | None = None,
     workers: int = 1,
     overwrite: bool = False,
     config: RegistrationConfig | None = None,
@@ -211,17 +238,20 @@ def build_dataset(
 ) -> list[PairOutcome]:
     """Build ``out`` from the pairs in ``raw``; returns every pair's outcome, name order.
 
-    Raises UserError (nothing written) for a bad raw folder or output folder, an
-    unreadable image, or when no pair is usable.
+    Pairs: by name, or as ``pairs_file`` lists them. The data bar: at the row a file's
+    vendor metadata records when ``bar_from_metadata``, else at ``bar_row`` (None: no
+    bar). ``page``: the page of multi-page TIFFs (refused without it). Raises UserError
+    (nothing written) for a bad raw folder, pairs file or output folder, an unreadable
+    image, or when no pair is usable.
     """
     raw, out = Path(raw), Path(out)
-    pairs = find_pairs(raw)
+    pairs = read_pairs_file(pairs_file, raw) if pairs_file is not None else find_pairs(raw)
     check_target(out, overwrite=overwrite, protect=(raw,))
     config = config or RegistrationConfig()
     with staged_output(out, overwrite=overwrite) as staging:
         (staging / "qc").mkdir()
         (staging / _SCRATCH).mkdir()
-        jobs = [_PairJob(p, bar_row, config, staging) for p in pairs]
+        jobs = [_PairJob(p, bar_row, bar_from_metadata, page, config, staging) for p in pairs]
         outcomes = parallel_map(_process_pair, jobs, workers=workers, desc="build")
         for o in outcomes:
             if not o.ok:
@@ -231,6 +261,6 @@ def build_dataset(
         records = {o.name: o.record for o in outcomes}
         text = json.dumps(records, indent=2, sort_keys=True) + "\n"
         (staging / "registration.json").write_text(text, encoding="utf-8")
-        _write_dataset(staging, outcomes, bar_row, command)
+        _write_dataset(staging, outcomes, bar_row, bar_from_metadata, command)
         shutil.rmtree(staging / _SCRATCH)
     return outcomes

@@ -1,10 +1,16 @@
-"""Finding LR/HR pairs in a raw folder by name: ``<name>_<magnification>.<ext>``.
+"""Finding LR/HR pairs in a raw folder: by name, ``<name>_<magnification>.<ext>``, or
+listed in a pairs file (data_prep/pairs_file.py).
 
 The public dataset's layout (docs/formats.md, section 1): two files per name, the
 magnification is the integer after the LAST underscore, the lower one is LR. Anything
 that breaks the layout is the user's to fix, so it stops the build with one line naming
 the file before any work is done. Files that are not images (the ``.txt`` sidecars SEM
 software writes, ``truth.json``) are skipped.
+
+The scale of a pair (:func:`pair_scale`): the ratio of the pixel sizes the microscope
+recorded (aeatrain/microscope.py) when both files carry one, else the ratio of the
+magnifications (recorded, else from the names). Where both are known they must agree
+within 5 %; every pair of a dataset must have the same scale.
 """
 
 from __future__ import annotations
@@ -18,25 +24,117 @@ import numpy as np
 
 from aeatrain.errors import UserError
 from aeatrain.imageio import IMAGE_SUFFIXES, read_image
+from aeatrain.microscope import Calibration, read_calibration
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(?P<name>.+)_(?P<mag>\d+)$")
+SCALE_AGREEMENT = 0.05  # pixel sizes and magnifications may disagree by this much
+SCALE_DECIMALS = 2  # a scale from pixel sizes is rounded to 0.01 (they are printed rounded)
 
 
 @dataclass(frozen=True)
 class RawPair:
-    """Two acquisitions of one field: ``hr_mag / lr_mag`` is the scale."""
+    """Two acquisitions of one field: ``scale`` = HR px per LR px (LR px size / HR px size)."""
 
     name: str
     lr_path: Path
     hr_path: Path
-    lr_mag: int
-    hr_mag: int
+    scale: float
+    lr_mag: float | None = None  # from the name or the metadata; None when unknown
+    hr_mag: float | None = None
+    lr_calibration: Calibration | None = None
+    hr_calibration: Calibration | None = None
 
     @property
-    def scale(self) -> float:
-        return self.hr_mag / self.lr_mag
+    def pixel_size_nm(self) -> dict[str, float | None]:
+        """``{"lr": nm, "hr": nm}`` as recorded by the microscope (None where not)."""
+        return {
+            "lr": self.lr_calibration.pixel_size_nm if self.lr_calibration else None,
+            "hr": self.hr_calibration.pixel_size_nm if self.hr_calibration else None,
+        }
+
+    def metadata_record(self) -> dict[str, dict | None]:
+        """Each file's vendor metadata as kept in registration.json and sample json."""
+        return {
+            "lr": self.lr_calibration.as_record() if self.lr_calibration else None,
+            "hr": self.hr_calibration.as_record() if self.hr_calibration else None,
+        }
+
+
+def name_magnification(path: Path) -> int | None:
+    """The magnification a file name gives (``x_10000.tif`` -> 10000), or None."""
+    match = _NAME.match(path.stem)
+    return int(match["mag"]) if match else None
+
+
+def _recorded_mag(calibration: Calibration | None) -> float | None:
+    return calibration.magnification if calibration else None
+
+
+def pair_scale(
+    lr_path: Path,
+    hr_path: Path,
+    lr_cal: Calibration | None,
+    hr_cal: Calibration | None,
+    names: tuple[float, float] | None,
+) -> float:
+    """The scale of a pair, or UserError naming the HR file when it cannot be told or
+    pixel sizes and magnifications contradict each other by more than 5 %.
+
+    ``names``: (LR, HR) magnifications from the file names, when they give them.
+    """
+    mags = names
+    lr_rec, hr_rec = _recorded_mag(lr_cal), _recorded_mag(hr_cal)
+    if mags is None and lr_rec and hr_rec:
+        mags = (lr_rec, hr_rec)
+    lr_px = lr_cal.pixel_size_nm if lr_cal else None
+    hr_px = hr_cal.pixel_size_nm if hr_cal else None
+    if lr_px and hr_px:
+        ratio = lr_px / hr_px
+        if mags is not None and abs(ratio / (mags[1] / mags[0]) - 1) > SCALE_AGREEMENT:
+            raise UserError(
+                f"{hr_path}: pixel sizes give scale {ratio:.3f} (LR {lr_px:.4g} nm, HR "
+                f"{hr_px:.4g} nm) but the magnifications {mags[0]:g} and {mags[1]:g} give "
+                f"{mags[1] / mags[0]:.3f}: more than {SCALE_AGREEMENT:.0%} apart"
+            )
+        scale = round(ratio, SCALE_DECIMALS)
+    elif mags is not None:
+        scale = mags[1] / mags[0]
+    else:
+        raise UserError(
+            f"{hr_path}: cannot tell the scale: neither {lr_path.name} nor {hr_path.name} "
+            "records a pixel size or magnification, and the names give none "
+            "(<name>_<magnification>)"
+        )
+    if scale <= 1:
+        raise UserError(
+            f"{hr_path}: scale {scale:g} with {lr_path.name} as LR; the LR file must have "
+            "the larger pixels (lower magnification)"
+        )
+    return scale
+
+
+def raw_pair(name: str, lr_path: Path, hr_path: Path, names=None) -> RawPair:
+    """A RawPair with both files' vendor calibration read and its scale checked."""
+    lr_cal, hr_cal = read_calibration(lr_path), read_calibration(hr_path)
+    scale = pair_scale(lr_path, hr_path, lr_cal, hr_cal, names)
+    lr_mag, hr_mag = names if names else (_recorded_mag(lr_cal), _recorded_mag(hr_cal))
+    return RawPair(name, lr_path, hr_path, scale, lr_mag, hr_mag, lr_cal, hr_cal)
+
+
+def check_one_scale(pairs: list[RawPair], where: Path) -> None:
+    """Every pair of a dataset must have the same scale; UserError naming ``where``."""
+    scales = {p.scale for p in pairs}
+    if len(scales) > 1:
+        examples = {}
+        for p in pairs:
+            examples.setdefault(p.scale, p.name)
+        listed = ", ".join(f"{s:g} ({n})" for s, n in sorted(examples.items()))
+        raise UserError(
+            f"{where}: pairs have different magnification ratios (scales): {listed}; "
+            "build one dataset per scale"
+        )
 
 
 def _image_files(raw: Path) -> list[Path]:
@@ -89,7 +187,7 @@ def _pair(name: str, members: list[tuple[int, Path]]) -> RawPair:
     (lr_mag, lr_path), (hr_mag, hr_path) = sorted(members)
     if lr_mag == hr_mag:
         raise UserError(f"{hr_path}: same magnification as {lr_path.name}; expected LR and HR")
-    return RawPair(name, lr_path, hr_path, lr_mag, hr_mag)
+    return raw_pair(name, lr_path, hr_path, (lr_mag, hr_mag))
 
 
 def find_pairs(raw: str | Path) -> list[RawPair]:
@@ -100,16 +198,7 @@ def find_pairs(raw: str | Path) -> list[RawPair]:
     raw = Path(raw)
     groups = _group_by_name(_image_files(raw))
     pairs = [_pair(name, members) for name, members in sorted(groups.items())]
-    scales = {p.scale for p in pairs}
-    if len(scales) > 1:
-        examples = {}
-        for p in pairs:
-            examples.setdefault(p.scale, p.name)
-        listed = ", ".join(f"{s:g} ({n})" for s, n in sorted(examples.items()))
-        raise UserError(
-            f"{raw}: pairs have different magnification ratios: {listed}; "
-            "build one dataset per ratio"
-        )
+    check_one_scale(pairs, raw)
     return pairs
 
 
@@ -130,16 +219,31 @@ def cut_bar(image: np.ndarray, bar_row: int | None, path: Path) -> np.ndarray:
     return image[:bar_row]
 
 
-def load_pair_images(pair: RawPair, bar_row: int | None) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Read both images and cut their bars: ``(lr, hr, lr_bit_depth, hr_bit_depth)``.
+def load_pair_images(
+    pair: RawPair, bar_row: int | None, *, bar_from_metadata: bool = True, page: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int, int, dict[str, int | None]]:
+    """Read both images and cut their bars: ``(lr, hr, lr_depth, hr_depth, bar_rows)``.
 
-    An unreadable file (not an image, truncated) raises ImageError naming it.
+    A file whose vendor metadata records its bar row (FEI ``ResolutionY``) is cut there
+    when ``bar_from_metadata``, any other at ``bar_row`` (None: no bar). ``bar_rows``
+    (``{"lr": row, "hr": row}``) says where each was cut (None: not cut). An unreadable
+    file (not an image, truncated) raises ImageError naming it.
     """
-    lr, lr_depth = read_image(pair.lr_path)
-    hr, hr_depth = read_image(pair.hr_path)
-    return (
-        cut_bar(lr, bar_row, pair.lr_path),
-        cut_bar(hr, bar_row, pair.hr_path),
-        lr_depth,
-        hr_depth,
-    )
+    images, depths, rows = [], [], {}
+    for key, path, calibration in (
+        ("lr", pair.lr_path, pair.lr_calibration),
+        ("hr", pair.hr_path, pair.hr_calibration),
+    ):
+        image, depth = read_image(path, page=page)
+        recorded = calibration.bar_row if bar_from_metadata and calibration else None
+        images.append(_cut_file_bar(image, path, recorded, bar_row))
+        rows[key] = images[-1].shape[0] if images[-1].shape[0] < image.shape[0] else None
+        depths.append(depth)
+    return images[0], images[1], depths[0], depths[1], rows
+
+
+def _cut_file_bar(image: np.ndarray, path: Path, recorded: int | None, bar_row: int | None):
+    """Cut at the vendor's row when there is one (at or past the last row: no bar)."""
+    if recorded is None:
+        return cut_bar(image, bar_row, path)
+    return image[:recorded]

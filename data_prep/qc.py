@@ -144,6 +144,22 @@ def pair_table(records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _bar_rows_text(manifest: dict) -> str:
+    """Where the data bars were cut: the rows of every pair's files (the vendor's rows
+    can differ per file), or the manifest's ``bar_row`` for datasets without them."""
+    rows = {
+        row
+        for pair in manifest["pairs"].values()
+        for row in (pair.get("bar_rows") or {}).values()
+        if row is not None
+    }
+    if not any("bar_rows" in pair for pair in manifest["pairs"].values()):
+        rows = {manifest["bar_row"]} if manifest["bar_row"] is not None else set()
+    if not rows:
+        return "no row (no data bar)"
+    return "row " + ", ".join(str(r) for r in sorted(rows))
+
+
 def summary_text(data_dir: str | Path) -> str:
     """Short summary of a built dataset: pairs ok/rejected, figures, samples per split."""
     data_dir = Path(data_dir)
@@ -153,7 +169,7 @@ def summary_text(data_dir: str | Path) -> str:
     lines = [
         f"dataset {data_dir}: protocol {manifest['protocol']['name']}, scale "
         f"{manifest['scale']:g}, bit depth {', '.join(map(str, manifest['bit_depths']))}, "
-        f"data bar cut at row {manifest['bar_row']}",
+        f"data bar cut at {_bar_rows_text(manifest)}",
         f"pairs: {len(ok)} ok, {len(records) - len(ok)} rejected",
         pair_table(records),
     ]

@@ -154,7 +154,7 @@ def hr_test_tiles(raw: str | Path, *, pairs: int | None, bar_row: int | None) ->
     """The HR test tiles (paper split of the HR image) of the first ``pairs`` pairs."""
     tiles = []
     for pair in find_pairs(raw)[:pairs]:
-        _, hr, _, depth = load_pair_images(pair, bar_row)
+        _, hr, _, depth, _ = load_pair_images(pair, bar_row)
         hr = to_float(hr, depth)
         split = paper_split(hr.shape[1], hr.shape[0])
         tiles += [hr[r.y0 : r.y1, r.x0 : r.x1] for r in split.tests.values()]

@@ -1,14 +1,14 @@
-"""Writing WebDataset shards and the dataset manifest (docs/formats.md, section 2).
+"""Writing WebDataset shards, their indexes and the dataset manifest (docs/formats.md §2).
 
-The one place that knows how a registered region becomes a WebDataset sample and how
-``manifest.json`` is laid out; ``aeatrain/data.py`` is the one place that reads them.
+The one place that writes a registered region as a WebDataset sample; the layout of the
+sample json, the shard index and ``manifest.json`` (models, constants, hashing) lives in
+``aeatrain/dataformat.py``, shared with ``aeatrain/data.py``, the one place that reads them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
+import tarfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,13 +18,20 @@ import cv2
 import numpy as np
 
 from aeatrain import __version__
-
-FORMAT = "aeatrain-dataset"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "test", "full")
-SHARD_PATTERN = "{split}-%06d.tar"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+from aeatrain.dataformat import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SHARD_PATTERN,
+    SPLITS,
+    Manifest,
+    SampleMeta,
+    ShardEntry,
+    sample_key,
+    write_index,
+)
+from aeatrain.errors import UserError
+from aeatrain.imageio import atomic_write_text
 
 
 @dataclass
@@ -40,21 +47,6 @@ class Sample:
     @property
     def key(self) -> str:
         return sample_key(self.pair, self.region_id)
-
-
-@dataclass
-class ShardInfo:
-    file: str
-    samples: int
-    sha256: str
-
-    def as_dict(self) -> dict:
-        return {"file": self.file, "samples": self.samples, "sha256": self.sha256}
-
-
-def sample_key(pair: str, region_id: str) -> str:
-    """WebDataset key of a region: dots would split the extension, so only [A-Za-z0-9_-]."""
-    return f"{_UNSAFE.sub('-', pair)}__{region_id}"
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -78,16 +70,13 @@ def encode_sample(sample: Sample) -> dict:
         "__key__": sample.key,
         "lr.png": encode_png(sample.lr),
         "hr.png": encode_png(sample.hr),
-        "json": json.dumps(sample.meta, sort_keys=True).encode("utf-8"),
+        "json": json.dumps(_checked_meta(sample), sort_keys=True).encode("utf-8"),
     }
 
 
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+def _checked_meta(sample: Sample) -> dict:
+    """The sample's json as written, checked against :class:`SampleMeta` (a bug if not)."""
+    return SampleMeta.model_validate(sample.meta).as_dict()
 
 
 def write_split(
@@ -97,8 +86,9 @@ def write_split(
     *,
     max_samples_per_shard: int = 64,
     max_bytes_per_shard: int = 512 << 20,
-) -> list[ShardInfo]:
-    """Write ``samples`` as ``<split>-%06d.tar`` shards with webdataset's ShardWriter."""
+) -> list[ShardEntry]:
+    """Write ``samples`` as ``<split>-%06d.tar`` shards with webdataset's ShardWriter, and
+    beside each its index (``<split>-%06d.index.json``), read back from the written file."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     out_dir = Path(out_dir)
@@ -115,21 +105,38 @@ def write_split(
             writer.write(encode_sample(sample))
             name = Path(writer.fname).name
             counts[name] = counts.get(name, 0) + 1
-    return [ShardInfo(name, n, sha256_file(out_dir / name)) for name, n in sorted(counts.items())]
+    return [_indexed(out_dir / name, n) for name, n in sorted(counts.items())]
+
+
+def _indexed(shard: Path, samples: int) -> ShardEntry:
+    index, index_path, index_sha256 = write_index(shard)
+    if len(index.samples) != samples:
+        raise RuntimeError(f"{shard}: wrote {samples} samples, indexed {len(index.samples)}")
+    return ShardEntry(
+        file=shard.name,
+        samples=samples,
+        sha256=index.shard_sha256,
+        index=index_path.name,
+        index_sha256=index_sha256,
+    )
 
 
 def build_manifest(
     *,
-    shards: dict[str, list[ShardInfo]],
+    shards: dict[str, list[ShardEntry]],
     pairs: dict[str, dict],
     rejected: dict[str, str],
     protocol: dict,
     scale: float,
     bar_row: int | None,
     command: str,
+    bar_from_metadata: bool = False,
 ) -> dict:
-    """The manifest dict of docs/formats.md; ``pairs`` maps name -> size, bit depth, region."""
-    return {
+    """The manifest dict of docs/formats.md; ``pairs`` maps name -> size, bit depth, region.
+
+    Checked against :class:`aeatrain.dataformat.Manifest` (keys it does not know, such as
+    per-pair metadata, are kept)."""
+    manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -137,6 +144,7 @@ def build_manifest(
         "command": command,
         "protocol": protocol,
         "bar_row": bar_row,
+        "bar_from_metadata": bar_from_metadata,
         "scale": float(scale),
         "bit_depths": sorted({int(p["bit_depth"]) for p in pairs.values()}),
         "pairs": pairs,
@@ -144,14 +152,50 @@ def build_manifest(
         "splits": {
             split: {
                 "samples": sum(s.samples for s in infos),
-                "shards": [s.as_dict() for s in infos],
+                "shards": [s.model_dump(mode="json") for s in infos],
             }
             for split, infos in shards.items()
         },
     }
+    return Manifest.model_validate(manifest).as_dict()
 
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> Path:
     path = Path(out_dir) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    atomic_write_text(path, text, overwrite=True)
     return path
+
+
+def add_indexes(root: str | Path) -> int:
+    """Upgrade a format_version 1 DATA folder in place: write each shard's index beside it
+    and the manifest as version 2 (replaced atomically, last). Returns the shards indexed
+    (0: already version 2). Raises UserError for anything but a version 1 or 2 dataset,
+    or a shard whose sha256 is no longer the manifest's."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable manifest ({err})") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if raw.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
+        raise UserError(f"{path}: not an aeatrain dataset of format_version 1 or 2")
+    if version == FORMAT_VERSION:
+        return 0
+    shards = [shard for split in raw["splits"].values() for shard in split["shards"]]
+    for shard in shards:
+        try:
+            index, index_path, index_sha256 = write_index(root / shard["file"])
+        except (OSError, ValueError, tarfile.TarError) as err:
+            raise UserError(f"{root / shard['file']}: cannot index ({err})") from None
+        if index.shard_sha256 != shard["sha256"]:
+            raise UserError(f"{root / shard['file']}: sha256 differs from {path}; rebuild")
+        shard.update(index=index_path.name, index_sha256=index_sha256)
+    raw["format_version"] = FORMAT_VERSION
+    try:
+        upgraded = Manifest.model_validate(raw).as_dict()
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from None
+    write_manifest(root, upgraded)
+    return len(shards)

@@ -40,6 +40,7 @@ from scipy.signal import lfilter
 
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
+from aeatrain.microscope import fei_tag_text, zeiss_tag_text
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
 
@@ -47,7 +48,14 @@ log = logging.getLogger(__name__)
 
 GENERATOR = "aeatrain.synth"
 VERSION = 1
-FORMATS = {"bmp": (".bmp", 8), "tif16": (".tif", 16)}
+# format -> (suffix, bit depth, vendor tags): fei-tif and zeiss-tif carry the metadata
+# those microscopes write (aeatrain/microscope.py), LZW-compressed like Fiji's TIFFs
+FORMATS = {
+    "bmp": (".bmp", 8, None),
+    "tif16": (".tif", 16, None),
+    "fei-tif": (".tif", 16, "fei"),
+    "zeiss-tif": (".tif", 16, "zeiss"),
+}
 _CANVAS_MARGIN_LR_PX = 8  # canvas beyond the LR field, so blurs see specimen, not padding
 _NM_PER_LR_PX = 10.0  # LR pixel size written on the data bar (12.8 um field at 1280 px)
 
@@ -505,17 +513,43 @@ def make_pair(
     return images[0], images[1], truth
 
 
+def vendor_tags(vendor: str | None, config: SynthConfig, magnification: int) -> list:
+    """tifffile ``extratags`` with the metadata an FEI or Zeiss SEM would write: the
+    nominal pixel size (10 nm at the LR magnification), and for FEI the data-bar row."""
+    if vendor is None:
+        return []
+    pixel_nm = _NM_PER_LR_PX * config.lr_magnification / magnification
+    if vendor == "fei":
+        text = fei_tag_text(
+            pixel_nm,
+            bar_row=config.height,
+            width=config.width,
+            hv_kv=5.0,
+            detector="ETD",
+            system="aeatrain synth",
+        )
+        return [(34682, "s", 0, text, True)]  # FEI_HELIOS
+    text = zeiss_tag_text(pixel_nm, magnification=magnification, hv_kv=5.0, detector="SE2")
+    return [(34118, "s", 0, text, True)]  # CZ_SEM
+
+
 def _write_pair(job: tuple) -> tuple[str, dict]:
     """Worker: make pair ``index`` and write its two files into ``out``."""
-    config, spec, seed, index, out, suffix = job
+    config, spec, seed, index, out, image_format = job
+    suffix, _, vendor = FORMATS[image_format]
     lr, hr, truth = make_pair(config, spec, seed, index)
     name = pair_name(index)
-    lr_file = f"{name}_{config.lr_magnification}{suffix}"
-    hr_file = f"{name}_{config.hr_magnification}{suffix}"
-    # plain writes: the whole folder is staged and renamed (and keeps the umask's mode)
-    (Path(out) / lr_file).write_bytes(encode_image(lr, suffix))
-    (Path(out) / hr_file).write_bytes(encode_image(hr, suffix))
-    return name, {"lr_file": lr_file, "hr_file": hr_file, **truth}
+    files = {}
+    for key, image, mag in (
+        ("lr_file", lr, config.lr_magnification),
+        ("hr_file", hr, config.hr_magnification),
+    ):
+        files[key] = f"{name}_{mag}{suffix}"
+        tags = vendor_tags(vendor, config, mag)
+        data = encode_image(image, suffix, extratags=tags, compression="lzw" if vendor else None)
+        # plain writes: the whole folder is staged and renamed (and keeps the umask's mode)
+        (Path(out) / files[key]).write_bytes(data)
+    return name, {**files, **truth}
 
 
 def synthesize(
@@ -539,13 +573,13 @@ def synthesize(
         raise UserError(f"--pairs: {pairs} < 1")
     if image_format not in FORMATS:
         raise UserError(f"--format: {image_format!r}; expected one of {', '.join(FORMATS)}")
-    suffix, bit_depth = FORMATS[image_format]
+    _, bit_depth, _ = FORMATS[image_format]
     config = replace(config or SynthConfig(), bit_depth=bit_depth)
     out = Path(out)
     check_target(out, overwrite=overwrite)
     spec = draw(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
     with staged_output(out, overwrite=overwrite) as staging:
-        jobs = [(config, spec, seed, i, staging, suffix) for i in range(pairs)]
+        jobs = [(config, spec, seed, i, staging, image_format) for i in range(pairs)]
         results = parallel_map(_write_pair, jobs, workers=workers, desc="synth")
         truth = {
             "generator": GENERATOR,

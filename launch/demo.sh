@@ -12,7 +12,9 @@
 # --overwrite is given (then those five folders are replaced).
 # Environment (optional): PYTHON (default python3), PAIRS (22), SEED (0), WIDTH and
 # HEIGHT of the image area (1280 x 944, the paper's), WORKERS (default: all cores),
-# NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml).
+# NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml), FORMAT of the
+# synthetic files (bmp; fei-tif: 16-bit TIFFs with FEI metadata, so the pixel size
+# travels through build and predict writes a calibrated TIFF).
 set -euo pipefail
 die() { echo "demo.sh: error: $*" >&2; exit 2; }
 usage="usage: launch/demo.sh OUTDIR [--overwrite]"
@@ -31,6 +33,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 PAIRS=${PAIRS:-22}
 SEED=${SEED:-0}
+FORMAT=${FORMAT:-bmp}
 WIDTH=${WIDTH:-1280}
 HEIGHT=${HEIGHT:-944}
 WORKERS_ARG=()
@@ -46,7 +49,7 @@ START=$(date +%s)
 
 echo "== 1/6 synth: $PAIRS synthetic SEM pairs, ${WIDTH}x${HEIGHT}, seed $SEED -> $OUT/raw"
 "$PYTHON" -m data_prep synth --out "$OUT/raw" --pairs "$PAIRS" --seed "$SEED" \
-    --width "$WIDTH" --height "$HEIGHT" "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
+    --width "$WIDTH" --height "$HEIGHT" --format "$FORMAT" "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
 
 echo "== 2/6 build: register LR onto HR, paper split, WebDataset shards -> $OUT/data"
 "$PYTHON" -m data_prep build --raw "$OUT/raw" --out "$OUT/data" --bar-row "$HEIGHT" \

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from aeatrain import data
+from aeatrain import data, dataformat
 from aeatrain.data import DatasetError, d4_inverse, d4_transform, load_manifest, train_loader
 from data_prep import shards
+from tests import datasets
 from tests.datasets import make_dataset, split_regions, write_dataset
 
 # --------------------------------------------------------------------------- fixtures
@@ -80,7 +81,7 @@ def check_coded_crops(batch):
 
 def test_manifest_exposes_what_the_trainer_needs(plain):
     manifest = load_manifest(plain)
-    assert manifest.root == plain and manifest.path == plain / "manifest.json"
+    assert manifest.root == str(plain) and manifest.path == str(plain / "manifest.json")
     assert manifest.scale == 2.0 and manifest.bit_depths == [8]
     assert manifest.pair_names == ["pair00", "pair01", "pair02"]
     assert manifest.pairs["pair01"]["train_region"] == {"x0": 0, "y0": 0, "x1": 240, "y1": 240}
@@ -93,9 +94,8 @@ def test_manifest_exposes_what_the_trainer_needs(plain):
         9,
         3,
     )
-    assert manifest.sha256 == shards.sha256_file(plain / "manifest.json")
+    assert manifest.sha256 == dataformat.sha256_file(plain / "manifest.json")
     assert load_manifest(plain / "manifest.json").sha256 == manifest.sha256
-    assert (data.FORMAT, data.FORMAT_VERSION) == (shards.FORMAT, shards.FORMAT_VERSION)
 
 
 @pytest.fixture
@@ -117,14 +117,36 @@ def test_missing_shard_is_named(own_copy):
         load_manifest(own_copy)
 
 
-def test_checksum_mismatch_is_named_and_can_be_skipped(own_copy):
+def test_a_changed_shard_is_found_by_verify_and_by_the_reader(own_copy):
     shard = own_copy / "train-000000.tar"
     content = bytearray(shard.read_bytes())
-    content[700] ^= 0xFF
+    index = json.loads((own_copy / "train-000000.index.json").read_text())
+    content[index["samples"][0]["members"]["hr.png"]["offset"] + 100] ^= 0xFF  # pair00's HR
     shard.write_bytes(bytes(content))
     with pytest.raises(DatasetError, match=r"train-000000\.tar: sha256 differs"):
+        load_manifest(own_copy, verify_checksums=True)
+    assert load_manifest(own_copy).pair_names == ["pair00", "pair01"]  # hashes nothing
+    with pytest.raises(DatasetError) as caught:
+        next(train_loader(own_copy, crop_size=16, batch_size=1, seed=0))
+    assert str(caught.value) == (
+        f"{shard}: sample pair00__train: hr.png differs from the shard's index (corrupt "
+        f"shard or stale index; run python -m data_prep verify)"
+    )
+
+
+def test_a_missing_or_foreign_index_is_named(own_copy):
+    index = own_copy / "train-000000.index.json"
+    saved = index.read_bytes()
+    index.unlink()
+    with pytest.raises(DatasetError, match=r"train-000000\.index\.json: train index .* missing"):
         load_manifest(own_copy)
-    assert load_manifest(own_copy, verify_checksums=False).pair_names == ["pair00", "pair01"]
+    index.write_bytes(saved)
+    shard = own_copy / "train-000000.tar"
+    shard.write_bytes(shard.read_bytes() + bytes(512))  # another shard under the same name
+    with pytest.raises(DatasetError) as caught:
+        next(train_loader(own_copy, crop_size=16, batch_size=1, seed=0))
+    assert str(caught.value).startswith(f"{shard}: the shard is {len(shard.read_bytes())} bytes")
+    assert "the index does not match its shard" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +154,9 @@ def test_checksum_mismatch_is_named_and_can_be_skipped(own_copy):
     [
         ({"protocol": {"name": "random-split"}}, "protocol.name is 'random-split'"),
         ({"format": "something-else"}, "format is 'something-else'"),
-        ({"format_version": 2}, "format_version is 2"),
+        ({"format_version": 3}, "format_version is 3"),
+        ({"format_version": 1}, "format_version 1 has no shard indexes; add them once with"),
+        ({"bit_depths": "8"}, r"bit_depths: Input should be a valid list"),
     ],
 )
 def test_wrong_manifest_fields_name_the_manifest(own_copy, changes, message):
@@ -300,7 +324,8 @@ def test_8_and_16_bit_pairs_scale_by_their_own_maximum(tmp_path):
 
 def test_corrupt_sample_is_one_line_naming_shard_and_key(tmp_path):
     shard = tmp_path / "bad-000000.tar"
-    meta = {"pair": "p", "region_id": "train", "region": {"x0": 0, "y0": 0, "x1": 16, "y1": 16}}
+    box = {"x0": 0, "y0": 0, "x1": 16, "y1": 16}
+    meta = datasets._sample_meta("p", "train", box, np.zeros((16, 16), np.uint8), 2.0)
     with tarfile.open(shard, "w") as tar:
         for name, payload in [
             ("p__train.hr.png", shards.encode_png(np.zeros((16, 16), np.uint8))),
@@ -339,7 +364,7 @@ def test_pipe_and_brace_urls_stream_the_same_batches(plain):
 
 def test_failing_pipe_is_named(tmp_path):
     url = f"pipe:cat {tmp_path}/absent.tar"
-    with pytest.raises(DatasetError, match=f"{url}: unreadable shard"):
+    with pytest.raises(DatasetError, match=f"{url}: cannot read shard"):
         data.pair_names([url])
 
 

@@ -1,8 +1,10 @@
-"""Models: the U-Net baseline, GVTNet and AEANet (with its ablations), built by name.
+"""Models: the U-Net baseline, GVTNet, AEANet (with its ablations), VDSR, EDSR and RCAN.
 
 ``build_model(name, **kw)`` is the one factory; ablations are keyword settings of
 "aeanet" (``num_refs=16`` / ``32``; ``num_refs=0`` = batch-aware only;
-``batch_aware=False`` = references only).
+``batch_aware=False`` = references only). Every model maps (N, 1, H, W) in [0, 1] at the
+HR frame to the same shape and declares ``input_multiple``: H and W must be multiples of
+it (4 for the U-Net family, 1 for VDSR, EDSR and RCAN).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from aeatrain.models.attention import (
     batch_aware_mask_for_ranks,
     default_batch_aware_mask,
 )
+from aeatrain.models.srnets import EDSR, RCAN, VDSR
 from aeatrain.models.unet import UNet, check_input
 
-MODEL_NAMES = ("unet", "gvtnet", "aeanet")
+MODEL_NAMES = ("unet", "gvtnet", "aeanet", "vdsr", "edsr", "rcan")
+SR_NETWORKS = ("vdsr", "edsr", "rcan")
 
 # Defaults of the published network. bn_momentum is PyTorch's convention (TF's 0.997).
 DEFAULTS: dict[str, Any] = {
@@ -31,18 +35,28 @@ DEFAULTS: dict[str, Any] = {
     "bn_eps": 1e-5,
     "residual": False,
     "process_group": None,
+    # VDSR, EDSR, RCAN. depth None = the published depth of the named network.
+    "width": 64,
+    "depth": None,
+    "groups": 10,
+    "reduction": 16,
+    "res_scale": 1.0,
 }
+PUBLISHED_DEPTH = {"vdsr": 20, "edsr": 16, "rcan": 20}  # conv layers; blocks; blocks per group
 
 _UNET_KEYS = ("base_channels", "bn_momentum", "bn_eps", "residual", "process_group")
 _APPLIES = {
     "unet": _UNET_KEYS,
     "gvtnet": (*_UNET_KEYS, "heads", "normalize"),
-    "aeanet": tuple(DEFAULTS),
+    "aeanet": (*_UNET_KEYS, "heads", "num_refs", "batch_aware", "normalize"),
+    "vdsr": ("width", "depth"),
+    "edsr": ("width", "depth", "res_scale", "residual"),
+    "rcan": ("width", "depth", "groups", "reduction", "residual"),
 }
 
 
 def build_model(name: str, **kw: Any) -> nn.Module:
-    """Build "unet", "gvtnet" or "aeanet" with the published defaults (see ``DEFAULTS``).
+    """Build one of ``MODEL_NAMES`` with the published defaults (see ``DEFAULTS``).
 
     Every keyword of ``DEFAULTS`` is accepted for every name, so a config can pass its
     whole model section; one that has no meaning for the named model (``num_refs`` for
@@ -52,6 +66,9 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     "aeanet" only.
 
     Parameters with base_channels=32: unet 793,408; gvtnet 564,288; aeanet 572,480.
+    VDSR, EDSR, RCAN (``width``, ``depth``; RCAN ``groups``, ``reduction``; EDSR
+    ``res_scale``; EDSR/RCAN ``residual`` adds the input): vdsr 665,921 (20 layers of 64);
+    edsr 1,219,841 (16 blocks of 64); rcan 15,294,625 (10 groups of 20 blocks of 64).
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -62,6 +79,8 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     if inapplicable:
         raise ValueError(f"option(s) {inapplicable} do not apply to model {name!r}")
     opts = {**DEFAULTS, **kw}
+    if name in SR_NETWORKS:
+        return _build_sr_network(name, opts)
     unet_kw = {k: opts[k] for k in ("base_channels", "bn_momentum", "bn_eps", "residual")}
     if name == "unet":
         return UNet(bottom="res", **unet_kw)
@@ -77,9 +96,30 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     )
 
 
+def _build_sr_network(name: str, opts: dict[str, Any]) -> nn.Module:
+    depth = PUBLISHED_DEPTH[name] if opts["depth"] is None else opts["depth"]
+    if name == "vdsr":
+        return VDSR(width=opts["width"], depth=depth)
+    if name == "edsr":
+        return EDSR(
+            width=opts["width"], depth=depth, res_scale=opts["res_scale"], residual=opts["residual"]
+        )
+    return RCAN(
+        width=opts["width"],
+        groups=opts["groups"],
+        depth=depth,
+        reduction=opts["reduction"],
+        residual=opts["residual"],
+    )
+
+
 __all__ = [
     "DEFAULTS",
+    "EDSR",
     "MODEL_NAMES",
+    "RCAN",
+    "SR_NETWORKS",
+    "VDSR",
     "AugmentedAttention",
     "UNet",
     "batch_aware_mask_for_ranks",

@@ -43,9 +43,10 @@ class AugmentedAttention(nn.Module):
         process_group: the group spanning the global batch; None means the default group
             whenever torch.distributed is initialised.
 
-    Which image goes where: in training mode with ``batch_aware``, the first floor(N/2)
-    images of the local batch go to A_R and the rest to the batch-aware branch (see
-    :func:`default_batch_aware_mask`); in evaluation mode every image goes to A_R.
+    Which image goes where: in training mode with ``batch_aware``, the first ceil(N/2)
+    images of the local batch go to the batch-aware branch and the rest to A_R (see
+    :func:`default_batch_aware_mask`; the order of the published checkpoints' training
+    graphs); in evaluation mode every image goes to A_R.
     Parameters: 4 c (c + 1) + r c (74,240 for c = 128, r = 64).
     """
 
@@ -145,23 +146,23 @@ class AugmentedAttention(nn.Module):
         return t.reshape(batch, self.heads, self.head_dim, height * width)  # (N, heads, d, n)
 
     def _attend_split(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """Send ~mask images to A_R and mask images to A_b; merge back in batch order.
+        """Send mask images to A_b and ~mask images to A_R; merge back in batch order.
 
         Every rank reaches the collective inside ``_attend_batch`` even when it holds no
         batch-aware image, so that no rank waits for one that never comes.
         """
-        ref_idx = (~mask).nonzero().squeeze(1)
         ba_idx = mask.nonzero().squeeze(1)
-        n_ref = ref_idx.numel()
-        if bool(mask[n_ref:].all()):  # the usual contiguous split: views, no copies
-            out_ref = self._attend_refs(q[:n_ref], k[:n_ref], v[:n_ref])
-            out_ba = self._attend_batch(q[n_ref:], k[n_ref:], v[n_ref:])
-            return torch.cat([out_ref, out_ba])
-        dev_ref, dev_ba = ref_idx.to(q.device), ba_idx.to(q.device)
-        out_ref = self._attend_refs(q[dev_ref], k[dev_ref], v[dev_ref])
+        ref_idx = (~mask).nonzero().squeeze(1)
+        n_ba = ba_idx.numel()
+        if bool(mask[:n_ba].all()):  # the usual contiguous split: views, no copies
+            out_ba = self._attend_batch(q[:n_ba], k[:n_ba], v[:n_ba])
+            out_ref = self._attend_refs(q[n_ba:], k[n_ba:], v[n_ba:])
+            return torch.cat([out_ba, out_ref])
+        dev_ba, dev_ref = ba_idx.to(q.device), ref_idx.to(q.device)
         out_ba = self._attend_batch(q[dev_ba], k[dev_ba], v[dev_ba])
-        inverse = torch.argsort(torch.cat([ref_idx, ba_idx])).to(q.device)
-        return torch.cat([out_ref, out_ba])[inverse]
+        out_ref = self._attend_refs(q[dev_ref], k[dev_ref], v[dev_ref])
+        inverse = torch.argsort(torch.cat([ba_idx, ref_idx])).to(q.device)
+        return torch.cat([out_ba, out_ref])[inverse]
 
     def _ref_keys_values(self) -> tuple[Tensor, Tensor]:
         """k(R) and v(R) per head: two (heads, d, r) tensors (the 1x1 convs as matmuls)."""
@@ -230,9 +231,12 @@ class AugmentedAttention(nn.Module):
 
 
 def default_batch_aware_mask(batch: int) -> Tensor:
-    """The training split of a local batch: first floor(N/2) to A_R, the rest batch-aware."""
+    """The training split of a local batch: the first ceil(N/2) images batch-aware, the
+    remaining floor(N/2) to A_R (the official training graph's order: first half
+    batch-aware, second half references). Across ranks the batch-aware group is every
+    rank's first half."""
     mask = torch.zeros(batch, dtype=torch.bool)
-    mask[batch // 2 :] = True
+    mask[: batch - batch // 2] = True
     return mask
 
 

@@ -98,6 +98,8 @@ class UNet(nn.Module):
     r = 16: 566,336 (the attention block replaces the bottom residual block).
     """
 
+    input_multiple = 4  # two stride-2 levels: H and W must be multiples of 4 (check_input)
+
     def __init__(
         self,
         *,

@@ -1,4 +1,4 @@
-"""Preemption: SIGUSR1/SIGTERM ask the run to checkpoint and stop at the next step boundary.
+"""Preemption: SIGUSR1/SIGTERM/SIGINT ask the run to checkpoint and stop at the next step.
 
 A cluster (SLURM ``--signal=USR1@120``, or SIGTERM at the time limit) warns a job before
 killing it. The handler only sets a flag: nothing unsafe happens inside a signal handler.
@@ -6,7 +6,8 @@ The trainer all-reduces the flag at every step boundary so all ranks agree on th
 step, saves a checkpoint there and exits with :data:`EXIT_PREEMPTED`, on which the SLURM
 launcher requeues the job; the requeued job resumes from that checkpoint. The loader's
 workers are threads (aeatrain/data.py): Python delivers signals to the main thread only, so
-the handler here is the one that acts.
+the handler here is the one that acts. SIGINT (Ctrl-C) stops the same way; a second
+SIGINT gives up on the checkpoint and interrupts at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL of sysexits.h: "try again later", i.e. requeue me
-PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionFlag:
@@ -45,3 +46,5 @@ class PreemptionFlag:
     def _handle(self, signum: int, frame: object) -> None:
         if self.received is None:
             self.received = signum
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt

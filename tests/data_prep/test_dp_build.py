@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
+from aeatrain.dataformat import sha256_file
 from aeatrain.errors import UserError
 from aeatrain.imageio import read_image, write_image
 from data_prep import build as build_module
 from data_prep.build import build_dataset
 from data_prep.pairs import cut_bar
 from data_prep.registration import warp_lr_to_hr
-from data_prep.shards import sha256_file
 from data_prep.synth import SynthConfig, synthesize
 from data_prep.truth import check_truth
 
@@ -46,11 +46,14 @@ def _no_staging_left(parent):
 def test_dataset_layout_manifest_and_registration(small_raw, small_data):
     names = sorted(p.name for p in small_data.iterdir())
     assert names == [
+        "full-000000.index.json",
         "full-000000.tar",
         "manifest.json",
         "qc",
         "registration.json",
+        "test-000000.index.json",
         "test-000000.tar",
+        "train-000000.index.json",
         "train-000000.tar",
     ]
     assert sorted(p.name for p in (small_data / "qc").iterdir()) == [
@@ -60,7 +63,7 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
     ]
     assert _no_staging_left(small_data.parent)
     manifest = json.loads((small_data / "manifest.json").read_text())
-    assert manifest["format"] == "aeatrain-dataset" and manifest["format_version"] == 1
+    assert manifest["format"] == "aeatrain-dataset" and manifest["format_version"] == 2
     assert manifest["protocol"]["name"] == "paper-split-v1"
     assert manifest["scale"] == 2.0 and manifest["bit_depths"] == [8] and manifest["bar_row"] == BAR
     assert manifest["rejected"] == {}
@@ -69,6 +72,8 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
         "height": 384,
         "bit_depth": 8,
         "train_region": {"x0": 0, "y0": 0, "x1": 384, "y1": 384},
+        "pixel_size_nm": {"lr": None, "hr": None},  # BMPs record none
+        "bar_rows": {"lr": BAR, "hr": BAR},
     }
     counts = {
         s: (v["samples"], [x["file"] for x in v["shards"]]) for s, v in manifest["splits"].items()
@@ -81,6 +86,8 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             assert shard["sha256"] == sha256_file(small_data / shard["file"])
+            assert shard["index"] == shard["file"].replace(".tar", ".index.json")
+            assert shard["index_sha256"] == sha256_file(small_data / shard["index"])
     records = json.loads((small_data / "registration.json").read_text())
     assert sorted(records) == ["syn000", "syn001", "syn002"]
     for name, r in records.items():

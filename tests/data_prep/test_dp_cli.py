@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aeatrain.errors import run_cli
+from aeatrain.microscope import read_calibration
 from data_prep.__main__ import main
 from data_prep.outdir import _remove_stale_staging
 
@@ -120,8 +121,9 @@ def test_demo_refuses_a_non_empty_outdir(tmp_path):
     assert "not empty" in result.stderr and (tmp_path / "mine.txt").read_text() == "x"
 
 
-@pytest.mark.slow  # ~35 s: a 2-process training run, evaluation and prediction
-def test_demo_runs_every_stage(tmp_path):
+@pytest.mark.slow  # ~35 s each: a 2-process training run, evaluation and prediction
+@pytest.mark.parametrize("image_format", ["bmp", "fei-tif"])
+def test_demo_runs_every_stage(tmp_path, image_format):
     env = {
         **_env(),
         "PYTHON": sys.executable,
@@ -130,6 +132,7 @@ def test_demo_runs_every_stage(tmp_path):
         "HEIGHT": "384",
         "WORKERS": "1",
         "CONFIG": "configs/debug.yaml",  # the demo's stages, at a test's budget
+        "FORMAT": image_format,
     }
     result = subprocess.run(
         ["bash", str(REPO / "launch" / "demo.sh"), str(tmp_path / "demo")],
@@ -149,4 +152,7 @@ def test_demo_runs_every_stage(tmp_path):
     assert (demo / "raw" / "truth.json").is_file()
     assert (demo / "run" / "model.safetensors").is_file()
     assert (demo / "eval" / "metrics.md").is_file()
-    assert len(list((demo / "predict").iterdir())) == 1
+    predicted = list((demo / "predict").iterdir())
+    assert len(predicted) == 1
+    if image_format == "fei-tif":  # 10 nm LR pixels -> a 5 nm calibrated TIFF
+        assert read_calibration(predicted[0]).pixel_size_nm == pytest.approx(5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,20 @@ def test_bad_tiles_argument(lab, capsys):
     assert code == EXIT_USER_ERROR and "tile 128: must exceed twice the margin (128)" in err
 
 
+@pytest.mark.parametrize(
+    ("tile_args", "expected"),
+    [
+        (["--tile", "66"], "tile 66: with margin 32 the tiles step by 2 px, below the minimum"),
+        (["--tile", "1", "--margin", "0"], "tile 1: with margin 0 the tiles step by 1 px"),
+        (["--tiles", "512,70"], "tile 70: with margin 32 the tiles step by 6 px"),
+    ],
+)
+def test_a_tile_step_below_16_px_is_refused_before_any_work(tmp_path, capsys, tile_args, expected):
+    argv = ["--run", str(tmp_path / "no-run"), "--data", str(tmp_path / "no-data"), *tile_args]
+    code, _, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and expected in err and err.count("\n") == 1, err
+
+
 def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
     code, _, err = _cli(
         [
@@ -295,3 +310,47 @@ def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
         capsys,
     )
     assert code == EXIT_USER_ERROR and "no pair left to score" in err
+
+
+def test_tta_d4_row_matches_the_self_ensemble_by_hand(lab, tmp_path, capsys):
+    from aeatrain.inference import self_ensemble
+
+    argv = ["--run", str(lab / "pooled"), "--data", str(lab / "DATA"), "--pairs", "pair01",
+            "--tta", "d4", "--out", str(tmp_path)]  # fmt: skip
+    code, out, err = _cli(argv, capsys)
+    assert code == 0, err
+    row = json.loads((tmp_path / "metrics.json").read_text())["rows"][0]
+    assert row["prediction"] == {"mode": "whole", "pad_multiple": 16, "tta": "d4"}
+    assert "whole image + d4" in out
+    model, _ = load_run(lab / "pooled")
+    (image,) = full_images(lab / "DATA", pairs=["pair01"])
+    pred = self_ensemble(lambda x: predict_full(model, x), to_float(image.lr), "d4")
+    want = mean_scores(score_regions(pred, image.lr, image.hr, image.test_regions, bit_depth=8))
+    assert row["summary"]["dpsnr"] == pytest.approx(want["dpsnr"], abs=1e-12)
+    plain = _by_hand(lab / "pooled", lab / "DATA", ["pair01"])["pair01"]
+    assert row["summary"]["dpsnr"] != pytest.approx(plain["dpsnr"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_give_exactly_the_one_process_table(lab, tmp_path, capsys):
+    """torchrun splits the images over 2 processes (gloo on CPU); the gathered table and
+    metrics are those of one process, figure for figure. (``--``: torchrun would take
+    ``--run`` for an abbreviation of its own ``--run-path``.)"""
+    import subprocess
+    import sys
+
+    argv = ["--run", str(lab / "pooled"), "--selftrain", str(lab / "self_*"),
+            "--data", str(lab / "DATA"), "--tiles", "whole,96", "--device", "cpu"]  # fmt: skip
+    code, _, _ = _cli([*argv, "--out", str(tmp_path / "one")], capsys)
+    assert code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "aeatrain.evaluate", "--", *argv, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert two["rows"] == one["rows"] and len(one["rows"]) == 4
+    table = [(tmp_path / d / "metrics.md").read_text().split("\n\n")[2] for d in ("one", "two")]
+    assert table[0] == table[1] and "self-training (3 runs" in table[0]

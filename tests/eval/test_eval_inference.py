@@ -149,8 +149,92 @@ def test_bad_tiling_arguments_are_user_errors():
         inference.predict_tiled(model, image, tile=128, overlap=96)
     with pytest.raises(UserError, match="twice the margin"):
         inference.predict_paper_tiles(model, np.zeros((200, 200), np.float32), tile=64, margin=32)
+    with pytest.raises(UserError, match="tile 66: with margin 32 the tiles step by 2 px"):
+        inference.predict_paper_tiles(model, np.zeros((200, 200), np.float32), tile=66, margin=32)
+    with pytest.raises(UserError, match="step by 1 px, below the minimum of 16 px"):
+        inference.predict_paper_tiles(model, np.zeros((200, 200), np.float32), tile=1, margin=0)
+    inference.check_paper_tiling(80, 32)  # a step of 16 is enough
+
+
+def test_streamed_paper_tiles_are_bitwise_the_whole_list_prediction():
+    """Streaming changes no batch: all paper tiles share one shape, taken in box order."""
+    model = _unet(seed=3)
+    image = np.random.default_rng(3).random((203, 261), dtype=np.float32)
+    tile, margin, batch = 96, 32, 3
+    rows = inference.paper_tile_spans(203, tile=tile, margin=margin)
+    cols = inference.paper_tile_spans(261, tile=tile, margin=margin)
+    boxes = [(r, c) for c in cols for r in rows]
+    with inference.eval_mode(model):
+        preds = inference._predict_many(
+            model, [image[r[0] : r[1], c[0] : c[1]] for r, c in boxes],
+            device=torch.device("cpu"), multiple=16, batch_size=batch,
+        )  # fmt: skip
+    expected = np.empty_like(image)
+    for (r, c), pred in zip(boxes, preds):
+        expected[r[2] : r[3], c[2] : c[3]] = pred[
+            r[2] - r[0] : r[3] - r[0], c[2] - c[0] : c[3] - c[0]
+        ]
+    got = inference.predict_paper_tiles(model, image, tile=tile, margin=margin, batch_size=batch)
+    assert np.array_equal(got, expected)
+
+
+class _NumpyCopy(torch.nn.Module):
+    """Returns a copy of its input made by NumPy, so tracemalloc sees every output."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # puts the model on a device
+
+    def forward(self, x):
+        return torch.from_numpy(x.numpy().copy())
+
+
+def test_paper_tiles_are_streamed_not_all_held():
+    """944 x 1280 with tile 80, margin 32: 4,180 tiles (107 MB of predictions if kept)."""
+    import tracemalloc
+
+    image = np.random.default_rng(0).random((944, 1280), dtype=np.float32)  # 4.8 MB
+    tracemalloc.start()
+    try:
+        out = inference.predict_paper_tiles(_NumpyCopy(), image, tile=80, margin=32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(out, image)
+    assert peak < 20e6, f"peak {peak / 1e6:.0f} MB"
 
 
 def test_choose_device_prefers_cuda_only_when_present():
     assert inference.choose_device("cpu").type == "cpu"
     assert inference.choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------ D4 self-ensemble
+def test_d4_elements_are_eight_distinct_invertible_transforms():
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    seen = set()
+    for k, flip in inference.d4_elements():
+        moved = inference.d4_apply(image, k, flip)
+        assert np.array_equal(inference.d4_invert(moved, k, flip), image)
+        seen.add(moved.tobytes() + bytes(moved.shape))
+    assert len(seen) == 8
+
+
+def test_tta_d4_is_exactly_the_mean_of_the_8_inverse_transformed_predictions():
+    model = _unet(channels=4)
+    image = np.random.default_rng(3).random((32, 48), dtype=np.float32)
+    got = inference.self_ensemble(lambda x: inference.predict_full(model, x), image, "d4")
+    total = np.zeros(image.shape, dtype=np.float64)
+    preds = []
+    for k, flip in [(k, f) for f in (False, True) for k in range(4)]:
+        moved = np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
+        back = np.rot90(inference.predict_full(model, moved), -k)
+        preds.append(back[:, ::-1] if flip else back)
+    for pred in preds:
+        total += pred
+    assert got.dtype == np.float32 and np.array_equal(got, (total / 8).astype(np.float32))
+    plain = inference.predict_full(model, image)
+    assert np.abs(got - plain).max() > 1e-4  # the U-Net is not D4-equivariant: it differs
+    assert np.array_equal(inference.self_ensemble(lambda x: plain, image, "none"), plain)
+    with pytest.raises(ValueError, match="tta"):
+        inference.self_ensemble(lambda x: x, image, "d8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,25 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
     assert got.dtype == np.float32 and got.shape == (80, 104)
     assert np.abs(got - want * 255).max() < 1e-3
     assert np.array_equal(from_float(got / 255, 8), from_float(want, 8))
+
+
+def test_tta_d4_averages_the_eight_flips(run_dir, tmp_path, capsys):
+    from aeatrain.imageio import to_float
+    from aeatrain.inference import predict_full, self_ensemble
+    from aeatrain.runs import load_run
+
+    image = np.random.default_rng(5).integers(0, 256, (24, 36), dtype=np.uint8)
+    write_image(tmp_path / "a.png", image)
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "a.png"), "--output",
+            str(tmp_path / "o"), "--float32", "--tta", "d4"]  # fmt: skip
+    code, err = _cli(argv, capsys)
+    assert code == 0, err
+    model, _ = load_run(run_dir)
+    upsampled = to_float(cv2.resize(image, (72, 48), interpolation=cv2.INTER_CUBIC))
+    want = self_ensemble(lambda x: predict_full(model, x), upsampled, "d4")
+    got = tifffile.imread(tmp_path / "o" / "a.tif")
+    assert np.abs(got - want * 255).max() < 1e-3
+    assert np.abs(want - predict_full(model, upsampled)).max() > 1e-5
 
 
 def test_bar_row_cuts_the_data_bar_before_upsampling(run_dir, tmp_path, capsys):
@@ -314,3 +334,67 @@ def test_real_subprocess_exit_code_and_single_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'missing'}: no such run folder"
     ]
+
+
+# --- files from microscopes: the data bar and the pixel size from the vendor metadata ----
+
+FEI_LR_TEXT = (
+    "[System]\r\nSystemType=Quanta FEG 250\r\n[Beam]\r\nHV=10000\r\n"
+    "[Scan]\r\nPixelWidth=1.240234e-08\r\nPixelHeight=1.240234e-08\r\n"
+    "[Image]\r\nResolutionX=80\r\nResolutionY=48\r\n[Detectors]\r\nName=ETD\r\n"
+)
+
+
+def _fei_lr(path: Path) -> np.ndarray:
+    """A 16-bit LZW FEI TIFF: 48 image rows, a 16-row data bar, 12.40234 nm pixels."""
+    image = (np.random.default_rng(5).random((64, 80)) * 50000).astype(np.uint16)
+    image[48:] = 65535  # the data bar: white, so a missed cut shows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, image, compression="lzw", extratags=[(34682, "s", 0, FEI_LR_TEXT, True)])
+    return image
+
+
+def test_fei_input_gives_a_calibrated_tiff_cut_at_resolution_y(run_dir, tmp_path, capsys):
+    _fei_lr(tmp_path / "in" / "spot 1.tif")
+    code, err = _cli(
+        ["--run", str(run_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "o" / "spot 1.tif") as tif:
+        out = tif.asarray()
+        meta = tif.imagej_metadata
+        numerator, denominator = tif.pages.first.tags["XResolution"].value
+        y_numerator, y_denominator = tif.pages.first.tags["YResolution"].value
+    assert out.shape == (96, 160) and out.dtype == np.uint16  # 48 rows above the bar, x2
+    assert meta["unit"] == "nm"
+    assert denominator / numerator == pytest.approx(12.40234 / 2, rel=1e-6)  # nm per pixel
+    assert y_denominator / y_numerator == pytest.approx(12.40234 / 2, rel=1e-6)
+    info = json.loads(meta["Info"])
+    assert info["source_pixel_size_nm"] == pytest.approx(12.40234)
+    assert info["source_microscope"]["vendor"] == "fei"
+    assert info["source_microscope"]["detector"] == "ETD"
+
+
+def test_bar_row_and_no_bar_override_the_metadata(run_dir, tmp_path, capsys):
+    _fei_lr(tmp_path / "a.tif")
+    for option, rows in ((["--no-bar"], 128), (["--bar-row", "32"], 64)):
+        out = tmp_path / f"o{rows}"
+        argv = ["--run", str(run_dir), "--input", str(tmp_path / "a.tif"), "--output", str(out)]
+        code, err = _cli([*argv, *option], capsys)
+        assert code == 0, err
+        assert read_image(out / "a.tif")[0].shape == (rows, 160)
+    code, err = _cli([*argv, "--no-bar", "--bar-row", "3"], capsys)
+    assert code == EXIT_USER_ERROR and "not allowed with" in err
+
+
+def test_multi_page_input_needs_page(run_dir, tmp_path, capsys):
+    stack = np.stack([np.full((24, 32), 60 * (k + 1), np.uint8) for k in range(3)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "stack.tif")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR and "stack.tif: 3 pages; choose one with --page N" in err
+    assert not (tmp_path / "o").exists()
+    code, err = _cli([*argv, "--output", str(tmp_path / "o2"), "--page", "2"], capsys)
+    assert code == 0, err
+    assert read_image(tmp_path / "o2" / "stack.tif")[0].shape == (48, 64)

@@ -154,3 +154,26 @@ def test_unreadable_input(aeanet_run, tmp_path, capsys):
         capsys,
     )
     assert code == EXIT_USER_ERROR and "x.bmp: not a readable image" in err
+
+
+def test_raw_maps_of_a_calibrated_input_are_calibrated(aeanet_run, tmp_path, capsys, caplog):
+    """Zeiss input, 8 nm pixels: the maps are at the HR frame, so 4 nm per pixel."""
+    text = "0\r\nAP_PIXEL_SIZE\r\nPixel Size = 8.000 nm\r\nAP_MAG\r\nMag = 12.50 K X\r\n"
+    image = cv2.GaussianBlur(
+        np.random.default_rng(3).integers(0, 256, (40, 48), np.uint8), (0, 0), 1
+    )
+    tifffile.imwrite(tmp_path / "z.tif", image, extratags=[(34118, "s", 0, text, True)])
+    caplog.set_level("WARNING")
+    argv = ["--run", str(aeanet_run), "--input", str(tmp_path / "z.tif"), "--refs", "1"]
+    code, err = _cli([*argv, "--output", str(tmp_path / "f")], capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "f" / "z_refmaps.tif") as tif:
+        assert tif.asarray().shape == (80, 96) and tif.imagej_metadata["unit"] == "nm"
+        numerator, denominator = tif.pages.first.tags["XResolution"].value
+    assert denominator / numerator == pytest.approx(4.0)
+    assert "PNG figures carry no calibration" in caplog.text
+    code, err = _cli([*argv, "--output", str(tmp_path / "g"), "--registered"], capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "g" / "z_refmaps.tif") as tif:
+        numerator, denominator = tif.pages.first.tags["XResolution"].value
+    assert denominator / numerator == pytest.approx(8.0)  # already in the HR frame

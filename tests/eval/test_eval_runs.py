@@ -118,3 +118,30 @@ def test_corrupt_weights_and_run_json(tmp_path):
     (run / "run.json").write_text("{not json")
     with pytest.raises(RunError, match=r"run\.json: not readable JSON"):
         load_run(run)
+
+
+def _absent_device() -> str:
+    """A CUDA device this machine lacks: cuda without GPUs, else one past the last GPU."""
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "predict", "refmaps"])
+@pytest.mark.parametrize("device", ["banana", _absent_device()])
+def test_a_bad_or_absent_device_is_one_line_exit_2_before_any_work(tool, device, tmp_path, capsys):
+    import importlib
+
+    from aeatrain.errors import EXIT_USER_ERROR, run_cli
+
+    module = importlib.import_module(f"aeatrain.{tool}")
+    run = tmp_path / "no-run"  # never opened: the device is checked while parsing
+    args = {
+        "evaluate": ["--run", str(run), "--data", str(tmp_path / "no-data")],
+        "predict": ["--run", str(run), "--input", "x.png", "--output", str(tmp_path / "o")],
+        "refmaps": ["--run", str(run), "--input", "x.png", "--output", str(tmp_path / "o")],
+    }[tool]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: module.main([*args, "--device", device]))
+    err = capsys.readouterr().err
+    assert stop.value.code == EXIT_USER_ERROR
+    assert err.startswith(f"error: --device {device}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

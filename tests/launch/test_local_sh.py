@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +15,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_local_sh_trains_on_two_cpu_processes(tmp_path):
-    data = make_dataset(tmp_path / "DATA", pairs=2)
-    run_dir = tmp_path / "run"
+def test_local_sh_trains_on_two_cpu_processes_with_paths_relative_to_the_caller(tmp_path):
+    """Called from another folder: CONFIG, the config's data.root (DATA) and an override's
+    train.run_dir are all relative to that folder, none to the repository."""
+    make_dataset(tmp_path / "DATA", pairs=2)
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(REPO / "configs/debug.yaml", tmp_path / "cfg/mine.yaml")  # data.root: DATA
     env = {**os.environ, "PYTHON": sys.executable, "NUM_PROCESSES": "2", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO), "HF_HOME": "/nonexistent-hf-home"}  # fmt: skip
+           "HF_HOME": "/nonexistent-hf-home"}  # fmt: skip
+    env.pop("PYTHONPATH", None)  # local.sh makes the checkout importable itself
     result = subprocess.run(
-        [str(REPO / "launch/local.sh"), "configs/debug.yaml", "--data.root", str(data),
-         "--train.run_dir", str(run_dir), "--train.steps", "6", "--logging.progress_bar", "false"],
+        [str(REPO / "launch/local.sh"), "cfg/mine.yaml", "--train.run_dir", "runs/here",
+         "--train.steps", "6", "--logging.progress_bar", "false"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "local.sh: 2 process(es) on CPU" in result.stdout
     assert "2 process(es), MULTI_CPU" in result.stderr
-    assert json.loads((run_dir / "run.json").read_text())["step"] == 6
+    run_json = json.loads((tmp_path / "runs/here/run.json").read_text())
+    assert run_json["step"] == 6 and run_json["dataset"]["path"] == "DATA"
+    assert not (REPO / "runs/here").exists()
 
 
 def test_local_sh_refuses_a_missing_config(tmp_path):

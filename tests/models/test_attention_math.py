@@ -84,8 +84,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_training_output_equals_explicit_formula(normalize, num_refs):
     op = make_op(normalize=normalize, num_refs=num_refs).train()
     x = make_input(batch=5)
-    mask = default_batch_aware_mask(5)  # images 0, 1 -> A_R; 2, 3, 4 -> batch-aware
-    assert mask.tolist() == [False, False, True, True, True]
+    mask = default_batch_aware_mask(5)  # images 0, 1, 2 -> batch-aware; 3, 4 -> A_R
+    assert mask.tolist() == [True, True, True, False, False]
     out = op(x)
     assert relative_error(out, explicit_operator(op, x, mask)) < 1e-12
 
@@ -102,7 +102,7 @@ def test_explicit_mask_in_any_order(normalize):
     op = make_op(normalize=normalize).train()
     x = make_input(batch=6)
     mask = batch_aware_mask_for_ranks([3, 1, 2])  # ranks' splits side by side
-    assert mask.tolist() == [False, True, True, True, False, True]
+    assert mask.tolist() == [True, True, False, True, True, False]
     out = op(x, mask)
     assert relative_error(out, explicit_operator(op, x, mask)) < 1e-12
 
@@ -190,7 +190,7 @@ def influence(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_who_sees_whom_in_training(normalize):
     op = make_op(normalize=normalize).train()
     seen = influence(op, make_input(batch=5))
-    batch_aware = torch.tensor([False, False, True, True, True])
+    batch_aware = torch.tensor([True, True, True, False, False])  # the first half
     expected = torch.eye(5, dtype=torch.bool) | (batch_aware[:, None] & batch_aware[None, :])
     assert torch.equal(seen, expected)
 

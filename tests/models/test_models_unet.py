@@ -131,8 +131,8 @@ def test_batch_aware_mask_reaches_the_attention():
             m.eval()
     x = torch.rand(4, 1, 16, 16, dtype=torch.float64)
     default = model(x)
-    assert torch.equal(model(x, batch_aware_mask=[False, False, True, True]), default)
-    assert (model(x, batch_aware_mask=[True, True, False, False]) - default).abs().max() > 1e-6
+    assert torch.equal(model(x, batch_aware_mask=[True, True, False, False]), default)
+    assert (model(x, batch_aware_mask=[False, False, True, True]) - default).abs().max() > 1e-6
     with pytest.raises(ValueError, match="attention bottom"):
         build_model("unet")(x.float(), batch_aware_mask=[False] * 4)
 

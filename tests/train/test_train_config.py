@@ -66,7 +66,7 @@ def test_dotted_overrides_both_spellings_and_types(minimal):
         (["--train.steps", "1.5"], "train.steps:"),
         (["--data.crop_size", "30"], "data.crop_size: must be a multiple of 4"),
         (["--data.crop_size", "0"], "data.crop_size:"),
-        (["--model.name", "resnet"], "model.name: Input should be 'unet', 'gvtnet' or 'aeanet'"),
+        (["--model.name", "resnet"], "model.name: Input should be 'unet', 'gvtnet', 'aeanet', "),
         (["--bogus.key", "1"], "bogus: unknown key"),
         (["--optim.betas", "[0.9, 1.5]"], "optim.betas: each beta must lie in [0, 1)"),
         (["--train.steps"], "missing a value"),
@@ -121,8 +121,24 @@ def test_every_expected_config_is_shipped():
         "aeanet_fullres",
         "selftrain",
         "debug",
+        "vdsr",
+        "edsr",
+        "rcan",
     }
     assert expected <= names
+
+
+@pytest.mark.parametrize("name", ["vdsr", "edsr", "rcan"])
+def test_table1_networks_share_the_unet_recipe(name):
+    """Table 1 compares architectures: every setting but the model equals unet.yaml's."""
+    unet, other = (load_config(REPO / "configs" / f"{n}.yaml") for n in ("unet", name))
+    assert other.model.name == name and other.model.depth is None and other.model.width == 64
+    for section in ("data", "optim", "logging"):
+        assert getattr(other, section) == getattr(unet, section)
+    assert other.train.model_copy(update={"run_dir": "x"}) == unet.train.model_copy(
+        update={"run_dir": "x"}
+    )
+    assert (other.optim.loss, other.train.steps, other.data.crop_size) == ("l1", 120_000, 256)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

@@ -191,3 +191,64 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_checkpoint(data, tmp_
         "random_states_0.pkl", "random_states_1.pkl",
     ]  # fmt: skip
     assert "exiting with 75" in tail
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_leaves_no_process(data, tmp_path):
+    """The launcher dies at once (accelerate's simple launcher passes nothing on); torchrun
+    gets SIGTERM from the kernel (PR_SET_PDEATHSIG), forwards it, both ranks checkpoint
+    the same step and exit 75, and no process of the run is left training."""
+    run_dir = tmp_path / "terminated"
+    launch = ("--cpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    command = launch_command(
+        "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "400",
+        "--logging.log_every", "1", "--logging.progress_bar", "false", launch_args=launch,
+    )  # fmt: skip
+    env = dict(train_env(), AEATRAIN_TEST_TAG=uuid.uuid4().hex)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if " step 3: loss" in line:
+            assert sorted(worker_pids(env["AEATRAIN_TEST_TAG"])) == [0, 1]
+            process.send_signal(signal.SIGTERM)
+            break
+    _, tail = process.communicate(timeout=120)  # EOF: every holder of the pipe has exited
+    assert process.returncode == -signal.SIGTERM
+    assert not worker_pids(env["AEATRAIN_TEST_TAG"]), "workers still running"
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    assert 3 < marker["step"] <= 6 and marker["signal"] == int(signal.SIGTERM), marker
+    latest = ckpt.newest_complete(run_dir)
+    assert latest == ckpt.checkpoint_path(run_dir, marker["step"])
+    assert sorted(p.name for p in latest.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl",
+    ]  # fmt: skip
+    for rank in (0, 1):
+        assert f"preempted: process {rank} of 2: checkpoint {latest} written; exiting with 75" in (
+            tail
+        ), tail[-3000:]
+    assert not (run_dir / "trainer.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("vdsr", ["--model.width", "8", "--model.depth", "4"]),
+        ("edsr", ["--model.width", "8", "--model.depth", "2", "--model.residual", "true"]),
+        ("rcan", ["--model.width", "8", "--model.depth", "2", "--model.groups", "2",
+                  "--model.reduction", "4", "--model.residual", "true"]),
+    ],
+)  # fmt: skip
+def test_table1_networks_train_in_two_cpu_processes(data, tmp_path, name, shape):
+    """VDSR, EDSR, RCAN (debug-sized) train a few DDP steps over gloo and load back."""
+    run_dir = tmp_path / name
+    launch = ("--cpu", "--num_processes", "2", "--main_process_port", str(free_port()))
+    overrides = ["--data.root", str(data), "--train.run_dir", str(run_dir),
+                 "--model.name", name, *shape, "--model.num_refs", "64",
+                 "--model.base_channels", "32", "--model.bn_momentum", "0.003",
+                 "--train.steps", "6", "--train.checkpoint_every", "6",
+                 "--logging.eval_every", "6", "--logging.log_every", "2"]  # fmt: skip
+    check(run(launch_command(*overrides, launch_args=launch), timeout=400))
+    run_json = loads_into_build_model(run_dir)
+    assert run_json["model"]["name"] == name and run_json["step"] == 6
+    assert run_json["model"]["kwargs"]["width"] == 8
+    losses = [value for _, value in scalar(events(run_dir), "train/loss")]
+    assert len(losses) == 3 and all(v == v and v > 0 for v in losses), losses
+    assert ckpt.read_trainer_state(ckpt.newest_complete(run_dir))["world_size"] == 2

@@ -102,7 +102,7 @@ def test_pixel_losses():
     assert pixel_loss("l2")(a, b).item() == 0.25
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_preemption_flag_catches_signals_and_restores_handlers(signum):
     before = signal.getsignal(signum)
     flag = PreemptionFlag()

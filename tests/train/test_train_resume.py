@@ -49,9 +49,9 @@ def uninterrupted(data, tmp_path_factory):
     return weights(run_dir / "model.safetensors")
 
 
-def _start(data, run_dir):
+def _start(data, run_dir, *extra):
     return subprocess.Popen(
-        train_command(*overrides(data, run_dir)),
+        train_command(*overrides(data, run_dir, *extra)),
         env=train_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -59,11 +59,17 @@ def _start(data, run_dir):
     )
 
 
+@pytest.mark.parametrize(
+    "cached", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["in-place", "cache_dir"]
+)
 def test_sigkill_right_after_a_checkpoint_then_resume_is_bitwise_exact(
-    data, uninterrupted, tmp_path
+    data, uninterrupted, tmp_path, cached
 ):
+    """With ``data.cache_dir`` the shards are read from staged copies: the same batches, so
+    the same weights as the uninterrupted run that read them in place."""
     run_dir = tmp_path / "killed"
-    process = _start(data, run_dir)
+    cache = ("--data.cache_dir", str(tmp_path / "cache")) if cached else ()
+    process = _start(data, run_dir, *cache)
     first = run_dir / "checkpoints" / "step_8" / ckpt.STATE_FILE
     deadline = time.monotonic() + 180
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -75,9 +81,12 @@ def test_sigkill_right_after_a_checkpoint_then_resume_is_bitwise_exact(
     killed_at = ckpt.read_trainer_state(ckpt.newest_complete(run_dir))["step"]
     assert killed_at < STEPS
 
-    resumed = run(train_command(*overrides(data, run_dir), "--resume"))
+    resumed = run(train_command(*overrides(data, run_dir, *cache), "--resume"))
     check(resumed)
     assert f"step_{killed_at} at step {killed_at}" in resumed.stderr
+    if cached:  # every shard the run read, staged once under its sha256
+        staged = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").glob("*.tar"))
+        assert staged == ["test-000000.tar", "train-000000.tar"]
     assert_same_weights(weights(run_dir / "model.safetensors"), uninterrupted)
     run_json = json.loads((run_dir / "run.json").read_text())
     assert run_json["step"] == STEPS

@@ -1,0 +1,91 @@
+"""Pairs listed in a CSV file instead of named ``<name>_<magnification>``: ``--pairs-file``.
+
+    name,lr,hr
+    grain boundary 1,session 3/img 0041.tif,session 3/img 0042.tif
+
+A header ``name,lr,hr``, then one pair a row: its name and the two files, as paths
+relative to the raw folder (any file names; spaces are kept, spaces around a field are
+not). The scale comes from the pixel sizes the files record, or from their
+magnifications (recorded, or given by names that happen to follow the convention); see
+data_prep.pairs.pair_scale. Every problem is the user's: one line naming the pairs file,
+its line and the file, before any work is done.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from aeatrain.errors import UserError
+from data_prep.pairs import RawPair, check_one_scale, name_magnification, raw_pair
+
+HEADER = ["name", "lr", "hr"]
+
+
+def _rows(pairs_file: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped fields) of every non-blank row after the header."""
+    if not pairs_file.is_file():
+        raise UserError(f"{pairs_file}: pairs file not found")
+    try:
+        text = pairs_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{pairs_file}: not a UTF-8 text file ({err.reason})") from None
+    reader = csv.reader(text.splitlines())
+    rows = [(reader.line_num, [f.strip() for f in row]) for row in reader]
+    rows = [(n, row) for n, row in rows if any(row)]
+    if not rows or rows[0][1] != HEADER:
+        found = ",".join(rows[0][1]) if rows else "nothing"
+        raise UserError(f"{pairs_file}: line 1 is {found!r}; the header must be 'name,lr,hr'")
+    if len(rows) == 1:
+        raise UserError(f"{pairs_file}: no pairs listed under the header 'name,lr,hr'")
+    return rows[1:]
+
+
+def _names(lr: Path, hr: Path) -> tuple[int, int] | None:
+    """Magnifications from both file names, when both follow the convention."""
+    mags = name_magnification(lr), name_magnification(hr)
+    return None if None in mags else mags
+
+
+def read_pairs_file(pairs_file: str | Path, raw: str | Path) -> list[RawPair]:
+    """The pairs a pairs file lists, in name order; UserError for any bad row.
+
+    Refused: a header other than ``name,lr,hr``, a row without three fields, an empty
+    name, a missing file, a name used twice, a file listed twice (in one pair or two),
+    pixel sizes that contradict the names' magnifications, pairs of different scales.
+    """
+    pairs_file, raw = Path(pairs_file), Path(raw)
+    if not raw.is_dir():
+        raise UserError(f"{raw}: raw folder does not exist or is not a folder")
+    names: dict[str, int] = {}
+    files: dict[Path, tuple[int, str]] = {}
+    pairs = []
+    for line, row in _rows(pairs_file):
+        where = f"{pairs_file} line {line}"
+        if len(row) != 3 or not all(row):
+            raise UserError(f"{where}: expected three fields name,lr,hr, got {','.join(row)!r}")
+        name, lr_name, hr_name = row
+        if name in names:
+            raise UserError(f"{where}: pair name {name!r} already used on line {names[name]}")
+        names[name] = line
+        paths = []
+        for column, relative in (("lr", lr_name), ("hr", hr_name)):
+            path = raw / relative
+            if not path.is_file():
+                raise UserError(f"{where}: {column} file {path}: no such file")
+            key = path.resolve()
+            if key in files:
+                other_line, other = files[key]
+                raise UserError(
+                    f"{where}: {path} is already in pair {other!r} (line {other_line}); "
+                    "a file belongs to one pair"
+                )
+            files[key] = (line, name)
+            paths.append(path)
+        try:
+            pairs.append(raw_pair(name, paths[0], paths[1], _names(paths[0], paths[1])))
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+    pairs.sort(key=lambda p: p.name)
+    check_one_scale(pairs, pairs_file)
+    return pairs

@@ -1,0 +1,74 @@
+"""The dataset format module (aeatrain/dataformat.py) and the commands built on it:
+``data_prep verify`` (every byte checked once), ``data_prep index`` (old datasets), and
+readers tolerating keys a newer writer added."""
+
+import json
+
+import pytest
+
+from aeatrain import data
+from aeatrain.dataformat import DatasetError, Manifest, SampleMeta, ShardIndex, split_member_name
+from aeatrain.errors import UserError
+from data_prep.__main__ import main as data_prep
+from tests.datasets import make_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "DATA", pairs=2, width=160, height=120)
+
+
+def test_member_names_split_as_webdataset_does():
+    assert split_member_name("a/p-1__test0.lr.png") == ("a/p-1__test0", "lr.png")
+    assert split_member_name("p__full.JSON") == ("p__full", "json")
+    assert split_member_name("README") == (None, "")
+
+
+def test_newer_keys_are_kept_by_every_open_document(dataset):
+    raw = json.loads((dataset / "manifest.json").read_text())
+    raw["pairs"]["pair00"]["stage_tilt_deg"] = 2.5  # pixel_size_nm is a field by now
+    raw["acquisition"] = {"vendor": "FEI"}
+    manifest = Manifest.model_validate(raw)
+    assert manifest.pairs["pair00"].model_extra == {"stage_tilt_deg": 2.5}
+    assert manifest.as_dict() == raw  # nothing lost on the way through
+    meta = next(iter(data.full_images(dataset))).meta
+    typed = SampleMeta.model_validate({**meta, "vendor": {"detector": "TLD"}})
+    assert typed.as_dict()["vendor"] == {"detector": "TLD"}
+    with pytest.raises(ValueError, match="extra"):  # the index is ours alone: strict
+        ShardIndex.model_validate(
+            {**json.loads((dataset / "train-000000.index.json").read_text()), "x": 1}
+        )
+
+
+def test_verify_passes_a_sound_dataset_and_names_a_corrupt_member(dataset, capsys):
+    assert data_prep(["verify", str(dataset), "--workers", "2"]) == 0
+    assert "verify: ok: 3 shards, 10 samples" in capsys.readouterr().out
+    index = json.loads((dataset / "test-000000.index.json").read_text())
+    member = index["samples"][4]["members"]["lr.png"]
+    shard = dataset / "test-000000.tar"
+    content = bytearray(shard.read_bytes())
+    content[member["offset"] + 50] ^= 0x01
+    shard.write_bytes(bytes(content))
+    with pytest.raises(UserError, match="1 of 3 shards failed verify"):
+        data_prep(["verify", str(dataset)])
+    assert f"verify: {shard}: sha256 differs from the manifest" in capsys.readouterr().err
+
+
+def test_index_upgrades_a_version_1_dataset_to_the_same_bytes(dataset, capsys):
+    manifest_path = dataset / "manifest.json"
+    current = manifest_path.read_text()
+    old = json.loads(current)
+    old["format_version"] = 1
+    for split in old["splits"].values():
+        for shard in split["shards"]:
+            (dataset / shard.pop("index")).unlink()
+            shard.pop("index_sha256")
+    manifest_path.write_text(json.dumps(old))
+    with pytest.raises(DatasetError, match="format_version 1 has no shard indexes"):
+        data.load_manifest(dataset)
+    assert data_prep(["index", str(dataset)]) == 0
+    assert "wrote 3 shard indexes" in capsys.readouterr().out
+    assert json.loads(manifest_path.read_text()) == json.loads(current)  # as a fresh build
+    assert data_prep(["index", str(dataset)]) == 0  # twice: nothing to do
+    assert "already" in capsys.readouterr().out
+    assert [t.pair for t in data.test_tiles(dataset)] == ["pair00"] * 3 + ["pair01"] * 3
