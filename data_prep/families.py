@@ -106,8 +106,6 @@ def _shade_objects(
 class ClusterSystem:
     """Particles in clusters; lengths in LR pixels, levels before gain."""
 
-    family: ClassVar[str] = "clusters"
-
     particle_radius: float  # median radius of the primary particles
     radius_spread: float  # log-normal sigma of the radii
     cluster_median: float  # median particles per cluster beyond the first (log-normal)
@@ -127,6 +125,7 @@ class ClusterSystem:
     rim_width: float
     halo: float  # host darkening next to particles, fraction of the particle contrast
     halo_width: float
+    family: str = "clusters"  # or bimodal, dispersed: the draw that chose these values
 
     def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
         canvas = _blank_canvas(self, rng, config)
@@ -246,6 +245,7 @@ def draw_bimodal(rng: np.random.Generator) -> ClusterSystem:
         large_per_kpx=float(rng.uniform(0.25, 0.4)),
         large_radius=float(rng.uniform(3.5, 5.0)),
         **_cluster_common(rng),
+        family="bimodal",
     )
 
 
@@ -262,6 +262,7 @@ def draw_dispersed(rng: np.random.Generator) -> ClusterSystem:
         large_per_kpx=0.0,
         large_radius=0.0,
         **_cluster_common(rng),
+        family="dispersed",
     )
 
 

@@ -489,7 +489,7 @@ def pair_name(index: int) -> str:
 class SpecimenModel(Protocol):
     """A material system drawn once per run (``Specimen``, or a ``data_prep.families`` one)."""
 
-    family: ClassVar[str]
+    family: str  # the --family name, recorded in truth.json
 
     def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas: ...
 

@@ -206,7 +206,9 @@ def test_cli_preset_family_and_stats(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_default_preset_truth_names_its_family(tmp_path):
+def test_truth_names_the_family(tmp_path):
     truth = synthesize(tmp_path / "raw", pairs=1, seed=0, config=SynthConfig(**TINY))
     assert truth["family"] == "aggregates"
     assert truth["config"]["bandwidth_px"] == 0 and truth["config"]["highlight_gain"] == 1
+    for family in FAMILIES:
+        assert _spec(family, 0).family == family
