@@ -34,6 +34,7 @@ published figures did not use that one).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,10 @@ from aeatrain.imageio import to_float
 from data_prep.pairs import find_pairs, load_pair_images
 from data_prep.split import paper_split
 
-RENDER_SHAPE = (269, 274)  # rows, columns of a tile in the published figures
+log = logging.getLogger(__name__)
+
+FIGURE_TILE_SHAPE = (314, 320)  # rows, columns of an HR test tile of a 1280 x 944 pair
+RENDER_SHAPE = (269, 274)  # rows, columns of such a tile in the published figures
 LUT_SIZE = 256
 MIN_CLUSTER_PX2 = 7.0  # original tile pixels
 BACKGROUND_GAP_PX = 3  # render px between foreground and the pixels noise is measured on
@@ -105,14 +109,11 @@ def _banding_ratio(noise: np.ndarray, mask: np.ndarray) -> float:
     return float(rows.std() / max(cols.std(), 1e-12))
 
 
-def tile_statistics(tile: np.ndarray, shape: tuple[int, int] | None = None) -> TileStats:
-    """Render ``tile`` (any numeric array) like the figures, then measure it.
-
-    ``shape``: the tile's original size for the length conversion (default its own).
-    """
-    original = shape or tile.shape
+def tile_statistics(tile: np.ndarray) -> TileStats:
+    """Render ``tile`` (any numeric array) like the figures, then measure it; lengths and
+    areas converted back to ``tile``'s pixels."""
     image = render_like_figures(tile)
-    length = np.sqrt(original[0] / RENDER_SHAPE[0] * original[1] / RENDER_SHAPE[1])
+    length = np.sqrt(tile.shape[0] / RENDER_SHAPE[0] * tile.shape[1] / RENDER_SHAPE[1])
     median = ndimage.median_filter(image, size=5, mode="reflect")
     foreground = median > threshold_otsu(median)
     labels, count = ndimage.label(foreground, structure=np.ones((3, 3)))
@@ -133,7 +134,7 @@ def tile_statistics(tile: np.ndarray, shape: tuple[int, int] | None = None) -> T
     ]
     background = ~ndimage.binary_dilation(foreground, iterations=BACKGROUND_GAP_PX)
     residual = image - median  # the CNR's noise
-    detrended = image - ndimage.gaussian_filter(image, SMOOTH_SIGMA_PX)  # the texture's
+    detrended = image - ndimage.gaussian_filter(image, SMOOTH_SIGMA_PX)  # background noise
     detrended = detrended - detrended[background].mean()
     contrast = float(np.median(median[foreground]) - np.median(median[~foreground]))
     return TileStats(
@@ -156,7 +157,10 @@ def hr_test_tiles(raw: str | Path, *, pairs: int | None, bar_row: int | None) ->
     for pair in find_pairs(raw)[:pairs]:
         _, hr, _, depth, _ = load_pair_images(pair, bar_row)
         hr = to_float(hr, depth)
-        split = paper_split(hr.shape[1], hr.shape[0])
+        try:
+            split = paper_split(hr.shape[1], hr.shape[0])
+        except ValueError as err:
+            raise UserError(f"{pair.hr_path}: {err}") from None
         tiles += [hr[r.y0 : r.y1, r.x0 : r.x1] for r in split.tests.values()]
     return tiles
 
@@ -265,6 +269,14 @@ def synthetic_bar_row(raw: str | Path) -> int | None:
 def measure_folder(raw: str | Path, *, pairs: int | None, bar_row: int | None) -> Summary:
     """Summary of the HR test tiles of the first ``pairs`` pairs of ``raw``."""
     tiles = hr_test_tiles(raw, pairs=pairs, bar_row=bar_row)
+    if tiles[0].shape != FIGURE_TILE_SHAPE:
+        log.warning(
+            "%s: test tiles of %dx%d, not the figures' 320x314 (1280x944 pairs): rendered "
+            "at 274x269 all the same, lengths converted from their own size",
+            raw,
+            tiles[0].shape[1],
+            tiles[0].shape[0],
+        )
     return summarise([tile_statistics(t) for t in tiles])
 
 

@@ -1,6 +1,10 @@
 """synth's presets, specimen families and acquisition effects; the REAL-SEM-STATS measure."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,7 +174,7 @@ def test_tile_statistics_count_and_size_known_discs():
     assert np.median(white.diameters_px) == pytest.approx(16, rel=0.1)
     assert white.foreground_fraction == pytest.approx(20 * np.pi * 64 / tile.size, rel=0.15)
     assert abs(white.autocorrelation[0]) < 0.15
-    print(white.cnr)
+    assert white.cnr == pytest.approx(1 / 0.08, rel=0.15)  # contrast 1, white noise 0.08
     correlated = ndimage.gaussian_filter(rng.normal(0, 0.2, tile.shape), 0.9)
     assert semstats.tile_statistics(tile + correlated).autocorrelation[0] > 0.4
 
@@ -212,3 +216,20 @@ def test_truth_names_the_family(tmp_path):
     assert truth["config"]["bandwidth_px"] == 0 and truth["config"]["highlight_gain"] == 1
     for family in FAMILIES:
         assert _spec(family, 0).family == family
+
+
+def test_demo_passes_its_preset_to_synth(tmp_path):
+    """PRESET reaches ``synth --preset``: an unknown one stops the demo at step 1."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHON": sys.executable, "PRESET": "glossy"}
+    result = subprocess.run(
+        ["bash", str(repo / "launch" / "demo.sh"), str(tmp_path / "demo")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "(glossy preset)" in result.stdout and "--preset: invalid choice" in result.stderr
+    assert not (tmp_path / "demo" / "raw").exists()
