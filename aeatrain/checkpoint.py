@@ -16,7 +16,10 @@ fp16 loss scaler, the Python/NumPy/torch RNG states of EVERY rank as
     {"format": "aeatrain-trainer-state", "version": 1, "step": N, "data_position": N,
      "world_size": P, "skipped_steps": S, "consecutive_skipped": C, "seed": 0,
      "dataset": {"identity": "<sha256>", "path": "...", "manifest_sha256": "..."},
-     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...}}
+     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...},
+     "init_from": {...} | null}
+
+(``init_from``: run.json's record of the weights the run started from, docs/formats.md.)
 
 ``data_position`` is the index of the next batch; the loader makes the batch of step s on
 rank r a pure function of (seed, s, r), so the data position is the step itself.

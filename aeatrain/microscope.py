@@ -38,7 +38,7 @@ _ZEISS_MAG = re.compile(r"^\s*([0-9.]+)\s*([KM]?)\s*X\s*$", re.IGNORECASE)
 class Calibration:
     """A file's vendor calibration; any figure the vendor did not record is ``None``."""
 
-    vendor: str  # "fei" or "zeiss"
+    vendor: str  # "fei", "zeiss" or "imagej"
     pixel_size_nm: float | None = None
     magnification: float | None = None
     bar_row: int | None = None  # first row of the data bar (rows above it are the image)

@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -258,3 +259,23 @@ def test_check_truth_refuses_data_built_from_another_raw(small_raw, small_data, 
     assert re.search(r"pair syn000 was built from another syn000_\d+\.bmp than .*other", line)
     assert "needs the RAW that DATA was built from" in line
     assert _cli(["check-truth", str(small_raw), str(small_data)]) == 0
+
+
+def test_a_file_size_limit_in_a_real_build_is_one_line(small_raw, tmp_path):
+    """``ulimit -f``: the first scratch file hits the limit (EFBIG), as a full disk would."""
+    raw = tmp_path / "raw"
+    _copy_pair(small_raw, raw)
+    build = f"{shlex.quote(sys.executable)} -m data_prep build --raw raw --out data --no-bar"
+    result = subprocess.run(
+        ["bash", "-c", f"ulimit -f 64 && {build}"],  # 64 KiB; each scratch image is 192 KiB
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [lines[-1]] and "data: cannot write: file too large" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

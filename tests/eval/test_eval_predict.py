@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -465,3 +466,26 @@ def test_calibrated_tiff_under_a_png_name_warns_that_the_calibration_is_lost(
     assert code == 0, err
     assert cv2.imread(str(tmp_path / "o" / "mislabelled.png"), -1).shape == (96, 160)
     assert "mislabelled.png: .png holds no calibration; the pixel size is lost" in caplog.text
+
+
+@pytest.mark.slow  # ~10 s on 2 busy cores: a subprocess importing torch
+def test_a_file_size_limit_in_a_real_predict_is_one_line(run_dir, tmp_path):
+    """``ulimit -f`` (EFBIG, as a full disk): one line, no traceback, no partial output."""
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "a.png", rng.integers(0, 256, (160, 200), dtype=np.uint8))
+    command = [sys.executable, "-m", "aeatrain.predict", "--run", str(run_dir)]
+    command += ["--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o")]
+    limit = "ulimit -f 16 && "  # 16 KiB: the ledger fits, the 400 x 320 noisy PNG does not
+    proc = subprocess.run(
+        ["bash", "-c", limit + " ".join(map(shlex.quote, command))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {tmp_path / 'o' / 'a.png'}: cannot write: file too large for "
+                      "the size limit (ulimit -f)"]  # fmt: skip
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["aeatrain-outputs.json"]
