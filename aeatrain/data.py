@@ -96,7 +96,7 @@ CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide 
 DEFAULT_POOL_SIZE = 8
 MAX_CROPS_PER_REGION = 16
 DEFAULT_CACHE_MIB = 512  # decoded regions kept per loader: the paper's 22 pairs need ~40
-_INDEX_READERS = 8  # index files fetched at once (remote roots: one request each)
+_INDEX_READERS = 8  # index files of a remote root fetched at once
 
 # Separate RNG streams so the region choice and the crop choice never share draws.
 _POOL_STREAM = 0
@@ -191,8 +191,11 @@ class DatasetManifest:
         key = (split, cache_dir)
         if key not in self._shards:
             entries = self.entries(split)
-            with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
-                indexes = list(pool.map(self._read_index, entries))
+            if shardio.local_path(self.root) is not None:
+                indexes = [self._read_index(entry) for entry in entries]
+            else:  # one request each: several at once
+                with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
+                    indexes = list(pool.map(self._read_index, entries))
             urls = self.shard_urls(split)
             self._shards[key] = [Shard(u, i, cache_dir) for u, i in zip(urls, indexes)]
         return self._shards[key]
@@ -315,12 +318,14 @@ def _check_manifest_fields(path: str, raw: dict) -> Manifest:
 
 def _check_files(manifest: DatasetManifest, root: Path) -> None:
     """Every listed shard and index exists (a stat each; nothing is read)."""
+    folder = str(root)
     for split, entry in manifest.model.splits.items():
         for shard in entry.shards:
             for name, what in ((shard.file, "shard"), (shard.index, "index of a shard")):
-                if not (root / name).is_file():
+                path = os.path.join(folder, name)
+                if not os.path.isfile(path):
                     raise DatasetError(
-                        f"{root / name}: {split} {what} listed in {manifest.path} is missing"
+                        f"{path}: {split} {what} listed in {manifest.path} is missing"
                     )
 
 
@@ -421,12 +426,15 @@ def _decode_meta(url: str, key: str, files: dict) -> dict:
         raise DatasetError(f"{url}: sample {key} has no valid json ({err})") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Region:
     """One sample of a shard, as its index describes it (nothing read or decoded)."""
 
     shard: Shard
     sample: IndexedSample
+    pair: str
+    width: int
+    height: int
 
     @property
     def url(self) -> str:
@@ -436,22 +444,15 @@ class _Region:
     def key(self) -> str:
         return self.sample.key
 
-    @property
-    def pair(self) -> str:
-        return self.sample.pair
-
-    @property
-    def width(self) -> int:
-        return self.sample.region.width
-
-    @property
-    def height(self) -> int:
-        return self.sample.region.height
-
 
 def _scan(shards: Sequence[Shard]) -> list[_Region]:
     """Every sample of ``shards`` in stream order, from their indexes."""
-    return [_Region(shard, sample) for shard in shards for sample in shard.index.samples]
+    regions = []
+    for shard in shards:
+        for sample in shard.index.samples:
+            box = sample.region
+            regions.append(_Region(shard, sample, sample.pair, box.x1 - box.x0, box.y1 - box.y0))
+    return regions
 
 
 def _check_pairs(wanted: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
@@ -517,6 +518,7 @@ class _TrainSettings:
     augment: bool
     pool_size: int
     crops_per_region: int
+    pin_memory: bool = False  # where the batch lives (page-locked host memory), not its values
 
     @property
     def steps_per_pool(self) -> int:
@@ -624,12 +626,24 @@ class _Pool:
     images: dict[int, tuple[np.ndarray, np.ndarray]]  # region index -> (lr, hr)
 
 
+def _batch_tensors(shape: tuple[int, ...], pinned: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's LR and HR float32 tensors, to be filled through ``.numpy()``.
+
+    Pinned ones come from torch's caching host allocator, which holds each block until
+    the asynchronous copy to the GPU that reads it has finished; a numpy array wrapped
+    by ``torch.from_numpy`` would not be tracked so.
+    """
+    if pinned:
+        return tuple(torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in "lh")
+    return tuple(torch.from_numpy(np.empty(shape, np.float32)) for _ in "lh")
+
+
 def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, step: int) -> dict:
     """The batch of ``step`` from its pool epoch: crop, D4, scale to [0, 1]."""
     height, width = settings.crop_hw
     batch = settings.batch_size
-    lr_out = np.empty((batch, 1, height, width), np.float32)  # (B, 1, h, w)
-    hr_out = np.empty_like(lr_out)
+    lr_batch, hr_batch = _batch_tensors((batch, 1, height, width), settings.pin_memory)
+    lr_out, hr_out = lr_batch.numpy(), hr_batch.numpy()  # (B, 1, h, w), filled in place
     fractions, ops = _crop_draws(settings, step)
     first = (step - pool.epoch * settings.steps_per_pool) * batch
     names, boxes = [], np.zeros((batch, 3), np.int64)
@@ -646,8 +660,8 @@ def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, s
         names.append(regions[index].pair)
         boxes[i] = (x0, y0, op)
     return {
-        "lr": torch.from_numpy(lr_out),
-        "hr": torch.from_numpy(hr_out),
+        "lr": lr_batch,
+        "hr": hr_batch,
         "pair": names,
         "step": step,
         "crop": torch.from_numpy(boxes),  # (B, 3): x0, y0 in the region, D4 op
@@ -791,6 +805,7 @@ def train_loader(
     pool_size: int = DEFAULT_POOL_SIZE,
     cache_mib: float = DEFAULT_CACHE_MIB,
     cache_dir: str | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[dict]:
     """Endless batches of paired crops from the training regions, starting at ``start_step``.
 
@@ -813,6 +828,8 @@ def train_loader(
       all of it with different random streams.
     - ``num_workers`` > 0: that many background threads make batches ahead (see
       :func:`_threaded_batches`); 0: batches are made when asked for.
+    - ``pin_memory``: batches in page-locked memory (needs CUDA), so that a
+      ``.to("cuda", non_blocking=True)`` runs while the GPU computes.
     """
     if batch_size < 1 or pool_size < 1 or not 0 <= rank < world_size or start_step < 0:
         raise ValueError(
@@ -825,12 +842,13 @@ def train_loader(
     if not regions:
         raise DatasetError(f"{where}: no training samples")
     wanted = _check_pairs(pairs, sorted({r.pair for r in regions}), where)
-    regions = [r for r in regions if r.pair in set(wanted)]
+    chosen = set(wanted)
+    regions = [r for r in regions if r.pair in chosen]
     crop_hw = _crop_hw(crop_size, regions, where)
     if crops_per_region is None:
         crops_per_region = default_crops_per_region(regions, crop_hw)
     settings = _TrainSettings(
-        seed, rank, batch_size, crop_hw, augment, pool_size, max(1, crops_per_region)
+        seed, rank, batch_size, crop_hw, augment, pool_size, max(1, crops_per_region), pin_memory
     )
     log.info(
         "training stream (rank %d): %d regions of %d pairs, crops %dx%d, pool of %d regions "

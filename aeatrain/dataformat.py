@@ -233,9 +233,20 @@ class ShardIndex(_Strict):
 # ----------------------------------------------------------------------------- names
 
 
+def pair_key(pair: str) -> str:
+    """A pair name as a key and file name: only [A-Za-z0-9_-%], unique and reversible.
+
+    Names of [A-Za-z0-9_-] stay as they are; every other character becomes the %XX
+    escapes of its UTF-8 bytes (``"a b"`` -> ``"a%20b"``, ``"α-Fe2O3"`` ->
+    ``"%CE%B1-Fe2O3"``), so no two names share a key. A dot would split WebDataset's
+    extension, a slash make a folder. ``urllib.parse.unquote`` gives the name back.
+    """
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8")), pair)
+
+
 def sample_key(pair: str, region_id: str) -> str:
-    """WebDataset key of a region: dots would split the extension, so only [A-Za-z0-9_-]."""
-    return f"{_UNSAFE.sub('-', pair)}__{region_id}"
+    """WebDataset key of a region: ``<pair_key(pair)>__<region_id>``."""
+    return f"{pair_key(pair)}__{region_id}"
 
 
 def index_name(shard_file: str) -> str:
@@ -306,6 +317,8 @@ def index_tar(path: str | Path) -> ShardIndex:
                 continue
             data = tar.extractfile(member).read()
             entry = samples.setdefault(key, {"key": key, "members": {}})
+            if ext in entry["members"]:  # builds before pair_key gave some names one key
+                raise ValueError(f"sample {key} holds {ext} twice (two pairs share its key)")
             entry["members"][ext] = Member(
                 offset=member.offset_data, size=member.size, sha256=sha256_bytes(data)
             )

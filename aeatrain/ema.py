@@ -27,11 +27,19 @@ class WeightEMA:
         }
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the current weights of ``model`` (the unwrapped module) into the average."""
+    def update(self, model: nn.Module, taken: torch.Tensor | None = None) -> None:
+        """Fold the current weights of ``model`` (the unwrapped module) into the average.
+
+        ``taken`` (0-dim bool on the device): fold only where it is true, without the host
+        reading it; the caller then counts the taken steps into :attr:`updates` itself.
+        """
+        weight = 1.0 - self.decay
+        if taken is not None:
+            weight = taken.float() * weight  # 0 leaves the average as it is
         for name, param in model.named_parameters():
-            self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
-        self.updates += 1
+            self.shadow[name].lerp_(param.detach().float(), weight)
+        if taken is None:
+            self.updates += 1
 
     @torch.no_grad()
     def copy_to(self, target: nn.Module) -> nn.Module:

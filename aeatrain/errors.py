@@ -9,14 +9,55 @@ prints ``error: <message>`` to stderr and exits with :data:`EXIT_USER_ERROR`. Bu
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
+
+# OSErrors of writing that the user fixes (free space, permissions), not bugs
+_WRITE_PROBLEMS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the size limit (ulimit -f)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 class UserError(Exception):
     """An error the user caused and can fix; its message is shown as one line."""
+
+
+class OutputWriteError(UserError, OSError):
+    """A write refused for want of space or permission: one line for the user, and still
+    an OSError (its ``errno``, ``strerror``) for code that handles failed writes itself."""
+
+    def __init__(self, message: str, err: OSError):
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = err.errno, err.strerror, err.filename
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Inside, an OSError of a full disk or a read-only/forbidden folder becomes one
+    UserError line naming ``path`` (the output being written); other OSErrors still raise."""
+    try:
+        yield
+    except OutputWriteError:
+        raise  # reported already, by an inner write
+    except OSError as err:
+        problem = _WRITE_PROBLEMS.get(err.errno)
+        if problem is None:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        raise OutputWriteError(f"{path}: cannot write: {problem}{where}", err) from None
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -21,7 +21,8 @@ trained on (all pairs when ``data.pairs`` is null), or on ``--pairs``. The input
 registered bicubic LR) is printed as a reference line.
 
 Writes ``metrics.md`` (the table) and ``metrics.json`` (per pair and per tile figures) to
-``--out`` (default: ``eval/`` in the first run folder); both are replaced when re-run.
+``--out`` (default: ``eval/`` in the first run folder); both are replaced when re-run,
+but never files of that name that aeatrain did not write (refused before any scoring).
 
 At scale, the same command under ``accelerate launch --num_processes N -m
 aeatrain.evaluate --run ...`` or ``torchrun --nproc_per_node N -m aeatrain.evaluate --
@@ -62,12 +63,14 @@ from aeatrain.inference import (
 )
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
+from aeatrain.outputs import METRICS, check_replaceable_file
 from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
 PAPER_MARGIN = 32
 PAPER_TILES = (512, 384, 256, 128)  # paper Fig. 7
+REPORT_FILES = ("metrics.md", "metrics.json")
 
 
 @dataclass(frozen=True)
@@ -626,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else specs[0].runs[0] / "eval"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out must be a folder, this is a file")
+    for name in REPORT_FILES:  # before an hour of scoring: never a user's own files
+        check_replaceable_file(out / name, overwrite=True, marker=METRICS)
     rank, world_size = process_group()
     device = process_device(args.device, world_size)
     start = time.perf_counter()
@@ -642,12 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # the first process writes the table
     manifest = load_manifest(args.data)
     report = markdown_report(results, data=args.data, device=str(device), seconds=seconds)
-    atomic_write_text(out / "metrics.md", report, overwrite=True)
-    atomic_write_text(
+    atomic_write_text(  # first: it marks the folder's metrics.md as aeatrain's
         out / "metrics.json",
         metrics_json(results, data=args.data, manifest_sha256=manifest.sha256, device=str(device)),
         overwrite=True,
     )
+    atomic_write_text(out / "metrics.md", report, overwrite=True)
     print(markdown_table(results))
     print(f"\n{len(results)} row(s) in {seconds:.1f} s on {device}; wrote {out}/metrics.md, .json")
     return 0

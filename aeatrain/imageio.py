@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +20,18 @@ import cv2
 import numpy as np
 import tifffile
 
-from aeatrain.errors import UserError
+from aeatrain.errors import UserError, reporting_write_errors
 
 log = logging.getLogger(__name__)
+# OpenCV's own log lines ("[ERROR:0@0.1] global loadsave.cpp ...") would come before, and
+# repeat, the one-line ImageError that a failed read raises
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
-_MAX_PIXELS = 30_000 * 30_000
+_MAX_SIDE = 30_000
+_MAX_PIXELS = _MAX_SIDE * _MAX_SIDE
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(UserError):
@@ -61,6 +68,8 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):  # else a PermissionError traceback, or mistaken for
+        raise ImageError(f"{path}: cannot read it (permission denied)")  # a write error
     kind = _content_kind(path)
     if kind == "jpeg":
         log.warning("%s: JPEG content (lossy compression) under the name %s", path, path.name)
@@ -99,10 +108,39 @@ _LOSSY_TIFF = (
 )
 
 
+class _HeldRecords(logging.Filter):
+    """A logger filter that keeps the records instead of letting them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def _tifffile_complaints_held(path: Path) -> Iterator[None]:
+    """tifffile logs ERROR lines about a damaged file before it fails; they would come
+    before, and say less than, the one-line ImageError. Held while reading: dropped when
+    the read fails, logged once as a warning naming the file when it succeeds."""
+    logger, held = logging.getLogger("tifffile"), _HeldRecords()
+    logger.addFilter(held)
+    try:
+        yield
+    finally:
+        logger.removeFilter(held)
+    if held.records:
+        complaints = "; ".join(record.getMessage() for record in held.records)
+        log.warning("%s: read, but tifffile found problems: %s", path, complaints)
+
+
 def _read_tiff(path: Path, page: int | None) -> np.ndarray:
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_complaints_held(path), tifffile.TiffFile(path) as tif:
             chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
+            _check_pixels(path, (chosen.imagewidth, chosen.imagelength))
             array = chosen.asarray()
             if chosen.compression.name in _LOSSY_TIFF:
                 log.warning(
@@ -161,7 +199,11 @@ def _read_with_opencv(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageError(f"{path}: file is empty")
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    _check_before_decoding(path, memoryview(data))
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:  # e.g. a header beyond OpenCV's pixel limit
+        raise ImageError(f"{path}: not a readable image (OpenCV: {opencv_message(err)})") from None
     if array is None:
         raise ImageError(f"{path}: not a readable image (unknown format, or truncated)")
     if array.ndim == 3 and array.shape[2] in (3, 4):
@@ -169,6 +211,61 @@ def _read_with_opencv(path: Path) -> np.ndarray:
             array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
         )
     return array
+
+
+def opencv_message(err: cv2.error) -> str:
+    """OpenCV's own sentence of a ``cv2.error``, whole, without its source file and line."""
+    text = getattr(err, "err", None) or str(err).strip().splitlines()[-1]
+    return " ".join(text.split())
+
+
+def _check_before_decoding(path: Path, data: memoryview) -> None:
+    """Refuse what OpenCV would refuse noisily: a header claiming an absurd size, a
+    truncated or damaged PNG (libpng prints its own line to stderr before failing)."""
+    size = _declared_size(data)
+    if size is not None:
+        _check_pixels(path, size)
+    problem = _png_problem(data) if data[:8] == _PNG_SIGNATURE else None
+    if problem:
+        raise ImageError(f"{path}: not a readable image (PNG {problem})")
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """Refuse a header's (width, height) beyond 30000 x 30000 before memory is taken."""
+    if size[0] * size[1] > _MAX_PIXELS:
+        raise ImageError(
+            f"{path}: header claims {size[0]} x {size[1]} pixels, beyond the "
+            f"{_MAX_SIDE} x {_MAX_SIDE} this reader accepts (a damaged file?)"
+        )
+
+
+def _declared_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from a PNG or BMP header; None for other formats or no header."""
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])  # height < 0: top-down rows
+        return abs(width), abs(height)
+    return None
+
+
+def _png_problem(data: memoryview) -> str | None:
+    """Why a PNG's chunks are unusable (truncated, checksum wrong), or None."""
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if not kind.isalpha():
+            return "damaged: no chunk where one should start"
+        end = position + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            return f"truncated in its {kind.decode('latin-1')} chunk"
+        stored = int.from_bytes(data[end - 4 : end], "big")
+        if zlib.crc32(data[position + 4 : end - 4]) != stored:
+            return f"damaged: checksum of its {kind.decode('latin-1')} chunk is wrong"
+        if kind == b"IEND":
+            return None
+        position = end
+    return "truncated: no IEND chunk"
 
 
 def _drop_alpha(array: np.ndarray, path: Path) -> np.ndarray:
@@ -232,21 +329,24 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
 
     Nothing is left behind on failure, and an existing ``target`` is refused unless
-    ``overwrite`` (raises :class:`UserError` naming it).
+    ``overwrite`` (raises :class:`UserError` naming it). A full disk or a read-only
+    folder raises :class:`UserError` naming ``target``.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"{target}: already exists (use --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
-    )
+    with reporting_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
+        )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        tmp.chmod(_default_file_mode())  # mkstemp makes 0600; give the usual umask mode
-        os.replace(tmp, target)
+        with reporting_write_errors(target):
+            yield tmp
+            tmp.chmod(_default_file_mode())  # mkstemp makes 0600; give the usual umask mode
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()

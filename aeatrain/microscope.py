@@ -30,7 +30,6 @@ import tifffile
 
 from aeatrain.errors import UserError
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "mm": 1e6, "m": 1e9}
 _ZEISS_MAG = re.compile(r"^\s*([0-9.]+)\s*([KM]?)\s*X\s*$", re.IGNORECASE)
 
@@ -39,7 +38,7 @@ _ZEISS_MAG = re.compile(r"^\s*([0-9.]+)\s*([KM]?)\s*X\s*$", re.IGNORECASE)
 class Calibration:
     """A file's vendor calibration; any figure the vendor did not record is ``None``."""
 
-    vendor: str  # "fei" or "zeiss"
+    vendor: str  # "fei", "zeiss" or "imagej"
     pixel_size_nm: float | None = None
     magnification: float | None = None
     bar_row: int | None = None  # first row of the data bar (rows above it are the image)
@@ -57,14 +56,13 @@ class Calibration:
 
 
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
-    """The vendor calibration of a TIFF, or None (not a TIFF, or no vendor tags).
+    """The vendor calibration of a TIFF, or None (not a TIFF, whatever its name, or no
+    vendor tags).
 
     Raises UserError naming the file when a vendor tag is there but unusable (a pixel
     size that is not a positive number).
     """
     path = Path(path)
-    if path.suffix.lower() not in _TIFF_SUFFIXES:
-        return None
     try:
         with tifffile.TiffFile(path) as tif:
             if tif.fei_metadata:

@@ -10,15 +10,20 @@ was trained on), run through the model and written to ``DIR/<input name>`` with 
 input's bit depth and format (``--float32``: a float32 TIFF on the input's scale, neither
 rounded nor clipped). Large images are predicted in tiles blended without seams
 (aeatrain.inference.predict_tiled). ``--tta d4`` averages the predictions of the image's 8
-flips/rotations (the D4 self-ensemble, 8x the time). Inputs are never overwritten; existing outputs only
-with ``--overwrite``. Every output path is checked before the first image is processed.
+flips/rotations (the D4 self-ensemble, 8x the time).
+
+Fail fast: every input is read and every output path checked before the first image is
+predicted, so a bad file in a folder (unreadable, truncated, an absurd header) stops the
+run with one line naming it and exit 2, and nothing is written. Inputs are never
+overwritten; existing outputs only with ``--overwrite``, and only files aeatrain wrote
+(listed in ``DIR/aeatrain-outputs.json``, which predict keeps; aeatrain.outputs).
 
 Files from microscopes (aeatrain/microscope.py): the data bar is cut where the vendor
 metadata records it (FEI ``ResolutionY``) unless ``--bar-row``/``--no-bar`` say
 otherwise; an input with a recorded pixel size gives a calibrated TIFF (ImageJ unit nm,
 X/Y resolution = 1 / (input pixel size / scale)), the input's vendor metadata in its
-ImageJ Info. Only TIFF inputs carry a calibration and their outputs are TIFFs, so a BMP
-or PNG output never has one to lose.
+ImageJ Info. Only TIFF content carries a calibration; a TIFF named .png or .bmp gives
+an output of that name and format, with a warning that the calibration is lost.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from aeatrain.inference import (
 )
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.microscope import Calibration, read_calibration
+from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.runs import add_loading_arguments
 
 log = logging.getLogger(__name__)
@@ -201,7 +207,8 @@ def plan_jobs(inputs: list[Path], output: Path, *, float32: bool, overwrite: boo
     """Pair each input with its output path and refuse, before any work, every clash.
 
     Refused: an output that IS an input (even with --overwrite), two inputs with one
-    output name, an existing output without --overwrite, an output folder that is a file.
+    output name, an existing output without --overwrite or (with it) one that aeatrain
+    did not write (aeatrain.outputs), an output folder that is a file.
     """
     if output.exists() and not output.is_dir():
         raise UserError(f"{output}: --output must be a folder, this is a file")
@@ -214,11 +221,18 @@ def plan_jobs(inputs: list[Path], output: Path, *, float32: bool, overwrite: boo
             raise UserError(f"{target}: output path equals an input; choose another --output")
         if target in seen:
             raise UserError(f"{seen[target]} and {source} would both be written to {target}")
-        if target.exists() and not overwrite:
-            raise UserError(f"{target}: already exists (use --overwrite to replace it)")
+        check_replaceable_file(target, overwrite=overwrite)
         seen[target] = source
         jobs.append(Job(source, target))
     return jobs
+
+
+def check_inputs(jobs: list[Job], args: argparse.Namespace) -> None:
+    """Read every input once before the first prediction: a bad file (unreadable, a
+    wrong --page, an absurd header) stops the run with one line naming it before any
+    output is written, instead of after the outputs of the files before it."""
+    for job in jobs:
+        read_input(job.source, args)
 
 
 def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
@@ -272,7 +286,11 @@ def check_input_arguments(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m aeatrain.predict", description=__doc__.split("\n")[0]
+        prog="python -m aeatrain.predict",
+        description=__doc__.split("\n")[0],
+        epilog="Every input is read and every output path checked before the first "
+        "prediction: one bad file (of a folder, too) stops the run with one line naming it, "
+        "exit 2, and nothing is written.",
     )
     parser.add_argument("--run", required=True, help="run folder (model.safetensors, run.json)")
     parser.add_argument("--input", required=True, nargs="+", help="LR images or folders of them")
@@ -301,7 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--float32", action="store_true", help="write float32 TIFFs on the input's scale"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace existing outputs (never inputs)"
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs that predict wrote (never inputs or other files)",
     )
     args = parser.parse_args(argv)
     check_input_arguments(args)
@@ -324,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     args.device = choose_device(args.device)
     if args.tile:
         check_tiling(args.tile, args.overlap)  # before any work
+    check_inputs(jobs, args)
     model, run = load_run(args.run, weights=args.weights, device=args.device)
+    record_outputs(args.output, [job.target.name for job in jobs], tool="aeatrain.predict")
     log.info(
         "%s: %s, scale %g, %s weights, on %s",
         run.path,

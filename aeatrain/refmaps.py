@@ -39,6 +39,7 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import from_float, to_float, write_image
 from aeatrain.inference import choose_device, eval_mode, pad_to_multiple
 from aeatrain.malloc import keep_freed_memory
+from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.predict import (
     add_input_arguments,
     check_input_arguments,
@@ -138,12 +139,12 @@ def output_paths(source: Path, output: Path, refs: list[int]) -> dict[str, Path]
 
 
 def check_outputs(source: Path, paths: dict[str, Path], overwrite: bool) -> None:
-    """Before any work: no output may be the input, none may exist without --overwrite."""
+    """Before any work: no output may be the input, none may exist without --overwrite,
+    and --overwrite replaces only figures aeatrain wrote (aeatrain.outputs' ledger)."""
     for path in paths.values():
         if path.resolve() == source.resolve():
             raise UserError(f"{path}: output path equals the input; choose another --output")
-        if path.exists() and not overwrite:
-            raise UserError(f"{path}: already exists (use --overwrite to replace it)")
+        check_replaceable_file(path, overwrite=overwrite)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,7 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_input_arguments(parser)
     add_loading_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing figures refmaps wrote"
+    )
     args = parser.parse_args(argv)
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be at least 1")
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     maps = reference_maps(model, floats, refs)  # (len(refs), H, W)
     grey = from_float(floats, 8)
     paths = output_paths(source, output, refs)
+    record_outputs(output, [path.name for path in paths.values()], tool="aeatrain.refmaps")
     for k, values in zip(refs, maps):
         write_image(paths[f"ref{k}"], overlay(grey, values), overwrite=args.overwrite)
     write_image(paths["montage"], montage(grey, maps, refs), overwrite=args.overwrite)

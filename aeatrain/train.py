@@ -48,13 +48,14 @@ from accelerate.utils import (
     gather_object,
     set_seed,
 )
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from aeatrain import checkpoint as ckpt
 from aeatrain import shardio
-from aeatrain.config import Config, ConfigError, load_config
+from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data import (
     DatasetManifest,
@@ -68,10 +69,22 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model
-from aeatrain.runs import CONFIG_YAML, write_run_files
+from aeatrain.runs import (
+    CONFIG_YAML,
+    InitialWeights,
+    load_into,
+    read_initial_weights,
+    write_run_files,
+)
 from aeatrain.training import lock as runlock
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
-from aeatrain.training.optim import build_optimizer, learning_rate, pixel_loss, set_learning_rate
+from aeatrain.training.optim import (
+    build_optimizer,
+    learning_rate,
+    pixel_loss,
+    set_learning_rate,
+    skip_next_step_if,
+)
 from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
 from aeatrain.training.stability import (
     SkippedSteps,
@@ -122,6 +135,11 @@ class Trainer:
     skipped: SkippedSteps
     step: int = 0
     preemption: PreemptionFlag = field(default_factory=PreemptionFlag)
+    # Fused Adam without a loss scaler or DeepSpeed: the step never waits for the device
+    # (see device_side_step); its skip verdicts wait in pending_skips, as (step, 0-dim bool).
+    sync_free: bool = False
+    pending_skips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    init_from: dict | None = None  # run.json's record of the weights the run started from
 
     @property
     def module(self) -> nn.Module:
@@ -330,9 +348,39 @@ def make_model(cfg: Config) -> nn.Module:
         raise ConfigError(f"model: {err}") from None
 
 
-def build_network(cfg: Config, accelerator: Accelerator) -> nn.Module:
-    """``build_model`` from the model section, plus the speed options of the train section."""
+def initial_weights(cfg: Config) -> InitialWeights | None:
+    """``train.init_from`` read and checked against the model section (None when unset)."""
+    if cfg.train.init_from is None:
+        return None
+    source = read_initial_weights(cfg.train.init_from)
+    here = {"name": cfg.model.name, **cfg.model.build_kwargs()}
+    try:  # the source's model section, defaults filled in as this aeatrain fills them
+        theirs = ModelConfig(name=source.model_name, **source.model_kwargs)
+    except ValidationError:
+        raise ConfigError(
+            f"train.init_from {source.source}: its model {source.model_name!r} "
+            f"{source.model_kwargs} is not one this aeatrain builds"
+        ) from None
+    there = {"name": theirs.name, **theirs.build_kwargs()}
+    different = [key for key in here if here[key] != there[key]]
+    if different:
+        key = different[0]
+        raise ConfigError(
+            f"train.init_from {source.source}: model.{key} is {there[key]!r} there and "
+            f"{here[key]!r} here; a run starts only from the weights of the same model "
+            f"(set the model section to the source's)"
+        )
+    return source
+
+
+def build_network(
+    cfg: Config, accelerator: Accelerator, init: InitialWeights | None = None
+) -> nn.Module:
+    """``build_model`` from the model section, ``init``'s weights loaded into it if given,
+    plus the speed options of the train section."""
     model = make_model(cfg)
+    if init is not None:
+        load_into(model, init.state, init.source)  # strict: every tensor, every shape
     if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
         if accelerator.device.type != "cuda":
             raise ConfigError(
@@ -363,7 +411,10 @@ def check_only(cfg: Config, num_processes: int) -> str:
     resume_from = check_run_folder(cfg, manifest)
     runlock.check_unlocked(cfg.train.run_dir)
     open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
-    make_model(cfg)
+    init = initial_weights(cfg) if resume_from is None else None
+    model = make_model(cfg)
+    if init is not None:
+        load_into(model, init.state, init.source)  # the tensors fit, before any node starts
     start = f"resumes from {resume_from}" if resume_from else "starts at step 0"
     return (
         f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} pair(s) "
@@ -377,13 +428,15 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     local_batch = per_device_batch(cfg, accelerator.num_processes)
     manifest = load_manifest(cfg.data.root)
     resume_from = check_run_folder(cfg, manifest)
+    # A resumed run has its weights (and its init_from record) in the checkpoint.
+    init = initial_weights(cfg) if resume_from is None else None
     start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
     batches = open_batches(
         cfg, manifest, local_batch, start_step=start_step,
         rank=accelerator.process_index, world_size=accelerator.num_processes,
     )  # fmt: skip
     set_seed(cfg.train.seed)
-    model = build_network(cfg, accelerator)
+    model = build_network(cfg, accelerator, init)
     tiles = load_tiles(cfg, accelerator, manifest)
     start_run_folder(cfg, accelerator)  # the first write
     log.info(
@@ -393,15 +446,29 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     )  # fmt: skip
     configure_deepspeed(cfg, accelerator, local_batch)
     ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    fused = use_fused_adam(cfg, accelerator)
+    optimizer = build_optimizer(model.parameters(), cfg.optim, fused=fused)
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.train.compile:
         log.info("torch.compile: training %s", type(model).__name__, main_process_only=True)
     trainer = Trainer(
         cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles,
         ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
+        init_from=init.record if init else None,
+        sync_free=fused and accelerator.scaler is None,
     )  # fmt: skip
+    if init is not None:
+        log.info("weights from %s (optimizer fresh)", init.source, main_process_only=True)
     return trainer, resume_from
+
+
+def use_fused_adam(cfg: Config, accelerator: Accelerator) -> bool:
+    """optim.fused, or where unset: on CUDA without DeepSpeed (which runs its own optimizer)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return False
+    if cfg.optim.fused is not None:
+        return cfg.optim.fused
+    return accelerator.device.type == "cuda"
 
 
 def open_batches(
@@ -427,6 +494,7 @@ def open_batches(
         pairs=cfg.data.pairs,
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.data.cache_dir,
+        pin_memory=torch.cuda.is_available(),  # page-locked: copies to the GPU overlap compute
     )
 
 
@@ -473,6 +541,7 @@ def restore(t: Trainer, checkpoint: Path) -> None:
         raise RunFolderError(f"{checkpoint}: cannot be resumed ({first_line})") from None
     state = ckpt.read_trainer_state(checkpoint)
     t.step = state["step"]
+    t.init_from = state.get("init_from")  # absent in checkpoints of older aeatrain versions
     t.skipped = SkippedSteps(
         t.cfg.train.max_skipped_steps, state["skipped_steps"], state["consecutive_skipped"]
     )
@@ -496,9 +565,11 @@ def restore(t: Trainer, checkpoint: Path) -> None:
 
 @dataclass
 class StepOutcome:
-    loss: float  # NaN when the step was skipped for a non-finite loss
-    grad_norm: float | None  # None where DeepSpeed had none to report
-    skipped: bool
+    """Tensors stay on the device: the host reads them at log steps (:meth:`Meter.read`)."""
+
+    loss: torch.Tensor  # 0-dim; non-finite when the step was skipped for its loss
+    grad_norm: torch.Tensor | float | None  # None where DeepSpeed had none to report
+    skipped: torch.Tensor | bool  # a 0-dim bool tensor on the sync-free path
     stop: bool  # some rank received a preemption signal
 
 
@@ -509,8 +580,7 @@ class Meter:
     steps: int = 0
     seconds: float = 0.0  # wall time of the steps: loading the batch + the optimizer step
     cpu_seconds: float = 0.0  # CPU time of this process (all its threads) in those steps
-    losses: list[float] = field(default_factory=list)
-    grad_norm: float | None = None
+    outcomes: list[StepOutcome] = field(default_factory=list)
     pixels: int = 0  # HR pixels trained on by THIS process
 
     def add(self, outcome: StepOutcome, batch: dict, started: tuple[float, float]) -> None:
@@ -518,11 +588,21 @@ class Meter:
         self.seconds += time.perf_counter() - started[0]
         self.cpu_seconds += time.process_time() - started[1]
         self.steps += 1
-        if not math.isnan(outcome.loss):
-            self.losses.append(outcome.loss)
-        if outcome.grad_norm is not None and not outcome.skipped:
-            self.grad_norm = outcome.grad_norm
+        self.outcomes.append(outcome)
         self.pixels += batch["hr"].numel()
+
+    def read(self) -> tuple[float, float | None]:
+        """(mean finite loss, last gradient norm of a step taken): the log step's one read
+        of the device. The time it waits for the device is charged to these steps."""
+        waited = time.perf_counter()
+        losses = torch.stack([o.loss.detach().float() for o in self.outcomes]).tolist()
+        skipped = [bool(o.skipped) for o in self.outcomes]
+        norms = [o.grad_norm for o, s in zip(self.outcomes, skipped) if not s]
+        norms = [norm for norm in norms if norm is not None]
+        self.seconds += time.perf_counter() - waited
+        finite = [loss for loss in losses if math.isfinite(loss)]
+        mean = sum(finite) / len(finite) if finite else math.nan
+        return mean, None if not norms else float(norms[-1])
 
 
 def train(t: Trainer) -> int:
@@ -570,6 +650,8 @@ def train_step(t: Trainer, batch: dict) -> StepOutcome:
     with accelerator.autocast():
         prediction = t.model(lr)  # (B, 1, h, w)
     loss = pixel_loss(t.cfg.optim.loss)(prediction.float(), hr)
+    if t.sync_free:
+        return device_side_step(t, loss, buffers)
     flags = torch.tensor(
         [float(not torch.isfinite(loss)), float(t.preemption.requested)], device=lr.device
     )
@@ -579,13 +661,63 @@ def train_step(t: Trainer, batch: dict) -> StepOutcome:
         restore_buffers(t.module, buffers)  # no NaN left in BatchNorm's running statistics
         t.optimizer.zero_grad(set_to_none=True)
         t.skipped.record(t.step, True, "non-finite loss")
-        return StepOutcome(math.nan, None, True, stop)
+        return StepOutcome(loss.detach().new_tensor(math.nan), None, True, stop)
     accelerator.backward(loss)
     grad_norm, skipped = clip_and_step(t)
     t.skipped.record(t.step, skipped, "non-finite gradients or fp16 overflow")
     if t.ema is not None and not skipped:
         t.ema.update(t.module)
-    return StepOutcome(loss.item(), grad_norm, skipped, stop)
+    return StepOutcome(loss.detach(), grad_norm, skipped, stop)
+
+
+def device_side_step(t: Trainer, loss: torch.Tensor, buffers: list[torch.Tensor]) -> StepOutcome:
+    """The step of :func:`train_step` without one read of the device by the host.
+
+    Whether to skip (a non-finite loss on any rank, or a non-finite gradient norm) stays a
+    tensor: fused Adam leaves weights and moments untouched where it is true, BatchNorm's
+    statistics and the EMA are selected on the device, and :func:`settle_skips` counts the
+    verdicts at the next log step or checkpoint (a diverged run stops there, naming the
+    same steps; skipped steps change nothing meanwhile). One process acts on a preemption
+    signal at once; several agree on it at log steps (a collective read).
+    """
+    accelerator = t.accelerator
+    bad = (~torch.isfinite(loss)).float()
+    accelerator.backward(loss)
+    max_norm = t.cfg.optim.grad_clip_norm or math.inf
+    norm = accelerator.clip_grad_norm_(t.model.parameters(), max_norm)
+    bad = accelerator.reduce(bad + (~torch.isfinite(norm)).float(), reduction="sum")
+    skipped = bad > 0  # (), the same on every rank
+    skip_next_step_if(t.optimizer.optimizer, skipped)
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    restore_buffers(t.module, buffers, where=skipped)
+    if t.ema is not None:
+        t.ema.update(t.module, taken=~skipped)
+    t.pending_skips.append((t.step, skipped))
+    return StepOutcome(loss.detach(), norm.detach(), skipped, agreed_stop(t))
+
+
+def agreed_stop(t: Trainer) -> bool:
+    """Whether every rank stops after this step (sync-free path; see device_side_step)."""
+    if t.accelerator.num_processes == 1:
+        return t.preemption.requested
+    if (t.step + 1) % t.cfg.logging.log_every != 0:
+        return False
+    flag = torch.tensor(float(t.preemption.requested), device=t.accelerator.device)
+    return bool(t.accelerator.reduce(flag, reduction="sum") > 0)  # collective
+
+
+def settle_skips(t: Trainer) -> None:
+    """Count the sync-free steps' skip verdicts, in order (raises if the run diverged)."""
+    if not t.pending_skips:
+        return
+    verdicts = torch.stack([skipped for _, skipped in t.pending_skips]).tolist()
+    steps = [step for step, _ in t.pending_skips]
+    t.pending_skips = []
+    for step, skipped in zip(steps, verdicts, strict=True):
+        t.skipped.record(step, skipped, "non-finite loss or gradients")
+        if t.ema is not None and not skipped:
+            t.ema.updates += 1
 
 
 def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -627,7 +759,8 @@ def _as_float(value: torch.Tensor | float | None) -> float | None:
 def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     """Train and speed scalars to TensorBoard; the loss is averaged over ranks (collective)."""
     accelerator = t.accelerator
-    local = sum(meter.losses) / len(meter.losses) if meter.losses else math.nan
+    settle_skips(t)
+    local, grad_norm = meter.read()
     loss = accelerator.reduce(torch.tensor(local, device=accelerator.device), "mean").item()
     seconds = meter.seconds / meter.steps
     cpu_seconds = meter.cpu_seconds / meter.steps
@@ -635,7 +768,7 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     values = {
         "train/loss": loss,
         "train/lr": learning_rate(t.step - 1, t.cfg.optim),
-        "train/grad_norm": meter.grad_norm,
+        "train/grad_norm": grad_norm,
         "train/skipped_steps": t.skipped.total,
         "perf/step_seconds": seconds,
         "perf/cpu_seconds_per_step": cpu_seconds,  # main process; robust on a shared CPU
@@ -709,6 +842,7 @@ def save_checkpoint(t: Trainer) -> Path:
     """Every rank saves into RUN/checkpoints/.step_N.partial; main then renames it step_N."""
     accelerator = t.accelerator
     final = ckpt.checkpoint_path(t.run_dir, t.step)
+    settle_skips(t)
     if not all_finite(t.module):
         raise TrainingDiverged(
             f"weights are not finite after step {t.step}: no checkpoint written; the newest "
@@ -747,6 +881,7 @@ def trainer_state(t: Trainer) -> dict:
         "seed": t.cfg.train.seed,
         "ema_updates": None if t.ema is None else t.ema.updates,
         "dataset": dataset_record(t.manifest),
+        "init_from": t.init_from,
         **t.skipped.state(),
     }
 
@@ -783,18 +918,26 @@ def finish(t: Trainer) -> None:
     raw = t.float32_copy()
     averaged = t.float32_copy(averaged=True) if t.ema is not None else None
     if accelerator.is_main_process:
-        write_run_files(
-            t.run_dir,
-            model=raw,
-            model_name=t.cfg.model.name,
-            model_kwargs=t.cfg.model.build_kwargs(),
-            scale=t.manifest.scale,
-            bit_depths=t.manifest.bit_depths,
-            dataset=dataset_record(t.manifest),
-            step=t.step,
-            config_yaml=t.cfg.to_yaml(),
-            ema_model=averaged,
-        )
+        try:
+            write_run_files(
+                t.run_dir,
+                model=raw,
+                model_name=t.cfg.model.name,
+                model_kwargs=t.cfg.model.build_kwargs(),
+                scale=t.manifest.scale,
+                bit_depths=t.manifest.bit_depths,
+                dataset=dataset_record(t.manifest),
+                step=t.step,
+                config_yaml=t.cfg.to_yaml(),
+                ema_model=averaged,
+                init_from=t.init_from,
+            )
+        except OSError as err:  # each file is written atomically: none is half there
+            raise CheckpointWriteError(
+                f"{t.run_dir}: could not write the final weights and run.json "
+                f"({err.strerror or err}); the checkpoint of step {t.step} is complete, so "
+                f"run the same command with --resume once there is space"
+            ) from None
     accelerator.wait_for_everyone()
 
 

@@ -71,12 +71,14 @@ def _add_synth(commands) -> None:
     _add_acquisition_options(p)
     p.add_argument("--max-rotation-deg", type=float, default=SynthConfig.max_rotation_deg)
     p.add_argument("--workers", type=int, default=_default_workers())
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a synth folder (its truth.json) at --out"
+    )
 
 
 # SynthConfig fields settable from the command line (default: the preset's value)
 _ACQUISITION_OPTIONS = {
-    "dose": "detected electrons per pixel at unit signal (lower: noisier)",
+    "dose": "detected electrons per pixel at unit signal, > 0 (lower: noisier)",
     "contrast": "multiplier on the specimen's contrast",
     "shading": "amplitude of slow brightness variation (charging)",
     "bandwidth_px": "detector bandwidth: Gaussian sigma on the recording, px (correlated noise)",
@@ -113,7 +115,9 @@ def _add_build(commands) -> None:
         help="page of multi-page TIFFs to use, 0 = first (refused without it)",
     )
     p.add_argument("--workers", type=int, default=_default_workers())
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset (its manifest.json) at --out"
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--bar-row",

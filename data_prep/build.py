@@ -21,15 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from aeatrain.dataformat import SPLITS, sha256_file
+from aeatrain.dataformat import SPLITS, pair_key, sha256_file
 from aeatrain.errors import UserError
+from aeatrain.outputs import DATASET
 from data_prep.outdir import check_target, staged_output
 from data_prep.pairs import RawPair, find_pairs, load_pair_images
 from data_prep.pairs_file import read_pairs_file
@@ -75,11 +75,6 @@ class _PairJob:
     staging: Path
 
 
-def safe_name(name: str) -> str:
-    """A pair name usable as a file name: characters outside [A-Za-z0-9_-] become '-'."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", name)
-
-
 def _rejected(pair: RawPair, reason: str, bit_depth: int) -> dict:
     return {
         "status": "rejected",
@@ -119,13 +114,13 @@ def _process_pair(job: _PairJob) -> PairOutcome:
     record = _rejected(pair, "", lr_depth) | result.as_record() | {"bar_rows": bar_rows}
     if result.homography is not None:
         warped = warp_lr_to_hr(lr, result.homography, hr.shape)
-        qc_file = f"qc/{safe_name(pair.name)}.png"
+        qc_file = f"qc/{pair_key(pair.name)}.png"
         write_qc(job.staging / qc_file, pair.name, warped, hr, record)
         record["qc"] = qc_file
         if result.ok:
             scratch = job.staging / _SCRATCH
-            np.save(scratch / f"{safe_name(pair.name)}.lr.npy", warped)
-            np.save(scratch / f"{safe_name(pair.name)}.hr.npy", hr)
+            np.save(scratch / f"{pair_key(pair.name)}.lr.npy", warped)
+            np.save(scratch / f"{pair_key(pair.name)}.hr.npy", hr)
     sources = {
         "lr": {"file": pair.lr_path.name, "sha256": sha256_file(pair.lr_path)},
         "hr": {"file": pair.hr_path.name, "sha256": sha256_file(pair.hr_path)},
@@ -165,8 +160,8 @@ def _samples(outcomes: list[PairOutcome], split_name: str, staging: Path):
     """The samples of one split, pair by pair in name order, read back from scratch."""
     for outcome in outcomes:
         scratch = staging / _SCRATCH
-        lr = np.load(scratch / f"{safe_name(outcome.name)}.lr.npy", mmap_mode="r")
-        hr = np.load(scratch / f"{safe_name(outcome.name)}.hr.npy", mmap_mode="r")
+        lr = np.load(scratch / f"{pair_key(outcome.name)}.lr.npy", mmap_mode="r")
+        hr = np.load(scratch / f"{pair_key(outcome.name)}.hr.npy", mmap_mode="r")
         regions = paper_split(outcome.width, outcome.height)
         if split_name == "train":
             chosen = {"train": regions.train}
@@ -246,9 +241,9 @@ def build_dataset(
     """
     raw, out = Path(raw), Path(out)
     pairs = read_pairs_file(pairs_file, raw) if pairs_file is not None else find_pairs(raw)
-    check_target(out, overwrite=overwrite, protect=(raw,))
+    check_target(out, DATASET, overwrite=overwrite, protect=(raw,))
     config = config or RegistrationConfig()
-    with staged_output(out, overwrite=overwrite) as staging:
+    with staged_output(out, DATASET, overwrite=overwrite) as staging:
         (staging / "qc").mkdir()
         (staging / _SCRATCH).mkdir()
         jobs = [_PairJob(p, bar_row, bar_from_metadata, page, config, staging) for p in pairs]

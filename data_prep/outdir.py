@@ -18,20 +18,29 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from aeatrain.errors import UserError
+from aeatrain.errors import UserError, reporting_write_errors
 from aeatrain.imageio import current_umask
+from aeatrain.outputs import Marker, check_replaceable_folder
 
 log = logging.getLogger(__name__)
 
 _STAGING_TAG = ".staging-"
 
 
-def check_target(target: Path, *, overwrite: bool, protect: tuple[Path, ...] = ()) -> None:
-    """Refuse a target that is a file, is not empty (without ``overwrite``), or would
-    contain or be contained in one of the ``protect`` folders (the sources)."""
+def check_target(
+    target: Path, marker: Marker, *, overwrite: bool, protect: tuple[Path, ...] = ()
+) -> None:
+    """Refuse a target that is a file, is not empty (without ``overwrite``; with it,
+    unless it holds ``marker``: only our own kind of folder is replaced), holds the
+    current folder, or would contain or be contained in one of the ``protect`` folders."""
     if target.exists() and not target.is_dir():
         raise UserError(f"{target}: exists and is not a folder")
     resolved = target.resolve()
+    if Path.cwd().is_relative_to(resolved):
+        raise UserError(
+            f"{target}: is the current folder (or holds it); the output folder is replaced "
+            "as a whole at the end, so name one beside it (e.g. --out DATA)"
+        )
     for source in protect:
         source = source.resolve()
         if resolved == source or source.is_relative_to(resolved) or resolved.is_relative_to(source):
@@ -39,8 +48,7 @@ def check_target(target: Path, *, overwrite: bool, protect: tuple[Path, ...] = (
                 f"{target}: output folder overlaps the source folder {source}; "
                 "choose an output folder outside it"
             )
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"{target}: folder is not empty (use --overwrite to replace it)")
+    check_replaceable_folder(target, marker, overwrite=overwrite)
 
 
 def _staging_pid(path: Path) -> int | None:
@@ -74,26 +82,31 @@ def _raise_on_sigterm(signum, frame):
 
 
 @contextlib.contextmanager
-def staged_output(target: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+def staged_output(target: str | os.PathLike, marker: Marker, *, overwrite: bool) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``target`` atomically.
 
     On any exception (SIGTERM included, turned into KeyboardInterrupt while inside) the
-    staging folder is removed and ``target`` is left exactly as it was.
+    staging folder is removed and ``target`` is left exactly as it was; a full disk or
+    a read-only parent folder is one UserError line naming ``target``.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(target)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_TAG}{os.getpid()}-", dir=target.parent)
-    )
+    shown, target = Path(target), Path(target).resolve()  # "." and ".." have no name
+    with reporting_write_errors(shown):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(target)
+        staging = Path(
+            tempfile.mkdtemp(
+                prefix=f".{target.name}{_STAGING_TAG}{os.getpid()}-", dir=target.parent
+            )
+        )
     staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the result is not
     previous = signal.getsignal(signal.SIGTERM)
     in_main_thread = _in_main_thread()
     if in_main_thread:
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        yield staging
-        _replace(staging, target, overwrite=overwrite)
+        with reporting_write_errors(shown):
+            yield staging
+            _replace(staging, target, marker, overwrite=overwrite)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -107,11 +120,10 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _replace(staging: Path, target: Path, *, overwrite: bool) -> None:
+def _replace(staging: Path, target: Path, marker: Marker, *, overwrite: bool) -> None:
     """Rename ``staging`` onto ``target``; an old target goes only after the rename."""
     if target.exists() and any(target.iterdir()):
-        if not overwrite:  # appeared while we were working
-            raise UserError(f"{target}: folder is not empty (use --overwrite to replace it)")
+        check_replaceable_folder(target, marker, overwrite=overwrite)  # it may have changed
         old = target.parent / f".{target.name}.old-{os.getpid()}"
         os.replace(target, old)
         os.replace(staging, target)

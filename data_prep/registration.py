@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from aeatrain.imageio import opencv_message
+
 log = logging.getLogger(__name__)
 
 
@@ -276,7 +278,7 @@ def _ecc_pyramid(
                 t, i, level_warp, cv2.MOTION_AFFINE, criteria, None, 5 if factor > 1 else 1
             )
         except cv2.error as err:
-            raise _Failed(f"fine alignment (ECC) did not converge: {_cv_message(err)}") from None
+            raise _Failed(f"fine alignment (ECC) did not converge: {opencv_message(err)}") from None
         warp = np.linalg.inv(to_level) @ _to3(level_warp.astype(np.float64)) @ to_level
     return warp, float(rho)
 
@@ -285,11 +287,6 @@ def _shrink(image: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return image
     return cv2.resize(image, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
-
-
-def _cv_message(err: cv2.error) -> str:
-    text = str(err).strip().splitlines()[-1]
-    return text.split(") ", 1)[-1][:120]
 
 
 # --- checks and figures ------------------------------------------------------------------
@@ -446,7 +443,7 @@ def _refine(lr_n, hr_n, hr_small, hr_to_small, start, config) -> np.ndarray:
             smoothing,
         )
     except cv2.error as err:
-        raise _Failed(f"fine alignment (ECC) did not converge: {_cv_message(err)}") from None
+        raise _Failed(f"fine alignment (ECC) did not converge: {opencv_message(err)}") from None
     return _to3(final.astype(np.float64))
 
 

@@ -41,6 +41,7 @@ from scipy.signal import lfilter
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
 from aeatrain.microscope import fei_tag_text, zeiss_tag_text
+from aeatrain.outputs import SYNTH_RAW
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
 
@@ -96,6 +97,8 @@ class SynthConfig:
             raise UserError(f"bit depth {self.bit_depth}: expected 8 or 16")
         if self.bar_rows < 0:
             raise UserError(f"bar rows {self.bar_rows} < 0")
+        if not (self.dose > 0 and math.isfinite(self.dose)):
+            raise UserError(f"--dose: {self.dose} must be a positive number of electrons")
         for name in ("bandwidth_px", "line_offset", "drift_px", "charging", "edge_brightening"):
             if not 0 <= getattr(self, name) < 100:
                 flag = "--" + name.replace("_", "-")
@@ -576,9 +579,9 @@ def synthesize(
     _, bit_depth, _ = FORMATS[image_format]
     config = replace(config or SynthConfig(), bit_depth=bit_depth)
     out = Path(out)
-    check_target(out, overwrite=overwrite)
+    check_target(out, SYNTH_RAW, overwrite=overwrite)
     spec = draw(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
-    with staged_output(out, overwrite=overwrite) as staging:
+    with staged_output(out, SYNTH_RAW, overwrite=overwrite) as staging:
         jobs = [(config, spec, seed, i, staging, image_format) for i in range(pairs)]
         results = parallel_map(_write_pair, jobs, workers=workers, desc="synth")
         truth = {

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aeatrain.dataformat import sha256_file
 from aeatrain.errors import UserError
 from data_prep.registration import corner_error
 
@@ -60,7 +61,24 @@ def check_truth(raw: str | Path, data: str | Path) -> TruthCheck:
         )
     if not errors:
         raise UserError(f"{data}: no pair of {raw / 'truth.json'} was registered")
+    check_built_from(raw, data, sorted(errors))
     return TruthCheck(errors, rejected)
+
+
+def check_built_from(raw: Path, data: Path, pairs: list[str]) -> None:
+    """Refuse unless each of ``pairs`` was built from the very files in ``raw``: the
+    samples record every source file's sha256 (another RAW's truth means nothing)."""
+    from aeatrain.data import full_images  # imports torch (seconds): not at data_prep's start
+
+    for image in full_images(data, pairs=pairs):
+        for source in image.meta["sources"].values():
+            path = raw / source["file"]
+            why = "missing" if not path.is_file() else "sha256 differs"
+            if why == "missing" or sha256_file(path) != source["sha256"]:
+                raise UserError(
+                    f"{data}: pair {image.pair} was built from another {source['file']} than "
+                    f"{path} ({why}); check-truth needs the RAW that DATA was built from"
+                )
 
 
 def truth_table(check: TruthCheck) -> str:

@@ -9,7 +9,8 @@
 # Writes OUTDIR/raw (the pairs and truth.json), OUTDIR/data (the dataset), OUTDIR/run
 # (the trained model, checkpoints, TensorBoard logs), OUTDIR/eval (metrics.md/json) and
 # OUTDIR/predict (the super-resolved image). Refuses an OUTDIR that is not empty unless
-# --overwrite is given (then those five folders are replaced).
+# --overwrite is given (then those five folders are replaced, each only when an earlier
+# run wrote it: a folder of those names holding anything else is refused).
 # Environment (optional): PYTHON (default python3), PAIRS (22), SEED (0), WIDTH and
 # HEIGHT of the image area (1280 x 944, the paper's), WORKERS (default: all cores),
 # NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml), FORMAT of the
@@ -44,7 +45,23 @@ WORKERS_ARG=()
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 CONFIG=${CONFIG:-configs/demo.yaml}
 [ -f "$CONFIG" ] || die "$CONFIG: no such config"
-if [ ${#OVERWRITE[@]} -gt 0 ]; then
+if [ ${#OVERWRITE[@]} -gt 0 ]; then  # only folders an earlier demo wrote (aeatrain.outputs)
+    "$PYTHON" - "$OUT" <<'PY' || exit 2
+import sys
+from pathlib import Path
+
+from aeatrain.errors import run_cli
+from aeatrain.outputs import METRICS, OUTPUTS, RUN, check_replaceable_folder
+
+
+
+def main():
+    for name, marker in {"run": RUN, "eval": METRICS, "predict": OUTPUTS}.items():
+        check_replaceable_folder(Path(sys.argv[1], name), marker, overwrite=True)
+
+
+run_cli(main)
+PY
     rm -rf "$OUT/run" "$OUT/eval" "$OUT/predict"
 fi
 START=$(date +%s)

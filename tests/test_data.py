@@ -149,6 +149,17 @@ def test_a_missing_or_foreign_index_is_named(own_copy):
     assert "the index does not match its shard" in str(caught.value)
 
 
+def test_shard_entry_without_sha256_is_named(own_copy):
+    path = own_copy / "manifest.json"
+    raw = json.loads(path.read_text())
+    del raw["splits"]["test"]["shards"][0]["sha256"]  # was a KeyError traceback
+    path.write_text(json.dumps(raw))
+    with pytest.raises(
+        DatasetError, match=r"manifest\.json: splits\.test\.shards\.0\.sha256: Field required"
+    ):
+        load_manifest(own_copy)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

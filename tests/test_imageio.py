@@ -1,14 +1,22 @@
+import errno
+import io
 import logging
+import os
+import struct
+import zlib
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
 
+from aeatrain import imageio
 from aeatrain.errors import UserError
 from aeatrain.imageio import (
     ImageError,
     atomic_path,
     from_float,
+    opencv_message,
     read_image,
     to_float,
     write_image,
@@ -92,3 +100,107 @@ def test_atomic_writes_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o644
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + body
+
+
+def _bmp_header_only(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 0, 100, 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", 1178, 0, 0, 1078) + info + bytes(1124)
+
+
+def _tiff_header_only(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((8, 8), np.uint8))
+    buffer.seek(0)
+    with tifffile.TiffFile(buffer, mode="r+b") as tif:  # the tags now claim another size
+        tif.pages[0].tags["ImageWidth"].overwrite(width)
+        tif.pages[0].tags["ImageLength"].overwrite(height)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "make"),
+    [(".png", _png_header_only), (".bmp", _bmp_header_only), (".tif", _tiff_header_only)],
+)
+def test_a_header_claiming_100000_squared_pixels_is_one_line(tmp_path, suffix, make):
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(make(100_000, 100_000))  # was a cv2.error traceback
+    with pytest.raises(
+        ImageError, match=r"huge\.(png|bmp|tif): header claims 100000 x 100000 pixels"
+    ):
+        read_image(path)
+
+
+def test_damaged_png_is_named_without_libpng_or_opencv_lines(tmp_path, capfd):
+    image = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64)
+    write_image(tmp_path / "good.png", image)
+    data = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped.png").write_bytes(bytes(flipped))
+    write_image(tmp_path / "good.bmp", image.astype(np.uint8))
+    (tmp_path / "cut.bmp").write_bytes((tmp_path / "good.bmp").read_bytes()[:2000])
+    with pytest.raises(
+        ImageError, match=r"cut\.png: not a readable image \(PNG truncated in its IDAT"
+    ):
+        read_image(tmp_path / "cut.png")
+    with pytest.raises(ImageError, match=r"flipped\.png: .*damaged: checksum of its IDAT"):
+        read_image(tmp_path / "flipped.png")
+    with pytest.raises(ImageError, match=r"cut\.bmp: not a readable image"):
+        read_image(tmp_path / "cut.bmp")
+    assert capfd.readouterr().err == ""  # libpng and OpenCV printed their own lines here
+
+
+def test_opencv_message_is_whole_and_without_source_location():
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((64, 64), dtype=np.float32) for _ in range(2))
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-6)
+    with pytest.raises(cv2.error) as caught:
+        cv2.findTransformECC(
+            a, b, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE, criteria, None, 1
+        )
+    message = opencv_message(caught.value)
+    assert message.startswith("The algorithm stopped before its convergence.")
+    assert message.endswith("Images may be uncorrelated or non-overlapped")  # cut at 120 before
+    assert "ecc.cpp" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_atomic_write_on_a_full_disk_or_read_only_folder_is_one_line(tmp_path, monkeypatch, code):
+    def refuse(*args):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(imageio.os, "replace", refuse)
+    with pytest.raises(
+        UserError, match=r"out\.png: cannot write: (disk full|read-only|permission)"
+    ) as caught:
+        write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+    assert isinstance(caught.value, OSError) and caught.value.errno == code  # as train.py needs
+
+
+def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, monkeypatch):
+    write_image(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    monkeypatch.setattr(imageio.os, "access", lambda path, mode: False)  # root reads anything
+    with pytest.raises(ImageError, match=r"a\.png: cannot read it \(permission denied\)"):
+        read_image(tmp_path / "a.png")
+
+
+def test_damaged_tiff_is_one_error_without_tifffile_log_lines(tmp_path, caplog, capfd):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((300, 400), np.uint16), compression="zlib")
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "a.tif").read_bytes()[:200])
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ImageError, match=r"cut\.tif: not a readable TIFF image"):
+        read_image(tmp_path / "cut.tif")
+    assert [r for r in caplog.records if r.name == "tifffile"] == []  # 4 ERROR lines before
+    assert capfd.readouterr().err == ""

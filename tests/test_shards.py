@@ -1,11 +1,12 @@
 import io
 import json
 import tarfile
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 
-from aeatrain.dataformat import FORMAT_VERSION, ShardIndex, sha256_file
+from aeatrain.dataformat import FORMAT_VERSION, ShardIndex, pair_key, sha256_file
 from data_prep.shards import Sample, build_manifest, sample_key, write_split
 
 
@@ -30,8 +31,17 @@ def _sample(name, region, value, dtype=np.uint8):
     return Sample(name, region, image, image + 1, _meta(name, region))
 
 
-def test_keys_are_safe_for_webdataset():
-    assert sample_key("Au.np 3/b", "test1") == "Au-np-3-b__test1"
+def test_keys_are_safe_for_webdataset_unique_and_reversible():
+    assert sample_key("Au.np 3/b", "test1") == "Au%2Enp%203%2Fb__test1"
+    assert sample_key("syn_01-a", "full") == "syn_01-a__full"  # plain names keep their keys
+    names = ["α-Fe2O3", "β-Fe2O3", "--Fe2O3", "a b", "a-b", "a%20b", "a.b", "a/b", "Ω"]
+    keys = [pair_key(n) for n in names]
+    assert len(set(keys)) == len(names)  # these all shared a key before
+    assert all(
+        set(k) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
+        for k in keys
+    )
+    assert [unquote(k) for k in keys] == names
 
 
 def test_write_split_rolls_shards_and_counts(tmp_path):
@@ -120,3 +130,10 @@ def test_manifest_sums_samples(tmp_path):
     assert manifest["splits"]["train"]["samples"] == 1
     assert manifest["bit_depths"] == [8] and manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["pairs"]["a"]["stage_tilt_deg"] == 3.5
+
+
+def test_a_key_held_twice_is_refused_not_merged(tmp_path):
+    """Old builds gave 'a b' and 'a-b' one key: one pair's members replaced the other's."""
+    twins = [_sample("a", "train", 1), _sample("a", "train", 2)]
+    with pytest.raises(ValueError, match=r"sample a__train holds .* twice"):
+        write_split(tmp_path, "train", twins)

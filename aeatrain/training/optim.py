@@ -10,11 +10,26 @@ from torch.nn import functional
 from aeatrain.config import OptimConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Adam:
-    """Adam as the published code uses it; the learning rate is set per step by the trainer."""
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], optim: OptimConfig, *, fused: bool = False
+) -> torch.optim.Adam:
+    """Adam as the published code uses it; the learning rate is set per step by the trainer.
+
+    ``fused``: one kernel updates every parameter, and a step can be skipped on the device
+    (:func:`skip_next_step_if`). Off, PyTorch's default implementation runs (CPU runs keep
+    their numbers).
+    """
     return torch.optim.Adam(
-        params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
-    )
+        params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay,
+        fused=fused or None,
+    )  # fmt: skip
+
+
+def skip_next_step_if(optimizer: torch.optim.Adam, skip: torch.Tensor) -> None:
+    """Make the next ``step()`` of a fused Adam a no-op where ``skip`` (0-dim bool, on the
+    device) is true: weights, moments and step counts stay as they are, and the host never
+    reads ``skip``. The hook is the one ``torch.amp.GradScaler`` uses (``found_inf``)."""
+    optimizer.found_inf = skip.float()
 
 
 def learning_rate(step: int, optim: OptimConfig) -> float:

@@ -73,6 +73,10 @@ def snapshot_buffers(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def restore_buffers(module: torch.nn.Module, saved: list[torch.Tensor]) -> None:
+def restore_buffers(
+    module: torch.nn.Module, saved: list[torch.Tensor], *, where: torch.Tensor | None = None
+) -> None:
+    """Put the copies back; with ``where`` (0-dim bool) only where it is true, selected on
+    the device so that the host need not read it."""
     for buffer, copy in zip(module.buffers(), saved, strict=True):
-        buffer.copy_(copy)
+        buffer.copy_(copy if where is None else torch.where(where, copy, buffer))

@@ -3,6 +3,7 @@
 import json
 import shutil
 import tarfile
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
@@ -164,11 +165,16 @@ def test_non_empty_output_refused_then_replaced_with_overwrite(small_raw, tmp_pa
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(UserError, match=r"data: folder is not empty \(use --overwrite"):
         build_dataset(raw, out, bar_row=BAR)
-    assert (out / "mine.txt").read_text() == "keep me"
-    build_dataset(raw, out, bar_row=BAR, overwrite=True)
-    assert not (out / "mine.txt").exists() and (out / "manifest.json").is_file()
+    with pytest.raises(UserError, match=r"data: --overwrite replaces only a dataset"):
+        build_dataset(raw, out, bar_row=BAR, overwrite=True)  # not ours: never deleted
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    out = tmp_path / "data2"
+    build_dataset(raw, out, bar_row=BAR)
+    (out / "extra.txt").write_text("inside the old dataset")
+    build_dataset(raw, out, bar_row=BAR, overwrite=True)  # an old dataset is replaced
+    assert not (out / "extra.txt").exists() and (out / "manifest.json").is_file()
     assert _snapshot(raw) == before  # sources never touched
-    assert _no_staging_left(tmp_path) and not list(tmp_path.glob(".data.old-*"))
+    assert _no_staging_left(tmp_path) and not list(tmp_path.glob(".data*.old-*"))
 
 
 def test_output_inside_the_raw_folder_refused(small_raw):
@@ -184,6 +190,7 @@ def test_interrupted_build_leaves_no_half_dataset_and_keeps_the_old_one(
 ):
     out = tmp_path / "data"
     out.mkdir()
+    (out / "manifest.json").write_text('{"format": "aeatrain-dataset"}')
     (out / "old.txt").write_text("previous dataset")
     real_register, calls = build_module.register, []
 
@@ -196,7 +203,7 @@ def test_interrupted_build_leaves_no_half_dataset_and_keeps_the_old_one(
     monkeypatch.setattr(build_module, "register", register_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_dataset(small_raw, out, bar_row=BAR, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "old.txt"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         calls.clear()
         build_dataset(small_raw, tmp_path / "fresh", bar_row=BAR)
@@ -283,3 +290,23 @@ def test_magnification_ratio_mismatch_between_pairs_names_the_folder(small_raw, 
     with pytest.raises(UserError, match="different magnification ratios"):
         build_dataset(raw, tmp_path / "data", bar_row=BAR)
     assert not (tmp_path / "data").exists()
+
+
+def test_names_sharing_a_safe_spelling_keep_their_own_pixels(small_raw, tmp_path):
+    """'a b' and 'a-b' used to share scratch files, QC picture and shard keys: one
+    pair's pixels replaced the other's while the manifest listed both."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for source, name in (("syn000", "a b"), ("syn001", "a-b")):
+        for mag in (10000, 20000):
+            shutil.copy(small_raw / f"{source}_{mag}.bmp", raw / f"{name}_{mag}.bmp")
+    outcomes = build_dataset(raw, tmp_path / "data", bar_row=BAR)
+    assert [o.name for o in outcomes if o.ok] == ["a b", "a-b"]
+    data = tmp_path / "data"
+    assert sorted(p.name for p in (data / "qc").iterdir()) == ["a%20b.png", "a-b.png"]
+    full, order = _members(data / "full-000000.tar")
+    assert [n for n in order if n.endswith(".json")] == ["a%20b__full.json", "a-b__full.json"]
+    for key, source in (("a%20b", "syn000"), ("a-b", "syn001")):
+        assert json.loads(full[f"{key}__full.json"])["pair"] == unquote(key)
+        raw_hr = cut_bar(read_image(small_raw / f"{source}_20000.bmp")[0], BAR, small_raw)
+        np.testing.assert_array_equal(_png(full[f"{key}__full.hr.png"]), raw_hr)

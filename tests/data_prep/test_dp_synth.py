@@ -142,3 +142,17 @@ def test_refuses_a_non_empty_folder_and_bad_arguments(tmp_path):
         synthesize(tmp_path / "other", pairs=0, seed=0, config=TINY)
     with pytest.raises(UserError, match="--scale"):
         SynthConfig(scale=20)
+    for dose in (-1.0, 0.0, float("nan")):  # 0 used to give black images and exit 0
+        with pytest.raises(UserError, match=r"--dose: .* must be a positive number"):
+            SynthConfig(dose=dose)
+
+
+def test_overwrite_replaces_only_a_synth_folder(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "chapter1.txt").write_text("mine")
+    with pytest.raises(UserError, match="--overwrite replaces only a raw folder of data_prep"):
+        synthesize(tmp_path / "notes", pairs=1, seed=0, config=TINY, overwrite=True)
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["chapter1.txt"]
+    synthesize(tmp_path / "raw", pairs=1, seed=0, config=TINY)
+    synthesize(tmp_path / "raw", pairs=2, seed=1, config=TINY, overwrite=True)
+    assert len(json.loads((tmp_path / "raw" / "truth.json").read_text())["pairs"]) == 2

@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aeatrain import evaluate
@@ -16,7 +17,7 @@ from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full, predict_paper_tiles
 from aeatrain.metrics import average_pairs, mean_scores, score_regions
 from aeatrain.runs import load_run
-from tests.datasets import make_dataset
+from tests.datasets import make_dataset, specimen_pair, write_dataset
 from tests.eval.helpers import make_run
 
 
@@ -312,6 +313,25 @@ def test_pairs_filter_leaving_a_selftrain_row_empty(lab, tmp_path, capsys):
     assert code == EXIT_USER_ERROR and "no pair left to score" in err
 
 
+def test_pairs_whose_names_shared_a_key_are_both_scored(tmp_path, capsys):
+    """'α-Fe2O3' and 'β-Fe2O3' were both keyed '--Fe2O3': one full image hid the other
+    and evaluate stopped with a KeyError."""
+    rng = np.random.default_rng(5)
+    images = {name: specimen_pair(rng, 160, 120, 8) for name in ("α-Fe2O3", "β-Fe2O3")}
+    write_dataset(tmp_path / "DATA", images)
+    run = make_run(tmp_path / "run", residual=True)
+    argv = ["--run", str(run), "--data", str(tmp_path / "DATA"), "--out", str(tmp_path / "ev")]
+    code, _, err = _cli(argv, capsys)
+    assert code == 0, err
+    row = json.loads((tmp_path / "ev" / "metrics.json").read_text())["rows"][0]
+    assert sorted(row["pairs"]) == ["α-Fe2O3", "β-Fe2O3"]
+    want = _by_hand(run, tmp_path / "DATA", ["α-Fe2O3", "β-Fe2O3"])
+    for name in images:
+        got = row["pairs"][name]["mean"]["input_psnr"]
+        assert got == pytest.approx(want[name]["input_psnr"], abs=1e-9)
+    assert want["α-Fe2O3"]["input_psnr"] != pytest.approx(want["β-Fe2O3"]["input_psnr"])
+
+
 def test_tta_d4_row_matches_the_self_ensemble_by_hand(lab, tmp_path, capsys):
     from aeatrain.inference import self_ensemble
 
@@ -329,6 +349,17 @@ def test_tta_d4_row_matches_the_self_ensemble_by_hand(lab, tmp_path, capsys):
     assert row["summary"]["dpsnr"] == pytest.approx(want["dpsnr"], abs=1e-12)
     plain = _by_hand(lab / "pooled", lab / "DATA", ["pair01"])["pair01"]
     assert row["summary"]["dpsnr"] != pytest.approx(plain["dpsnr"], abs=1e-6)
+
+
+def test_out_folder_files_not_written_by_evaluate_are_refused_before_scoring(lab, tmp_path, capsys):
+    (tmp_path / "metrics.md").write_text("my own notes")  # replaced silently before
+    argv = ["--run", str(lab / "self_1"), "--data", str(lab / "DATA"), "--out", str(tmp_path)]
+    code, _, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and "metrics.md: not written by aeatrain" in err
+    assert (tmp_path / "metrics.md").read_text() == "my own notes"
+    (tmp_path / "metrics.md").unlink()
+    assert _cli(argv, capsys)[0] == 0
+    assert _cli(argv, capsys)[0] == 0  # its own report: replaced on a re-run
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +272,12 @@ def test_existing_output_needs_overwrite(run_dir, tmp_path, capsys):
     code, err = _cli(argv, capsys)
     assert code == EXIT_USER_ERROR and "already exists (use --overwrite" in err
     assert _digest(tmp_path / "o" / "a.png") == before
+    code, err = _cli([*argv, "--overwrite"], capsys)  # not written by predict: kept
+    assert code == EXIT_USER_ERROR and "a.png: not written by aeatrain" in err
+    assert _digest(tmp_path / "o" / "a.png") == before
+    (tmp_path / "o" / "a.png").unlink()
+    assert _cli(argv, capsys)[0] == 0
+    assert _cli(argv, capsys)[0] == EXIT_USER_ERROR  # predict's own output: needs --overwrite
     assert _cli([*argv, "--overwrite"], capsys)[0] == 0
     assert read_image(tmp_path / "o" / "a.png")[0].shape == (16, 16)
 
@@ -398,3 +407,85 @@ def test_multi_page_input_needs_page(run_dir, tmp_path, capsys):
     code, err = _cli([*argv, "--output", str(tmp_path / "o2"), "--page", "2"], capsys)
     assert code == 0, err
     assert read_image(tmp_path / "o2" / "stack.tif")[0].shape == (48, 64)
+
+
+def _folder_with_a_bad_file(tmp_path: Path) -> Path:
+    for name in ("a.png", "c.png"):
+        write_image(tmp_path / "in" / name, np.full((8, 8), 40, np.uint8))
+    (tmp_path / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return tmp_path / "in"
+
+
+def test_a_bad_file_in_a_folder_stops_before_any_prediction(run_dir, tmp_path, capsys):
+    """The outputs before the bad file used to be written, the good files after it never
+    processed, and a re-run then failed with 'already exists'."""
+    argv = ["--run", str(run_dir), "--input", str(_folder_with_a_bad_file(tmp_path))]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR and err.count("\n") == 1
+    assert "b.png: not a readable image" in err
+    assert not (tmp_path / "o").exists()  # not even a.png
+    (tmp_path / "in" / "b.png").unlink()
+    assert _cli([*argv, "--output", str(tmp_path / "o")], capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "a.png",
+        "aeatrain-outputs.json",
+        "c.png",
+    ]
+
+
+def test_huge_header_read_only_output_and_full_disk_are_one_line(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    huge = bytearray(cv2.imencode(".bmp", np.zeros((8, 8), np.uint8))[1].tobytes())
+    huge[18:26] = (100_000).to_bytes(4, "little") * 2
+    (tmp_path / "huge.bmp").write_bytes(bytes(huge))
+    argv = ["--run", str(run_dir), "--input"]
+    code, err = _cli([*argv, str(tmp_path / "huge.bmp"), "--output", str(tmp_path / "o")], capsys)
+    assert code == EXIT_USER_ERROR and "header claims 100000 x 100000 pixels" in err  # cv2.error
+    write_image(tmp_path / "a.png", np.full((8, 8), 40, np.uint8))
+    for code_ in (errno.EROFS, errno.ENOSPC):  # a read-only --output, a full disk
+
+        def refuse(*args, code_=code_, **kwargs):
+            raise OSError(code_, os.strerror(code_))
+
+        monkeypatch.setattr("aeatrain.imageio.tempfile.mkstemp", refuse)
+        code, err = _cli([*argv, str(tmp_path / "a.png"), "--output", str(tmp_path / "o")], capsys)
+        assert code == EXIT_USER_ERROR and err.count("\n") == 1, err
+        assert "cannot write: " in err and ("read-only" in err or "disk full" in err)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_calibrated_tiff_under_a_png_name_warns_that_the_calibration_is_lost(
+    run_dir, tmp_path, capsys, caplog
+):
+    _fei_lr(tmp_path / "a.tif")
+    (tmp_path / "a.tif").rename(tmp_path / "mislabelled.png")
+    caplog.set_level("WARNING")
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "mislabelled.png")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "o" / "mislabelled.png"), -1).shape == (96, 160)
+    assert "mislabelled.png: .png holds no calibration; the pixel size is lost" in caplog.text
+
+
+@pytest.mark.slow  # ~10 s on 2 busy cores: a subprocess importing torch
+def test_a_file_size_limit_in_a_real_predict_is_one_line(run_dir, tmp_path):
+    """``ulimit -f`` (EFBIG, as a full disk): one line, no traceback, no partial output."""
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "a.png", rng.integers(0, 256, (160, 200), dtype=np.uint8))
+    command = [sys.executable, "-m", "aeatrain.predict", "--run", str(run_dir)]
+    command += ["--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o")]
+    limit = "ulimit -f 16 && "  # 16 KiB: the ledger fits, the 400 x 320 noisy PNG does not
+    proc = subprocess.run(
+        ["bash", "-c", limit + " ".join(map(shlex.quote, command))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {tmp_path / 'o' / 'a.png'}: cannot write: file too large for "
+                      "the size limit (ulimit -f)"]  # fmt: skip
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["aeatrain-outputs.json"]

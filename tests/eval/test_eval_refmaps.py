@@ -53,7 +53,8 @@ def test_explicit_refs_write_overlays_montage_and_raw_maps(aeanet_run, picture, 
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png", "sem_refmaps.tif",
+        "aeatrain-outputs.json", "sem_ref0.png", "sem_ref5.png", "sem_refmaps.png",
+        "sem_refmaps.tif",
     ]  # fmt: skip
     raw = tifffile.imread(out / "sem_refmaps.tif")
     assert raw.shape == (2, 100, 120) and raw.dtype == np.float32  # upsampled 2x
@@ -177,3 +178,24 @@ def test_raw_maps_of_a_calibrated_input_are_calibrated(aeanet_run, tmp_path, cap
     with tifffile.TiffFile(tmp_path / "g" / "z_refmaps.tif") as tif:
         numerator, denominator = tif.pages.first.tags["XResolution"].value
     assert denominator / numerator == pytest.approx(8.0)  # already in the HR frame
+
+
+def test_overwrite_replaces_only_refmaps_own_figures(aeanet_run, picture, tmp_path, capsys):
+    out = tmp_path / "o"
+    write_image(out / "sem_ref1.png", np.zeros((4, 4), np.uint8))  # the user's, same name
+    argv = ["--run", str(aeanet_run), "--input", str(picture), "--output", str(out)]
+    code, err = _cli([*argv, "--refs", "1", "--overwrite"], capsys)  # replaced it before
+    assert code == EXIT_USER_ERROR and "sem_ref1.png: not written by aeatrain" in err
+    assert read_image(out / "sem_ref1.png")[0].shape == (4, 4)
+    assert _cli([*argv, "--refs", "2"], capsys)[0] == 0
+    assert _cli([*argv, "--refs", "2", "--overwrite"], capsys)[0] == 0  # its own: replaced
+
+
+def test_huge_image_header_is_one_line(aeanet_run, tmp_path, capsys):
+    huge = bytearray(cv2.imencode(".bmp", np.zeros((8, 8), np.uint8))[1].tobytes())
+    huge[18:26] = (100_000).to_bytes(4, "little") * 2
+    (tmp_path / "huge.bmp").write_bytes(bytes(huge))
+    argv = ["--run", str(aeanet_run), "--input", str(tmp_path / "huge.bmp")]
+    code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)  # a cv2.error before
+    assert code == EXIT_USER_ERROR and "header claims 100000 x 100000 pixels" in err
+    assert not (tmp_path / "o").exists()

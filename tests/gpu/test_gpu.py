@@ -91,3 +91,55 @@ def test_bf16_training_run_on_gpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mixed precision bf16" in result.stderr
     assert json.loads((run_dir / "run.json").read_text())["step"] == 20
+
+
+def test_pinned_batches_reach_the_gpu_unchanged(tmp_path):
+    from aeatrain.data import train_loader
+
+    data = make_dataset(tmp_path / "DATA", pairs=2)
+    options = {"crop_size": 32, "batch_size": 4, "seed": 0, "num_workers": 2}
+    pinned = train_loader(data, pin_memory=True, **options)
+    plain = train_loader(data, **options)
+    for _ in range(3):
+        batch, reference = next(pinned), next(plain)
+        assert batch["lr"].is_pinned() and not reference["lr"].is_pinned()
+        on_gpu = batch["lr"].to("cuda", non_blocking=True)
+        torch.cuda.synchronize()
+        assert torch.equal(on_gpu.cpu(), reference["lr"])
+    pinned.close()
+    plain.close()
+
+
+def test_training_steps_make_no_synchronizing_cuda_call(tmp_path, monkeypatch):
+    """CUDA's own sync detector (torch.cuda.set_sync_debug_mode) watches every step after
+    the first two (lazy initialisation); log steps, validation and checkpoints excepted."""
+    import warnings
+
+    from aeatrain import train
+
+    data = make_dataset(tmp_path / "DATA", pairs=2)
+    steps, caught = [], []
+    original = train.train_step
+
+    def watched(t, batch):
+        if len(steps) < 2:
+            steps.append(0)
+            return original(t, batch)
+        with warnings.catch_warnings(record=True) as found:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return original(t, batch)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                steps.append(0)
+                caught.extend(str(w.message) for w in found if "synchroniz" in str(w.message))
+
+    monkeypatch.setattr(train, "train_step", watched)
+    argv = ["--config", str(REPO / "configs/debug.yaml"), "--data.root", str(data),
+            "--train.run_dir", str(tmp_path / "run"), "--train.steps", "10",
+            "--train.mixed_precision", "bf16", "--logging.log_every", "5",
+            "--logging.progress_bar", "false"]  # fmt: skip
+    assert train.main(argv) == 0
+    assert len(steps) == 10
+    assert caught == [], caught[:3]

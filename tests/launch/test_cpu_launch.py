@@ -1,13 +1,16 @@
 """``accelerate launch --cpu --num_processes 2`` really gives two gloo processes."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from aeatrain import cpu_launch
 from aeatrain.cpu_launch import needs_relaunch, parse_cpu_launch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +78,75 @@ def test_single_process_and_foreign_parents_are_left_alone():
     assert not needs_relaunch({"ACCELERATE_USE_CPU": "True", "LOCAL_RANK": "0"})
     assert not needs_relaunch({})
     assert needs_relaunch({"ACCELERATE_USE_CPU": "True"})
+
+
+CHILD = """
+import signal, sys, time
+sys.path.insert(0, {repo!r})
+from aeatrain.cpu_launch import die_with_parent
+signal.signal(signal.SIGTERM, lambda *_: (open({marker!r}, "w").write("TERM"), sys.exit(0)))
+die_with_parent()
+print("ready", flush=True)
+time.sleep(60)
+"""
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout)
+print(child.pid, flush=True)
+child.wait()  # like accelerate's simple launcher: no signal handling of its own
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_signal_that_ends_the_launcher_reaches_the_relaunched_process(tmp_path, signum):
+    marker = tmp_path / "child_got_sigterm"
+    child = CHILD.format(repo=str(REPO), marker=str(marker))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    child_pid = int(parent.stdout.readline())
+    assert parent.stdout.readline().strip() == "ready"
+    parent.send_signal(signum)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while child_alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if child_alive(child_pid):
+        os.kill(child_pid, signal.SIGKILL)
+    assert marker.exists() and marker.read_text() == "TERM"
+
+
+def child_alive(pid: int) -> bool:
+    """The orphaned child (not ours to wait for) still runs: /proc/PID exists, not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_relaunch_has_torchrun_forward_sigusr1_and_wait_for_the_checkpoint(monkeypatch):
+    launcher = ["python3", "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "train.py"]  # fmt: skip
+    monkeypatch.setattr(cpu_launch, "_parent_cmdline", lambda: launcher)
+    monkeypatch.setattr(cpu_launch, "die_with_parent", lambda: None)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_SIGNALS_TO_HANDLE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    executed = {}
+
+    def fake_execv(path, command):
+        executed.update(command=command, env=dict(os.environ))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cpu_launch.os, "execv", fake_execv)
+    with pytest.raises(SystemExit):
+        cpu_launch.relaunch_cpu_multiprocess("train.py", ["--config", "c.yaml"])
+    signals = executed["env"]["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(",")
+    assert {"SIGTERM", "SIGINT", "SIGUSR1"} <= set(signals)
+    assert "--nproc_per_node=2" in executed["command"]
+    assert f"--shutdown_timeout={cpu_launch.SHUTDOWN_TIMEOUT_SECONDS}" in executed["command"]
+    assert executed["command"][-3:] == ["train.py", "--config", "c.yaml"]
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from aeatrain import checkpoint as ckpt
+from aeatrain import train as train_module
 from aeatrain.data import dataset_identity, load_manifest
 from aeatrain.errors import UserError
 from aeatrain.train import main
@@ -162,6 +163,23 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one(data, run_copy, monkey
     assert ckpt.read_trainer_state(run_copy / "checkpoints" / "step_16") == before
     assert ckpt.checkpoint_problem(run_copy / "checkpoints" / "step_16") is None
     assert not runlock.lock_path(run_copy).exists()
+
+
+def test_disk_full_at_the_final_files_says_how_to_finish(data, run_copy, monkeypatch):
+    (run_copy / "run.json").unlink()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module, "write_run_files", full_disk)
+    with pytest.raises(UserError) as info:
+        train(data, run_copy, 16, "--resume")
+    message = str(info.value)
+    assert "\n" not in message and "could not write the final weights and run.json" in message
+    assert "step 16 is complete" in message and "--resume" in message
+    monkeypatch.undo()
+    assert train(data, run_copy, 16, "--resume") == 0  # space again: the run finishes
+    assert resumed_step(run_copy) == 16
 
 
 # ---------------------------------------------------------------------- one trainer per run

@@ -1,0 +1,141 @@
+"""The training step never makes the host wait for the device between log steps.
+
+On a GPU every ``.item()``, ``float(t)``, ``bool(t)`` or ``.cpu()`` of a device tensor
+stalls the host until the queued kernels are done, so the next step cannot be queued
+behind the current one. Counted here on the CPU: the methods that read a tensor's value
+into Python are wrapped, and a run of the trainer (in this process) counts the reads made
+in its steps, outside logging, validation and checkpoints. The fused-Adam path (the
+default on CUDA, ``--optim.fused true`` here) must make none; the default CPU path, which
+decides on skipping on the host, makes several per step (the counter's own check).
+"""
+
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aeatrain import checkpoint as ckpt
+from aeatrain import train as trainer_module
+from tests.datasets import make_dataset
+from tests.train.helpers import DEBUG_CONFIG, check, run, train_command
+
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+EXEMPT = ("log_train", "validate", "save_checkpoint", "finish", "stop_for_preemption")
+# Reads of tensors that live on the host on every device, so they never wait for a GPU:
+# the attention's branch mask (AugmentedAttention._branch_mask makes it on the CPU).
+HOST_SIDE = {("attention.py", "_attend_split")}
+STEPS, LOG_EVERY = 6, 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "DATA", pairs=2)
+
+
+class SyncCounter:
+    """Counts host reads of tensor values made inside ``train_step`` and ``Meter.add``,
+    except inside the exempt (log-step, validation, checkpoint) functions."""
+
+    def __init__(self, monkeypatch):
+        self.depth = 0  # > 0 inside a step
+        self.exempt = 0  # > 0 inside an exempt function
+        self.per_step: list[int] = []
+        self.log_calls = 0
+        for name in READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+        monkeypatch.setattr(trainer_module, "train_step", self._in_step(trainer_module.train_step))
+        meter_add = self._in_step(trainer_module.Meter.add, new_step=False)
+        monkeypatch.setattr(trainer_module.Meter, "add", meter_add)
+        for name in EXEMPT:
+            monkeypatch.setattr(trainer_module, name, self._exempted(getattr(trainer_module, name)))
+
+    def _counting(self, method):
+        def counted(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            host_side = (caller.co_filename.rsplit("/", 1)[-1], caller.co_name) in HOST_SIDE
+            if self.depth and not self.exempt and not host_side:
+                self.per_step[-1] += 1
+            return method(tensor, *args, **kwargs)
+
+        return counted
+
+    def _in_step(self, function, new_step: bool = True):
+        def step(*args, **kwargs):
+            if new_step:
+                self.per_step.append(0)
+            self.depth += 1
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.depth -= 1
+
+        return step
+
+    def _exempted(self, function):
+        def exempted(*args, **kwargs):
+            self.exempt += 1
+            self.log_calls += function.__name__ == "log_train"
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.exempt -= 1
+
+        return exempted
+
+
+def _train_here(data, run_dir, fused: str) -> None:
+    argv = [
+        "--config", str(DEBUG_CONFIG), "--data.root", str(data), "--train.run_dir", str(run_dir),
+        "--train.steps", str(STEPS), "--logging.log_every", str(LOG_EVERY),
+        "--logging.eval_every", "1000", "--logging.eval_max_tiles", "1",
+        "--logging.progress_bar", "false", "--optim.fused", fused, "--train.ema", "true",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores
+    try:
+        assert trainer_module.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fused_adam_steps_make_no_host_sync_and_the_default_cpu_path_does(
+    data, tmp_path, monkeypatch
+):
+    counter = SyncCounter(monkeypatch)
+    _train_here(data, tmp_path / "fused", "true")
+    assert len(counter.per_step) == STEPS
+    assert counter.log_calls == STEPS // LOG_EVERY
+    assert counter.per_step == [0] * STEPS
+
+    counter.per_step.clear()
+    _train_here(data, tmp_path / "default", "false")
+    assert len(counter.per_step) == STEPS
+    assert min(counter.per_step) >= 2, counter.per_step  # skip verdict + gradient norm
+
+    fused = load_file(str(tmp_path / "fused" / "model.safetensors"))
+    default = load_file(str(tmp_path / "default" / "model.safetensors"))
+    for name, tensor in default.items():  # the same training, up to Adam's rounding
+        torch.testing.assert_close(fused[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_fused_path_skips_diverged_steps_and_stops_naming_them(data, tmp_path):
+    """Skip verdicts are counted at the checkpoint after each step here: the message and
+    the finite checkpoints are those of the host-side path (test_train_options)."""
+    run_dir = tmp_path / "diverged"
+    result = run(
+        train_command(
+            "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "20",
+            "--optim.lr", "1e30", "--train.max_skipped_steps", "3", "--optim.fused", "true",
+            "--train.checkpoint_every", "1", "--train.keep_checkpoints", "10",
+            "--logging.progress_bar", "false",
+        )
+    )  # fmt: skip
+    check(result, 2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged: steps 1..3 were all skipped"), last
+    written = ckpt.complete_checkpoints(run_dir)
+    assert [step for step, _ in written] == [1, 2, 3]  # skipped steps left the weights alone
+    for _, folder in written:
+        tensors = load_file(str(folder / "model.safetensors"))
+        assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
