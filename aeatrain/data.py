@@ -96,7 +96,7 @@ CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide 
 DEFAULT_POOL_SIZE = 8
 MAX_CROPS_PER_REGION = 16
 DEFAULT_CACHE_MIB = 512  # decoded regions kept per loader: the paper's 22 pairs need ~40
-_INDEX_READERS = 8  # index files fetched at once (remote roots: one request each)
+_INDEX_READERS = 8  # index files of a remote root fetched at once
 
 # Separate RNG streams so the region choice and the crop choice never share draws.
 _POOL_STREAM = 0
@@ -191,8 +191,11 @@ class DatasetManifest:
         key = (split, cache_dir)
         if key not in self._shards:
             entries = self.entries(split)
-            with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
-                indexes = list(pool.map(self._read_index, entries))
+            if shardio.local_path(self.root) is not None:
+                indexes = [self._read_index(entry) for entry in entries]
+            else:  # one request each: several at once
+                with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
+                    indexes = list(pool.map(self._read_index, entries))
             urls = self.shard_urls(split)
             self._shards[key] = [Shard(u, i, cache_dir) for u, i in zip(urls, indexes)]
         return self._shards[key]
@@ -315,12 +318,14 @@ def _check_manifest_fields(path: str, raw: dict) -> Manifest:
 
 def _check_files(manifest: DatasetManifest, root: Path) -> None:
     """Every listed shard and index exists (a stat each; nothing is read)."""
+    folder = str(root)
     for split, entry in manifest.model.splits.items():
         for shard in entry.shards:
             for name, what in ((shard.file, "shard"), (shard.index, "index of a shard")):
-                if not (root / name).is_file():
+                path = os.path.join(folder, name)
+                if not os.path.isfile(path):
                     raise DatasetError(
-                        f"{root / name}: {split} {what} listed in {manifest.path} is missing"
+                        f"{path}: {split} {what} listed in {manifest.path} is missing"
                     )
 
 
@@ -421,12 +426,15 @@ def _decode_meta(url: str, key: str, files: dict) -> dict:
         raise DatasetError(f"{url}: sample {key} has no valid json ({err})") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Region:
     """One sample of a shard, as its index describes it (nothing read or decoded)."""
 
     shard: Shard
     sample: IndexedSample
+    pair: str
+    width: int
+    height: int
 
     @property
     def url(self) -> str:
@@ -436,22 +444,15 @@ class _Region:
     def key(self) -> str:
         return self.sample.key
 
-    @property
-    def pair(self) -> str:
-        return self.sample.pair
-
-    @property
-    def width(self) -> int:
-        return self.sample.region.width
-
-    @property
-    def height(self) -> int:
-        return self.sample.region.height
-
 
 def _scan(shards: Sequence[Shard]) -> list[_Region]:
     """Every sample of ``shards`` in stream order, from their indexes."""
-    return [_Region(shard, sample) for shard in shards for sample in shard.index.samples]
+    regions = []
+    for shard in shards:
+        for sample in shard.index.samples:
+            box = sample.region
+            regions.append(_Region(shard, sample, sample.pair, box.x1 - box.x0, box.y1 - box.y0))
+    return regions
 
 
 def _check_pairs(wanted: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
@@ -841,7 +842,8 @@ def train_loader(
     if not regions:
         raise DatasetError(f"{where}: no training samples")
     wanted = _check_pairs(pairs, sorted({r.pair for r in regions}), where)
-    regions = [r for r in regions if r.pair in set(wanted)]
+    chosen = set(wanted)
+    regions = [r for r in regions if r.pair in chosen]
     crop_hw = _crop_hw(crop_size, regions, where)
     if crops_per_region is None:
         crops_per_region = default_crops_per_region(regions, crop_hw)

@@ -57,7 +57,7 @@ def local_path(url: str) -> Path | None:
 
 def join(root: str, name: str) -> str:
     """``name`` inside a DATA root that is a folder or a URL."""
-    return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
+    return f"{root.rstrip('/')}/{name}" if "://" in root else os.path.join(root, name)
 
 
 # ----------------------------------------------------------------------------- HTTP

@@ -73,8 +73,8 @@ def _handler_for(server: RangeServer):
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            server._record(self.path, header, len(body))  # before the client can have it
             self.wfile.write(body)
-            server._record(self.path, header, len(body))
 
         def log_message(self, *args):  # quiet
             pass

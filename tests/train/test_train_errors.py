@@ -141,3 +141,13 @@ def test_check_only_accepts_a_good_config_and_writes_nothing(data, tmp_path, cap
     out = capsys.readouterr().out
     assert out.startswith("check: ok: aeanet on 2 pair(s)") and "2 process(es) x 2 images" in out
     assert not run_dir.exists()
+
+
+def test_check_with_verify_hashes_the_shards_and_names_a_changed_one(tmp_path):
+    data = make_dataset(tmp_path / "DATA", pairs=2, width=160, height=120)
+    shard = data / "full-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x01")  # the last padding byte
+    argv = ("--check", "--data.root", str(data))
+    assert main(["--config", str(DEBUG_CONFIG), "--train.run_dir", str(tmp_path / "r"), *argv]) == 0
+    message = _refused(tmp_path / "run", *argv, "--data.verify", "true")
+    assert message == f"{shard}: sha256 differs from the manifest (changed or corrupt shard)"
