@@ -16,7 +16,10 @@ fp16 loss scaler, the Python/NumPy/torch RNG states of EVERY rank as
     {"format": "aeatrain-trainer-state", "version": 1, "step": N, "data_position": N,
      "world_size": P, "skipped_steps": S, "consecutive_skipped": C, "seed": 0,
      "dataset": {"identity": "<sha256>", "path": "...", "manifest_sha256": "..."},
-     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...}}
+     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...},
+     "init_from": {...} | null}
+
+(``init_from``: run.json's record of the weights the run started from, docs/formats.md.)
 
 ``data_position`` is the index of the next batch; the loader makes the batch of step s on
 rank r a pure function of (seed, s, r), so the data position is the step itself.
@@ -148,11 +151,13 @@ def _format_problem(path: Path) -> str | None:
             if len(head) < 8:
                 return "is not a safetensors file (shorter than its header)"
             (header_length,) = struct.unpack("<Q", head)
+            if header_length > path.stat().st_size - 8:
+                return "is cut short (inside its header)"
             try:
                 header = json.loads(handle.read(header_length))
-            except (ValueError, UnicodeDecodeError):
+                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
                 return "is not a safetensors file (unreadable header)"
-        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
         expected = 8 + header_length + max(ends, default=0)
         if path.stat().st_size != expected:
             return f"is cut short ({path.stat().st_size} of {expected} bytes)"

@@ -213,6 +213,14 @@ class TrainConfig(_Section):
         "refused unless resuming. Required."
     )
     steps: int = Field(120_000, ge=1, description="Optimizer steps in total.")
+    init_from: str | None = Field(
+        None,
+        description="Start from another model's weights: a finished RUN folder (its EMA "
+        "weights if it has them, else the raw ones) or a MODEL.zip written by `python -m "
+        "aeatrain.export`. The optimizer, schedule and step start fresh. The model section "
+        "must equal the source's model name and keywords, else the run is refused (no "
+        "partial loading). Recorded in run.json (`init_from`). null = a fresh initialisation.",
+    )
     seed: int = Field(
         0,
         ge=0,

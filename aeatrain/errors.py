@@ -32,18 +32,32 @@ class UserError(Exception):
     """An error the user caused and can fix; its message is shown as one line."""
 
 
+class OutputWriteError(UserError, OSError):
+    """A write refused for want of space or permission: one line for the user, and still
+    an OSError (its ``errno``, ``strerror``) for code that handles failed writes itself."""
+
+    def __init__(self, message: str, err: OSError):
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = err.errno, err.strerror, err.filename
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 @contextlib.contextmanager
 def reporting_write_errors(path: str | os.PathLike) -> Iterator[None]:
     """Inside, an OSError of a full disk or a read-only/forbidden folder becomes one
     UserError line naming ``path`` (the output being written); other OSErrors still raise."""
     try:
         yield
+    except OutputWriteError:
+        raise  # reported already, by an inner write
     except OSError as err:
         problem = _WRITE_PROBLEMS.get(err.errno)
         if problem is None:
             raise
         where = f" ({err.filename})" if err.filename else ""
-        raise UserError(f"{path}: cannot write: {problem}{where}") from None
+        raise OutputWriteError(f"{path}: cannot write: {problem}{where}", err) from None
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -108,9 +108,37 @@ _LOSSY_TIFF = (
 )
 
 
+class _HeldRecords(logging.Filter):
+    """A logger filter that keeps the records instead of letting them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def _tifffile_complaints_held(path: Path) -> Iterator[None]:
+    """tifffile logs ERROR lines about a damaged file before it fails; they would come
+    before, and say less than, the one-line ImageError. Held while reading: dropped when
+    the read fails, logged once as a warning naming the file when it succeeds."""
+    logger, held = logging.getLogger("tifffile"), _HeldRecords()
+    logger.addFilter(held)
+    try:
+        yield
+    finally:
+        logger.removeFilter(held)
+    if held.records:
+        complaints = "; ".join(record.getMessage() for record in held.records)
+        log.warning("%s: read, but tifffile found problems: %s", path, complaints)
+
+
 def _read_tiff(path: Path, page: int | None) -> np.ndarray:
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_complaints_held(path), tifffile.TiffFile(path) as tif:
             chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
             _check_pixels(path, (chosen.imagewidth, chosen.imagelength))
             array = chosen.asarray()

@@ -16,9 +16,12 @@ A resumed run finishes into the same folder, so these four files are replaced on
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,13 +114,16 @@ def write_run_files(
     step: int,
     config_yaml: str,
     ema_model: nn.Module | None = None,
+    init_from: dict | None = None,
 ) -> None:
     """Write (or replace) a run folder's weights, config.yaml and run.json, atomically.
 
     ``model``/``ema_model`` may be wrapped (DDP, AveragedModel, compiled); the plain
     module's state_dict is saved. ``dataset`` is recorded as given (the trainer passes
-    ``{"identity": ..., "path": ..., "manifest_sha256": ...}``). ``run.json`` is written
-    last, so a reader that finds it finds complete weights. Call on the main process only.
+    ``{"identity": ..., "path": ..., "manifest_sha256": ...}``); ``init_from`` is
+    :attr:`InitialWeights.record` of the weights the run started from (None: its own
+    initialisation). ``run.json`` is written last, so a reader that finds it finds
+    complete weights. Call on the main process only.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +152,7 @@ def write_run_files(
         "model": {"name": model_name, "kwargs": model_kwargs},
         "step": int(step),
         "weights": weights,
+        "init_from": init_from,
     }
     atomic_write_text(run_dir / RUN_JSON, json.dumps(run_json, indent=2) + "\n", overwrite=True)
     log.info("wrote run files to %s (step %d, ema: %s)", run_dir, step, ema_model is not None)
@@ -220,7 +227,7 @@ def _load_state(path: Path, model_name: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """load_state_dict(strict) with a one-line error naming the file and the first keys."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -279,7 +286,7 @@ def load_run(
     except (KeyError, TypeError, ValueError) as err:
         raise RunError(f"{run_dir / RUN_JSON}: cannot build model {name!r} ({err})") from None
     path = run_dir / info["weights"][kind]
-    _load_into(model, _load_state(path, name), path)
+    load_into(model, _load_state(path, name), path)
     model.to(device).eval()
     run = RunInfo(
         path=run_dir,
@@ -294,3 +301,86 @@ def load_run(
     )
     log.info("loaded %s (%s, step %d, %s weights)", run_dir, name, run.step, kind)
     return model, run
+
+
+# ------------------------------------------------------------- starting from other weights
+
+
+@dataclass
+class InitialWeights:
+    """Weights a new run starts from (``train.init_from``): a run's or an exported package's."""
+
+    source: Path
+    model_name: str
+    model_kwargs: dict
+    state: dict[str, torch.Tensor]
+    record: dict  # what the new run's run.json keeps under "init_from"
+
+
+def read_initial_weights(source: str | Path) -> InitialWeights:
+    """A finished run folder (EMA weights if it has them, as predict chooses) or a
+    bioimage.io MODEL.zip written by ``python -m aeatrain.export`` (its pytorch_state_dict).
+
+    Raises :class:`RunError` naming the source when it is neither, or is damaged.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _run_weights(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        return _package_weights(path)
+    raise RunError(
+        f"{path}: train.init_from must name a finished run folder or a MODEL.zip written by "
+        f"python -m aeatrain.export"
+    )
+
+
+def _run_weights(run_dir: Path) -> InitialWeights:
+    info = read_run_json(run_dir)
+    kind = _choose_weights(run_dir, info, "auto")
+    name = info["model"].get("name")
+    file = run_dir / info["weights"][kind]
+    record = {
+        "path": str(run_dir.resolve()),
+        "kind": "run",
+        "weights": kind,
+        "step": int(info["step"]),
+        "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+    }
+    kwargs = dict(info["model"].get("kwargs") or {})
+    return InitialWeights(run_dir, name, kwargs, _load_state(file, name), record)
+
+
+def _package_weights(package: Path) -> InitialWeights:
+    """The pytorch_state_dict entry of an aeatrain-exported bioimage.io package."""
+    try:
+        with zipfile.ZipFile(package) as archive:
+            rdf = yaml.safe_load(archive.read("rdf.yaml"))
+            entry = ((rdf or {}).get("weights") or {}).get("pytorch_state_dict") or {}
+            architecture = entry.get("architecture") or {}
+            if (architecture.get("import_from"), architecture.get("callable")) != (
+                "aeatrain.models",
+                "build_model",
+            ):
+                raise RunError(
+                    f"{package}: not a package exported by aeatrain (its pytorch_state_dict "
+                    f"weights are not built by aeatrain.models.build_model)"
+                )
+            data = archive.read(str(entry["source"]))
+    except (KeyError, OSError, zipfile.BadZipFile, yaml.YAMLError) as err:
+        raise RunError(f"{package}: not a readable bioimage.io package ({err})") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged or foreign files
+        raise RunError(
+            f"{package}: {entry['source']} is not a readable state dict ({err})"
+        ) from None
+    kwargs = dict(architecture.get("kwargs") or {})
+    name = kwargs.pop("name", None)
+    record = {
+        "path": str(package.resolve()),
+        "kind": "bioimageio",
+        "weights": str(entry["source"]),
+        "step": None,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    return InitialWeights(package, name, kwargs, state, record)

@@ -48,13 +48,14 @@ from accelerate.utils import (
     gather_object,
     set_seed,
 )
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from aeatrain import checkpoint as ckpt
 from aeatrain import shardio
-from aeatrain.config import Config, ConfigError, load_config
+from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data import (
     DatasetManifest,
@@ -68,7 +69,13 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model
-from aeatrain.runs import CONFIG_YAML, write_run_files
+from aeatrain.runs import (
+    CONFIG_YAML,
+    InitialWeights,
+    load_into,
+    read_initial_weights,
+    write_run_files,
+)
 from aeatrain.training import lock as runlock
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import (
@@ -132,6 +139,7 @@ class Trainer:
     # (see device_side_step); its skip verdicts wait in pending_skips, as (step, 0-dim bool).
     sync_free: bool = False
     pending_skips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    init_from: dict | None = None  # run.json's record of the weights the run started from
 
     @property
     def module(self) -> nn.Module:
@@ -340,9 +348,39 @@ def make_model(cfg: Config) -> nn.Module:
         raise ConfigError(f"model: {err}") from None
 
 
-def build_network(cfg: Config, accelerator: Accelerator) -> nn.Module:
-    """``build_model`` from the model section, plus the speed options of the train section."""
+def initial_weights(cfg: Config) -> InitialWeights | None:
+    """``train.init_from`` read and checked against the model section (None when unset)."""
+    if cfg.train.init_from is None:
+        return None
+    source = read_initial_weights(cfg.train.init_from)
+    here = {"name": cfg.model.name, **cfg.model.build_kwargs()}
+    try:  # the source's model section, defaults filled in as this aeatrain fills them
+        theirs = ModelConfig(name=source.model_name, **source.model_kwargs)
+    except ValidationError:
+        raise ConfigError(
+            f"train.init_from {source.source}: its model {source.model_name!r} "
+            f"{source.model_kwargs} is not one this aeatrain builds"
+        ) from None
+    there = {"name": theirs.name, **theirs.build_kwargs()}
+    different = [key for key in here if here[key] != there[key]]
+    if different:
+        key = different[0]
+        raise ConfigError(
+            f"train.init_from {source.source}: model.{key} is {there[key]!r} there and "
+            f"{here[key]!r} here; a run starts only from the weights of the same model "
+            f"(set the model section to the source's)"
+        )
+    return source
+
+
+def build_network(
+    cfg: Config, accelerator: Accelerator, init: InitialWeights | None = None
+) -> nn.Module:
+    """``build_model`` from the model section, ``init``'s weights loaded into it if given,
+    plus the speed options of the train section."""
     model = make_model(cfg)
+    if init is not None:
+        load_into(model, init.state, init.source)  # strict: every tensor, every shape
     if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
         if accelerator.device.type != "cuda":
             raise ConfigError(
@@ -373,7 +411,10 @@ def check_only(cfg: Config, num_processes: int) -> str:
     resume_from = check_run_folder(cfg, manifest)
     runlock.check_unlocked(cfg.train.run_dir)
     open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
-    make_model(cfg)
+    init = initial_weights(cfg) if resume_from is None else None
+    model = make_model(cfg)
+    if init is not None:
+        load_into(model, init.state, init.source)  # the tensors fit, before any node starts
     start = f"resumes from {resume_from}" if resume_from else "starts at step 0"
     return (
         f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} pair(s) "
@@ -387,13 +428,15 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     local_batch = per_device_batch(cfg, accelerator.num_processes)
     manifest = load_manifest(cfg.data.root)
     resume_from = check_run_folder(cfg, manifest)
+    # A resumed run has its weights (and its init_from record) in the checkpoint.
+    init = initial_weights(cfg) if resume_from is None else None
     start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
     batches = open_batches(
         cfg, manifest, local_batch, start_step=start_step,
         rank=accelerator.process_index, world_size=accelerator.num_processes,
     )  # fmt: skip
     set_seed(cfg.train.seed)
-    model = build_network(cfg, accelerator)
+    model = build_network(cfg, accelerator, init)
     tiles = load_tiles(cfg, accelerator, manifest)
     start_run_folder(cfg, accelerator)  # the first write
     log.info(
@@ -411,8 +454,11 @@ def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path 
     trainer = Trainer(
         cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles,
         ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
+        init_from=init.record if init else None,
         sync_free=fused and accelerator.scaler is None,
     )  # fmt: skip
+    if init is not None:
+        log.info("weights from %s (optimizer fresh)", init.source, main_process_only=True)
     return trainer, resume_from
 
 
@@ -495,6 +541,7 @@ def restore(t: Trainer, checkpoint: Path) -> None:
         raise RunFolderError(f"{checkpoint}: cannot be resumed ({first_line})") from None
     state = ckpt.read_trainer_state(checkpoint)
     t.step = state["step"]
+    t.init_from = state.get("init_from")  # absent in checkpoints of older aeatrain versions
     t.skipped = SkippedSteps(
         t.cfg.train.max_skipped_steps, state["skipped_steps"], state["consecutive_skipped"]
     )
@@ -834,6 +881,7 @@ def trainer_state(t: Trainer) -> dict:
         "seed": t.cfg.train.seed,
         "ema_updates": None if t.ema is None else t.ema.updates,
         "dataset": dataset_record(t.manifest),
+        "init_from": t.init_from,
         **t.skipped.state(),
     }
 
@@ -882,6 +930,7 @@ def finish(t: Trainer) -> None:
                 step=t.step,
                 config_yaml=t.cfg.to_yaml(),
                 ema_model=averaged,
+                init_from=t.init_from,
             )
         except OSError as err:  # each file is written atomically: none is half there
             raise CheckpointWriteError(

@@ -1,10 +1,10 @@
 """Pictures and tables for a human to judge a registration and a dataset.
 
-``qc/<name>.png`` per pair: on the left the whole registered pair as a colour overlay
-(HR in green, warped LR in magenta: aligned structure turns grey/white, a shift shows
-as coloured fringes), on the right a full-resolution centre crop as a checkerboard of
-warped LR and HR squares (edges must run straight across the squares), and above them
-the registration figures. ``summary`` turns a built dataset into a short text table.
+``qc/<key>.png`` per pair (``aeatrain.dataformat.pair_key``): on the left the whole
+registered pair as a colour overlay (HR in green, warped LR in magenta: aligned
+structure turns grey/white, a shift shows as coloured fringes), on the right a
+full-resolution centre crop as a checkerboard of warped LR and HR squares (edges must
+run straight across the squares), and above them the registration figures. ``summary`` turns a built dataset into a short text table.
 """
 
 from __future__ import annotations

@@ -183,9 +183,10 @@ def test_atomic_write_on_a_full_disk_or_read_only_folder_is_one_line(tmp_path, m
     monkeypatch.setattr(imageio.os, "replace", refuse)
     with pytest.raises(
         UserError, match=r"out\.png: cannot write: (disk full|read-only|permission)"
-    ):
+    ) as caught:
         write_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+    assert isinstance(caught.value, OSError) and caught.value.errno == code  # as train.py needs
 
 
 def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, monkeypatch):
@@ -193,3 +194,13 @@ def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(imageio.os, "access", lambda path, mode: False)  # root reads anything
     with pytest.raises(ImageError, match=r"a\.png: cannot read it \(permission denied\)"):
         read_image(tmp_path / "a.png")
+
+
+def test_damaged_tiff_is_one_error_without_tifffile_log_lines(tmp_path, caplog, capfd):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((300, 400), np.uint16), compression="zlib")
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "a.tif").read_bytes()[:200])
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ImageError, match=r"cut\.tif: not a readable TIFF image"):
+        read_image(tmp_path / "cut.tif")
+    assert [r for r in caplog.records if r.name == "tifffile"] == []  # 4 ERROR lines before
+    assert capfd.readouterr().err == ""
