@@ -123,4 +123,4 @@ def test_run_json_records_the_source_and_a_package_gives_the_same_weights(
     trainer = trainers(config_b(data, tmp_path / "C", package))
     state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
     assert_same_weights(state, read_weights(run_a / "model.safetensors"))
-    assert trainer.init_from["kind"] == "bioimageio"
+    assert trainer.init_from["kind"] == "bioimageio" and trainer.init_from["step"] == 10
