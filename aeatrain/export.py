@@ -594,13 +594,20 @@ def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry,
     files.update(write_weights(model, folder, example))
     info = PackageInfo(
         name=args.name or f"aeatrain {run.model_name} {run.path.name}",
-        authors=args.author or [getpass.getuser()],
+        authors=args.author,
         license=args.license,
         weights_kind=run.weights_kind,
         sample_label=label,
     )
     files["readme"].write_text(readme_text(run, geometry, info), encoding="utf-8")
     return geometry, files, info
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in this environment (some containers)
+        raise ExportError("cannot tell your user name: pass --author NAME") from None
 
 
 def describe(run, geometry: Geometry, files: dict, info: PackageInfo):
@@ -661,6 +668,7 @@ def export(args: argparse.Namespace) -> Path:
     """Check the target and the run, build every piece, validate, write ``args.out``."""
     out = Path(args.out)
     check_target(out, overwrite=args.overwrite)
+    args.author = args.author or [_user_name()]
     _require_export_packages()
     model, run = load_network(args.run, args.weights)
     with tempfile.TemporaryDirectory(prefix="aeatrain-export-") as folder:
