@@ -3,21 +3,30 @@
 # same budget, evaluated with the paper's protocol and gathered into one table (mean and
 # spread over seeds).
 #
-#   launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--dry-run]
+#   launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--rows "ROW ..."]
+#                         [--dry-run]
 #
 # Pooled training (one model on every pair of DATA): unet, gvtnet, aeanet (64 references),
-# aeanet_refs32, aeanet_refs16, aeanet_refs_only, aeanet_batch_only.
+# aeanet_refs32, aeanet_refs16, aeanet_refs_only, aeanet_batch_only, vdsr, edsr, rcan, and
+# the non-learning lbnlm (python -m aeatrain.lbnlm: a patch library, no training).
 # Self-training (one model per pair, scored on its own pair, averaged over pairs): unet,
-# gvtnet, aeanet.
+# gvtnet, aeanet, vdsr, edsr, rcan, lbnlm.
+# --rows runs only the named rows, each <config>-pooled or <config>-self (for instance
+# --rows "vdsr-pooled lbnlm-self"); the table gathers every finished row in OUT.
 #
 # Profiles (the budget is the same for every model of a profile):
 #   paper  the shipped configs as they are: 120,000 steps of batch 8, 256x256 crops, the
 #          published network. A GPU budget; set TRAIN to your launcher, e.g.
 #          TRAIN="accelerate launch --config_file accelerate_config.yaml --num_processes 1"
 #   cpu    a CPU-sized budget (default): every run 300 steps of batch 8, 64x64 crops,
-#          16 base channels, Adam 2e-3 halved at step 150, BatchNorm momentum 0.1 and the
-#          residual output (both needed for a short run to beat bicubic at all); the
-#          references (64/32/16) and branches stay as each config has them.
+#          Adam 2e-3 halved at step 150, the residual output (every network predicts the
+#          correction to its input; VDSR always does). Every network shrinks the same
+#          way: half its published width, and a quarter of each published depth
+#          (rounded down): U-Net family 16 base channels (its depth is fixed) with
+#          BatchNorm momentum 0.1 (needed for a short run to beat bicubic at all); VDSR
+#          32 channels, 5 layers; EDSR 32 channels, 4 blocks; RCAN 32 channels, 2 groups
+#          of 5 blocks. The references (64/32/16) and branches stay as each config has them.
+#          lbnlm is the same in both profiles (it has no training budget).
 #
 # Runs go to OUT/runs/<config>-<pooled|self>-seed<k>[/<pair>], evaluations to
 # OUT/eval/<config>-<pooled|self>-seed<k>/, the gathered table to OUT/results.md. Finished
@@ -26,15 +35,16 @@
 # "$PYTHON aeatrain/train.py", one process).
 set -euo pipefail
 die() { echo "paper_suite.sh: error: $*" >&2; exit 2; }
-usage='usage: launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--dry-run]'
+usage='usage: launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--rows "ROW ..."] [--dry-run]'
 [ $# -ge 2 ] || die "$usage"
 DATA=$(realpath -m "$1") OUT=$(realpath -m "$2")
 shift 2
-PROFILE=cpu SEEDS="0 1" DRY_RUN=0
+PROFILE=cpu SEEDS="0 1" DRY_RUN=0 ROWS=""
 while [ $# -gt 0 ]; do
     case $1 in
         --profile) PROFILE=$2; shift 2 ;;
         --seeds) SEEDS=$2; shift 2 ;;
+        --rows) ROWS=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         *) die "unknown option $1; $usage" ;;
     esac
@@ -44,17 +54,31 @@ PYTHON=${PYTHON:-python3}
 read -r -a TRAIN <<< "${TRAIN:-$PYTHON aeatrain/train.py}"
 [ -f "$DATA/manifest.json" ] || die "$DATA/manifest.json: no such file (build the data with python -m data_prep build)"
 
-POOLED=(unet gvtnet aeanet aeanet_refs32 aeanet_refs16 aeanet_refs_only aeanet_batch_only)
-SELF=(unet gvtnet aeanet)
+POOLED=(unet gvtnet aeanet aeanet_refs32 aeanet_refs16 aeanet_refs_only aeanet_batch_only
+        vdsr edsr rcan lbnlm)
+SELF=(unet gvtnet aeanet vdsr edsr rcan lbnlm)
+for row in $ROWS; do
+    config=${row%-*} kind=${row##*-}
+    case $kind in pooled) known=("${POOLED[@]}") ;; self) known=("${SELF[@]}") ;; *) known=() ;; esac
+    [[ " ${known[*]} " == *" $config "* ]] || die "--rows: unknown row $row (rows are <config>-pooled or <config>-self)"
+done
 case $PROFILE in
     paper) BUDGET=() ;;
     cpu) BUDGET=(--train.steps 300 --data.global_batch_size 8 --data.crop_size 64
-                 --model.base_channels 16 --optim.lr 2.0e-3 --optim.lr_decay_every 150
-                 --optim.grad_clip_norm 1.0 --model.bn_momentum 0.1 --model.residual true
+                 --optim.lr 2.0e-3 --optim.lr_decay_every 150 --optim.grad_clip_norm 1.0
                  --train.mixed_precision no --train.checkpoint_every 300
                  --logging.eval_every 300 --logging.progress_bar false) ;;
     *) die "--profile $PROFILE: expected cpu or paper" ;;
 esac
+shape() {  # the cpu profile's shrunken network for CONFIG (empty for the paper profile)
+    [ "$PROFILE" = cpu ] || return 0
+    case $1 in
+        vdsr) echo --model.width 32 --model.depth 5 ;;
+        edsr) echo --model.width 32 --model.depth 4 --model.residual true ;;
+        rcan) echo --model.width 32 --model.groups 2 --model.depth 5 --model.residual true ;;
+        *) echo --model.base_channels 16 --model.bn_momentum 0.1 --model.residual true ;;
+    esac
+}
 mapfile -t PAIRS < <("$PYTHON" -m data_prep pairs "$DATA")
 [ ${#PAIRS[@]} -ge 1 ] || die "$DATA holds no usable pair"
 
@@ -63,12 +87,22 @@ run() {  # echo a command, run it unless --dry-run
     [ "$DRY_RUN" = 1 ] || "$@"
 }
 
+wanted() {  # wanted ROW: true when --rows is empty or names ROW
+    [ -z "$ROWS" ] || [[ " $ROWS " == *" $1 "* ]]
+}
+
 train() {  # train RUN_DIR CONFIG SEED [overrides...]: skipped when RUN_DIR holds a finished run
-    local run_dir=$1 config=configs/$2.yaml seed=$3
+    local run_dir=$1 config=$2 seed=$3
     shift 3
     [ -f "$run_dir/run.json" ] && { echo "= $run_dir: finished, kept"; return; }
-    run "${TRAIN[@]}" --config "$config" --resume --data.root "$DATA" --train.run_dir "$run_dir" \
-        --train.seed "$seed" "${BUDGET[@]}" "$@"
+    if [ "$config" = lbnlm ]; then  # no training: the library and its settings' search
+        run "$PYTHON" -m aeatrain.lbnlm --data "$DATA" --out "$run_dir" --seed "$seed" "$@"
+        return
+    fi
+    local -a model_shape
+    read -r -a model_shape <<< "$(shape "$config")"
+    run "${TRAIN[@]}" --config "configs/$config.yaml" --resume --data.root "$DATA" \
+        --train.run_dir "$run_dir" --train.seed "$seed" "${BUDGET[@]}" "${model_shape[@]}" "$@"
 }
 
 evaluate() {  # evaluate EVAL_DIR ARGS...: skipped when EVAL_DIR holds its metrics
@@ -82,21 +116,27 @@ START=$(date +%s)
 EVALS=()
 for seed in $SEEDS; do
     for config in "${POOLED[@]}"; do
+        wanted "$config-pooled" || continue
         name=$config-pooled-seed$seed
         train "$OUT/runs/$name" "$config" "$seed"
         evaluate "$OUT/eval/$name" --run "$OUT/runs/$name"
     done
     for config in "${SELF[@]}"; do
+        wanted "$config-self" || continue
         name=$config-self-seed$seed
         for pair in "${PAIRS[@]}"; do
-            train "$OUT/runs/$name/$pair" "$config" "$seed" --data.pairs "[\"$pair\"]"
+            if [ "$config" = lbnlm ]; then restrict=(--pairs "$pair"); else restrict=(--data.pairs "[\"$pair\"]"); fi
+            train "$OUT/runs/$name/$pair" "$config" "$seed" "${restrict[@]}"
         done
         evaluate "$OUT/eval/$name" --selftrain "${PAIRS[@]/#/$OUT/runs/$name/}"
     done
 done
+[ "$DRY_RUN" = 1 ] && exit 0
+shopt -s nullglob  # the table gathers every finished evaluation in OUT
 for config in "${POOLED[@]}"; do EVALS+=("$OUT/eval/$config-pooled-seed"*); done
 for config in "${SELF[@]}"; do EVALS+=("$OUT/eval/$config-self-seed"*); done
-[ "$DRY_RUN" = 1 ] && exit 0
+mapfile -t EVALS < <(for e in "${EVALS[@]}"; do [ -f "$e/metrics.json" ] && printf '%s\n' "$e"; done)
+[ ${#EVALS[@]} -ge 1 ] || die "no finished evaluation in $OUT/eval"
 "$PYTHON" -m aeatrain.compare "${EVALS[@]}" --out "$OUT/results.md"
 echo "paper_suite: profile $PROFILE, seeds $SEEDS, ${#PAIRS[@]} pairs, $(( $(date +%s) - START )) s;" \
      "table in $OUT/results.md"

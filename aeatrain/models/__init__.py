@@ -4,7 +4,8 @@
 "aeanet" (``num_refs=16`` / ``32``; ``num_refs=0`` = batch-aware only;
 ``batch_aware=False`` = references only). Every model maps (N, 1, H, W) in [0, 1] at the
 HR frame to the same shape and declares ``input_multiple``: H and W must be multiples of
-it (4 for the U-Net family, 1 for VDSR, EDSR and RCAN).
+it (4 for the U-Net family, 1 for VDSR, EDSR, RCAN and "lbnlm", the paired library
+non-local means of ``aeatrain/lbnlm.py``, which is built from data, not trained).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from aeatrain.models.attention import (
     batch_aware_mask_for_ranks,
     default_batch_aware_mask,
 )
+from aeatrain.models.lbnlm import LBNLM
 from aeatrain.models.srnets import EDSR, RCAN, VDSR
 from aeatrain.models.unet import UNet, check_input
 
-MODEL_NAMES = ("unet", "gvtnet", "aeanet", "vdsr", "edsr", "rcan")
+TRAINABLE = ("unet", "gvtnet", "aeanet", "vdsr", "edsr", "rcan")
+MODEL_NAMES = (*TRAINABLE, "lbnlm")  # lbnlm: built by python -m aeatrain.lbnlm, not trained
 SR_NETWORKS = ("vdsr", "edsr", "rcan")
 
 # Defaults of the published network. bn_momentum is PyTorch's convention (TF's 0.997).
@@ -72,6 +75,8 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if name == "lbnlm":
+        return _build_lbnlm(kw)
     unknown = sorted(set(kw) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -96,6 +101,15 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     )
 
 
+def _build_lbnlm(kw: dict[str, Any]) -> nn.Module:
+    """The library method takes its own keywords (``LBNLM``), none of ``DEFAULTS``."""
+    known = ("patch", "components", "neighbours", "h", "eps", "library_size")
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown lbnlm option(s) {unknown}; known: {list(known)}")
+    return LBNLM(**kw)
+
+
 def _build_sr_network(name: str, opts: dict[str, Any]) -> nn.Module:
     depth = PUBLISHED_DEPTH[name] if opts["depth"] is None else opts["depth"]
     if name == "vdsr":
@@ -116,9 +130,11 @@ def _build_sr_network(name: str, opts: dict[str, Any]) -> nn.Module:
 __all__ = [
     "DEFAULTS",
     "EDSR",
+    "LBNLM",
     "MODEL_NAMES",
     "RCAN",
     "SR_NETWORKS",
+    "TRAINABLE",
     "VDSR",
     "AugmentedAttention",
     "UNet",

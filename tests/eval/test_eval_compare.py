@@ -50,3 +50,22 @@ def test_different_data_or_pairs_are_refused(tmp_path):
 def test_missing_metrics_is_named(tmp_path):
     with pytest.raises(UserError, match=r"metrics\.json: no such file"):
         main([str(tmp_path)])
+
+
+def test_table_1_layout_puts_ours_beside_the_papers_figures(tmp_path, capsys):
+    folders = [
+        _evaluation(tmp_path / "aeanet-pooled-seed0", 2.0),
+        _evaluation(tmp_path / "aeanet-pooled-seed1", 3.0),
+        _evaluation(tmp_path / "aeanet-self-seed0", 4.0),
+        _evaluation(tmp_path / "vdsr-pooled-seed0", 1.0),
+    ]
+    main([str(f) for f in folders])
+    out = capsys.readouterr().out
+    layout = out.split("## Table 1 layout")[1]
+    rows = [line for line in layout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | seeds | pooled dPSNR (ours) | pooled dPSNR (paper) |")
+    vdsr, aeanet = rows[1], rows[2]  # Table 1 order: VDSR before AEANet
+    assert vdsr.startswith("| VDSR | 1/- | +1.00 | - | +0.010 | - | - | - | - | - | +0.50 | - |")
+    assert aeanet.startswith("| AEANet | 2/1 | +2.50 ± 0.71 | +2.10 | +0.025 ± 0.007 | +0.087 |")
+    assert aeanet.endswith("| +5.00 ± 1.41 | +2.42 |")  # bg dPSNR = 2 x dPSNR; paper 2.42
+    assert "| +4.00 | - | +0.040 | - |" in aeanet  # self-training: no paper figure given

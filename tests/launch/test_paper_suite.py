@@ -27,26 +27,57 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("suite") / "DATA", pairs=3)
 
 
+CPU_SHAPES = {  # the cpu profile: half the published width, a quarter of each depth
+    "unet": "--model.base_channels 16 --model.bn_momentum 0.1 --model.residual true",
+    "vdsr": "--model.width 32 --model.depth 5",
+    "edsr": "--model.width 32 --model.depth 4 --model.residual true",
+    "rcan": "--model.width 32 --model.groups 2 --model.depth 5 --model.residual true",
+}
+
+
+def _config(command: str) -> str:
+    return command.split("--config configs/")[1].split(".yaml")[0]
+
+
 def test_every_row_and_seed_with_the_same_cpu_budget(data, tmp_path):
     commands = _dry_run(data, tmp_path / "out", "--seeds", "0 1")
     trains = [c for c in commands if "aeatrain/train.py" in c]
+    libraries = [c for c in commands if "aeatrain.lbnlm" in c]
     evals = [c for c in commands if "aeatrain.evaluate" in c]
-    assert len(trains) == 2 * (7 + 3 * 3)  # seeds x (pooled + self-training per pair)
-    assert len(evals) == 2 * (7 + 3)
+    assert len(trains) == 2 * (10 + 6 * 3)  # seeds x (pooled + self-training per pair)
+    assert len(libraries) == 2 * (1 + 3)  # lbnlm: pooled + one per pair, per seed
+    assert len(evals) == 2 * (11 + 7)
     for command in trains:
-        assert "--train.steps 300 " in command and "--model.base_channels 16 " in command
-        config = command.split("--config ")[1].split()[0]
-        assert (REPO / config).is_file()
-    self_runs = [c for c in trains if "-self-seed0/" in c and "configs/aeanet.yaml" in c]
+        assert "--train.steps 300 " in command and "--data.crop_size 64 " in command
+        config = _config(command)
+        assert (REPO / "configs" / f"{config}.yaml").is_file()
+        assert CPU_SHAPES.get(config, CPU_SHAPES["unet"]) in command, command
+    assert {_config(c) for c in trains} >= {"vdsr", "edsr", "rcan", "unet", "aeanet"}
+    self_runs = [c for c in trains if "-self-seed0/" in c and "configs/rcan.yaml" in c]
     assert [c.split('--data.pairs ["')[1].split('"')[0] for c in self_runs] == [
         "pair00", "pair01", "pair02"]  # fmt: skip
-    assert sum("--selftrain" in c for c in evals) == 2 * 3
+    self_libraries = [c for c in libraries if "lbnlm-self-seed1/" in c]
+    assert [c.split("--pairs ")[1].split()[0] for c in self_libraries] == [
+        "pair00", "pair01", "pair02"]  # fmt: skip
+    assert all("--seed 1" in c for c in self_libraries)
+    assert sum("--selftrain" in c for c in evals) == 2 * 7
+
+
+def test_rows_option_runs_only_the_named_rows(data, tmp_path):
+    commands = _dry_run(data, tmp_path / "out", "--seeds", "0", "--rows", "vdsr-pooled lbnlm-self")
+    assert len(commands) == 1 + 1 + 3 + 1  # vdsr train + eval, 3 libraries + one eval
+    assert "configs/vdsr.yaml" in commands[0] and "--selftrain" in commands[-1]
+    result = subprocess.run(
+        [str(REPO / "launch/paper_suite.sh"), str(data), str(tmp_path), "--rows", "vdsr-both"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "unknown row vdsr-both" in result.stderr
 
 
 def test_paper_profile_keeps_the_shipped_configs(data, tmp_path):
     trains = [c for c in _dry_run(data, tmp_path / "out", "--profile", "paper", "--seeds", "0")
               if "aeatrain/train.py" in c]  # fmt: skip
-    assert trains and not any("--train.steps" in c for c in trains)
+    assert trains and not any("--train.steps" in c or "--model." in c for c in trains)
 
 
 def test_bad_arguments_are_refused(data, tmp_path):
