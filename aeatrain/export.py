@@ -155,15 +155,14 @@ def _existing_ancestor(folder: Path) -> Path:
 
 def load_network(run_dir: str, weights: str):
     """The run's float32 network in eval mode and its RunInfo; refuses non-networks."""
-    from aeatrain.models import MODEL_NAMES
+    from aeatrain.models import TRAINABLE
     from aeatrain.runs import RUN_JSON, load_run, read_run_json
 
     name = (read_run_json(run_dir).get("model") or {}).get("name")
-    if name not in MODEL_NAMES:
+    if name not in TRAINABLE:  # lbnlm is a library built from data, not network weights
         raise ExportError(
-            f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a neural network of "
-            f"aeatrain.models ({', '.join(MODEL_NAMES)}); a bioimage.io package holds "
-            f"network weights"
+            f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a trained neural network "
+            f"({', '.join(TRAINABLE)}); a bioimage.io package holds network weights"
         )
     model, run = load_run(run_dir, weights=weights, device="cpu")
     if len(set(run.bit_depths)) != 1:

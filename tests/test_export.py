@@ -213,7 +213,9 @@ def test_a_run_of_a_model_that_is_not_a_network_is_refused(small_run, tmp_path):
     info = json.loads((small_run / "run.json").read_text())
     info["model"]["name"] = "lbnlm"
     (small_run / "run.json").write_text(json.dumps(info))
-    _refused(["--run", str(small_run), "--out", str(tmp_path / "m.zip")], "not a neural network")
+    _refused(
+        ["--run", str(small_run), "--out", str(tmp_path / "m.zip")], "not a trained neural network"
+    )
 
 
 def test_halo_of_a_stride_1_network_is_its_conv_chain_and_the_probe_agrees():
