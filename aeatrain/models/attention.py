@@ -192,7 +192,8 @@ class AugmentedAttention(nn.Module):
         with _full_precision(q):
             q, k, v = _wide(q), _wide(k), _wide(v)
             kv_local = torch.einsum("bhdn,bhen->hde", k, v)  # (heads, d, d), this rank's sum
-            tokens_local = kv_local.new_tensor([k.shape[0] * k.shape[3]])
+            # new_full fills on the device; new_tensor would copy from the host and wait
+            tokens_local = kv_local.new_full((1,), k.shape[0] * k.shape[3])
             packed = all_reduce_sum(
                 torch.cat([kv_local.reshape(-1), tokens_local]), self.process_group
             )
