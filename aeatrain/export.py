@@ -462,7 +462,7 @@ def _validation_text(run, sample_label: str) -> list[str]:
         f"(learning rate {optim.get('lr')}, loss {optim.get('loss')}), global batch "
         f"{data.get('global_batch_size')}, {data.get('crop_size')} px crops, on {pairs} of the "
         f"dataset `{run.dataset.get('path')}` (manifest sha256 "
-        f"`{run.dataset.get('manifest_sha256')}`). Seed {train.get('seed')}.",
+        f"`{run.dataset.get('manifest_sha256')}`). Seed {train.get('seed')}.{_origin(run)}",
         "",
     ]
     metrics = run.path / "eval" / "metrics.json"
@@ -491,6 +491,20 @@ def _validation_text(run, sample_label: str) -> list[str]:
         "",
     ]
     return lines
+
+
+def _origin(run) -> str:
+    """A sentence naming the weights a fine-tuned run started from (train.init_from); or ''."""
+    from aeatrain.runs import read_run_json
+
+    source = read_run_json(run.path).get("init_from")
+    if not source:
+        return ""
+    step = f" at step {source['step']}" if source.get("step") is not None else ""
+    return (
+        f" Started from the {source.get('weights')} weights of `{source.get('path')}`{step} "
+        f"(train.init_from), with a fresh optimizer."
+    )
 
 
 def _evaluation_summary(path: Path, run_dir: Path) -> dict | None:

@@ -237,3 +237,14 @@ def test_overwrite_accepts_an_existing_package_only(tmp_path):
         archive.writestr("notes.txt", "a user's zip")
     with pytest.raises(UserError, match=r"not a bioimage\.io package"):
         export.check_target(other, overwrite=True)
+
+
+def test_readme_names_the_weights_a_fine_tuned_run_started_from(small_run):
+    from aeatrain.runs import load_run
+
+    _, run = load_run(small_run)
+    assert export._origin(run) == ""
+    info = json.loads((small_run / "run.json").read_text())
+    info["init_from"] = {"path": "/runs/pooled", "kind": "run", "weights": "ema", "step": 7}
+    (small_run / "run.json").write_text(json.dumps(info))
+    assert "the ema weights of `/runs/pooled` at step 7" in export._origin(run)
