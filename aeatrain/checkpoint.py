@@ -151,11 +151,13 @@ def _format_problem(path: Path) -> str | None:
             if len(head) < 8:
                 return "is not a safetensors file (shorter than its header)"
             (header_length,) = struct.unpack("<Q", head)
+            if header_length > path.stat().st_size - 8:
+                return "is cut short (inside its header)"
             try:
                 header = json.loads(handle.read(header_length))
-            except (ValueError, UnicodeDecodeError):
+                ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+            except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
                 return "is not a safetensors file (unreadable header)"
-        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
         expected = 8 + header_length + max(ends, default=0)
         if path.stat().st_size != expected:
             return f"is cut short ({path.stat().st_size} of {expected} bytes)"

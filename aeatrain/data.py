@@ -49,6 +49,7 @@ How the streams read, and why:
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -717,7 +718,11 @@ def _threaded_batches(epochs: _TrainEpochs, workers: int) -> Iterator[dict]:
         args = (epochs, worker, workers, handoff[worker], stop)
         name = f"aeatrain-loader-{worker}"
         threads.append(threading.Thread(target=_produce, args=args, name=name, daemon=True))
-        threads[-1].start()
+    live = (stop, tuple(threads))
+    with _live_lock:
+        _live_streams.add(live)
+    for thread in threads:
+        thread.start()
     try:
         for turn in count():
             item = handoff[turn % workers].get()
@@ -730,9 +735,27 @@ def _threaded_batches(epochs: _TrainEpochs, workers: int) -> Iterator[dict]:
         stop.set()
         for thread in threads:
             thread.join(timeout=_JOIN_SECONDS)
+        with _live_lock:
+            _live_streams.discard(live)
 
 
 _JOIN_SECONDS = 60  # one batch at most: workers check the stop flag between batches
+_live_streams: set = set()  # (stop flag, worker threads) of every stream not yet closed
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_live_streams() -> None:
+    """At exit, stop and join the workers of streams nobody closed (a process that ends
+    after ``next(stream)``): atexit runs while the interpreter is whole, and a worker
+    still inside OpenCV or torch when it is torn down can abort the process."""
+    with _live_lock:
+        live = list(_live_streams)
+    for stop, _ in live:
+        stop.set()
+    for _, threads in live:
+        for thread in threads:
+            thread.join(timeout=_JOIN_SECONDS)
 
 
 def _produce(epochs: _TrainEpochs, worker: int, workers: int, out: queue.Queue, stop) -> None:

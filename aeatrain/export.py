@@ -12,11 +12,12 @@ The package is what Fiji (deepImageJ), napari, ilastik and QuPath read (docs/exp
   image ALREADY UPSAMPLED to the HR pixel grid (bicubic, by the run's scale): the network
   was trained on the registered LR warped into the HR frame, and a same-size model is the
   one every consumer tiles and overlays without scale arithmetic (docs/export.md says why);
-- sizes ``min + n * step`` with step = the network's input multiple (4: two stride-2
-  levels) and min the smallest multiple above twice the halo; the output halo covers the
-  convolutional receptive field (measured, rounded up to the step), so consumers that tile
-  crop every cut edge away. AEANet's attention is image-global: a tiled prediction uses
-  each tile's attention summary instead of the whole image's (README says so);
+- sizes ``min + n * step`` with step = the network's ``input_multiple`` (4 for the U-Net
+  family, 1 for VDSR/EDSR/RCAN) and min the smallest multiple above twice the halo; the
+  output halo covers the convolutional receptive field (rounded up to the step), so
+  consumers that tile crop every cut edge away. AEANet's attention is image-global: a
+  tiled prediction uses each tile's attention summary instead of the whole image's (the
+  package README says so);
 - pre/postprocessing as the spec's operations: ``scale_linear`` by 1 / (2^bits - 1) to
   [0, 1], then ``clip`` to [0, 1] and ``scale_linear`` back to the input's range;
 - test tensors cut from the run's own test data (an input tile and the model's output),
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import getpass
 import json
 import logging
@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 ONNX_OPSET = 18
 MAX_TEST_SIZE = 128  # side of the test tensors (px), at most (or the minimum size if larger)
 INPUT_ID, OUTPUT_ID = "lr", "sr"
+GLOBAL_CONTEXT_MODELS = {  # models with an image-global part, and what it is
+    "aeanet": "The bottom attention block",
+    "gvtnet": "The bottom attention block",
+    "rcan": "The channel attention (a mean over all pixels)",
+}
 EXPORT_EXTRA = "pip install 'aeatrain[export]'"
 PAPER_CITE = (
     "Xie, Ding, Ji: Augmented Equivariant Attention Networks for Microscopy Image "
@@ -150,15 +155,14 @@ def _existing_ancestor(folder: Path) -> Path:
 
 def load_network(run_dir: str, weights: str):
     """The run's float32 network in eval mode and its RunInfo; refuses non-networks."""
-    from aeatrain.models import MODEL_NAMES
+    from aeatrain.models import TRAINABLE
     from aeatrain.runs import RUN_JSON, load_run, read_run_json
 
     name = (read_run_json(run_dir).get("model") or {}).get("name")
-    if name not in MODEL_NAMES:
+    if name not in TRAINABLE:  # lbnlm is a library built from data, not network weights
         raise ExportError(
-            f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a neural network of "
-            f"aeatrain.models ({', '.join(MODEL_NAMES)}); a bioimage.io package holds "
-            f"network weights"
+            f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a trained neural network "
+            f"({', '.join(TRAINABLE)}); a bioimage.io package holds network weights"
         )
     model, run = load_run(run_dir, weights=weights, device="cpu")
     if len(set(run.bit_depths)) != 1:
@@ -229,7 +233,7 @@ def geometry_of(model: nn.Module) -> Geometry:
 # ---------------------------------------------------------------------------- test data
 
 
-def test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, str]:
+def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, str]:
     """The top-left square of the run's first test tile: (S, S) uint8|uint16, a label."""
     from aeatrain.data import full_images, load_manifest, test_tiles
 
@@ -332,22 +336,57 @@ def build_description(run, geometry: Geometry, files: dict[str, Path], info: Pac
     from bioimageio.spec import ValidationContext
     from bioimageio.spec.model import v0_5 as spec
 
+    inputs, outputs = _tensor_descrs(spec, run, geometry, files)
+    with ValidationContext(root=files["readme"].parent, perform_io_checks=True):
+        return spec.ModelDescr(
+            format_version=spec.ModelDescr.implemented_format_version,
+            type="model",
+            name=info.name,
+            description=f"{run.model_name} super-resolution x{run.scale:g} of SEM images "
+            f"(AEANet family, trained with aeatrain)",
+            authors=[spec.Author(name=name) for name in info.authors],
+            cite=[
+                spec.CiteEntry(text=PAPER_CITE[0], url=spec.HttpUrl(PAPER_CITE[1])),
+                spec.CiteEntry(text=CODE_CITE[0], url=spec.HttpUrl(CODE_CITE[1])),
+            ],
+            license=info.license,
+            documentation=spec.FileDescr(source=files["readme"]),
+            covers=[spec.FileDescr(source=files["cover"])],
+            tags=["super-resolution", "electron-microscopy", "sem", "2d", "pytorch", "aeanet"],
+            inputs=[inputs],
+            outputs=[outputs],
+            weights=_weights_descr(spec, run, files, info),
+            version="0.1.0",
+            config={
+                "aeatrain": {  # where the weights came from; train.init_from records it
+                    "version": __version__,
+                    "run": run.path.name,
+                    "step": run.step,
+                    "weights": info.weights_kind,
+                    "scale": run.scale,
+                    "bit_depth": run.bit_depths[0],
+                }
+            },
+        )
+
+
+def _tensor_descrs(spec, run, geometry: Geometry, files: dict[str, Path]) -> tuple:
+    """Input ``lr`` and output ``sr``: axes, sizes, halo, data range, pre/postprocessing."""
     top = float(max_value(run.bit_depths[0]))
     size = spec.ParameterizedSize(min=geometry.min_size, step=geometry.step)
-    reference = {"tensor_id": spec.TensorId(INPUT_ID)}
+    channel = spec.ChannelAxis(channel_names=[spec.Identifier("sem")])
     input_axes = [
         spec.BatchAxis(),
-        spec.ChannelAxis(channel_names=[spec.Identifier("sem")]),
-        spec.SpaceInputAxis(id=spec.AxisId("y"), size=size),
-        spec.SpaceInputAxis(id=spec.AxisId("x"), size=size),
+        channel,
+        *(spec.SpaceInputAxis(id=spec.AxisId(axis), size=size) for axis in ("y", "x")),
     ]
     output_axes = [
         spec.BatchAxis(),
-        spec.ChannelAxis(channel_names=[spec.Identifier("sem")]),
+        channel,
         *(
             spec.SpaceOutputAxisWithHalo(
                 id=spec.AxisId(axis),
-                size=spec.SizeReference(**reference, axis_id=spec.AxisId(axis)),
+                size=spec.SizeReference(tensor_id=spec.TensorId(INPUT_ID), axis_id=axis),
                 halo=geometry.halo,
             )
             for axis in ("y", "x")
@@ -378,8 +417,13 @@ def build_description(run, geometry: Geometry, files: dict[str, Path], info: Pac
             spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=top, offset=0.0)),
         ],
     )
+    return inputs, outputs
+
+
+def _weights_descr(spec, run, files: dict[str, Path], info: PackageInfo):
+    """The state dict (the original), and TorchScript and ONNX converted from it."""
     torch_version = spec.Version(torch.__version__.split("+")[0])
-    weights = spec.WeightsDescr(
+    return spec.WeightsDescr(
         pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
             source=files["pytorch_state_dict"],
             architecture=spec.ArchitectureFromLibraryDescr(
@@ -404,27 +448,6 @@ def build_description(run, geometry: Geometry, files: dict[str, Path], info: Pac
             comment="torch.onnx.export (dynamo), dynamic batch, height and width",
         ),
     )
-    with ValidationContext(root=files["readme"].parent, perform_io_checks=True):
-        return spec.ModelDescr(
-            format_version=spec.ModelDescr.implemented_format_version,
-            type="model",
-            name=info.name,
-            description=f"{run.model_name} super-resolution x{run.scale:g} of SEM images "
-            f"(AEANet family, trained with aeatrain)",
-            authors=[spec.Author(name=name) for name in info.authors],
-            cite=[
-                spec.CiteEntry(text=PAPER_CITE[0], url=spec.HttpUrl(PAPER_CITE[1])),
-                spec.CiteEntry(text=CODE_CITE[0], url=spec.HttpUrl(CODE_CITE[1])),
-            ],
-            license=info.license,
-            documentation=spec.FileDescr(source=files["readme"]),
-            covers=[spec.FileDescr(source=files["cover"])],
-            tags=["super-resolution", "electron-microscopy", "sem", "2d", "pytorch", "aeanet"],
-            inputs=[inputs],
-            outputs=[outputs],
-            weights=weights,
-            version="0.1.0",
-        )
 
 
 def _validation_text(run, sample_label: str) -> list[str]:
@@ -439,7 +462,7 @@ def _validation_text(run, sample_label: str) -> list[str]:
         f"(learning rate {optim.get('lr')}, loss {optim.get('loss')}), global batch "
         f"{data.get('global_batch_size')}, {data.get('crop_size')} px crops, on {pairs} of the "
         f"dataset `{run.dataset.get('path')}` (manifest sha256 "
-        f"`{run.dataset.get('manifest_sha256')}`). Seed {train.get('seed')}.",
+        f"`{run.dataset.get('manifest_sha256')}`). Seed {train.get('seed')}.{_origin(run)}",
         "",
     ]
     metrics = run.path / "eval" / "metrics.json"
@@ -468,6 +491,20 @@ def _validation_text(run, sample_label: str) -> list[str]:
         "",
     ]
     return lines
+
+
+def _origin(run) -> str:
+    """A sentence naming the weights a fine-tuned run started from (train.init_from); or ''."""
+    from aeatrain.runs import read_run_json
+
+    source = read_run_json(run.path).get("init_from")
+    if not source:
+        return ""
+    step = f" at step {source['step']}" if source.get("step") is not None else ""
+    return (
+        f" Started from the {source.get('weights')} weights of `{source.get('path')}`{step} "
+        f"(train.init_from), with a fresh optimizer."
+    )
 
 
 def _evaluation_summary(path: Path, run_dir: Path) -> dict | None:
@@ -522,12 +559,13 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
         "OpenCV's bicubic that aeatrain's `predict` and training data use.",
         "",
     ]
-    if run.model_name == "aeanet" or (run.model_name == "gvtnet"):
+    if run.model_name in GLOBAL_CONTEXT_MODELS:
         lines += [
-            "The bottom attention block is global: every output pixel depends on a summary of "
-            "the whole input tensor. Predicting the whole image as one tile gives exactly "
-            "aeatrain's whole-image result; a tool that tiles uses each tile's summary, which "
-            "differs slightly near content changes. Give the whole image where memory allows.",
+            f"{GLOBAL_CONTEXT_MODELS[run.model_name]} is global: every output pixel depends "
+            "on a summary of the whole input tensor, which the halo cannot cover. Predicting "
+            "the whole image in one piece matches aeatrain's whole-image prediction (up to "
+            "the padding to a valid size); a tool that tiles uses each tile's own summary, "
+            "which changes the output slightly. Give the whole image where memory allows.",
             "",
         ]
     lines += [
@@ -547,7 +585,7 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
 def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry, dict, PackageInfo]:
     """Write every file the package holds into ``folder``; returns what describes them."""
     geometry = geometry_of(model)
-    lr, label = test_input(run, args.data, geometry)
+    lr, label = cut_test_input(run, args.data, geometry)
     depth = run.bit_depths[0]
     sr = predict_tensor(model, lr, depth)
     files = {
@@ -569,13 +607,20 @@ def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry,
     files.update(write_weights(model, folder, example))
     info = PackageInfo(
         name=args.name or f"aeatrain {run.model_name} {run.path.name}",
-        authors=args.author or [getpass.getuser()],
+        authors=args.author,
         license=args.license,
         weights_kind=run.weights_kind,
         sample_label=label,
     )
     files["readme"].write_text(readme_text(run, geometry, info), encoding="utf-8")
     return geometry, files, info
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in this environment (some containers)
+        raise ExportError("cannot tell your user name: pass --author NAME") from None
 
 
 def describe(run, geometry: Geometry, files: dict, info: PackageInfo):
@@ -636,6 +681,7 @@ def export(args: argparse.Namespace) -> Path:
     """Check the target and the run, build every piece, validate, write ``args.out``."""
     out = Path(args.out)
     check_target(out, overwrite=args.overwrite)
+    args.author = args.author or [_user_name()]
     _require_export_packages()
     model, run = load_network(args.run, args.weights)
     with tempfile.TemporaryDirectory(prefix="aeatrain-export-") as folder:
@@ -653,9 +699,7 @@ def export(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = export(parse_args(argv))
-    print(
-        f"wrote {out} ({datetime.datetime.now():%Y-%m-%d %H:%M}); check it: bioimageio test {out}"
-    )
+    print(f"wrote {out}; check it with: bioimageio test {out}")
     return 0
 
 

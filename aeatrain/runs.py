@@ -380,7 +380,7 @@ def _package_weights(package: Path) -> InitialWeights:
         "path": str(package.resolve()),
         "kind": "bioimageio",
         "weights": str(entry["source"]),
-        "step": None,
+        "step": ((rdf.get("config") or {}).get("aeatrain") or {}).get("step"),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     return InitialWeights(package, name, kwargs, state, record)

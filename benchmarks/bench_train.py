@@ -1,7 +1,8 @@
 """Training-step throughput of the real trainer (figures in docs/benchmarks.md, "Training step").
 
 Runs ``aeatrain/train.py`` itself (loader, forward/backward, clipping, Adam, the per-step
-all-reduce of the skip/preemption flags, logging) for unet, gvtnet and aeanet with their
+all-reduce of the skip/preemption flags, logging; on a GPU fused Adam and no host read
+between log steps) for unet, gvtnet and aeanet with their
 shipped configs (base 32 channels, 64 references) at 256x256 crops, global batch 8, on
 1 process (``python aeatrain/train.py``) and 2 processes (``accelerate launch --cpu
 --num_processes 2``, DDP over gloo, batch-aware attention over both). One thread per

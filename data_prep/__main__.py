@@ -1,9 +1,11 @@
-"""``python -m data_prep <command>``: synth, build, summary, pairs, verify, index, check-truth.
+"""``python -m data_prep <command>``: synth, build, summary, stats, pairs, verify, index,
+check-truth.
 
-python -m data_prep synth --out RAW --pairs 22 --seed 0
+python -m data_prep synth --out RAW --pairs 22 --seed 0 [--preset realistic] [--family F]
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep build --raw RAW --out DATA --pairs-file PAIRS.csv
 python -m data_prep summary DATA
+python -m data_prep stats RAW [RAW2 ...]  (REAL-SEM-STATS.md's statistics of HR test tiles)
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
 python -m data_prep verify DATA       (hash every shard, index and member once)
 python -m data_prep index DATA        (add shard indexes to a format_version 1 dataset)
@@ -23,10 +25,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aeatrain.errors import UserError, run_cli
+from data_prep import semstats
 from data_prep.build import DEFAULT_BAR_ROW, build_dataset
+from data_prep.families import FAMILIES
 from data_prep.qc import pair_table, summary_text
 from data_prep.shards import add_indexes
-from data_prep.synth import FORMATS, SynthConfig, synthesize
+from data_prep.synth import FORMATS, PRESET_FAMILY, PRESETS, SynthConfig, preset_config, synthesize
 from data_prep.truth import check_truth, truth_table
 
 
@@ -52,28 +56,48 @@ def _add_synth(commands) -> None:
     p.add_argument("--height", type=int, default=944, help="image area height (bar below)")
     p.add_argument("--bar-rows", type=int, default=80, help="rows of the SEM data bar")
     p.add_argument(
-        "--dose",
-        type=float,
-        default=SynthConfig.dose,
-        help="detected electrons per pixel at unit signal, > 0 (lower: noisier)",
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="default: the original generator (byte for byte); realistic: matches the "
+        "statistics of real SEM tiles (docs/data_prep.md); the options below override it",
     )
     p.add_argument(
-        "--contrast",
-        type=float,
-        default=SynthConfig.contrast,
-        help="multiplier on the specimen's contrast",
+        "--family",
+        choices=sorted(FAMILIES),
+        default=None,
+        help="specimen family (default: the preset's, aggregates or clusters)",
     )
-    p.add_argument(
-        "--shading",
-        type=float,
-        default=SynthConfig.shading,
-        help="amplitude of slow brightness variation (charging)",
-    )
+    _add_acquisition_options(p)
     p.add_argument("--max-rotation-deg", type=float, default=SynthConfig.max_rotation_deg)
     p.add_argument("--workers", type=int, default=_default_workers())
     p.add_argument(
         "--overwrite", action="store_true", help="replace a synth folder (its truth.json) at --out"
     )
+
+
+# SynthConfig fields settable from the command line (default: the preset's value)
+_ACQUISITION_OPTIONS = {
+    "dose": "detected electrons per pixel at unit signal, > 0 (lower: noisier)",
+    "contrast": "multiplier on the specimen's contrast",
+    "shading": "amplitude of slow brightness variation (charging)",
+    "bandwidth_px": "detector bandwidth: Gaussian sigma on the recording, px (correlated noise)",
+    "line_offset": "std of a brightness offset per scan line, fraction of full scale",
+    "drift_px": "RMS of slow drift of the scan position within a frame, px",
+    "highlight_gain": "extra detector gain; > 1 clips the brightest pixels",
+    "charging": "bright trails after bright features along the scan line",
+    "edge_brightening": "multiplier on the specimen's secondary-electron edge rims",
+}
+
+
+def _add_acquisition_options(p) -> None:
+    for name, text in _ACQUISITION_OPTIONS.items():
+        values = ", ".join(
+            f"{k} {PRESETS[k].get(name, getattr(SynthConfig, name)):g}" for k in PRESETS
+        )
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=float, default=None, help=f"{text} ({values})"
+        )
 
 
 def _add_build(commands) -> None:
@@ -106,6 +130,42 @@ def _add_build(commands) -> None:
     )
 
 
+def _add_stats(commands) -> None:
+    p = commands.add_parser(
+        "stats",
+        help="statistics of REAL-SEM-STATS.md on the HR test tiles of raw folders",
+        description="Render each HR test tile as the published figures do (per-tile "
+        "min/max, 256 levels, 274x269 nearest neighbour), measure it, and print a markdown "
+        "table: one column per raw folder, then the real tiles' figures.",
+    )
+    p.add_argument("raw", nargs="+", help="raw folders of <name>_<mag>.<ext> pairs")
+    p.add_argument("--pairs", type=int, default=8, help="first N pairs of each folder")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--bar-row",
+        type=int,
+        default=None,
+        help=f"first row of the data bar (default: truth.json's, else {DEFAULT_BAR_ROW})",
+    )
+    bar.add_argument("--no-bar", action="store_true", help="the images have no data bar")
+
+
+def _stats(args) -> int:
+    if args.pairs < 1:
+        raise UserError(f"--pairs: {args.pairs} < 1")
+    columns = {}
+    for raw in args.raw:
+        bar_row = args.bar_row or semstats.synthetic_bar_row(raw) or DEFAULT_BAR_ROW
+        label = os.path.basename(os.path.normpath(raw))
+        columns[label] = semstats.measure_folder(
+            raw, pairs=args.pairs, bar_row=None if args.no_bar else bar_row
+        )
+    print(semstats.stats_table(columns))
+    for label, summary in columns.items():
+        print(semstats.targets_line(label, summary))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep",
@@ -119,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder (DATA)")
     p = commands.add_parser("pairs", help="print a built dataset's pair names, one a line")
     p.add_argument("data", help="dataset folder (DATA)")
+    _add_stats(commands)
     p = commands.add_parser(
         "verify", help="check every shard, index and member against the manifest's sha256"
     )
@@ -141,28 +202,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synth(args) -> int:
-    config = SynthConfig(
+    config = preset_config(
+        args.preset,
         width=args.width,
         height=args.height,
         bar_rows=args.bar_rows,
         scale=args.scale,
-        dose=args.dose,
-        contrast=args.contrast,
-        shading=args.shading,
         max_rotation_deg=args.max_rotation_deg,
+        **{name: getattr(args, name) for name in _ACQUISITION_OPTIONS},
     )
+    family = args.family or PRESET_FAMILY[args.preset]
     start = time.perf_counter()
     synthesize(
         args.out,
         pairs=args.pairs,
         seed=args.seed,
         config=config,
+        draw=FAMILIES[family],
         image_format=args.format,
         workers=args.workers,
         overwrite=args.overwrite,
     )
     print(
-        f"synth: {args.pairs} pairs ({args.format}, {args.width}x{args.height} + "
+        f"synth: {args.pairs} pairs ({args.preset} preset, {family}; {args.format}, "
+        f"{args.width}x{args.height} + "
         f"{args.bar_rows}-row bar, scale {args.scale:g}, seed {args.seed}) in {args.out} "
         f"in {time.perf_counter() - start:.1f} s; truth in {args.out}/truth.json"
     )
@@ -251,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         return _synth(args)
     if args.command == "build":
         return _build(args)
+    if args.command == "stats":
+        return _stats(args)
     if args.command == "summary":
         print(summary_text(args.data))
         return 0

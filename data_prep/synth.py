@@ -29,11 +29,14 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import cv2
 import numpy as np
+from scipy.signal import lfilter
 
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
@@ -77,6 +80,13 @@ class SynthConfig:
     scan_jitter_px: float = 0.12  # std of per-scan-line shifts, acquisition pixels
     shading: float = 0.06  # amplitude of slow brightness variation (charging)
     contrast: float = 1.0  # multiplier on the specimen's contrast
+    # acquisition effects of real SEMs, off by default (the realistic preset sets them)
+    bandwidth_px: float = 0.0  # detector/scan bandwidth: Gaussian sigma on the recording, px
+    line_offset: float = 0.0  # std of a brightness offset per scan line, fraction of full scale
+    drift_px: float = 0.0  # RMS of slow drift of the scan position within a frame, px
+    highlight_gain: float = 1.0  # extra detector gain; > 1 clips the brightest pixels
+    charging: float = 0.0  # bright trails after bright features along the scan
+    edge_brightening: float = 1.0  # multiplier on the specimen's secondary-electron edge rims
 
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64:
@@ -89,6 +99,12 @@ class SynthConfig:
             raise UserError(f"bar rows {self.bar_rows} < 0")
         if not (self.dose > 0 and math.isfinite(self.dose)):
             raise UserError(f"--dose: {self.dose} must be a positive number of electrons")
+        for name in ("bandwidth_px", "line_offset", "drift_px", "charging", "edge_brightening"):
+            if not 0 <= getattr(self, name) < 100:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag}: {getattr(self, name)} outside [0, 100)")
+        if not 0 < self.highlight_gain < 100:
+            raise UserError(f"--highlight-gain: {self.highlight_gain} outside (0, 100)")
 
     @property
     def hr_magnification(self) -> int:
@@ -100,9 +116,35 @@ class SynthConfig:
         return 2.0 * self.scale
 
 
+# Presets: SynthConfig values and the specimen family. ``default`` is the generator as it
+# was first written (byte for byte); ``realistic`` matches the statistics of real SEM
+# tiles (docs/data_prep.md, "Measured statistics"; REAL-SEM-STATS.md's near variant).
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "realistic": {
+        "dose": 24.0,
+        "shading": 0.045,
+        "bandwidth_px": 0.75,
+        "line_offset": 0.004,
+        "highlight_gain": 1.6,
+    },
+}
+PRESET_FAMILY = {"default": "aggregates", "realistic": "clusters"}
+
+
+def preset_config(preset: str, **overrides) -> SynthConfig:
+    """``SynthConfig`` of ``preset``; ``overrides`` (None values ignored) win."""
+    if preset not in PRESETS:
+        raise UserError(f"--preset: {preset!r}; expected one of {', '.join(PRESETS)}")
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    return SynthConfig(**{**PRESETS[preset], **chosen})
+
+
 @dataclass(frozen=True)
 class Specimen:
     """One material system, shared by every pair of a run; lengths in LR pixels."""
+
+    family: ClassVar[str] = "aggregates"
 
     particle_radius: float  # median radius of the primary particles
     radius_spread: float  # log-normal sigma of the radii
@@ -117,6 +159,9 @@ class Specimen:
     rim_gain: float  # secondary-electron edge brightening
     rim_width: float
     halo: float  # darkening of the host next to particles
+
+    def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
+        return render_specimen(self, rng, config)
 
 
 def draw_specimen(rng: np.random.Generator) -> Specimen:
@@ -260,7 +305,8 @@ def render_specimen(spec: Specimen, rng: np.random.Generator, config: SynthConfi
     signal[inside] = levels.astype(np.float32)[labels[inside]]
     distance = cv2.distanceTransform(_label_edges(labels), cv2.DIST_L2, 3)  # canvas px
     rim = cv2.exp(distance * np.float32(-1 / (spec.rim_width * density)))  # (Hc, Wc)
-    weight = np.where(inside, np.float32(spec.rim_gain), np.float32(-spec.halo))
+    rim_gain = spec.rim_gain * config.edge_brightening
+    weight = np.where(inside, np.float32(rim_gain), np.float32(-spec.halo))
     signal += rim * weight
     if config.contrast != 1.0:
         signal = spec.host_level + config.contrast * (signal - spec.host_level)
@@ -281,6 +327,45 @@ class Acquisition:
     offset: float
 
 
+def _drift(rng: np.random.Generator, height: int, rms_px: float) -> np.ndarray:
+    """(height, 2) slow drift of the scan position per line, acquisition px: three random
+    sinusoids over the frame per axis, their mean and linear trend removed (a shift and a
+    shear, which truth.json's affine map would have to record), scaled to ``rms_px``."""
+    t = np.linspace(0.0, 1.0, height)  # (H,) scan time of each line
+    k = np.arange(1, 4)  # (3,) cycles per frame
+    amplitude = rng.normal(0.0, 1.0, (2, 3)) / k
+    phase = rng.uniform(0, 2 * np.pi, (2, 3))
+    curve = (amplitude[:, None] * np.sin(2 * np.pi * k * t[:, None] + phase[:, None])).sum(-1)
+    trend = np.stack([np.ones_like(t), t], axis=1)  # (H, 2)
+    coefficients, *_ = np.linalg.lstsq(trend, curve.T, rcond=None)
+    wobble = curve.T - trend @ coefficients  # (H, 2)
+    return wobble * (rms_px / np.maximum(wobble.std(axis=0), 1e-12))
+
+
+_CHARGING_LENGTH_PX = 12.0  # decay of a charging trail along the scan, acquisition px
+
+
+def _charging_trails(signal: np.ndarray, amount: float) -> np.ndarray:
+    """Charging: after a bright feature the signal stays raised along the scan line,
+    decaying over ``_CHARGING_LENGTH_PX`` (a causal exponential of the excess over the
+    median, times ``amount``)."""
+    decay = math.exp(-1.0 / _CHARGING_LENGTH_PX)
+    excess = np.maximum(signal - np.median(signal), 0)
+    trail = lfilter([1 - decay], [1, -decay], excess, axis=1)  # along each scan line
+    return signal + np.float32(amount) * trail.astype(np.float32)
+
+
+def _detector_effects(
+    recorded: np.ndarray, config: SynthConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Detector and scan electronics: bandwidth (correlated noise) and per-line offsets."""
+    if config.bandwidth_px:
+        recorded = cv2.GaussianBlur(recorded, (0, 0), config.bandwidth_px)
+    if config.line_offset:
+        recorded = recorded + rng.normal(0.0, config.line_offset, (recorded.shape[0], 1))
+    return recorded
+
+
 def _acquire(
     canvas: Canvas, acq: Acquisition, config: SynthConfig, rng: np.random.Generator
 ) -> np.ndarray:
@@ -292,6 +377,9 @@ def _acquire(
     jitter = rng.normal(0.0, config.scan_jitter_px, height).astype(np.float32)  # per scan line
     u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     u = u + jitter[:, None]
+    if config.drift_px:
+        drift = _drift(rng, height, config.drift_px)  # (H, 2)
+        u, v = u + drift[:, :1], v + drift[:, 1:]
     a = acq.to_specimen
     x = canvas.to_canvas(a[0, 0] * u + a[0, 1] * v + a[0, 2])  # (H, W) canvas columns
     y = canvas.to_canvas(a[1, 0] * u + a[1, 1] * v + a[1, 2])  # (H, W) canvas rows
@@ -307,10 +395,13 @@ def _acquire(
         cv2.INTER_CUBIC,
         borderMode=cv2.BORDER_REFLECT,
     )
+    if config.charging:
+        signal = _charging_trails(signal, config.charging)
     shading = 1 + config.shading * _smooth_noise(rng, (height, width), min(width, height) / 2)
     electrons = rng.poisson(np.clip(signal * shading, 0, None) * config.dose) / config.dose
     recorded = electrons + rng.normal(0.0, config.detector_noise, electrons.shape)
-    return acq.gain * recorded + acq.offset
+    recorded = _detector_effects(recorded, config, rng)
+    return acq.gain * config.highlight_gain * recorded + acq.offset
 
 
 def _acquisition_pair(config: SynthConfig, rng: np.random.Generator):
@@ -398,8 +489,16 @@ def pair_name(index: int) -> str:
     return f"syn{index:03d}"
 
 
+class SpecimenModel(Protocol):
+    """A material system drawn once per run (``Specimen``, or a ``data_prep.families`` one)."""
+
+    family: str  # the --family name, recorded in truth.json
+
+    def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas: ...
+
+
 def make_pair(
-    config: SynthConfig, spec: Specimen, seed: int, index: int
+    config: SynthConfig, spec: SpecimenModel, seed: int, index: int
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One pair: (lr, hr) full files as (height + bar_rows, width) arrays, and its truth.
 
@@ -408,7 +507,7 @@ def make_pair(
     """
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index + 1,)))
     lr_acq, hr_acq, truth = _acquisition_pair(config, rng)
-    canvas = render_specimen(spec, rng, config)
+    canvas = spec.render(rng, config)
     images = []
     for acq, mag in ((lr_acq, config.lr_magnification), (hr_acq, config.hr_magnification)):
         area = _acquire(canvas, acq, config, rng)
@@ -462,13 +561,16 @@ def synthesize(
     pairs: int,
     seed: int,
     config: SynthConfig | None = None,
+    draw: Callable[[np.random.Generator], SpecimenModel] = draw_specimen,
     image_format: str = "bmp",
     workers: int = 1,
     overwrite: bool = False,
 ) -> dict:
     """Write ``pairs`` synthetic pairs and ``truth.json`` into ``out``; returns the truth.
 
-    The folder appears complete or not at all (staged beside it, then renamed).
+    ``draw`` draws the run's material system (``data_prep.families.FAMILIES`` has one per
+    ``--family``). The folder appears complete or not at all (staged beside it, then
+    renamed).
     """
     if pairs < 1:
         raise UserError(f"--pairs: {pairs} < 1")
@@ -478,7 +580,7 @@ def synthesize(
     config = replace(config or SynthConfig(), bit_depth=bit_depth)
     out = Path(out)
     check_target(out, SYNTH_RAW, overwrite=overwrite)
-    spec = draw_specimen(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
+    spec = draw(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
     with staged_output(out, SYNTH_RAW, overwrite=overwrite) as staging:
         jobs = [(config, spec, seed, i, staging, image_format) for i in range(pairs)]
         results = parallel_map(_write_pair, jobs, workers=workers, desc="synth")
@@ -489,6 +591,7 @@ def synthesize(
             "scale": config.scale,
             "bar_row": config.height,
             "config": asdict(config),
+            "family": spec.family,
             "specimen": asdict(spec),
             "pairs": dict(results),
         }

@@ -15,7 +15,8 @@
 # HEIGHT of the image area (1280 x 944, the paper's), WORKERS (default: all cores),
 # NUM_PROCESSES (training processes, 2), CONFIG (configs/demo.yaml), FORMAT of the
 # synthetic files (bmp; fei-tif: 16-bit TIFFs with FEI metadata, so the pixel size
-# travels through build and predict writes a calibrated TIFF).
+# travels through build and predict writes a calibrated TIFF), PRESET of the synthetic
+# pairs (default; realistic: statistics of real SEM tiles, docs/data_prep.md).
 set -euo pipefail
 die() { echo "demo.sh: error: $*" >&2; exit 2; }
 usage="usage: launch/demo.sh OUTDIR [--overwrite]"
@@ -35,6 +36,7 @@ PYTHON=${PYTHON:-python3}
 PAIRS=${PAIRS:-22}
 SEED=${SEED:-0}
 FORMAT=${FORMAT:-bmp}
+PRESET=${PRESET:-default}
 WIDTH=${WIDTH:-1280}
 HEIGHT=${HEIGHT:-944}
 WORKERS_ARG=()
@@ -64,9 +66,10 @@ PY
 fi
 START=$(date +%s)
 
-echo "== 1/6 synth: $PAIRS synthetic SEM pairs, ${WIDTH}x${HEIGHT}, seed $SEED -> $OUT/raw"
+echo "== 1/6 synth: $PAIRS synthetic SEM pairs ($PRESET preset), ${WIDTH}x${HEIGHT}, seed $SEED -> $OUT/raw"
 "$PYTHON" -m data_prep synth --out "$OUT/raw" --pairs "$PAIRS" --seed "$SEED" \
-    --width "$WIDTH" --height "$HEIGHT" --format "$FORMAT" "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
+    --width "$WIDTH" --height "$HEIGHT" --format "$FORMAT" --preset "$PRESET" \
+    "${WORKERS_ARG[@]}" "${OVERWRITE[@]}"
 
 echo "== 2/6 build: register LR onto HR, paper split, WebDataset shards -> $OUT/data"
 "$PYTHON" -m data_prep build --raw "$OUT/raw" --out "$OUT/data" --bar-row "$HEIGHT" \

@@ -43,16 +43,17 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, note its stat
     return $rc
 }
 setup() {
+    local PIP_QUICK="-q --retries 1 --timeout 20"  # no route to PyPI: fail in a minute, not hang
     if [ ! -x "$VENV/bin/python" ]; then
         if "$PYTHON" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
             "$PYTHON" -m venv --system-site-packages "$VENV" || return 1  # keep its CUDA torch
         else
-            "$PYTHON" -m venv "$VENV" && "$VENV/bin/pip" install -q torch==2.13.0 || return 1
+            "$PYTHON" -m venv "$VENV" && "$VENV/bin/pip" install $PIP_QUICK torch==2.13.0 || return 1
         fi
     fi
     if ! "$VENV/bin/python" -c 'import importlib.util as u, sys
 sys.exit(any(u.find_spec(m) is None for m in ("aeatrain", "accelerate", "deepspeed", "pytest")))'; then
-        "$VENV/bin/pip" install -q -e '.[test,deepspeed]' || return 1
+        "$VENV/bin/pip" install $PIP_QUICK -e '.[test,deepspeed]' || return 1
     fi
     "$VENV/bin/python" -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"
 print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))'

@@ -213,7 +213,9 @@ def test_a_run_of_a_model_that_is_not_a_network_is_refused(small_run, tmp_path):
     info = json.loads((small_run / "run.json").read_text())
     info["model"]["name"] = "lbnlm"
     (small_run / "run.json").write_text(json.dumps(info))
-    _refused(["--run", str(small_run), "--out", str(tmp_path / "m.zip")], "not a neural network")
+    _refused(
+        ["--run", str(small_run), "--out", str(tmp_path / "m.zip")], "not a trained neural network"
+    )
 
 
 def test_halo_of_a_stride_1_network_is_its_conv_chain_and_the_probe_agrees():
@@ -223,3 +225,26 @@ def test_halo_of_a_stride_1_network_is_its_conv_chain_and_the_probe_agrees():
     geometry = export.geometry_of(vdsr)
     assert (geometry.step, geometry.halo, geometry.min_size) == (1, 5, 11)
     assert export._probed_radius(vdsr, multiple=1, size=64) == 5
+
+
+def test_overwrite_accepts_an_existing_package_only(tmp_path):
+    package = tmp_path / "old.zip"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("rdf.yaml", "type: model\n")
+    export.check_target(package, overwrite=True)  # ours to replace: no error
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("notes.txt", "a user's zip")
+    with pytest.raises(UserError, match=r"not a bioimage\.io package"):
+        export.check_target(other, overwrite=True)
+
+
+def test_readme_names_the_weights_a_fine_tuned_run_started_from(small_run):
+    from aeatrain.runs import load_run
+
+    _, run = load_run(small_run)
+    assert export._origin(run) == ""
+    info = json.loads((small_run / "run.json").read_text())
+    info["init_from"] = {"path": "/runs/pooled", "kind": "run", "weights": "ema", "step": 7}
+    (small_run / "run.json").write_text(json.dumps(info))
+    assert "the ema weights of `/runs/pooled` at step 7" in export._origin(run)

@@ -124,11 +124,14 @@ class AugmentedAttention(nn.Module):
         out = out.reshape(batch, self.channels, height, width).to(x.dtype)
         return self.out_proj(out)
 
-    def _branch_mask(self, batch: int, override: Tensor | Sequence[bool] | None) -> Tensor | None:
-        """Per-image branch on the host (True = batch-aware); None when all go to A_R."""
+    def _branch_mask(
+        self, batch: int, override: Tensor | Sequence[bool] | None
+    ) -> tuple[bool, ...] | None:
+        """Per-image branch (True = batch-aware) as plain Python bools, so that neither a
+        GPU step nor torch.compile ever reads a tensor for it; None when all go to A_R."""
         branch_on = self.training and self.batch_aware
         if override is None:
-            return default_batch_aware_mask(batch) if branch_on else None
+            return default_split(batch) if branch_on else None
         mask = torch.as_tensor(override, dtype=torch.bool, device="cpu").reshape(-1)
         if mask.numel() != batch:
             raise ValueError(f"batch_aware_mask has {mask.numel()} entries for {batch} images")
@@ -139,29 +142,30 @@ class AugmentedAttention(nn.Module):
                     "runs only in training mode with batch_aware=True"
                 )
             return None
-        return mask
+        return tuple(mask.tolist())
 
     def _split_heads(self, t: Tensor) -> Tensor:
         batch, _, height, width = t.shape
         return t.reshape(batch, self.heads, self.head_dim, height * width)  # (N, heads, d, n)
 
-    def _attend_split(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def _attend_split(self, q: Tensor, k: Tensor, v: Tensor, mask: tuple[bool, ...]) -> Tensor:
         """Send mask images to A_b and ~mask images to A_R; merge back in batch order.
 
         Every rank reaches the collective inside ``_attend_batch`` even when it holds no
         batch-aware image, so that no rank waits for one that never comes.
         """
-        ba_idx = mask.nonzero().squeeze(1)
-        ref_idx = (~mask).nonzero().squeeze(1)
-        n_ba = ba_idx.numel()
-        if bool(mask[:n_ba].all()):  # the usual contiguous split: views, no copies
+        ba_idx = [i for i, batch_aware in enumerate(mask) if batch_aware]
+        ref_idx = [i for i, batch_aware in enumerate(mask) if not batch_aware]
+        n_ba = len(ba_idx)
+        if all(mask[:n_ba]):  # the usual contiguous split: views, no copies
             out_ba = self._attend_batch(q[:n_ba], k[:n_ba], v[:n_ba])
             out_ref = self._attend_refs(q[n_ba:], k[n_ba:], v[n_ba:])
             return torch.cat([out_ba, out_ref])
-        dev_ba, dev_ref = ba_idx.to(q.device), ref_idx.to(q.device)
+        dev_ba = torch.tensor(ba_idx, dtype=torch.long, device=q.device)
+        dev_ref = torch.tensor(ref_idx, dtype=torch.long, device=q.device)
         out_ba = self._attend_batch(q[dev_ba], k[dev_ba], v[dev_ba])
         out_ref = self._attend_refs(q[dev_ref], k[dev_ref], v[dev_ref])
-        inverse = torch.argsort(torch.cat([ba_idx, ref_idx])).to(q.device)
+        inverse = torch.argsort(torch.tensor(ba_idx + ref_idx)).to(q.device)
         return torch.cat([out_ba, out_ref])[inverse]
 
     def _ref_keys_values(self) -> tuple[Tensor, Tensor]:
@@ -192,7 +196,8 @@ class AugmentedAttention(nn.Module):
         with _full_precision(q):
             q, k, v = _wide(q), _wide(k), _wide(v)
             kv_local = torch.einsum("bhdn,bhen->hde", k, v)  # (heads, d, d), this rank's sum
-            tokens_local = kv_local.new_tensor([k.shape[0] * k.shape[3]])
+            # new_full fills on the device; new_tensor would copy from the host and wait
+            tokens_local = kv_local.new_full((1,), k.shape[0] * k.shape[3])
             packed = all_reduce_sum(
                 torch.cat([kv_local.reshape(-1), tokens_local]), self.process_group
             )
@@ -230,14 +235,17 @@ class AugmentedAttention(nn.Module):
         return scores.reshape(batch, self.heads, self.num_refs, height, width)
 
 
+def default_split(batch: int) -> tuple[bool, ...]:
+    """:func:`default_batch_aware_mask` as Python bools (what the forward uses)."""
+    return tuple(i < batch - batch // 2 for i in range(batch))
+
+
 def default_batch_aware_mask(batch: int) -> Tensor:
     """The training split of a local batch: the first ceil(N/2) images batch-aware, the
     remaining floor(N/2) to A_R (the official training graph's order: first half
     batch-aware, second half references). Across ranks the batch-aware group is every
     rank's first half."""
-    mask = torch.zeros(batch, dtype=torch.bool)
-    mask[: batch - batch // 2] = True
-    return mask
+    return torch.tensor(default_split(batch), dtype=torch.bool)
 
 
 def batch_aware_mask_for_ranks(local_batch_sizes: Sequence[int]) -> Tensor:

@@ -110,11 +110,19 @@ def test_a_signal_that_ends_the_launcher_reaches_the_relaunched_process(tmp_path
     parent.send_signal(signum)
     parent.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
+    while child_alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not marker.exists():
+    if child_alive(child_pid):
         os.kill(child_pid, signal.SIGKILL)
-    assert marker.read_text() == "TERM"
+    assert marker.exists() and marker.read_text() == "TERM"
+
+
+def child_alive(pid: int) -> bool:
+    """The orphaned child (not ours to wait for) still runs: /proc/PID exists, not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_relaunch_has_torchrun_forward_sigusr1_and_wait_for_the_checkpoint(monkeypatch):

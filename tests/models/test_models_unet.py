@@ -203,3 +203,13 @@ def test_aeanet_full_resolution_forward_backward(record_property):
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert torch.isfinite(model.attention.refs.grad).all()
     assert peak < 6 * 2**30
+
+
+@pytest.mark.slow  # importing and running dynamo's tracer: ~50 s on the shared 2-core VM
+def test_aeanet_training_forward_is_one_graph_for_torch_compile():
+    """No graph break (no tensor read on the host): torch.compile and CUDA graphs take the
+    whole forward, the batch-aware split included (benchmarks/bench_gpu.py)."""
+    model = build_model("aeanet", base_channels=8, num_refs=8).train()
+    explained = torch._dynamo.explain(model)(torch.rand(4, 1, 32, 32))
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1

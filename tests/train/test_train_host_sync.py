@@ -9,8 +9,6 @@ default on CUDA, ``--optim.fused true`` here) must make none; the default CPU pa
 decides on skipping on the host, makes several per step (the counter's own check).
 """
 
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -22,9 +20,6 @@ from tests.train.helpers import DEBUG_CONFIG, check, run, train_command
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 EXEMPT = ("log_train", "validate", "save_checkpoint", "finish", "stop_for_preemption")
-# Reads of tensors that live on the host on every device, so they never wait for a GPU:
-# the attention's branch mask (AugmentedAttention._branch_mask makes it on the CPU).
-HOST_SIDE = {("attention.py", "_attend_split")}
 STEPS, LOG_EVERY = 6, 3
 
 
@@ -52,9 +47,7 @@ class SyncCounter:
 
     def _counting(self, method):
         def counted(tensor, *args, **kwargs):
-            caller = sys._getframe(1).f_code
-            host_side = (caller.co_filename.rsplit("/", 1)[-1], caller.co_name) in HOST_SIDE
-            if self.depth and not self.exempt and not host_side:
+            if self.depth and not self.exempt:
                 self.per_step[-1] += 1
             return method(tensor, *args, **kwargs)
 

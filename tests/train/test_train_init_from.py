@@ -18,7 +18,7 @@ from aeatrain.runs import write_run_files
 from aeatrain.train import build_trainer, make_accelerator
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_model
-from tests.train.helpers import DEBUG_CONFIG, assert_same_weights, check, run, train_command
+from tests.train.helpers import DEBUG_CONFIG, REPO, assert_same_weights, check, run, train_command
 from tests.train.helpers import weights as read_weights
 
 
@@ -123,4 +123,15 @@ def test_run_json_records_the_source_and_a_package_gives_the_same_weights(
     trainer = trainers(config_b(data, tmp_path / "C", package))
     state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
     assert_same_weights(state, read_weights(run_a / "model.safetensors"))
-    assert trainer.init_from["kind"] == "bioimageio"
+    assert trainer.init_from["kind"] == "bioimageio" and trainer.init_from["step"] == 10
+
+
+def test_finetune_config_fits_a_run_of_the_paper_config():
+    """configs/finetune.yaml starts from configs/aeanet.yaml runs: the same model section,
+    a lower rate, one pair."""
+    configs = REPO / "configs"
+    paper, finetune = (load_config(configs / f"{n}.yaml") for n in ("aeanet", "finetune"))
+    assert finetune.model == paper.model
+    assert finetune.optim.lr < paper.optim.lr / 5
+    assert finetune.data.pairs is not None and len(finetune.data.pairs) == 1
+    assert finetune.train.init_from is not None
