@@ -99,6 +99,28 @@ def _shade_objects(
     return np.where(inside, objects, host)
 
 
+def _shaded_specimen(
+    system,
+    canvas: Canvas,
+    labels: np.ndarray,
+    levels: np.ndarray,
+    contrast: float,
+    config: SynthConfig,
+) -> Canvas:
+    """``labels`` shaded with ``system``'s rim and halo (``_shade_objects``) over the host,
+    scaled to the acquisition contrast: the last step of every object family's render."""
+    signal = _shade_objects(
+        canvas,
+        labels,
+        levels,
+        rim_gain=system.rim_gain * config.edge_brightening,
+        rim_width=system.rim_width,
+        halo=system.halo * contrast,
+        halo_width=system.halo_width,
+    )
+    return Canvas(_with_contrast(signal, system.host_level, config), canvas.density, canvas.margin)
+
+
 # --- clusters of particles (clusters, bimodal, dispersed) ---------------------------------
 
 
@@ -134,18 +156,7 @@ class ClusterSystem:
         labels = _fill_polygons(canvas.image.shape, canvas, outlines)
         contrast = self.particle_level - self.host_level
         levels = self.particle_level + rng.normal(0, self.level_spread * contrast, len(radii) + 1)
-        signal = _shade_objects(
-            canvas,
-            labels,
-            levels,
-            rim_gain=self.rim_gain * config.edge_brightening,
-            rim_width=self.rim_width,
-            halo=self.halo * contrast,
-            halo_width=self.halo_width,
-        )
-        return Canvas(
-            _with_contrast(signal, self.host_level, config), canvas.density, canvas.margin
-        )
+        return _shaded_specimen(self, canvas, labels, levels, contrast, config)
 
 
 def _with_contrast(signal: np.ndarray, host_level: float, config: SynthConfig) -> np.ndarray:
@@ -376,18 +387,7 @@ class FibreSystem:
             cv2.polylines(labels, [points], False, index, max(1, round(width)), cv2.LINE_8, 3)
         contrast = self.fibre_level - self.host_level
         levels = self.fibre_level + rng.normal(0, self.level_spread * contrast, n_fibres + 1)
-        signal = _shade_objects(
-            canvas,
-            labels,
-            levels,
-            rim_gain=self.rim_gain * config.edge_brightening,
-            rim_width=self.rim_width,
-            halo=self.halo * contrast,
-            halo_width=self.halo_width,
-        )
-        return Canvas(
-            _with_contrast(signal, self.host_level, config), canvas.density, canvas.margin
-        )
+        return _shaded_specimen(self, canvas, labels, levels, contrast, config)
 
 
 def _fibre_path(spec: FibreSystem, rng: np.random.Generator, low, high) -> np.ndarray:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aeatrain.dataformat import Region
+
 PROTOCOL_NAME = "paper-split-v1"
 TRAIN_FRACTION = 0.75
 TEST_TILES = 3
@@ -18,29 +20,9 @@ PROTOCOL = {"name": PROTOCOL_NAME, "train_fraction": TRAIN_FRACTION, "test_tiles
 
 
 @dataclass(frozen=True)
-class Region:
-    """Columns ``[x0, x1)`` x rows ``[y0, y1)`` in registered (HR-frame) pixels."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-
-    def as_dict(self) -> dict:
-        return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1}
-
-    @property
-    def width(self) -> int:
-        return self.x1 - self.x0
-
-    @property
-    def height(self) -> int:
-        return self.y1 - self.y0
-
-
-@dataclass(frozen=True)
 class PairSplit:
-    """Where each region of a registered ``width x height`` pair lies."""
+    """Where each region of a registered ``width x height`` pair lies (regions are
+    :class:`aeatrain.dataformat.Region`, the format module's own)."""
 
     width: int
     height: int
@@ -49,7 +31,7 @@ class PairSplit:
 
     @property
     def full(self) -> Region:
-        return Region(0, 0, self.width, self.height)
+        return Region(x0=0, y0=0, x1=self.width, y1=self.height)
 
 
 def paper_split(width: int, height: int) -> PairSplit:
@@ -63,7 +45,7 @@ def paper_split(width: int, height: int) -> PairSplit:
     if train_width < 16 or train_width >= width or tile_height < 1:
         raise ValueError(f"a {width}x{height} pair is too small for {PROTOCOL_NAME}")
     tests = {
-        f"test{k}": Region(train_width, k * tile_height, width, (k + 1) * tile_height)
+        f"test{k}": Region(x0=train_width, y0=k * tile_height, x1=width, y1=(k + 1) * tile_height)
         for k in range(TEST_TILES)
     }
-    return PairSplit(width, height, Region(0, 0, train_width, height), tests)
+    return PairSplit(width, height, Region(x0=0, y0=0, x1=train_width, y1=height), tests)

@@ -78,20 +78,20 @@ def test_cut_bar_keeps_rows_above_it_and_warns_when_there_is_none(tmp_path, capl
 
 def test_paper_split_is_exactly_the_papers_for_1280_x_944():
     split = paper_split(1280, 944)
-    assert split.train == Region(0, 0, 960, 944)
+    assert split.train == Region(x0=0, y0=0, x1=960, y1=944)
     assert split.tests == {
-        "test0": Region(960, 0, 1280, 314),
-        "test1": Region(960, 314, 1280, 628),
-        "test2": Region(960, 628, 1280, 942),
+        "test0": Region(x0=960, y0=0, x1=1280, y1=314),
+        "test1": Region(x0=960, y0=314, x1=1280, y1=628),
+        "test2": Region(x0=960, y0=628, x1=1280, y1=942),
     }
-    assert split.full == Region(0, 0, 1280, 944)
+    assert split.full == Region(x0=0, y0=0, x1=1280, y1=944)
     assert PROTOCOL == {"name": "paper-split-v1", "train_fraction": 0.75, "test_tiles": 3}
 
 
 def test_paper_split_other_sizes_follow_the_formula():
     split = paper_split(512, 384)
-    assert split.train == Region(0, 0, 384, 384)  # 16 * floor(0.75 * 512 / 16)
-    assert split.tests["test2"] == Region(384, 256, 512, 384)
+    assert split.train == Region(x0=0, y0=0, x1=384, y1=384)  # 16 * floor(0.75 * 512 / 16)
+    assert split.tests["test2"] == Region(x0=384, y0=256, x1=512, y1=384)
     split = paper_split(1000, 700)
     assert split.train.x1 == 16 * int(750 / 16) == 736
     assert [t.y0 for t in split.tests.values()] == [0, 233, 466]
