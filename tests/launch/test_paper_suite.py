@@ -63,6 +63,7 @@ def test_every_row_and_seed_with_the_same_cpu_budget(data, tmp_path):
     assert sum("--selftrain" in c for c in evals) == 2 * 7
 
 
+@pytest.mark.slow  # two dry runs of the suite: about 10 s
 def test_rows_option_runs_only_the_named_rows(data, tmp_path):
     commands = _dry_run(data, tmp_path / "out", "--seeds", "0", "--rows", "vdsr-pooled lbnlm-self")
     assert len(commands) == 1 + 1 + 3 + 1  # vdsr train + eval, 3 libraries + one eval
