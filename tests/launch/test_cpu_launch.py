@@ -90,7 +90,10 @@ print("ready", flush=True)
 time.sleep(60)
 """
 PARENT = """
-import subprocess, sys, time
+import signal, subprocess, sys, time
+# A shell that starts a job in the background without job control (CI, `cmd &` in a
+# script) hands it SIGINT ignored; a launcher started from a terminal has the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=sys.stdout)
 print(child.pid, flush=True)
 child.wait()  # like accelerate's simple launcher: no signal handling of its own
