@@ -176,6 +176,7 @@ def test_demo_runs_every_stage(tmp_path, image_format):
     assert (demo / "eval" / "metrics.md").is_file()
     predicted = [p for p in (demo / "predict").iterdir() if p.name != "aeatrain-outputs.json"]
     assert len(predicted) == 1 and (demo / "predict" / "aeatrain-outputs.json").is_file()
+    assert f"predicted: {predicted[0]}" in out  # the summary names the image, not the list
     if image_format == "fei-tif":  # 10 nm LR pixels -> a 5 nm calibrated TIFF
         assert read_calibration(predicted[0]).pixel_size_nm == pytest.approx(5.0)
 
