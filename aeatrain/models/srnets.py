@@ -36,6 +36,16 @@ def check_image_batch(x: Tensor) -> None:
         raise ValueError(f"expected an (N, 1, H, W) batch, got shape {tuple(x.shape)}")
 
 
+def _long_skip_forward(model: nn.Module, body: nn.Module, x: Tensor) -> Tensor:
+    """EDSR's and RCAN's shared frame: head conv, ``body`` plus body conv with the long
+    skip around both, tail conv, and the input added back when ``model.residual``."""
+    check_image_batch(x)
+    features = model.head(x)  # (N, width, H, W)
+    features = features + model.body_conv(body(features))  # the long skip
+    out = model.tail(features)  # (N, 1, H, W)
+    return out + x if model.residual else out
+
+
 class VDSR(nn.Module):
     """``depth`` conv layers (the first 1 -> width, the last width -> 1), ReLU, + input."""
 
@@ -88,11 +98,7 @@ class EDSR(nn.Module):
         self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
-        features = self.head(x)  # (N, width, H, W)
-        features = features + self.body_conv(self.blocks(features))  # the long skip
-        out = self.tail(features)  # (N, 1, H, W)
-        return out + x if self.residual else out
+        return _long_skip_forward(self, self.blocks, x)
 
 
 class ChannelAttention(nn.Module):
@@ -157,8 +163,4 @@ class RCAN(nn.Module):
         self.residual = residual
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image_batch(x)
-        features = self.head(x)  # (N, width, H, W)
-        features = features + self.body_conv(self.groups(features))  # the long skip
-        out = self.tail(features)  # (N, 1, H, W)
-        return out + x if self.residual else out
+        return _long_skip_forward(self, self.groups, x)
