@@ -40,7 +40,10 @@ def test_ema_and_channels_last_are_validated_and_exported_separately(data, tmp_p
         assert torch.equal(raw[key], averaged[key])
     run_json = json.loads((run_dir / "run.json").read_text())
     assert run_json["weights"] == {"raw": "model.safetensors", "ema": "model_ema.safetensors"}
-    assert (ckpt.checkpoint_path(run_dir, 10) / "ema.safetensors").is_file()
+    # The average is registered with accelerate's checkpointing: save_state kept it.
+    ema_state = ckpt.checkpoint_path(run_dir, 10) / "custom_checkpoint_1.pkl"
+    saved = torch.load(ema_state, weights_only=True)
+    assert saved["updates"] == 10 and torch.equal(saved["shadow"][weight], averaged[weight])
     accumulator = events(run_dir)
     tags = accumulator.Tags()
     assert [step for step, _ in scalar(accumulator, "val_ema/dpsnr")] == [10]
