@@ -273,6 +273,8 @@ class RunPlan:
         """The line ``--check`` prints."""
         cfg, manifest = self.cfg, self.manifest
         start = f"resumes from {self.resume.checkpoint}" if self.resume else "starts at step 0"
+        if self.init is not None:
+            start += f" from the weights of {self.init.source}"
         return (
             f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} "
             f"pair(s) of {manifest.root}, {self.num_processes} process(es) x "
@@ -454,6 +456,7 @@ def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest)
 
 def open_run_folder(run_folder: RunFolder, cfg: Config, accelerator: Accelerator) -> None:
     """Main process: create and lock RUN, save the resolved config; trackers on every rank."""
+    accelerator.wait_for_everyone()  # every rank's plan has read RUN before it changes
     refusal = None
     if accelerator.is_main_process:
         try:
@@ -643,8 +646,6 @@ def settle_skips(t: Trainer) -> None:
     t.pending_skips = []
     for step, skipped in zip(steps, verdicts, strict=True):
         t.skipped.record(step, skipped, "non-finite loss or gradients")
-        if t.ema is not None and not skipped:
-            t.ema.updates += 1
 
 
 def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
