@@ -84,6 +84,11 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    @property
+    def logs(self) -> Path:
+        """Where accelerate's TensorBoard tracker writes (``RUN/logs/tensorboard``)."""
+        return self.path / "logs"
+
     # ------------------------------------------------------------ reading (the plan)
 
     def resume_point(self, cfg: Config, manifest: DatasetManifest) -> ResumePoint | None:

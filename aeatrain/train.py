@@ -174,8 +174,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     if _deepspeed_launched():
         _allow_deepspeed_without_transformers()
-    run_dir = Path(cfg.train.run_dir)
-    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
+    folder = RunFolder(cfg.train.run_dir)
+    project = ProjectConfiguration(project_dir=str(folder.path), logging_dir=str(folder.logs))
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
