@@ -182,8 +182,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     if _deepspeed_launched():
         _allow_deepspeed_without_transformers()
-    run_dir = Path(cfg.train.run_dir)
-    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
+    folder = RunFolder(cfg.train.run_dir)
+    project = ProjectConfiguration(project_dir=str(folder.path), logging_dir=str(folder.logs))
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
@@ -281,6 +281,8 @@ class RunPlan:
         """The line ``--check`` prints."""
         cfg, manifest = self.cfg, self.manifest
         start = f"resumes from {self.resume.checkpoint}" if self.resume else "starts at step 0"
+        if self.init is not None:
+            start += f" from the weights of {self.init.source}"
         return (
             f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} "
             f"pair(s) of {manifest.root}, {self.num_processes} process(es) x "
@@ -456,6 +458,7 @@ def validation_pairs(cfg: Config, manifest: DatasetManifest) -> list[str]:
 
 def open_run_folder(run_folder: RunFolder, cfg: Config, accelerator: Accelerator) -> None:
     """Main process: create and lock RUN, save the resolved config; trackers on every rank."""
+    accelerator.wait_for_everyone()  # every rank's plan has read RUN before it changes
     refusal = None
     if accelerator.is_main_process:
         try:
@@ -645,8 +648,6 @@ def settle_skips(t: Trainer) -> None:
     t.pending_skips = []
     for step, skipped in zip(steps, verdicts, strict=True):
         t.skipped.record(step, skipped, "non-finite loss or gradients")
-        if t.ema is not None and not skipped:
-            t.ema.updates += 1
 
 
 def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,6 +88,26 @@ def test_ema_is_the_exponential_average_and_round_trips():
         other.load_tensors({"weight": ema.shadow["weight"]}, 1)
 
 
+def test_ema_counts_device_side_updates_and_its_state_dict_round_trips():
+    """The sync-free step folds under a device-side verdict; only taken steps count, and
+    state_dict (what accelerate's save_state keeps) restores average and count."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = WeightEMA(model, decay=0.5)
+    start = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model, taken=torch.tensor(False))  # a skipped step: average unchanged
+    assert ema.updates == 0 and torch.equal(ema.shadow["weight"], start)
+    ema.update(model, taken=torch.tensor(True))
+    ema.update(model)
+    assert ema.updates == 2
+    torch.testing.assert_close(ema.shadow["weight"], start + 1.5, rtol=0, atol=1e-6)
+    other = WeightEMA(torch.nn.Linear(3, 2), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 2 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
+
+
 def test_staircase_schedule_is_the_papers():
     optim = OptimConfig()  # 4e-4 halved every 10,000 steps
     assert learning_rate(0, optim) == 4e-4
