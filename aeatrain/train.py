@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from aeatrain import checkpoint as ckpt
 from aeatrain import shardio
+from aeatrain.collective import span_global_batch
 from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data import (
@@ -68,7 +69,7 @@ from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.models import build_model
+from aeatrain.models import build_model, input_multiple
 from aeatrain.runs import (
     CONFIG_YAML,
     InitialWeights,
@@ -377,8 +378,10 @@ def build_network(
     cfg: Config, accelerator: Accelerator, init: InitialWeights | None = None
 ) -> nn.Module:
     """``build_model`` from the model section, ``init``'s weights loaded into it if given,
-    plus the speed options of the train section."""
+    its batch-aware attention spanning every process's batch, plus the speed options of
+    the train section."""
     model = make_model(cfg)
+    span_global_batch(model)  # the batch-aware group is the GLOBAL batch (all processes)
     if init is not None:
         load_into(model, init.state, init.source)  # strict: every tensor, every shape
     if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
@@ -495,6 +498,7 @@ def open_batches(
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.data.cache_dir,
         pin_memory=torch.cuda.is_available(),  # page-locked: copies to the GPU overlap compute
+        input_multiple=input_multiple(cfg.model.name),
     )
 
 

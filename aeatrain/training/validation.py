@@ -18,16 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from aeatrain.imageio import max_value
+from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full
 from aeatrain.metrics import average_pairs, mean_scores, score_tile
 
 SUMMARY_KEYS = ("dpsnr", "dssim", "psnr", "ssim", "input_psnr", "input_ssim")
-
-
-def as_unit_float(image: np.ndarray, bit_depth: int) -> np.ndarray:
-    """An integer (H, W) image as float32 in [0, 1], by its bit depth's maximum."""
-    return image.astype(np.float32) / max_value(bit_depth)
 
 
 def predict_tile(model: nn.Module, lr: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -44,7 +39,7 @@ def predict_tile(model: nn.Module, lr: np.ndarray, bit_depth: int) -> np.ndarray
         else contextlib.nullcontext()
     )
     with autocast:
-        return predict_full(model, as_unit_float(lr, bit_depth))
+        return predict_full(model, to_float(lr, bit_depth))
 
 
 def score_tiles(model: nn.Module, tiles: Iterable) -> list[dict]:
