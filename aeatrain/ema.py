@@ -5,7 +5,8 @@ schedule; they are validated and exported separately (``val_ema/*``,
 ``model_ema.safetensors``), never mixed into the raw weights the paper's protocol uses.
 The average is kept in float32 whatever precision training runs in. BatchNorm running
 statistics are not averaged: an EMA model takes the live model's buffers when it is
-materialised, the usual convention.
+materialised, the usual convention. The trainer registers the average with accelerate's
+checkpointing (``state_dict``/``load_state_dict``), so ``save_state``/``load_state`` keep it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ class WeightEMA:
         for name, param in target.named_parameters():
             param.copy_(self.shadow[name].to(param.dtype))
         return target
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the average and the number of steps folded into it."""
+        return {"updates": self.updates, "shadow": self.tensors()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (tensors on any device; copied into the average's)."""
+        self.load_tensors(state["shadow"], state["updates"])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The averaged weights by parameter name, for a safetensors file."""

@@ -33,7 +33,7 @@ from tests.train.helpers import (
 pytestmark = pytest.mark.slow
 
 TRAIN_SCALARS = {
-    "train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "perf/step_seconds",
+    "train/loss", "train/learning_rate", "train/grad_norm", "train/skipped_steps", "perf/step_seconds",
     "perf/cpu_seconds_per_step",
     "perf/samples_per_second", "perf/megapixels_per_second", "perf/peak_memory_mib",
 }  # fmt: skip
