@@ -22,7 +22,8 @@ class WeightEMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = 0
+        self._counted = 0  # steps folded in, counted on the host
+        self._taken: torch.Tensor | None = None  # steps folded in under `taken`, on the device
         self.shadow = {
             name: param.detach().float().clone() for name, param in model.named_parameters()
         }
@@ -32,15 +33,21 @@ class WeightEMA:
         """Fold the current weights of ``model`` (the unwrapped module) into the average.
 
         ``taken`` (0-dim bool on the device): fold only where it is true, without the host
-        reading it; the caller then counts the taken steps into :attr:`updates` itself.
+        reading it; it is counted on the device too, read by :attr:`updates`.
         """
         weight = 1.0 - self.decay
         if taken is not None:
             weight = taken.float() * weight  # 0 leaves the average as it is
+            self._taken = taken.long() if self._taken is None else self._taken + taken.long()
+        else:
+            self._counted += 1
         for name, param in model.named_parameters():
             self.shadow[name].lerp_(param.detach().float(), weight)
-        if taken is None:
-            self.updates += 1
+
+    @property
+    def updates(self) -> int:
+        """The number of steps folded into the average (reads the device's count)."""
+        return self._counted + (0 if self._taken is None else int(self._taken))
 
     @torch.no_grad()
     def copy_to(self, target: nn.Module) -> nn.Module:
@@ -76,4 +83,4 @@ class WeightEMA:
             )
         for name, tensor in tensors.items():
             self.shadow[name].copy_(tensor)
-        self.updates = updates
+        self._counted, self._taken = updates, None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,11 +84,17 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    @property
+    def logs(self) -> Path:
+        """Where accelerate's TensorBoard tracker writes (``RUN/logs/tensorboard``)."""
+        return self.path / "logs"
+
     # ------------------------------------------------------------ reading (the plan)
 
     def resume_point(self, cfg: Config, manifest: DatasetManifest) -> ResumePoint | None:
         """Refuse a folder holding another run; the checkpoint to resume from, if any."""
         if not self.path.exists():
+            self._check_creatable()
             return None
         if not self.path.is_dir():
             raise RunFolderError(f"{self.path}: train.run_dir exists and is not a folder")
@@ -111,6 +118,20 @@ class RunFolder:
         state = ckpt.read_trainer_state(checkpoint)
         _check_same_dataset(checkpoint, state, manifest)
         return ResumePoint(checkpoint, state["step"], state["world_size"])
+
+    def _check_creatable(self) -> None:
+        """The nearest existing folder above RUN is a folder this process may write in."""
+        parent = self.path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise RunFolderError(
+                f"{self.path}: train.run_dir cannot be created, {parent} is not a folder"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunFolderError(
+                f"{self.path}: train.run_dir cannot be created, {parent} is not writable"
+            )
 
     def _newest_resumable(self) -> Path | None:
         """The newest intact checkpoint; a broken newer one is named in a warning and

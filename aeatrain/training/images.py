@@ -11,7 +11,6 @@ from torch import nn
 
 from aeatrain.imageio import to_float
 from aeatrain.refmaps import heatmap, reference_maps
-from aeatrain.training.validation import predict_tile
 
 GAP_PX = 4  # white bar between panels
 
@@ -26,12 +25,14 @@ def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(pieces[:-1], axis=2)  # (C, H, sum W + gaps)
 
 
-def comparison_grid(model: nn.Module, tile) -> np.ndarray:
-    """(1, H, 3W + 2 gaps): the LR input, the prediction (clipped to [0, 1]), the HR truth."""
+def comparison_grid(tile, prediction: np.ndarray) -> np.ndarray:
+    """(1, H, 3W + 2 gaps): the LR input, the prediction (clipped to [0, 1]), the HR truth.
+
+    ``prediction`` is the model's float (H, W) output for the tile (validation cuts it from
+    the whole-image prediction it scored)."""
     lr = to_float(tile.lr, tile.bit_depth)
     hr = to_float(tile.hr, tile.bit_depth)
-    prediction = np.clip(predict_tile(model, tile.lr, tile.bit_depth), 0.0, 1.0)
-    return side_by_side([lr[None], prediction[None], hr[None]])
+    return side_by_side([lr[None], np.clip(prediction, 0.0, 1.0)[None], hr[None]])
 
 
 def chosen_references(num_refs: int, count: int) -> list[int]:
@@ -44,7 +45,7 @@ def chosen_references(num_refs: int, count: int) -> list[int]:
 def colorize(relevance: np.ndarray) -> np.ndarray:
     """(H, W) relevance -> (3, H, W) RGB in [0, 1]: ``aeatrain.refmaps.heatmap``'s picture."""
     rgb = heatmap(relevance)[..., ::-1]  # (H, W, 3) uint8, BGR -> RGB
-    return rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)  # (3, H, W)
+    return to_float(rgb.transpose(2, 0, 1), 8)  # (3, H, W)
 
 
 def reference_heatmaps(model: nn.Module, tile, refs: list[int]) -> np.ndarray:

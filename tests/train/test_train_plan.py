@@ -86,6 +86,10 @@ MISTAKES = {
     "run_dir is a file": (
         lambda run, data: run.write_text("x"), [], "train.run_dir exists and is not a folder",
     ),
+    "run_dir inside a file": (
+        lambda run, data: None, ["--train.run_dir", "{tmp}/notes.txt/run"],
+        "train.run_dir cannot be created",
+    ),
     "foreign non-empty folder": (_foreign_folder, ["--resume"], "holds no aeatrain run"),
     "a run there, no --resume": (_saved_run, [], "holds a run already"),
     "resume with another model": (
@@ -138,7 +142,9 @@ def test_check_and_training_refuse_the_same_mistake_with_the_same_line(
         prepare(run_dir, data)
     if "{tmp}/A" in extra:
         _other_models_run(tmp_path, data)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     extra = [arg.replace("{tmp}", str(tmp_path)) for arg in extra]
+    # a case's own --train.run_dir comes later and wins
     argv = ["--config", str(DEBUG_CONFIG), "--data.root", str(data),
             "--train.run_dir", str(run_dir), *extra]  # fmt: skip
     before = _tree(tmp_path)
@@ -157,7 +163,7 @@ def _train(data, run_dir, steps, *extra):
         "--config", str(DEBUG_CONFIG), "--data.root", str(data), "--train.run_dir",
         str(run_dir), "--train.steps", str(steps), "--train.checkpoint_every", "2",
         "--train.ema", "true", "--train.ema_decay", "0.5", "--logging.eval_every", "100",
-        "--logging.eval_max_tiles", "1", "--logging.image_tiles", "0",
+        "--logging.eval_max_pairs", "1", "--logging.image_tiles", "0",
         "--logging.progress_bar", "false", *extra,
     ]  # fmt: skip
     try:
