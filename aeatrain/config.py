@@ -268,20 +268,29 @@ class TrainConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    """TensorBoard (run_dir/logs), validation on the test tiles and the progress bar."""
+    """TensorBoard (run_dir/logs), validation by `aeatrain.evaluate`'s scorer, progress bar."""
 
     log_every: int = Field(50, ge=1, description="Log train scalars every this many steps.")
     eval_every: int = Field(
         5000,
         ge=1,
-        description="Validate on the test tiles every this many steps (and at the "
-        "end): dPSNR, dSSIM (DESIGN.md section 5), image grids, reference heatmaps.",
+        description="Validate every this many steps (and at the end) exactly as "
+        "`python -m aeatrain.evaluate` scores the run: each pair's whole registered image "
+        "predicted at once (`full` split), its test tiles scored, averaged over tiles then "
+        "pairs, the images split over the processes; logs dPSNR, dSSIM (DESIGN.md "
+        "section 5), image grids, reference heatmaps.",
     )
-    eval_max_tiles: int | None = Field(
-        None, ge=1, description="Validate on at most this many test tiles (null = all)."
+    eval_max_pairs: int | None = Field(
+        None,
+        ge=1,
+        description="Validate on the first this many pairs (pair-name order) of those "
+        "trained on (null = all, what evaluate scores). Replaces `eval_max_tiles`.",
     )
     image_tiles: int = Field(
-        2, ge=0, description="Test tiles shown as LR | prediction | HR grids at each validation."
+        2,
+        ge=0,
+        description="Test tiles shown as LR | prediction | HR grids at each validation "
+        "(the main process's first; the prediction is the scored whole-image one).",
     )
     heatmap_refs: int = Field(
         4,
@@ -447,8 +456,18 @@ def _accepts_list_of_str(annotation: Any) -> bool:
     )
 
 
+# Keys of earlier aeatrain versions whose meaning changed: refused with what to write now.
+RENAMED_KEYS = {
+    ("logging", "eval_max_tiles"): "renamed logging.eval_max_pairs: validation now scores "
+    "whole pairs (3 test tiles each) as aeatrain.evaluate does; give a number of pairs",
+}
+
+
 def validate_tree(tree: dict, source: str) -> Config:
     """Pydantic validation; every error becomes part of ONE line naming its dotted key."""
+    for (section, key), message in RENAMED_KEYS.items():
+        if isinstance(tree.get(section), dict) and key in tree[section]:
+            raise ConfigError(f"{source}: {section}.{key}: {message}")
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

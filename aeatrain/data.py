@@ -6,7 +6,8 @@ Three streams, one reader:
   at the same place, optionally the same D4 flip/rotation on both) from the training
   regions, for step-based DDP training;
 - :func:`test_tiles`: every test tile exactly once, in a fixed order, with its metadata;
-- :func:`full_images`: every whole registered image once (evaluation predicts them whole).
+- :func:`full_images`: every whole registered image once (evaluation, and training's
+  validation through it, predict them whole).
 
 A source is a DATA folder (or its ``manifest.json``), a DATA root URL
 (``https://host/DATA``), a :class:`DatasetManifest` already loaded, or explicit shard URLs
@@ -914,6 +915,22 @@ class FullImage:
     test_regions: dict[str, dict]
     train_region: dict
     meta: dict
+
+    def test_tile(self, tile_id: str) -> TestTile:
+        """Test region ``tile_id`` cut out of the whole image: the pixels of the ``test``
+        split's sample of that id (``meta`` stays the whole image's json)."""
+        region = self.test_regions[tile_id]
+        window = region_window(region)
+        index = self.index * len(self.test_regions) + sorted(self.test_regions).index(tile_id)
+        return TestTile(
+            self.pair, tile_id, index, self.lr[window], self.hr[window], self.bit_depth,
+            region, self.meta,
+        )  # fmt: skip
+
+
+def region_window(region: dict) -> tuple[slice, slice]:
+    """The (rows, columns) slices of a region ``{"x0", "y0", "x1", "y1"}`` (x1/y1 exclusive)."""
+    return slice(region["y0"], region["y1"]), slice(region["x0"], region["x1"])
 
 
 def _ordered_samples(

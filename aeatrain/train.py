@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -41,6 +41,7 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
+    broadcast,
     broadcast_object_list,
     gather_object,
     set_seed,
@@ -51,9 +52,17 @@ from tqdm.auto import tqdm
 
 from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
-from aeatrain.data import DatasetManifest, load_manifest, test_tiles, train_loader
+from aeatrain.data import (
+    DatasetManifest,
+    FullImage,
+    TestTile,
+    load_manifest,
+    region_window,
+    train_loader,
+)
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, run_cli
+from aeatrain.evaluate import score_pairs, summarize_pairs
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model
 from aeatrain.runfolder import ResumePoint, RunFolder, RunFolderError, dataset_record
@@ -76,7 +85,6 @@ from aeatrain.training.stability import (
     restore_buffers,
     snapshot_buffers,
 )
-from aeatrain.training.validation import score_tiles, summarize
 
 log = get_logger(__name__)
 
@@ -92,7 +100,7 @@ class Trainer:
     manifest: DatasetManifest
     run_folder: RunFolder
     batches: Iterator[dict]  # this rank's training stream, from the resumed step
-    tiles: list  # this rank's test tiles
+    val_pairs: list[str]  # the pairs validation scores (aeatrain.evaluate's protocol)
     ema: WeightEMA | None
     skipped: SkippedSteps
     step: int = 0
@@ -354,7 +362,7 @@ def act(plan: RunPlan, accelerator: Accelerator) -> Trainer:
     )  # fmt: skip
     set_seed(cfg.train.seed)
     model = build_network(cfg, accelerator.num_processes, plan.init)
-    tiles = load_tiles(cfg, accelerator, plan.manifest)
+    val_pairs = validation_pairs(cfg, plan.manifest)
     open_run_folder(plan.run_folder, cfg, accelerator)
     log.info(
         "%d process(es), %s, mixed precision %s, %d images per process per step",
@@ -369,7 +377,7 @@ def act(plan: RunPlan, accelerator: Accelerator) -> Trainer:
     if cfg.train.compile:
         log.info("torch.compile: training %s", type(model).__name__, main_process_only=True)
     trainer = Trainer(
-        cfg, accelerator, model, optimizer, plan.manifest, plan.run_folder, batches, tiles,
+        cfg, accelerator, model, optimizer, plan.manifest, plan.run_folder, batches, val_pairs,
         ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
         init_from=plan.init.record if plan.init else None,
         sync_free=fused and accelerator.scaler is None,
@@ -440,18 +448,12 @@ def open_batches(
     )
 
 
-def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest) -> list:
-    """This rank's share of the first ``logging.eval_max_tiles`` test tiles (tile i to
-    rank i % world), decoded once; tiles past the limit are never read."""
-    tiles = test_tiles(
-        manifest,
-        pairs=cfg.data.pairs,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        cache_dir=cfg.data.cache_dir,
-    )
-    limit = cfg.logging.eval_max_tiles
-    return list(itertools.takewhile(lambda tile: limit is None or tile.index < limit, tiles))
+def validation_pairs(cfg: Config, manifest: DatasetManifest) -> list[str]:
+    """The pairs validation scores: those trained on (``data.pairs``, else all), as
+    ``aeatrain.evaluate`` scores the run, the first ``logging.eval_max_pairs`` in
+    pair-name order. Pair names were checked when the batches were opened."""
+    pairs = sorted(cfg.data.pairs) if cfg.data.pairs else list(manifest.pair_names)
+    return pairs[: cfg.logging.eval_max_pairs]
 
 
 def open_run_folder(run_folder: RunFolder, cfg: Config, accelerator: Accelerator) -> None:
@@ -725,7 +727,9 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def validate(t: Trainer) -> None:
-    """Score the test tiles with the raw weights (val/*) and, with EMA, the average (val_ema/*)."""
+    """Score the raw weights (val/*) and, with EMA, the average (val_ema/*) by the protocol
+    of ``aeatrain.evaluate``: the same figures it reports for these weights."""
+    share_main_buffers(t)
     t.module.eval()
     try:
         log_validation(t, t.module, "val")
@@ -735,28 +739,71 @@ def validate(t: Trainer) -> None:
         t.module.train()
 
 
+def share_main_buffers(t: Trainer) -> None:
+    """Every rank takes the main process's buffers (BatchNorm's running statistics), a
+    collective. Each rank updated its own copy with its own batch at the last step (DDP
+    broadcasts the main process's only at the start of the next forward, and DeepSpeed
+    never), but the saved weights, and so ``aeatrain.evaluate``, are the main process's.
+    Training is unchanged: the running statistics are not used in train mode, and DDP
+    would overwrite them with the same values at the next step."""
+    if t.accelerator.num_processes > 1:
+        broadcast(list(t.module.buffers()), from_process=0)  # in place
+
+
+VAL_FIGURES = ("dpsnr", "dssim", "psnr", "ssim", "input_psnr", "input_ssim")
+
+
 def log_validation(t: Trainer, model: nn.Module, prefix: str) -> None:
+    """Every rank predicts its share of the whole images (image i to rank i % world) with
+    ``aeatrain.evaluate.score_pairs``; the gathered scores are averaged as evaluate's
+    table is (tiles, then pairs) and logged by the main process."""
     accelerator = t.accelerator
-    results = gather_object(score_tiles(model, t.tiles))  # collective: every rank's share
+    shown = ShownTiles(t.cfg.logging.image_tiles if accelerator.is_main_process else 0)
+    # collective: every rank scores its share and receives every rank's
+    scores = score_pairs(
+        model, t.manifest, pairs=t.val_pairs, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, gather=lambda share: gather_object([share]),
+        cache_dir=t.cfg.data.cache_dir, on_prediction=shown.add,
+    )  # fmt: skip
     if not accelerator.is_main_process:
         return
-    summary = summarize(results)
-    accelerator.log({f"{prefix}/{key}": value for key, value in summary.items()}, step=t.step)
+    summary = summarize_pairs(scores)
+    values = {f"{prefix}/{key}": summary[key] for key in VAL_FIGURES}
+    values[f"{prefix}/pairs"] = len(scores)
+    values[f"{prefix}/tiles"] = sum(len(tiles) for tiles in scores.values())
+    accelerator.log(values, step=t.step)
     log.info(
-        "step %d %s: dPSNR %.3f dB, dSSIM %.4f on %d tiles", t.step, prefix, summary["dpsnr"],
-        summary["dssim"], summary["tiles"], main_process_only=True,
+        "step %d %s: dPSNR %.3f dB, dSSIM %.4f on %d pairs (whole images)", t.step, prefix,
+        summary["dpsnr"], summary["dssim"], len(scores), main_process_only=True,
     )  # fmt: skip
-    log_pictures(t, model, prefix)
+    log_pictures(t, model, prefix, shown.tiles)
 
 
-def log_pictures(t: Trainer, model: nn.Module, prefix: str) -> None:
-    """Main process: LR | prediction | HR grids and, for aeanet, reference heatmaps."""
+@dataclass
+class ShownTiles:
+    """The first ``limit`` test tiles this process predicted, with their predictions cut
+    from the whole-image ones, for :func:`log_pictures` (no second forward pass)."""
+
+    limit: int
+    tiles: list[tuple[TestTile, np.ndarray]] = field(default_factory=list)
+
+    def add(self, image: FullImage, member: int, tiling: int, prediction: np.ndarray) -> None:
+        for tile_id in sorted(image.test_regions):
+            if len(self.tiles) >= self.limit:
+                return
+            tile = image.test_tile(tile_id)
+            self.tiles.append((tile, prediction[region_window(tile.region)]))
+
+
+def log_pictures(t: Trainer, model: nn.Module, prefix: str, shown: list) -> None:
+    """Main process: LR | prediction | HR grids of the shown tiles and, for aeanet, their
+    reference heatmaps."""
     writer = t.accelerator.get_tracker("tensorboard", unwrap=True)
     num_refs = t.cfg.model.num_refs if t.cfg.model.name == "aeanet" else 0
     refs = chosen_references(num_refs, t.cfg.logging.heatmap_refs)
-    for tile in t.tiles[: t.cfg.logging.image_tiles]:
+    for tile, prediction in shown:
         name = f"{tile.pair}/{tile.tile_id}"
-        grid = comparison_grid(model, tile)  # (1, H, 3W + gaps)
+        grid = comparison_grid(tile, prediction)  # (1, H, 3W + gaps)
         writer.add_image(f"{prefix}_images/{name}", grid, t.step, dataformats="CHW")
         if refs:
             maps = reference_heatmaps(model, tile, refs)  # (3, H, (1 + len(refs)) W + gaps)

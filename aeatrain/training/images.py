@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aeatrain.training.validation import as_unit_float, predict_tile
+from aeatrain.imageio import to_float
 
 GAP_PX = 4  # white bar between panels
 
@@ -26,12 +26,14 @@ def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(pieces[:-1], axis=2)  # (C, H, sum W + gaps)
 
 
-def comparison_grid(model: nn.Module, tile) -> np.ndarray:
-    """(1, H, 3W + 2 gaps): the LR input, the prediction (clipped to [0, 1]), the HR truth."""
-    lr = as_unit_float(tile.lr, tile.bit_depth)
-    hr = as_unit_float(tile.hr, tile.bit_depth)
-    prediction = np.clip(predict_tile(model, tile.lr, tile.bit_depth), 0.0, 1.0)
-    return side_by_side([lr[None], prediction[None], hr[None]])
+def comparison_grid(tile, prediction: np.ndarray) -> np.ndarray:
+    """(1, H, 3W + 2 gaps): the LR input, the prediction (clipped to [0, 1]), the HR truth.
+
+    ``prediction`` is the model's float (H, W) output for the tile (validation cuts it from
+    the whole-image prediction it scored)."""
+    lr = to_float(tile.lr, tile.bit_depth)
+    hr = to_float(tile.hr, tile.bit_depth)
+    return side_by_side([lr[None], np.clip(prediction, 0.0, 1.0)[None], hr[None]])
 
 
 def chosen_references(num_refs: int, count: int) -> list[int]:
@@ -57,7 +59,7 @@ def reference_heatmaps(model: nn.Module, tile, refs: list[int]) -> np.ndarray:
     taken in eval mode (BatchNorm running statistics) on the tile cropped to a multiple
     of 4, each scaled to its own range.
     """
-    lr = as_unit_float(tile.lr, tile.bit_depth)
+    lr = to_float(tile.lr, tile.bit_depth)
     height, width = (size // 4 * 4 for size in lr.shape)
     lr = lr[:height, :width]
     parameter = next(model.parameters())

@@ -71,6 +71,10 @@ def test_dotted_overrides_both_spellings_and_types(minimal):
         (["--optim.betas", "[0.9, 1.5]"], "optim.betas: each beta must lie in [0, 1)"),
         (["--train.steps"], "missing a value"),
         (["--steps", "3"], "expected --section.key"),
+        (
+            ["--logging.eval_max_tiles", "6"],
+            "logging.eval_max_tiles: renamed logging.eval_max_pairs",
+        ),
     ],
 )
 def test_bad_overrides_are_one_line_naming_the_key(minimal, overrides, expected):

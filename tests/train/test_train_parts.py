@@ -1,5 +1,5 @@
 """Trainer parts that need no accelerator: checkpoint folders, EMA, schedule, preemption flag,
-skipped-step guard, validation averaging, TensorBoard pictures."""
+skipped-step guard, validation's scoring (aeatrain.evaluate's), TensorBoard pictures."""
 
 import json
 import os
@@ -13,6 +13,7 @@ import torch
 from aeatrain import checkpoint as ckpt
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
+from aeatrain.evaluate import merge_shares, summarize_pairs
 from aeatrain.metrics import score_tile
 from aeatrain.models import build_model
 from aeatrain.training.images import (
@@ -25,7 +26,6 @@ from aeatrain.training.images import (
 from aeatrain.training.optim import learning_rate, pixel_loss
 from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
 from aeatrain.training.stability import SkippedSteps, TrainingDiverged, all_finite, is_finite
-from aeatrain.training.validation import summarize
 
 
 def _save(run_dir, step):
@@ -164,30 +164,34 @@ def _tile(rng, pair, tile_id, index, size=(24, 32)):
     return types.SimpleNamespace(pair=pair, tile_id=tile_id, index=index, lr=lr, hr=hr, bit_depth=8)
 
 
-def test_summarize_averages_tiles_then_pairs_and_refuses_duplicates():
+def test_summary_averages_tiles_then_pairs_and_shares_never_overlap():
     rng = np.random.default_rng(0)
     tiles = [_tile(rng, "a", "test0", 0), _tile(rng, "a", "test1", 1), _tile(rng, "b", "test0", 2)]
-    results = []
+    scores = {}
     for tile in tiles:
         prediction = tile.hr.astype(np.float32) / 255  # a perfect-ish prediction
-        scores = score_tile(prediction, tile.lr, tile.hr, bit_depth=8)
-        results.append({"pair": tile.pair, "tile_id": tile.tile_id, "scores": scores})
-    summary = summarize(results)
-    a = (results[0]["scores"].dpsnr + results[1]["scores"].dpsnr) / 2
-    expected = (a + results[2]["scores"].dpsnr) / 2  # pairs weigh equally, not tiles
+        scores.setdefault(tile.pair, {})[tile.tile_id] = score_tile(
+            prediction, tile.lr, tile.hr, bit_depth=8
+        )
+    summary = summarize_pairs(scores)
+    a = (scores["a"]["test0"].dpsnr + scores["a"]["test1"].dpsnr) / 2
+    expected = (a + scores["b"]["test0"].dpsnr) / 2  # pairs weigh equally, not tiles
     assert summary["dpsnr"] == pytest.approx(expected)
-    assert summary["tiles"] == 3
-    with pytest.raises(ValueError, match="scored twice"):
-        summarize([*results, results[0]])
+    rank0, rank1 = {(0, 0, "a"): scores["a"]}, {(0, 0, "b"): scores["b"]}
+    assert merge_shares([rank0, rank1]) == {**rank0, **rank1}
+    with pytest.raises(ValueError, match=r"pair a .* scored twice"):
+        merge_shares([rank0, rank1, rank0])
 
 
 def test_pictures_have_the_documented_shapes():
     rng = np.random.default_rng(1)
     tile = _tile(rng, "a", "test0", 0, size=(22, 30))  # not a multiple of 4
     model = build_model("aeanet", base_channels=8, num_refs=6, bn_momentum=0.1)
-    grid = comparison_grid(model, tile)
+    prediction = np.linspace(-0.5, 1.5, 22 * 30, dtype=np.float32).reshape(22, 30)
+    grid = comparison_grid(tile, prediction)
     assert grid.shape == (1, 22, 3 * 30 + 2 * 4)
     np.testing.assert_allclose(grid[0, :, :30], tile.lr / 255, atol=1e-6)  # panel 1 = LR
+    np.testing.assert_array_equal(grid[0, :, 34:64], np.clip(prediction, 0, 1))  # clipped
     np.testing.assert_allclose(grid[0, :, -30:], tile.hr / 255, atol=1e-6)  # panel 3 = HR
     refs = chosen_references(6, 3)
     assert refs == [0, 2, 5] and chosen_references(2, 4) == [0, 1]

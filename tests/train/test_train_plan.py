@@ -163,7 +163,7 @@ def _train(data, run_dir, steps, *extra):
         "--config", str(DEBUG_CONFIG), "--data.root", str(data), "--train.run_dir",
         str(run_dir), "--train.steps", str(steps), "--train.checkpoint_every", "2",
         "--train.ema", "true", "--train.ema_decay", "0.5", "--logging.eval_every", "100",
-        "--logging.eval_max_tiles", "1", "--logging.image_tiles", "0",
+        "--logging.eval_max_pairs", "1", "--logging.image_tiles", "0",
         "--logging.progress_bar", "false", *extra,
     ]  # fmt: skip
     try:
