@@ -746,10 +746,11 @@ def validate(t: Trainer) -> None:
 def share_main_buffers(t: Trainer) -> None:
     """Every rank takes the main process's buffers (BatchNorm's running statistics), a
     collective. Each rank updated its own copy with its own batch at the last step (DDP
-    broadcasts the main process's only at the start of the next forward, and DeepSpeed
-    never), but the saved weights, and so ``aeatrain.evaluate``, are the main process's.
-    Training is unchanged: the running statistics are not used in train mode, and DDP
-    would overwrite them with the same values at the next step."""
+    broadcasts the main process's only at the start of the next forward; DeepSpeed keeps
+    each rank's), but the saved weights, and so ``aeatrain.evaluate``, are the main
+    process's. Training is unchanged: train mode does not use the running statistics,
+    and DDP would overwrite them with the same values at the next step (measured: the
+    same final weights with and without this)."""
     if t.accelerator.num_processes > 1:
         broadcast(list(t.module.buffers()), from_process=0)  # in place
 
