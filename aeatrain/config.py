@@ -115,9 +115,10 @@ class DataConfig(_Section):
     )
     crop_size: Annotated[int, Field(ge=4)] | Literal["full"] = Field(
         256,
-        description="Side of the square random crops in HR pixels, a multiple of 4 (two "
-        "stride-2 downsamplings); `full` = the whole training region as one crop (floored "
-        "to a multiple of 4; the smallest region's size where pairs differ).",
+        description="Side of the square random crops in HR pixels, a multiple of the "
+        "model's input multiple (4 for unet, gvtnet, aeanet: two stride-2 downsamplings; 1 "
+        "for vdsr, edsr, rcan); `full` = the whole training region as one crop (floored to "
+        "that multiple; the smallest region's size where pairs differ).",
     )
     global_batch_size: int = Field(
         8,
@@ -149,13 +150,6 @@ class DataConfig(_Section):
         "manifest (local DATA folders; as python -m data_prep verify). Training itself never "
         "hashes whole shards; it checks each member it reads against its index.",
     )
-
-    @field_validator("crop_size")
-    @classmethod
-    def _multiple_of_four(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value % 4:
-            raise ValueError("must be a multiple of 4")
-        return value
 
     @field_validator("pairs")
     @classmethod
@@ -469,9 +463,25 @@ def validate_tree(tree: dict, source: str) -> Config:
         if isinstance(tree.get(section), dict) and key in tree[section]:
             raise ConfigError(f"{source}: {section}.{key}: {message}")
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+    check_crop_multiple(config, source)
+    return config
+
+
+def check_crop_multiple(config: Config, source: str) -> None:
+    """``data.crop_size`` against the model's ``input_multiple`` (one source of it: the
+    model class, ``aeatrain.models.input_multiple``); ConfigError naming the key."""
+    from aeatrain.models import input_multiple
+
+    multiple = input_multiple(config.model.name)
+    crop = config.data.crop_size
+    if isinstance(crop, int) and crop % multiple:
+        raise ConfigError(
+            f"{source}: data.crop_size: must be a multiple of {multiple}, the input multiple "
+            f"of model {config.model.name!r} (got {crop})"
+        )
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -50,6 +50,7 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
+from aeatrain.collective import span_global_batch
 from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data import (
@@ -64,7 +65,7 @@ from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, run_cli
 from aeatrain.evaluate import score_pairs, summarize_pairs
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.models import build_model
+from aeatrain.models import build_model, input_multiple
 from aeatrain.runfolder import ResumePoint, RunFolder, RunFolderError, dataset_record
 from aeatrain.runs import InitialWeights, load_into, read_initial_weights
 from aeatrain.training import lock as runlock
@@ -391,8 +392,10 @@ def act(plan: RunPlan, accelerator: Accelerator) -> Trainer:
 
 def build_network(cfg: Config, num_processes: int, init: InitialWeights | None) -> nn.Module:
     """``build_model`` from the model section, ``init``'s weights loaded into it if given,
-    plus the speed options of the train section."""
+    its batch-aware attention spanning every process's batch, plus the speed options of
+    the train section."""
     model = make_model(cfg)
+    span_global_batch(model)  # the batch-aware group is the GLOBAL batch (all processes)
     if init is not None:
         load_into(model, init.state, init.source)  # strict: every tensor, every shape
     if cfg.train.sync_batchnorm and num_processes > 1:
@@ -445,6 +448,7 @@ def open_batches(
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.data.cache_dir,
         pin_memory=torch.cuda.is_available(),  # page-locked: copies to the GPU overlap compute
+        input_multiple=input_multiple(cfg.model.name),
     )
 
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from aeatrain import checkpoint as ckpt
+from aeatrain import refmaps
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
 from aeatrain.evaluate import merge_shares, summarize_pairs
+from aeatrain.imageio import to_float
 from aeatrain.metrics import score_tile
 from aeatrain.models import build_model
 from aeatrain.training.images import (
@@ -196,7 +198,23 @@ def test_pictures_have_the_documented_shapes():
     refs = chosen_references(6, 3)
     assert refs == [0, 2, 5] and chosen_references(2, 4) == [0, 1]
     maps = reference_heatmaps(model, tile, refs)
-    assert maps.shape == (3, 20, 4 * 28 + 3 * 4) and model.training  # mode restored
+    assert maps.shape == (3, 22, 4 * 30 + 3 * 4) and model.training  # mode restored
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     assert side_by_side([np.zeros((1, 2, 3))] * 2).shape == (1, 2, 10)
     assert colorize(np.zeros((4, 4), dtype=np.float32)).shape == (3, 4, 4)
+
+
+def test_training_heatmaps_are_the_refmaps_pictures():
+    """TensorBoard's heatmap panels are exactly python -m aeatrain.refmaps's: the same maps
+    (the tile padded like a prediction) drawn by the same renderer, BGR -> RGB."""
+    rng = np.random.default_rng(2)
+    tile = _tile(rng, "a", "test0", 0, size=(22, 30))
+    model = build_model("aeanet", base_channels=8, num_refs=6, bn_momentum=0.1)
+    row = reference_heatmaps(model, tile, [1, 4])  # (3, 22, 3 * 30 + 2 gaps)
+    maps = refmaps.reference_maps(model, to_float(tile.lr, 8), [1, 4])  # (2, 22, 30)
+    for panel, values in zip((1, 2), maps):
+        start = panel * (30 + 4)
+        drawn = np.rint(row[:, :, start : start + 30] * 255).astype(np.uint8)  # (3, H, W) RGB
+        expected = refmaps.heatmap(values)[..., ::-1].transpose(2, 0, 1)
+        assert np.array_equal(drawn, expected)
+    np.testing.assert_array_equal(row[:, :, :30], np.repeat(to_float(tile.lr, 8)[None], 3, 0))

@@ -13,6 +13,7 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 
 from aeatrain import evaluate
 from tests.datasets import make_dataset
@@ -41,9 +42,18 @@ def free_port() -> int:
 
 
 def evaluated(run_dir, data, out, weights: str) -> dict:
-    """The summary ``python -m aeatrain.evaluate`` writes to metrics.json."""
+    """The summary ``python -m aeatrain.evaluate`` writes to metrics.json.
+
+    Run on one thread, as the trainer ran (OMP_NUM_THREADS=1, tests/train/helpers.py): a
+    CPU convolution's sums are ordered by the thread count, and two threads move dSSIM by
+    a float32 ulp on some weights (seen on the EMA weights of this run)."""
     argv = ["--run", str(run_dir), "--data", str(data), "--weights", weights, "--out", str(out)]
-    assert evaluate.main([*argv, "--device", "cpu"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert evaluate.main([*argv, "--device", "cpu"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return json.loads((out / "metrics.json").read_text())["rows"][0]["summary"]
 
 
