@@ -427,6 +427,12 @@ def test_full_images_carry_their_regions(plain):
     assert full.lr.shape == full.hr.shape == (240, 320) and full.lr.dtype == np.uint8
     train, tests = split_regions(320, 240)
     assert full.train_region == train and full.test_regions == tests
+    cut = full.test_tile("test1")  # what validation shows: the test sample's pixels
+    stored = next(t for t in data.test_tiles(plain) if (t.pair, t.tile_id) == ("pair01", "test1"))
+    assert (cut.pair, cut.tile_id, cut.index, cut.region) == ("pair01", "test1", 4, tests["test1"])
+    assert cut.index == stored.index and cut.bit_depth == stored.bit_depth == 8
+    np.testing.assert_array_equal(cut.lr, stored.lr)
+    np.testing.assert_array_equal(cut.hr, stored.hr)
 
 
 def test_16_bit_tiles_keep_their_depth(tmp_path):
