@@ -62,6 +62,7 @@ from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text, to_float
 from aeatrain.inference import (
+    PAD_MULTIPLE,
     TTA_MODES,
     check_paper_tiling,
     choose_device,
@@ -97,7 +98,7 @@ class Tiling:
 
     def as_dict(self) -> dict:
         if self.tile is None:
-            layout = {"mode": "whole", "pad_multiple": 16}
+            layout = {"mode": "whole", "pad_multiple": PAD_MULTIPLE}
         else:
             layout = {"mode": "tiles", "tile": self.tile, "margin": self.margin}
         return layout if self.tta == "none" else {**layout, "tta": self.tta}

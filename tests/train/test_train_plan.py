@@ -3,15 +3,16 @@
 Each mistake is run through the real command-line contract (``run_cli(main)``: one line
 ``error: ...`` on stderr, exit 2) twice, in this process: once with ``--check``, once as
 training (an Accelerator of one CPU process). Both must print the same line, and neither
-may write into the run folder. A mistake needs only one process to show here; the batch
-split over several processes is the same :func:`aeatrain.train.per_device_batch` in the
-plan (test_train_errors checks it through ``--check --processes 4``).
+may write into the run folder. The mistakes that need several processes (the batch
+split, SyncBatchNorm on CPU) go through ``--check --processes N`` and through
+build_trainer for an accelerator of N.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ from safetensors.torch import load_file
 
 from aeatrain import checkpoint as ckpt
 from aeatrain.config import load_config
-from aeatrain.errors import EXIT_USER_ERROR, run_cli
-from aeatrain.train import main
+from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
+from aeatrain.train import build_trainer, main
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run
 from tests.train.helpers import DEBUG_CONFIG
@@ -156,6 +157,30 @@ def test_check_and_training_refuse_the_same_mistake_with_the_same_line(
     assert len(checked[1]) == 1 and expected in checked[1][0], checked[1]
     assert trained[1] == checked[1]
     assert _tree(tmp_path) == before, "a refused run wrote into its folder"
+
+
+@pytest.mark.parametrize(
+    ("processes", "extra", "expected"),
+    [
+        (3, [], "data.global_batch_size=4 does not divide over 3 processes"),
+        (2, ["--train.sync_batchnorm", "true"], "SyncBatchNorm needs GPUs; this run is on cpu"),
+    ],
+)
+def test_mistakes_of_several_processes_are_refused_alike(
+    data, tmp_path, capsys, processes, extra, expected
+):
+    """``--check --processes N`` and training's build_trainer under an accelerator of N CPU
+    processes (a stand-in: the plan refuses before anything of it but its size is used)."""
+    argv = ["--config", str(DEBUG_CONFIG), "--data.root", str(data),
+            "--train.run_dir", str(tmp_path / "run"), *extra]  # fmt: skip
+    checked = _refusal([*argv, "--check", "--processes", str(processes)], capsys)
+    cfg = load_config(argv[1], argv[2:])
+    accelerator = SimpleNamespace(num_processes=processes, device=torch.device("cpu"))
+    with pytest.raises(UserError) as refused:
+        build_trainer(cfg, accelerator)
+    assert checked[0] == EXIT_USER_ERROR and expected in checked[1][0]
+    assert checked[1] == [f"error: {refused.value}"]
+    assert not (tmp_path / "run").exists()
 
 
 def _train(data, run_dir, steps, *extra):
