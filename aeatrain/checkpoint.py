@@ -10,16 +10,20 @@ trainer (aeatrain/train.py) calls the accelerator around it.
 
 Contents of a complete ``step_N``: what ``save_state`` writes (model weights, optimizer,
 fp16 loss scaler, the Python/NumPy/torch RNG states of EVERY rank as
-``random_states_<rank>.pkl``), ``ema.safetensors`` when EMA is on, and
-``trainer_state.json``:
+``random_states_<rank>.pkl``, and the objects registered with
+``accelerator.register_for_checkpointing`` as ``custom_checkpoint_<i>.pkl``: 0 the
+trainer's counters (step, skipped steps, init_from), 1 the EMA weights when EMA is on),
+and ``trainer_state.json``, what a run folder is checked against before anything is
+loaded:
 
-    {"format": "aeatrain-trainer-state", "version": 1, "step": N, "data_position": N,
-     "world_size": P, "skipped_steps": S, "consecutive_skipped": C, "seed": 0,
+    {"format": "aeatrain-trainer-state", "version": 2, "step": N, "data_position": N,
+     "world_size": P, "seed": 0,
      "dataset": {"identity": "<sha256>", "path": "...", "manifest_sha256": "..."},
-     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...},
-     "init_from": {...} | null}
+     "files": {"model.safetensors": BYTES, "optimizer.bin": BYTES, ...}}
 
-(``init_from``: run.json's record of the weights the run started from, docs/formats.md.)
+Version 1 (aeatrain before the trainer state and EMA were registered with accelerate:
+``ema.safetensors``, the counters in this file) is not resumed; the trainer refuses it in
+one line (aeatrain/runfolder.py).
 
 ``data_position`` is the index of the next batch; the loader makes the batch of step s on
 rank r a pure function of (seed, s, r), so the data position is the step itself.
@@ -42,7 +46,7 @@ from pathlib import Path
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 STATE_FORMAT = "aeatrain-trainer-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
 _COMPLETE = re.compile(r"^step_(\d+)$")
 _PARTIAL_SUFFIX = ".partial"
 
@@ -196,6 +200,18 @@ def read_trainer_state(checkpoint: str | Path) -> dict:
     ):
         raise ValueError(f"{path}: not an {STATE_FORMAT} v{STATE_VERSION} file")
     return state
+
+
+def state_version(checkpoint: str | Path) -> int | None:
+    """The version of a checkpoint's ``trainer_state.json``; None when it is not ours."""
+    try:
+        state = json.loads((Path(checkpoint) / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        return None
+    version = state.get("version")
+    return version if isinstance(version, int) else None
 
 
 def _write_json_synced(path: Path, data: dict) -> None:

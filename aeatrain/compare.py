@@ -1,6 +1,6 @@
 """Gather several evaluations into one table, mean and spread over seeds.
 
-    python -m aeatrain.compare EVAL_DIR [EVAL_DIR ...] [--out results.md]
+    python -m aeatrain.compare EVAL_DIR [EVAL_DIR ...] [--out results.md [--overwrite]]
 
 Each EVAL_DIR holds the ``metrics.json`` that ``python -m aeatrain.evaluate --out EVAL_DIR``
 wrote (one row: a pooled run, or a group of self-training runs). Folders whose names differ
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
+from aeatrain.outputs import check_replaceable_file, record_outputs
 
 SEED_SUFFIX = re.compile(r"[-_]seed(\d+)$")
 COLUMNS = (("dpsnr", "dPSNR (dB)", 2), ("dssim", "dSSIM", 4),
@@ -175,12 +176,26 @@ def table_1(groups: list[Group]) -> str:
     return "\n".join(lines) + "\n" + note + "\n"
 
 
+def write_table(out: Path, text: str, *, overwrite: bool) -> None:
+    """Write ``out`` atomically; an existing file is replaced only with ``overwrite`` and
+    only when its folder's ledger (aeatrain/outputs.py) says aeatrain wrote it."""
+    check_replaceable_file(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record_outputs(out.parent, [out.name], tool="aeatrain.compare")
+    atomic_write_text(out, text, overwrite=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m aeatrain.compare", description=__doc__.split("\n")[0]
     )
     parser.add_argument("evaluations", nargs="+", type=Path, help="folders holding metrics.json")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if an earlier aeatrain.compare wrote it (never another file)",
+    )
     return parser.parse_args(argv)
 
 
@@ -188,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     groups, reference = group_evaluations(args.evaluations)
     text = table(groups, reference) + "\n## Table 1 layout\n\n" + table_1(groups)
-    print(text, end="")
     if args.out:
-        atomic_write_text(args.out, text, overwrite=True)
+        write_table(args.out, text, overwrite=args.overwrite)
+    print(text, end="")
     return 0
 
 

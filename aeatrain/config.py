@@ -115,9 +115,10 @@ class DataConfig(_Section):
     )
     crop_size: Annotated[int, Field(ge=4)] | Literal["full"] = Field(
         256,
-        description="Side of the square random crops in HR pixels, a multiple of 4 (two "
-        "stride-2 downsamplings); `full` = the whole training region as one crop (floored "
-        "to a multiple of 4; the smallest region's size where pairs differ).",
+        description="Side of the square random crops in HR pixels, a multiple of the "
+        "model's input multiple (4 for unet, gvtnet, aeanet: two stride-2 downsamplings; 1 "
+        "for vdsr, edsr, rcan); `full` = the whole training region as one crop (floored to "
+        "that multiple; the smallest region's size where pairs differ).",
     )
     global_batch_size: int = Field(
         8,
@@ -149,13 +150,6 @@ class DataConfig(_Section):
         "manifest (local DATA folders; as python -m data_prep verify). Training itself never "
         "hashes whole shards; it checks each member it reads against its index.",
     )
-
-    @field_validator("crop_size")
-    @classmethod
-    def _multiple_of_four(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value % 4:
-            raise ValueError("must be a multiple of 4")
-        return value
 
     @field_validator("pairs")
     @classmethod
@@ -284,20 +278,29 @@ class TrainConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    """TensorBoard (run_dir/logs), validation on the test tiles and the progress bar."""
+    """TensorBoard (run_dir/logs), validation by `aeatrain.evaluate`'s scorer, progress bar."""
 
     log_every: int = Field(50, ge=1, description="Log train scalars every this many steps.")
     eval_every: int = Field(
         5000,
         ge=1,
-        description="Validate on the test tiles every this many steps (and at the "
-        "end): dPSNR, dSSIM (DESIGN.md section 5), image grids, reference heatmaps.",
+        description="Validate every this many steps (and at the end) exactly as "
+        "`python -m aeatrain.evaluate` scores the run: each pair's whole registered image "
+        "predicted at once (`full` split), its test tiles scored, averaged over tiles then "
+        "pairs, the images split over the processes; logs dPSNR, dSSIM (DESIGN.md "
+        "section 5), image grids, reference heatmaps.",
     )
-    eval_max_tiles: int | None = Field(
-        None, ge=1, description="Validate on at most this many test tiles (null = all)."
+    eval_max_pairs: int | None = Field(
+        None,
+        ge=1,
+        description="Validate on the first this many pairs (pair-name order) of those "
+        "trained on (null = all, what evaluate scores). Replaces `eval_max_tiles`.",
     )
     image_tiles: int = Field(
-        2, ge=0, description="Test tiles shown as LR | prediction | HR grids at each validation."
+        2,
+        ge=0,
+        description="Test tiles shown as LR | prediction | HR grids at each validation "
+        "(the main process's first; the prediction is the scored whole-image one).",
     )
     heatmap_refs: int = Field(
         4,
@@ -463,12 +466,38 @@ def _accepts_list_of_str(annotation: Any) -> bool:
     )
 
 
+# Keys of earlier aeatrain versions whose meaning changed: refused with what to write now.
+RENAMED_KEYS = {
+    ("logging", "eval_max_tiles"): "renamed logging.eval_max_pairs: validation now scores "
+    "whole pairs (3 test tiles each) as aeatrain.evaluate does; give a number of pairs",
+}
+
+
 def validate_tree(tree: dict, source: str) -> Config:
     """Pydantic validation; every error becomes part of ONE line naming its dotted key."""
+    for (section, key), message in RENAMED_KEYS.items():
+        if isinstance(tree.get(section), dict) and key in tree[section]:
+            raise ConfigError(f"{source}: {section}.{key}: {message}")
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+    check_crop_multiple(config, source)
+    return config
+
+
+def check_crop_multiple(config: Config, source: str) -> None:
+    """``data.crop_size`` against the model's ``input_multiple`` (one source of it: the
+    model class, ``aeatrain.models.input_multiple``); ConfigError naming the key."""
+    from aeatrain.models import input_multiple
+
+    multiple = input_multiple(config.model.name)
+    crop = config.data.crop_size
+    if isinstance(crop, int) and crop % multiple:
+        raise ConfigError(
+            f"{source}: data.crop_size: must be a multiple of {multiple}, the input multiple "
+            f"of model {config.model.name!r} (got {crop})"
+        )
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -6,7 +6,8 @@ Three streams, one reader:
   at the same place, optionally the same D4 flip/rotation on both) from the training
   regions, for step-based DDP training;
 - :func:`test_tiles`: every test tile exactly once, in a fixed order, with its metadata;
-- :func:`full_images`: every whole registered image once (evaluation predicts them whole).
+- :func:`full_images`: every whole registered image once (evaluation, and training's
+  validation through it, predict them whole).
 
 A source is a DATA folder (or its ``manifest.json``), a DATA root URL
 (``https://host/DATA``), a :class:`DatasetManifest` already loaded, or explicit shard URLs
@@ -90,10 +91,10 @@ from aeatrain.dataformat import (
     validation_message,
     verify_shards,
 )
+from aeatrain.imageio import to_float
 
 log = logging.getLogger(__name__)
 
-CROP_MULTIPLE = 4  # two stride-2 downsamplings in the U-Net: crops must divide by 4
 DEFAULT_POOL_SIZE = 8
 MAX_CROPS_PER_REGION = 16
 DEFAULT_CACHE_MIB = 512  # decoded regions kept per loader: the paper's 22 pairs need ~40
@@ -654,10 +655,9 @@ def _make_batch(pool: _Pool, regions: list[_Region], settings: _TrainSettings, s
         y0, x0 = crop_origin(lr.shape, (height, width), fractions[i])
         op = int(ops[i]) if settings.augment else 0
         op = op if height == width else shape_preserving_op(op)
-        inverse_max = np.float32(1.0 / np.iinfo(lr.dtype).max)  # 8 and 16 bit: own max
         for source, out in ((lr, lr_out), (hr, hr_out)):
             view = d4_transform(source[y0 : y0 + height, x0 : x0 + width], op)
-            np.multiply(view, inverse_max, out=out[i, 0], casting="unsafe")
+            to_float(view, out=out[i, 0])  # 8 and 16 bit: each by its own maximum
         names.append(regions[index].pair)
         boxes[i] = (x0, y0, op)
     return {
@@ -785,15 +785,18 @@ def _hand_over(out: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _crop_hw(crop_size: int | None, regions: list[_Region], where: str) -> tuple[int, int]:
-    """Check the crop size against the smallest training region; None = the whole region."""
+def _crop_hw(
+    crop_size: int | None, regions: list[_Region], where: str, multiple: int
+) -> tuple[int, int]:
+    """Check the crop size against the smallest training region and the model's input
+    multiple; None = the whole region, floored to the multiple."""
     smallest = min(regions, key=lambda r: min(r.height, r.width))
     if crop_size is None:
-        height = min(r.height for r in regions) // CROP_MULTIPLE * CROP_MULTIPLE
-        width = min(r.width for r in regions) // CROP_MULTIPLE * CROP_MULTIPLE
+        height = min(r.height for r in regions) // multiple * multiple
+        width = min(r.width for r in regions) // multiple * multiple
         return height, width
-    if crop_size <= 0 or crop_size % CROP_MULTIPLE:
-        raise DatasetError(f"crop_size {crop_size} is not a positive multiple of {CROP_MULTIPLE}")
+    if crop_size <= 0 or crop_size % multiple:
+        raise DatasetError(f"crop_size {crop_size} is not a positive multiple of {multiple}")
     if crop_size > min(smallest.height, smallest.width):
         raise DatasetError(
             f"crop_size {crop_size} is larger than the training region of pair "
@@ -829,21 +832,24 @@ def train_loader(
     cache_mib: float = DEFAULT_CACHE_MIB,
     cache_dir: str | None = None,
     pin_memory: bool = False,
+    input_multiple: int = 1,
 ) -> Iterator[dict]:
     """Endless batches of paired crops from the training regions, starting at ``start_step``.
 
     Each batch: ``{"lr": float32 (B, 1, h, w) in [0, 1], "hr": same, "pair": list[str],
     "step": int, "crop": int64 (B, 3) [x0, y0, d4 op]}``.
 
-    - ``crop_size`` None takes the whole training region (floored to a multiple of 4; the
-      smallest region when pairs differ); rotations by 90 degrees are only drawn for
-      square crops.
+    - ``input_multiple``: the model's (``aeatrain.models.input_multiple``); crop sides
+      must be multiples of it. ``crop_size`` None takes the whole training region
+      (floored to that multiple; the smallest region when pairs differ); rotations by 90
+      degrees are only drawn for square crops.
     - ``crops_per_region`` None: see :func:`default_crops_per_region`.
     - ``cache_mib`` bounds the decoded regions this loader keeps across pools (0:
       decode every pool afresh); it changes speed, never data.
     - ``cache_dir``: a node-local folder into which each shard used is staged once
       (aeatrain/shardio.py); None reads shards where they are. Speed, never data.
-    - 8- and 16-bit pairs both map to [0, 1] by their own maximum.
+    - 8- and 16-bit pairs both map to [0, 1] by their own maximum, through
+      ``aeatrain.imageio.to_float`` (the conversion evaluation and prediction use).
     - The batch at step s on this rank is a pure function of (dataset, seed, s, rank,
       crop/augment/pool settings), whatever ``start_step`` and ``num_workers``; see the
       module docstring for the design.
@@ -867,7 +873,7 @@ def train_loader(
     wanted = _check_pairs(pairs, sorted({r.pair for r in regions}), where)
     chosen = set(wanted)
     regions = [r for r in regions if r.pair in chosen]
-    crop_hw = _crop_hw(crop_size, regions, where)
+    crop_hw = _crop_hw(crop_size, regions, where, input_multiple)
     if crops_per_region is None:
         crops_per_region = default_crops_per_region(regions, crop_hw)
     settings = _TrainSettings(
@@ -914,6 +920,22 @@ class FullImage:
     test_regions: dict[str, dict]
     train_region: dict
     meta: dict
+
+    def test_tile(self, tile_id: str) -> TestTile:
+        """Test region ``tile_id`` cut out of the whole image: the pixels of the ``test``
+        split's sample of that id (``meta`` stays the whole image's json)."""
+        region = self.test_regions[tile_id]
+        window = region_window(region)
+        index = self.index * len(self.test_regions) + sorted(self.test_regions).index(tile_id)
+        return TestTile(
+            self.pair, tile_id, index, self.lr[window], self.hr[window], self.bit_depth,
+            region, self.meta,
+        )  # fmt: skip
+
+
+def region_window(region: dict) -> tuple[slice, slice]:
+    """The (rows, columns) slices of a region ``{"x0", "y0", "x1", "y1"}`` (x1/y1 exclusive)."""
+    return slice(region["y0"], region["y1"]), slice(region["x0"], region["x1"])
 
 
 def _ordered_samples(

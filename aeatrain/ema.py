@@ -5,7 +5,8 @@ schedule; they are validated and exported separately (``val_ema/*``,
 ``model_ema.safetensors``), never mixed into the raw weights the paper's protocol uses.
 The average is kept in float32 whatever precision training runs in. BatchNorm running
 statistics are not averaged: an EMA model takes the live model's buffers when it is
-materialised, the usual convention.
+materialised, the usual convention. The trainer registers the average with accelerate's
+checkpointing (``state_dict``/``load_state_dict``), so ``save_state``/``load_state`` keep it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class WeightEMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = 0
+        self._counted = 0  # steps folded in, counted on the host
+        self._taken: torch.Tensor | None = None  # steps folded in under `taken`, on the device
         self.shadow = {
             name: param.detach().float().clone() for name, param in model.named_parameters()
         }
@@ -31,15 +33,21 @@ class WeightEMA:
         """Fold the current weights of ``model`` (the unwrapped module) into the average.
 
         ``taken`` (0-dim bool on the device): fold only where it is true, without the host
-        reading it; the caller then counts the taken steps into :attr:`updates` itself.
+        reading it; it is counted on the device too, read by :attr:`updates`.
         """
         weight = 1.0 - self.decay
         if taken is not None:
             weight = taken.float() * weight  # 0 leaves the average as it is
+            self._taken = taken.long() if self._taken is None else self._taken + taken.long()
+        else:
+            self._counted += 1
         for name, param in model.named_parameters():
             self.shadow[name].lerp_(param.detach().float(), weight)
-        if taken is None:
-            self.updates += 1
+
+    @property
+    def updates(self) -> int:
+        """The number of steps folded into the average (reads the device's count)."""
+        return self._counted + (0 if self._taken is None else int(self._taken))
 
     @torch.no_grad()
     def copy_to(self, target: nn.Module) -> nn.Module:
@@ -52,6 +60,14 @@ class WeightEMA:
         for name, param in target.named_parameters():
             param.copy_(self.shadow[name].to(param.dtype))
         return target
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the average and the number of steps folded into it."""
+        return {"updates": self.updates, "shadow": self.tensors()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (tensors on any device; copied into the average's)."""
+        self.load_tensors(state["shadow"], state["updates"])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The averaged weights by parameter name, for a safetensors file."""
@@ -67,4 +83,4 @@ class WeightEMA:
             )
         for name, tensor in tensors.items():
             self.shadow[name].copy_(tensor)
-        self.updates = updates
+        self._counted, self._taken = updates, None

@@ -31,11 +31,17 @@ aeatrain.evaluate --run ...`` or ``torchrun --nproc_per_node N -m aeatrain.evalu
 over the processes (image i to process i % N, each on its own GPU when there are GPUs),
 streamed one at a time from the shards (local, http(s) or ``pipe:``), and the scores
 gathered into the one table a single process would write (the first process writes it).
+
+Training's validation (aeatrain/train.py) scores through the same functions
+(:func:`score_pairs` -> :func:`score_share`, :func:`merge_shares`,
+:func:`summarize_pairs`), so a run's last logged val/dpsnr and val/dssim are this
+command's figures for its final weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import logging
@@ -43,10 +49,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -54,6 +62,7 @@ from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text, to_float
 from aeatrain.inference import (
+    PAD_MULTIPLE,
     TTA_MODES,
     check_paper_tiling,
     choose_device,
@@ -89,7 +98,7 @@ class Tiling:
 
     def as_dict(self) -> dict:
         if self.tile is None:
-            layout = {"mode": "whole", "pad_multiple": 16}
+            layout = {"mode": "whole", "pad_multiple": PAD_MULTIPLE}
         else:
             layout = {"mode": "tiles", "tile": self.tile, "margin": self.margin}
         return layout if self.tta == "none" else {**layout, "tta": self.tta}
@@ -124,16 +133,17 @@ class RowResult:
     runs: list[RunScores]
 
     @property
-    def per_pair(self) -> dict[str, dict[str, float]]:
-        return {pair: mean_scores(tiles) for run in self.runs for pair, tiles in run.tiles.items()}
+    def tiles(self) -> dict[str, dict[str, TileScores]]:
+        """Pair -> tile id -> scores over the row's runs (a pair belongs to one run)."""
+        return {pair: tiles for run in self.runs for pair, tiles in run.tiles.items()}
 
     @property
     def pairs(self) -> list[str]:
-        return sorted(self.per_pair)
+        return sorted(self.tiles)
 
     @property
     def summary(self) -> dict[str, float]:
-        return average_pairs(self.per_pair)
+        return summarize_pairs(self.tiles)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -266,7 +276,12 @@ def pairs_for_run(
 
 
 def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> np.ndarray:
-    """Float prediction of a whole registered LR image (integer (H, W))."""
+    """Float prediction of a whole registered LR image (integer (H, W)).
+
+    A model whose weights are 16-bit (DeepSpeed keeps bf16/fp16 module weights; training
+    validates them in place) runs under autocast to its own dtype, so the float32 input
+    meets matching weights.
+    """
 
     def predict(image: np.ndarray) -> np.ndarray:
         if tiling.tile is None:
@@ -275,19 +290,114 @@ def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> n
             model, image, tile=tiling.tile, margin=tiling.margin, device=device
         )
 
-    return self_ensemble(predict, to_float(lr), tiling.tta)
+    with _autocast_to_weights(model):
+        return self_ensemble(predict, to_float(lr), tiling.tta)
 
 
-def score_image(model, image, tilings: list[Tiling], device) -> list[dict[str, TileScores]]:
-    """Predict one whole image with every tiling and score its test tiles: per tiling,
-    tile id -> scores."""
-    scores = []
-    for tiling in tilings:
-        pred = predict_image(model, image.lr, tiling, device)
-        scores.append(
-            score_regions(pred, image.lr, image.hr, image.test_regions, bit_depth=image.bit_depth)
-        )
+def _autocast_to_weights(model: nn.Module):
+    parameter = next(model.parameters(), None)
+    if parameter is None or parameter.dtype not in (torch.bfloat16, torch.float16):
+        return contextlib.nullcontext()
+    return torch.autocast(parameter.device.type, dtype=parameter.dtype)
+
+
+# (member, tiling, pair) -> tile id -> scores; member and tiling index score_share's lists
+ShareScores = dict[tuple[int, int, str], dict[str, TileScores]]
+
+
+def score_share(
+    members: Sequence[tuple[nn.Module, Collection[str]]],
+    manifest,
+    *,
+    tilings: Sequence[Tiling] = (Tiling(),),
+    rank: int = 0,
+    world_size: int = 1,
+    device=None,
+    cache_dir: str | None = None,
+    progress=None,
+    on_prediction: Callable | None = None,
+) -> ShareScores:
+    """THE scorer of the protocol: this process's share of every member's scores.
+
+    ``members`` are (model, pairs it is scored on). The whole images of all their pairs
+    are streamed from the manifest's ``full`` split in pair-name order, one in memory at a
+    time, image i to process ``i % world_size`` (aeatrain.data.full_images); each is
+    predicted whole (or as ``tilings`` say) by every member scored on it and its test
+    regions scored (aeatrain.metrics.score_regions). ``device`` None predicts where each
+    model is. ``progress.update(1)`` (a tqdm bar) after each prediction;
+    ``on_prediction(image, member, tiling, prediction)`` sees each float prediction.
+    Merge the processes' shares with :func:`merge_shares`; ``python -m aeatrain.evaluate``
+    and training's validation both score through here.
+    """
+    from aeatrain.data import full_images
+
+    users: dict[str, list[int]] = {}  # pair -> the members scored on it
+    for member, (_, pairs) in enumerate(members):
+        for pair in pairs:
+            users.setdefault(pair, []).append(member)
+    images = full_images(
+        manifest, pairs=sorted(users), rank=rank, world_size=world_size, cache_dir=cache_dir
+    )
+    scores: ShareScores = {}
+    for image in images:
+        for member in users[image.pair]:
+            model = members[member][0]
+            for t, tiling in enumerate(tilings):
+                prediction = predict_image(model, image.lr, tiling, device)
+                scores[(member, t, image.pair)] = score_regions(
+                    prediction, image.lr, image.hr, image.test_regions, bit_depth=image.bit_depth
+                )
+                if on_prediction is not None:
+                    on_prediction(image, member, t, prediction)
+                if progress is not None:
+                    progress.update(1)
     return scores
+
+
+def merge_shares(parts: Iterable[ShareScores]) -> ShareScores:
+    """Every process's share in one dict; a score found in two shares is a bug (the
+    images are split, never repeated) and raises ValueError."""
+    merged: ShareScores = {}
+    for part in parts:
+        for key, tiles in part.items():
+            if key in merged:
+                member, tiling, pair = key
+                raise ValueError(f"pair {pair} (member {member}, tiling {tiling}) scored twice")
+            merged[key] = tiles
+    return merged
+
+
+def score_pairs(
+    model: nn.Module,
+    manifest,
+    *,
+    pairs: Collection[str],
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[ShareScores], list[ShareScores]] | None = None,
+    cache_dir: str | None = None,
+    on_prediction: Callable | None = None,
+) -> dict[str, dict[str, TileScores]]:
+    """One model's whole-image scores on ``pairs``: pair -> tile id -> scores.
+
+    :func:`score_share` with one member and one tiling (whole images); ``gather`` (a
+    collective: this process's share -> every process's) merges the shares, so every
+    process returns all pairs, each scored once. Training's validation calls this.
+    """
+    share = score_share(
+        [(model, pairs)], manifest, rank=rank, world_size=world_size, cache_dir=cache_dir,
+        on_prediction=on_prediction,
+    )  # fmt: skip
+    scores = merge_shares(gather(share) if gather is not None else [share])
+    return {pair: tiles for (_, _, pair), tiles in sorted(scores.items())}
+
+
+def summarize_pairs(scores: Mapping[str, Mapping[str, TileScores]]) -> dict[str, float]:
+    """The protocol's figures of pair -> tile id -> scores: mean over each pair's tiles,
+    then over pairs (aeatrain.metrics); the table's and training's val/* numbers."""
+    if not scores:
+        raise ValueError("no pair was scored")
+    return average_pairs({pair: mean_scores(tiles) for pair, tiles in scores.items()})
 
 
 def check_run_against_data(run, manifest) -> None:
@@ -368,43 +478,31 @@ def evaluate_rows(
     process's scores -> the list of all of them, a collective) merges the shares, so each
     process returns the same table as a one-process run.
     """
-    from aeatrain.data import full_images, load_manifest
+    from aeatrain.data import load_manifest
 
     manifest = load_manifest(data)
     known = manifest.pair_names
     selected = check_pairs(pairs, known, manifest)
     loaded = load_rows(specs, weights=weights, selected=selected, known=known, manifest=manifest)
-    needed = sorted({p for members in loaded for _, _, run_pairs in members for p in run_pairs})
-    users = _pair_users(loaded)
+    flat = [(row, member) for row, members in enumerate(loaded) for member in range(len(members))]
+    members = [(loaded[row][member][0], loaded[row][member][2]) for row, member in flat]
+    needed = sorted({pair for _, run_pairs in members for pair in run_pairs})
     device = choose_device(device)
-    share = len(range(rank, len(needed), world_size))
-    total = sum(len(users[p]) for p in needed[rank::world_size]) * len(tilings)
-    scores: dict[tuple[int, int, int, str], dict] = {}  # (row, member, tiling, pair) -> tiles
-    images = full_images(manifest, pairs=needed, rank=rank, world_size=world_size)
-    desc = "evaluate" if world_size == 1 else f"evaluate ({share} of {len(needed)} images)"
+    mine = set(needed[rank::world_size])
+    total = sum(pair in mine for _, run_pairs in members for pair in run_pairs) * len(tilings)
+    desc = "evaluate" if world_size == 1 else f"evaluate ({len(mine)} of {len(needed)} images)"
     with tqdm(total=total, desc=desc, unit="image", disable=rank != 0 or None) as bar:
-        for image in images:
-            for row, member in users[image.pair]:
-                model = loaded[row][member][0]
-                for tiling, tiles in enumerate(score_image(model, image, tilings, device)):
-                    scores[(row, member, tiling, image.pair)] = tiles
-                    bar.update(1)
-    for members in loaded:
-        for model, _, _ in members:
-            model.to("cpu")  # free the GPU
-    if gather is not None:
-        scores = {key: tiles for part in gather(scores) for key, tiles in part.items()}
-    return _rows(specs, tilings, loaded, scores)
-
-
-def _pair_users(loaded: list) -> dict[str, list[tuple[int, int]]]:
-    """Pair -> the (row, member) runs scored on it."""
-    users: dict[str, list[tuple[int, int]]] = {}
-    for row, members in enumerate(loaded):
-        for member, (_, _, run_pairs) in enumerate(members):
-            for pair in run_pairs:
-                users.setdefault(pair, []).append((row, member))
-    return users
+        share = score_share(
+            members, manifest, tilings=tilings, rank=rank, world_size=world_size,
+            device=device, progress=bar,
+        )  # fmt: skip
+    for model, _ in members:
+        model.to("cpu")  # free the GPU
+    scores = merge_shares(gather(share) if gather is not None else [share])
+    by_run = {
+        (*flat[member], tiling, pair): tiles for (member, tiling, pair), tiles in scores.items()
+    }
+    return _rows(specs, tilings, loaded, by_run)
 
 
 def _rows(specs, tilings, loaded, scores: dict) -> list[RowResult]:

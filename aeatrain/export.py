@@ -40,7 +40,6 @@ import logging
 import os
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +49,15 @@ from torch import nn
 
 from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import atomic_path, encode_image, from_float, max_value
+from aeatrain.imageio import (
+    atomic_path,
+    encode_image,
+    from_float,
+    max_value,
+    to_float,
+    unit_scale,
+)
+from aeatrain.outputs import BIOIMAGE_PACKAGE, check_replaceable_file
 
 log = logging.getLogger(__name__)
 
@@ -123,27 +130,12 @@ def check_target(out: Path, *, overwrite: bool) -> None:
         raise ExportError(f"{out}: --out must name a .zip file (a bioimage.io package)")
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; --out must name a .zip file")
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out}: already exists (use --overwrite to replace it)")
-        if not _is_package(out):
-            raise ExportError(
-                f"{out}: exists and is not a bioimage.io package (no rdf.yaml inside); "
-                f"refusing to replace it even with --overwrite"
-            )
+    check_replaceable_file(out, overwrite=overwrite, kind=BIOIMAGE_PACKAGE)
     folder = _existing_ancestor(out.parent)
     if not folder.is_dir():
         raise ExportError(f"{out}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ExportError(f"{out}: cannot write into {folder} (permission denied)")
-
-
-def _is_package(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name in ("rdf.yaml", "bioimageio.yaml") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 def _existing_ancestor(folder: Path) -> Path:
@@ -259,10 +251,16 @@ def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarra
     return np.ascontiguousarray(lr[:size, :size]), f"{where}, top-left {size} x {size} px"
 
 
+def model_input(lr: np.ndarray, bit_depth: int) -> torch.Tensor:
+    """(1, 1, S, S) float32: ``aeatrain.imageio.to_float``, the conversion training used,
+    which is what the package's ``scale_linear`` by ``unit_scale(bits)`` computes."""
+    return torch.from_numpy(to_float(lr, bit_depth))[None, None]
+
+
 def predict_tensor(model: nn.Module, lr: np.ndarray, bit_depth: int) -> np.ndarray:
     """What the package's pipeline computes: scale, network, clip, scale back. (1, 1, S, S)."""
     top = float(max_value(bit_depth))
-    x = torch.from_numpy(lr.astype(np.float32) / np.float32(top))[None, None]
+    x = model_input(lr, bit_depth)
     with torch.inference_mode():
         y = model(x).clamp(0.0, 1.0) * top
     return y.numpy().astype(np.float32)
@@ -372,7 +370,8 @@ def build_description(run, geometry: Geometry, files: dict[str, Path], info: Pac
 
 def _tensor_descrs(spec, run, geometry: Geometry, files: dict[str, Path]) -> tuple:
     """Input ``lr`` and output ``sr``: axes, sizes, halo, data range, pre/postprocessing."""
-    top = float(max_value(run.bit_depths[0]))
+    bits = run.bit_depths[0]
+    top = float(max_value(bits))
     size = spec.ParameterizedSize(min=geometry.min_size, step=geometry.step)
     channel = spec.ChannelAxis(channel_names=[spec.Identifier("sem")])
     input_axes = [
@@ -402,7 +401,9 @@ def _tensor_descrs(spec, run, geometry: Geometry, files: dict[str, Path]) -> tup
         sample_tensor=spec.FileDescr(source=files["sample_input"]),
         data=pixels,
         preprocessing=[
-            spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=1.0 / top, offset=0.0))
+            spec.ScaleLinearDescr(
+                kwargs=spec.ScaleLinearKwargs(gain=float(unit_scale(bits)), offset=0.0)
+            )
         ],
     )
     outputs = spec.OutputTensorDescr(
@@ -603,7 +604,7 @@ def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry,
         encode_image(from_float(sr[0, 0] / max_value(depth), depth), ".png")
     )
     files["cover"].write_bytes(cover_png(lr, sr[0, 0], depth))
-    example = torch.from_numpy(lr.astype(np.float32) / np.float32(max_value(depth)))[None, None]
+    example = model_input(lr, depth)
     files.update(write_weights(model, folder, example))
     info = PackageInfo(
         name=args.name or f"aeatrain {run.model_name} {run.path.name}",

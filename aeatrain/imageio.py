@@ -299,10 +299,27 @@ def _to_grey(array: np.ndarray, path: Path) -> np.ndarray:
     raise ImageError(f"{path}: unsupported image layout {array.shape}; expected a greyscale image")
 
 
-def to_float(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
-    """Integer image -> float32 in [0, 1] (divided by 255 or 65535)."""
+def unit_scale(bit_depth: int) -> np.float32:
+    """The float32 factor that maps 0..2^bits - 1 onto [0, 1]: float32(1 / 255) or
+    float32(1 / 65535), the ``scale_linear`` gain an exported package declares."""
+    return np.float32(1.0 / max_value(bit_depth))
+
+
+def to_float(
+    array: np.ndarray, bit_depth: int | None = None, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Integer image -> float32 in [0, 1]: each value (exact in float32) times
+    :func:`unit_scale`, rounded once. ``bit_depth`` None: the array's own (uint8: 8).
+
+    The ONE integer -> [0, 1] conversion: training's batches, validation, evaluate,
+    predict, refmaps and export call it, so a pixel is the same float32 input everywhere.
+    A product with the rounded reciprocal, not a division: it is what the exported
+    package's ``scale_linear`` preprocessing computes (the two differ by one ulp for 126
+    of the 256 8-bit values). ``out``: a float32 array (or view) of the same shape to
+    fill, so a batch is converted into its buffer without a temporary.
+    """
     depth = bit_depth if bit_depth is not None else bit_depth_of(array)
-    return array.astype(np.float32) / np.float32(max_value(depth))
+    return np.multiply(array, unit_scale(depth), out=out, dtype=np.float32)
 
 
 def from_float(image: np.ndarray, bit_depth: int) -> np.ndarray:

@@ -23,7 +23,7 @@ every image and every tile is what makes tiles agree with the whole image. On th
 1280 x 944 images no padding is needed, so both conventions give the same numbers.
 
 Models are plain ``nn.Module``s mapping (N, 1, H, W) in [0, 1] to the same shape, H and W
-multiples of 4. Every function here runs the model in eval mode without gradients, then
+multiples of the model's ``input_multiple`` (padding reaches it: :func:`padding_multiple`). Every function here runs the model in eval mode without gradients, then
 restores the mode it found (the trainer calls these during training).
 """
 
@@ -89,6 +89,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def padding_multiple(model: nn.Module, multiple: int = PAD_MULTIPLE) -> int:
+    """What an image is padded to for ``model``: ``multiple`` (the published 16) made a
+    multiple of the model's declared ``input_multiple`` too (a model without one takes
+    any size). 16 for every model here (input multiples 4 and 1)."""
+    return math.lcm(multiple, getattr(model, "input_multiple", 1))
+
+
 def pad_to_multiple(image: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray:
     """Reflect-pad (H, W) at the bottom and right up to multiples of ``multiple``.
 
@@ -106,8 +113,11 @@ def pad_to_multiple(image: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarr
 def _run_batch(
     model: nn.Module, images: list[np.ndarray], device: torch.device, multiple: int
 ) -> list[np.ndarray]:
-    """Predict same-shaped (h, w) float images in one forward pass; crops the padding off."""
+    """Predict same-shaped (h, w) float images in one forward pass; crops the padding off.
+
+    Pads to :func:`padding_multiple` of ``multiple``: never below the model's own."""
     h, w = images[0].shape
+    multiple = padding_multiple(model, multiple)
     padded = np.stack([pad_to_multiple(image, multiple) for image in images])  # (N, Hp, Wp)
     x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None].to(device)
     y = model(x)  # (N, 1, Hp, Wp)

@@ -19,6 +19,7 @@ Files without any of these (BMP, PNG, plain TIFFs) have no calibration: ``None``
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -26,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tifffile
 
 from aeatrain.errors import UserError
+
+log = logging.getLogger(__name__)
 
 _NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "mm": 1e6, "m": 1e9}
 _ZEISS_MAG = re.compile(r"^\s*([0-9.]+)\s*([KM]?)\s*X\s*$", re.IGNORECASE)
@@ -53,6 +57,29 @@ class Calibration:
             "bar_row": self.bar_row,
             **self.details,
         }
+
+
+def cut_bar(image: np.ndarray, bar_row: int | None, path: str | os.PathLike) -> np.ndarray:
+    """Rows ``[0, bar_row)``: the image without the SEM data bar (``None``: no bar).
+
+    The one cut of a data bar at a row the user gave (data_prep's and predict's
+    ``--bar-row``; every caller passes its row, there is no default row here). A row at or
+    past the image's last cuts nothing, with a warning naming the file; a row below 1 is
+    a UserError.
+    """
+    if bar_row is None:
+        return image
+    if bar_row <= 0:
+        raise UserError(f"--bar-row: {bar_row} must be positive")
+    if image.shape[0] <= bar_row:
+        log.warning(
+            "%s: %d rows, not more than --bar-row %d: no data bar cut",
+            path,
+            image.shape[0],
+            bar_row,
+        )
+        return image
+    return image[:bar_row]
 
 
 def read_calibration(path: str | os.PathLike) -> Calibration | None:

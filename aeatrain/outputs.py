@@ -5,10 +5,13 @@ marker of the kind of output about to replace it (a dataset's ``manifest.json``,
 synthetic raw folder's ``truth.json``, ...: a JSON file with a known value under a known
 key); a file is replaced only when it is listed in its folder's ``aeatrain-outputs.json``
 ledger, which every command writing loose files into a shared folder (predict, refmaps)
-keeps up to date. Anything else is refused with one line naming it.
+keeps up to date; a file that carries its own mark (a bioimage.io package: a zip holding
+its ``rdf.yaml``) is replaced only when it has that mark. Anything else is refused with
+one line naming it.
 
     check_replaceable_folder(out, DATASET, overwrite=args.overwrite)   # whole folders
     check_replaceable_file(target, overwrite=args.overwrite)           # loose files
+    check_replaceable_file(out, overwrite=True, kind=BIOIMAGE_PACKAGE) # self-marked files
     record_outputs(folder, [target.name], tool="aeatrain.predict")    # before writing
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,28 @@ SYNTH_RAW = Marker("truth.json", "generator", "aeatrain.synth", "a raw folder of
 METRICS = Marker("metrics.json", "format", "aeatrain-metrics", "an aeatrain.evaluate report")
 RUN = Marker("run.json", "format", "aeatrain-run", "a run folder of aeatrain.train")
 OUTPUTS = Marker(LEDGER_NAME, "format", LEDGER_FORMAT, "a folder of predict/refmaps outputs")
+
+
+@dataclass(frozen=True)
+class ArchiveKind:
+    """A file is of this kind when it is a zip archive holding one of ``members``."""
+
+    members: tuple[str, ...]
+    what: str  # for messages: "a bioimage.io package (...)"
+
+
+BIOIMAGE_PACKAGE = ArchiveKind(
+    ("rdf.yaml", "bioimageio.yaml"), "a bioimage.io package (no rdf.yaml inside)"
+)
+
+
+def is_archive_of(path: str | os.PathLike, kind: ArchiveKind) -> bool:
+    """True when ``path`` is a readable zip that holds one of ``kind.members``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name in kind.members for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _json_object(path: Path) -> dict | None:
@@ -84,15 +110,27 @@ def recorded_outputs(folder: str | os.PathLike) -> set[str]:
 
 
 def check_replaceable_file(
-    target: str | os.PathLike, *, overwrite: bool, marker: Marker | None = None
+    target: str | os.PathLike,
+    *,
+    overwrite: bool,
+    marker: Marker | None = None,
+    kind: ArchiveKind | None = None,
 ) -> None:
     """Refuse an existing ``target`` unless ``overwrite`` and aeatrain wrote it: it is
-    listed in its folder's ledger, or the folder holds ``marker`` (its own kind)."""
+    of ``kind`` (a self-marked file: only that counts), or it is listed in its folder's
+    ledger, or the folder holds ``marker`` (its own kind)."""
     target = Path(target)
     if not target.exists():
         return
     if not overwrite:
         raise UserError(f"{target}: already exists (use --overwrite to replace it)")
+    if kind is not None:
+        if not is_archive_of(target, kind):
+            raise UserError(
+                f"{target}: exists and is not {kind.what}; refusing to replace it even "
+                "with --overwrite"
+            )
+        return
     if marker is not None and holds_marker(target.parent, marker):
         return
     if target.name not in recorded_outputs(target.parent):

@@ -59,7 +59,7 @@ from aeatrain.inference import (
     self_ensemble,
 )
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.microscope import Calibration, read_calibration
+from aeatrain.microscope import Calibration, cut_bar, read_calibration
 from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.runs import add_loading_arguments
 
@@ -81,16 +81,6 @@ def upsample(image: np.ndarray, scale: float) -> np.ndarray:
     if size == (w, h):
         return image.copy()
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
-
-
-def cut_bar(image: np.ndarray, bar_row: int | None, path: Path) -> np.ndarray:
-    """Keep rows ``[:bar_row]`` (the SEM data bar starts there); None keeps everything."""
-    if bar_row is None:
-        return image
-    if bar_row >= image.shape[0]:
-        log.warning("%s: only %d rows, --bar-row %d cuts nothing", path, image.shape[0], bar_row)
-        return image
-    return image[:bar_row]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from torch import nn
 
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import from_float, to_float, write_image
-from aeatrain.inference import choose_device, eval_mode, pad_to_multiple
+from aeatrain.inference import choose_device, eval_mode, pad_to_multiple, padding_multiple
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.predict import (
@@ -71,13 +71,17 @@ def reference_maps(model: nn.Module, image: np.ndarray, refs: list[int]) -> np.n
     """Maps of ``refs`` for a float (H, W) image: float32 (len(refs), H, W).
 
     The image is reflect-padded to a multiple of 16 like a prediction and the maps are
-    cropped back, so borders see the context whole-image prediction gives them.
+    cropped back, so borders see the context whole-image prediction gives them. Runs in
+    eval mode without gradients and restores the model's mode (training's pictures call
+    it); the input takes the weights' dtype (DeepSpeed keeps 16-bit module weights).
     """
     h, w = image.shape
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(pad_to_multiple(image), dtype=np.float32))
+    parameter = next(model.parameters())
+    padded = pad_to_multiple(image, padding_multiple(model))  # (Hp, Wp)
+    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
+    x = x[None, None].to(device=parameter.device, dtype=parameter.dtype)  # (1, 1, Hp, Wp)
     with eval_mode(model):
-        maps = model.reference_maps(x[None, None].to(device), refs)  # (1, len(refs), Hp, Wp)
+        maps = model.reference_maps(x, refs)  # (1, len(refs), Hp, Wp)
     return maps[0, :, :h, :w].float().cpu().numpy()
 
 
@@ -96,7 +100,9 @@ def most_varying_refs(model: nn.Module, image: np.ndarray, count: int, top: int)
 
 
 def heatmap(values: np.ndarray) -> np.ndarray:
-    """Float (H, W) -> BGR uint8 colour map (OpenCV's TURBO), min-max scaled."""
+    """Float (H, W) -> BGR uint8 colour map (OpenCV's TURBO), min-max scaled: the
+    minimum is TURBO's dark blue, the maximum its dark red; a constant map is all
+    minimum. The one heatmap renderer (training's TensorBoard pictures use it too)."""
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return cv2.applyColorMap(from_float(scaled, 8), cv2.COLORMAP_TURBO)

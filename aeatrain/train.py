@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
-import json
 import logging
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import (
@@ -44,38 +41,33 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     ProjectConfiguration,
+    broadcast,
     broadcast_object_list,
     gather_object,
     set_seed,
 )
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from aeatrain import checkpoint as ckpt
-from aeatrain import shardio
+from aeatrain.collective import span_global_batch
 from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data import (
     DatasetManifest,
-    dataset_identity,
+    FullImage,
+    TestTile,
     load_manifest,
-    test_tiles,
+    region_window,
     train_loader,
 )
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import atomic_write_text
+from aeatrain.evaluate import score_pairs, summarize_pairs
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.models import build_model
-from aeatrain.runs import (
-    CONFIG_YAML,
-    InitialWeights,
-    load_into,
-    read_initial_weights,
-    write_run_files,
-)
+from aeatrain.models import build_model, input_multiple
+from aeatrain.runfolder import ResumePoint, RunFolder, RunFolderError, dataset_record
+from aeatrain.runs import InitialWeights, load_into, read_initial_weights
 from aeatrain.training import lock as runlock
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import (
@@ -94,29 +86,8 @@ from aeatrain.training.stability import (
     restore_buffers,
     snapshot_buffers,
 )
-from aeatrain.training.validation import score_tiles, summarize
 
 log = get_logger(__name__)
-plain_log = logging.getLogger(__name__)  # before (or without) an Accelerator: --check
-
-PREEMPTED_MARKER = "preempted.json"
-EMA_FILE = "ema.safetensors"
-# Keys that may differ when a run is resumed; any other change is refused (it would not be
-# the same run any more). logging.* may always change. data.root may move (node-local
-# scratch): the checkpoint's dataset identity is compared instead (check_same_dataset).
-RESUMABLE_CHANGES = {
-    "train.steps", "train.resume", "train.run_dir", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.max_skipped_steps", "data.num_workers", "data.root",
-    "data.cache_dir", "data.verify",
-}  # fmt: skip
-
-
-class RunFolderError(UserError):
-    """A run folder that cannot be (re)used as asked; the message names the folder."""
-
-
-class CheckpointWriteError(UserError):
-    """A checkpoint could not be written (disk full, quota, read-only); the older ones stay."""
 
 
 @dataclass
@@ -128,9 +99,9 @@ class Trainer:
     model: nn.Module  # as prepared (DDP / DeepSpeed engine / plain)
     optimizer: torch.optim.Optimizer
     manifest: DatasetManifest
-    run_dir: Path
+    run_folder: RunFolder
     batches: Iterator[dict]  # this rank's training stream, from the resumed step
-    tiles: list  # this rank's test tiles
+    val_pairs: list[str]  # the pairs validation scores (aeatrain.evaluate's protocol)
     ema: WeightEMA | None
     skipped: SkippedSteps
     step: int = 0
@@ -140,6 +111,17 @@ class Trainer:
     sync_free: bool = False
     pending_skips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     init_from: dict | None = None  # run.json's record of the weights the run started from
+
+    def state_dict(self) -> dict:
+        """The trainer's own counters; registered with accelerate's checkpointing, they are
+        saved by ``save_state`` (custom_checkpoint_0.pkl) and restored by ``load_state``."""
+        return {"step": self.step, "init_from": self.init_from, **self.skipped.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.init_from = state["init_from"]
+        limit = self.cfg.train.max_skipped_steps
+        self.skipped = SkippedSteps(limit, state["skipped_steps"], state["consecutive_skipped"])
 
     @property
     def module(self) -> nn.Module:
@@ -180,7 +162,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="only check the config, the data and the run folder (for job scripts); write nothing",
+        help="run every check training runs before its first write (config, data, run "
+        "folder, lock, batch split, model) and print the plan; write nothing (for job scripts)",
     )
     parser.add_argument(
         "--processes",
@@ -200,8 +183,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     if _deepspeed_launched():
         _allow_deepspeed_without_transformers()
-    run_dir = Path(cfg.train.run_dir)
-    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs"))
+    folder = RunFolder(cfg.train.run_dir)
+    project = ProjectConfiguration(project_dir=str(folder.path), logging_dir=str(folder.logs))
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
@@ -243,103 +226,6 @@ def per_device_batch(cfg: Config, num_processes: int) -> int:
     return local
 
 
-def check_run_folder(cfg: Config, manifest: DatasetManifest) -> Path | None:
-    """Refuse a folder holding another run; return the checkpoint to resume from, if any."""
-    run_dir = Path(cfg.train.run_dir)
-    if not run_dir.exists():
-        return None
-    if not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir}: train.run_dir exists and is not a folder")
-    saved = run_dir / CONFIG_YAML
-    if not saved.is_file():
-        if any(run_dir.iterdir()):
-            raise RunFolderError(
-                f"{run_dir}: not empty and holds no aeatrain run ({CONFIG_YAML} missing); "
-                f"choose another train.run_dir"
-            )
-        return None
-    if cfg.train.resume != "auto":
-        raise RunFolderError(
-            f"{run_dir}: holds a run already ({CONFIG_YAML}); pass --resume to continue it "
-            f"or choose another train.run_dir"
-        )
-    saved_root = _check_same_run(saved, cfg)
-    checkpoint = choose_checkpoint(run_dir)
-    if checkpoint is not None:
-        check_same_dataset(checkpoint, manifest, saved_root)
-    return checkpoint
-
-
-def choose_checkpoint(run_dir: Path) -> Path | None:
-    """The newest intact checkpoint; a broken newer one is named in a warning and skipped."""
-    checkpoint, broken = ckpt.newest_intact(run_dir)
-    for folder, problem in broken:
-        plain_log.warning("%s: %s; not resuming from it", folder, problem)
-    if broken and checkpoint is None:
-        folder, problem = broken[0]
-        raise RunFolderError(
-            f"{folder}: {problem}, and no older checkpoint is intact; restore the file or "
-            f"choose another train.run_dir"
-        )
-    if broken:
-        plain_log.warning("resuming from the older %s instead", checkpoint)
-    return checkpoint
-
-
-def dataset_record(manifest: DatasetManifest) -> dict:
-    """What a checkpoint and run.json say about the data trained on."""
-    return {
-        "identity": dataset_identity(manifest),
-        "path": str(manifest.root),
-        "manifest_sha256": manifest.sha256,
-    }
-
-
-def check_same_dataset(checkpoint: Path, manifest: DatasetManifest, saved_root: str) -> None:
-    """Resume only on the dataset the checkpoint was trained on, wherever it lies now."""
-    recorded = ckpt.read_trainer_state(checkpoint).get("dataset")
-    if recorded is None:  # written before checkpoints recorded their dataset
-        if not _same_location(saved_root, manifest.root):
-            raise RunFolderError(
-                f"{checkpoint}: records no dataset identity (an older aeatrain wrote it), so "
-                f"it resumes only with the data.root it was started with, {saved_root!r}"
-            )
-        return
-    identity = dataset_identity(manifest)
-    if recorded["identity"] != identity:
-        raise RunFolderError(
-            f"{manifest.path}: another dataset (identity {identity[:12]}) than the one "
-            f"{checkpoint} was trained on ({recorded['identity'][:12]}, then at "
-            f"{recorded['path']}); resume with that data or choose another train.run_dir"
-        )
-
-
-def _same_location(a: str, b: str) -> bool:
-    """Two DATA roots name the same folder (or URL)."""
-    local_a, local_b = shardio.local_path(a), shardio.local_path(b)
-    if local_a is None or local_b is None:
-        return a.rstrip("/") == b.rstrip("/")
-    return local_a.resolve() == local_b.resolve()
-
-
-def _check_same_run(saved_path: Path, cfg: Config) -> str:
-    """Refuse a change of anything but :data:`RESUMABLE_CHANGES`; returns the saved data.root."""
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = cfg.model_dump(mode="json")
-    for section, values in current.items():
-        if section == "logging":
-            continue
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            old = (saved.get(section) or {}).get(key)
-            if dotted not in RESUMABLE_CHANGES and old != value:
-                raise RunFolderError(
-                    f"{saved_path}: the run was started with {dotted}={old!r}; resuming with "
-                    f"{value!r} would make it another run (choose another train.run_dir)"
-                )
-    return str((saved.get("data") or {}).get("root"))
-
-
 def make_model(cfg: Config) -> nn.Module:
     """``build_model`` from the model section; a bad combination is the user's error."""
     try:
@@ -373,20 +259,146 @@ def initial_weights(cfg: Config) -> InitialWeights | None:
     return source
 
 
-def build_network(
-    cfg: Config, accelerator: Accelerator, init: InitialWeights | None = None
-) -> nn.Module:
-    """``build_model`` from the model section, ``init``'s weights loaded into it if given,
-    plus the speed options of the train section."""
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run every check has passed: what :func:`plan_run` found, nothing written yet."""
+
+    cfg: Config
+    num_processes: int
+    local_batch: int
+    manifest: DatasetManifest
+    run_folder: RunFolder
+    resume: ResumePoint | None  # None: the run starts at step 0
+    init: InitialWeights | None  # train.init_from's weights, for a run that starts
+
+    @property
+    def start_step(self) -> int:
+        return self.resume.step if self.resume else 0
+
+    def summary(self) -> str:
+        """The line ``--check`` prints."""
+        cfg, manifest = self.cfg, self.manifest
+        start = f"resumes from {self.resume.checkpoint}" if self.resume else "starts at step 0"
+        if self.init is not None:
+            start += f" from the weights of {self.init.source}"
+        return (
+            f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} "
+            f"pair(s) of {manifest.root}, {self.num_processes} process(es) x "
+            f"{self.local_batch} images, {cfg.train.steps} steps into {cfg.train.run_dir} "
+            f"({start})"
+        )
+
+
+def plan_run(
+    cfg: Config, num_processes: int, device_type: str, *, verify_checksums: bool = False
+) -> RunPlan:
+    """Every check a user's mistake can fail, in one place and writing nothing: the batch
+    split, the device options, the data, the run folder (same run, same dataset, intact
+    checkpoint), the lock, the loader's pairs and crop, the model and ``train.init_from``.
+
+    ``train.py --check`` runs exactly this and prints :meth:`RunPlan.summary`; training
+    runs it on every rank, then :func:`build_trainer` acts on it. ``verify_checksums``
+    (``--check`` with ``data.verify``) also hashes every shard; training never does.
+    """
+    local_batch = per_device_batch(cfg, num_processes)
+    check_device_options(cfg, num_processes, device_type)
+    manifest = load_manifest(cfg.data.root, verify_checksums=verify_checksums)
+    run_folder = RunFolder(cfg.train.run_dir)
+    resume = run_folder.resume_point(cfg, manifest)
+    run_folder.check_unlocked()
+    check_batches(cfg, manifest, local_batch, resume.step if resume else 0)
+    # A resumed run has its weights (and its init_from record) in the checkpoint.
+    init = initial_weights(cfg) if resume is None else None
+    check_model(cfg, init)
+    return RunPlan(cfg, num_processes, local_batch, manifest, run_folder, resume, init)
+
+
+def check_device_options(cfg: Config, num_processes: int, device_type: str) -> None:
+    """Options that need a kind of device: PyTorch's SyncBatchNorm needs GPUs."""
+    if cfg.train.sync_batchnorm and num_processes > 1 and device_type != "cuda":
+        raise ConfigError(
+            f"train.sync_batchnorm: PyTorch's SyncBatchNorm needs GPUs; this run is on "
+            f"{device_type}"
+        )
+
+
+def check_batches(cfg: Config, manifest: DatasetManifest, local_batch: int, step: int) -> None:
+    """Open the training stream once, which checks the pair names and the crop size
+    against the data; nothing is decoded or staged (the shard indexes it reads stay cached
+    in ``manifest`` for the stream :func:`act` opens)."""
+    open_batches(cfg, manifest, local_batch, start_step=step).close()
+
+
+def check_model(cfg: Config, init: InitialWeights | None) -> None:
+    """The model section builds, and ``init``'s tensors fit it (every name and shape)."""
     model = make_model(cfg)
     if init is not None:
+        load_into(model, init.state, init.source)
+
+
+def this_machines_device() -> str:
+    """The device type ``--check`` plans for: the one accelerate would pick here."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true"
+    return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+
+
+# ---------------------------------------------------------------------------- acting
+
+
+def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, ResumePoint | None]:
+    """:func:`plan_run` for this accelerator's processes and device, then act on it."""
+    plan = plan_run(cfg, accelerator.num_processes, accelerator.device.type)
+    return act(plan, accelerator), plan.resume
+
+
+def act(plan: RunPlan, accelerator: Accelerator) -> Trainer:
+    """Build what the plan checked; the first write is :func:`open_run_folder`'s."""
+    cfg = plan.cfg
+    batches = open_batches(
+        cfg, plan.manifest, plan.local_batch, start_step=plan.start_step,
+        rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )  # fmt: skip
+    set_seed(cfg.train.seed)
+    model = build_network(cfg, accelerator.num_processes, plan.init)
+    val_pairs = validation_pairs(cfg, plan.manifest)
+    open_run_folder(plan.run_folder, cfg, accelerator)
+    log.info(
+        "%d process(es), %s, mixed precision %s, %d images per process per step",
+        accelerator.num_processes, accelerator.distributed_type.value,
+        accelerator.mixed_precision, plan.local_batch, main_process_only=True,
+    )  # fmt: skip
+    configure_deepspeed(cfg, accelerator, plan.local_batch)
+    ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
+    fused = use_fused_adam(cfg, accelerator)
+    optimizer = build_optimizer(model.parameters(), cfg.optim, fused=fused)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.train.compile:
+        log.info("torch.compile: training %s", type(model).__name__, main_process_only=True)
+    trainer = Trainer(
+        cfg, accelerator, model, optimizer, plan.manifest, plan.run_folder, batches, val_pairs,
+        ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
+        init_from=plan.init.record if plan.init else None,
+        sync_free=fused and accelerator.scaler is None,
+    )  # fmt: skip
+    # save_state/load_state keep them: custom_checkpoint_0.pkl, _1.pkl (docs/training.md)
+    accelerator.register_for_checkpointing(trainer, *([ema] if ema is not None else []))
+    if plan.init is not None:
+        log.info("weights from %s (optimizer fresh)", plan.init.source, main_process_only=True)
+    return trainer
+
+
+def build_network(cfg: Config, num_processes: int, init: InitialWeights | None) -> nn.Module:
+    """``build_model`` from the model section, ``init``'s weights loaded into it if given,
+    its batch-aware attention spanning every process's batch, plus the speed options of
+    the train section."""
+    model = make_model(cfg)
+    span_global_batch(model)  # the batch-aware group is the GLOBAL batch (all processes)
+    if init is not None:
         load_into(model, init.state, init.source)  # strict: every tensor, every shape
-    if cfg.train.sync_batchnorm and accelerator.num_processes > 1:
-        if accelerator.device.type != "cuda":
-            raise ConfigError(
-                f"train.sync_batchnorm: PyTorch's SyncBatchNorm needs GPUs; this run is on "
-                f"{accelerator.device.type}"
-            )
+    if cfg.train.sync_batchnorm and num_processes > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -401,65 +413,6 @@ def configure_deepspeed(cfg: Config, accelerator: Accelerator, local_batch: int)
     config["train_micro_batch_size_per_gpu"] = local_batch
     config["train_batch_size"] = local_batch * accelerator.num_processes
     config["gradient_clipping"] = cfg.optim.grad_clip_norm or 0.0
-
-
-def check_only(cfg: Config, num_processes: int) -> str:
-    """Everything :func:`build_trainer` refuses, checked without an Accelerator and without
-    writing anything (``--check``): job scripts run it before any node starts working."""
-    local_batch = per_device_batch(cfg, num_processes)
-    manifest = load_manifest(cfg.data.root, verify_checksums=cfg.data.verify)
-    resume_from = check_run_folder(cfg, manifest)
-    runlock.check_unlocked(cfg.train.run_dir)
-    open_batches(cfg, manifest, local_batch)  # checks pair names and crop size; decodes nothing
-    init = initial_weights(cfg) if resume_from is None else None
-    model = make_model(cfg)
-    if init is not None:
-        load_into(model, init.state, init.source)  # the tensors fit, before any node starts
-    start = f"resumes from {resume_from}" if resume_from else "starts at step 0"
-    return (
-        f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} pair(s) "
-        f"of {manifest.root}, {num_processes} process(es) x {local_batch} images, "
-        f"{cfg.train.steps} steps into {cfg.train.run_dir} ({start})"
-    )
-
-
-def build_trainer(cfg: Config, accelerator: Accelerator) -> tuple[Trainer, Path | None]:
-    """Check everything a user can get wrong, THEN write: config, data, run folder, model."""
-    local_batch = per_device_batch(cfg, accelerator.num_processes)
-    manifest = load_manifest(cfg.data.root)
-    resume_from = check_run_folder(cfg, manifest)
-    # A resumed run has its weights (and its init_from record) in the checkpoint.
-    init = initial_weights(cfg) if resume_from is None else None
-    start_step = ckpt.read_trainer_state(resume_from)["step"] if resume_from else 0
-    batches = open_batches(
-        cfg, manifest, local_batch, start_step=start_step,
-        rank=accelerator.process_index, world_size=accelerator.num_processes,
-    )  # fmt: skip
-    set_seed(cfg.train.seed)
-    model = build_network(cfg, accelerator, init)
-    tiles = load_tiles(cfg, accelerator, manifest)
-    start_run_folder(cfg, accelerator)  # the first write
-    log.info(
-        "%d process(es), %s, mixed precision %s, %d images per process per step",
-        accelerator.num_processes, accelerator.distributed_type.value,
-        accelerator.mixed_precision, local_batch, main_process_only=True,
-    )  # fmt: skip
-    configure_deepspeed(cfg, accelerator, local_batch)
-    ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
-    fused = use_fused_adam(cfg, accelerator)
-    optimizer = build_optimizer(model.parameters(), cfg.optim, fused=fused)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if cfg.train.compile:
-        log.info("torch.compile: training %s", type(model).__name__, main_process_only=True)
-    trainer = Trainer(
-        cfg, accelerator, model, optimizer, manifest, Path(cfg.train.run_dir), batches, tiles,
-        ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
-        init_from=init.record if init else None,
-        sync_free=fused and accelerator.scaler is None,
-    )  # fmt: skip
-    if init is not None:
-        log.info("weights from %s (optimizer fresh)", init.source, main_process_only=True)
-    return trainer, resume_from
 
 
 def use_fused_adam(cfg: Config, accelerator: Accelerator) -> bool:
@@ -495,68 +448,51 @@ def open_batches(
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.data.cache_dir,
         pin_memory=torch.cuda.is_available(),  # page-locked: copies to the GPU overlap compute
+        input_multiple=input_multiple(cfg.model.name),
     )
 
 
-def load_tiles(cfg: Config, accelerator: Accelerator, manifest: DatasetManifest) -> list:
-    """This rank's share of the first ``logging.eval_max_tiles`` test tiles (tile i to
-    rank i % world), decoded once; tiles past the limit are never read."""
-    tiles = test_tiles(
-        manifest,
-        pairs=cfg.data.pairs,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        cache_dir=cfg.data.cache_dir,
-    )
-    limit = cfg.logging.eval_max_tiles
-    return list(itertools.takewhile(lambda tile: limit is None or tile.index < limit, tiles))
+def validation_pairs(cfg: Config, manifest: DatasetManifest) -> list[str]:
+    """The pairs validation scores: those trained on (``data.pairs``, else all), as
+    ``aeatrain.evaluate`` scores the run, the first ``logging.eval_max_pairs`` in
+    pair-name order. Pair names were checked when the batches were opened."""
+    pairs = sorted(cfg.data.pairs) if cfg.data.pairs else list(manifest.pair_names)
+    return pairs[: cfg.logging.eval_max_pairs]
 
 
-def start_run_folder(cfg: Config, accelerator: Accelerator) -> None:
+def open_run_folder(run_folder: RunFolder, cfg: Config, accelerator: Accelerator) -> None:
     """Main process: create and lock RUN, save the resolved config; trackers on every rank."""
-    run_dir = Path(cfg.train.run_dir)
+    accelerator.wait_for_everyone()  # every rank's plan has read RUN before it changes
     refusal = None
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            runlock.acquire(run_dir)  # the main process holds it for the whole run
-        except runlock.RunLockedError as err:
+            run_folder.open(cfg.to_yaml())
+        except runlock.RunLockedError as err:  # another trainer took it since the plan
             refusal = str(err)
     refusal = broadcast_object_list([refusal])[0]  # collective: every rank stops, none waits
     if refusal is not None:
         raise runlock.RunLockedError(refusal)
-    if accelerator.is_main_process:
-        atomic_write_text(run_dir / CONFIG_YAML, cfg.to_yaml(), overwrite=True)
-        (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     accelerator.init_trackers("tensorboard")
 
 
-def restore(t: Trainer, checkpoint: Path) -> None:
-    """Every rank: weights, optimizer, loss scaler and RNG states, then the trainer state."""
+def restore(t: Trainer, resume: ResumePoint) -> None:
+    """Every rank: weights, optimizer, loss scaler, RNG states and the registered objects
+    (the trainer's counters, the EMA): all of it is accelerate's ``load_state``."""
+    checkpoint = resume.checkpoint
     try:
         t.accelerator.load_state(str(checkpoint))
     except (OSError, EOFError, RuntimeError) as err:  # files checked, yet unreadable
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunFolderError(f"{checkpoint}: cannot be resumed ({first_line})") from None
-    state = ckpt.read_trainer_state(checkpoint)
-    t.step = state["step"]
-    t.init_from = state.get("init_from")  # absent in checkpoints of older aeatrain versions
-    t.skipped = SkippedSteps(
-        t.cfg.train.max_skipped_steps, state["skipped_steps"], state["consecutive_skipped"]
-    )
-    if state["world_size"] != t.accelerator.num_processes:
+    if t.step != resume.step:  # the loader was opened at trainer_state.json's step
+        raise RuntimeError(f"{checkpoint}: holds step {t.step}, trainer_state.json {resume.step}")
+    if resume.world_size != t.accelerator.num_processes:
         log.warning(
             "%s was written by %d processes, resuming on %d: the crops of each step differ "
-            "from the uninterrupted run's", checkpoint, state["world_size"],
+            "from the uninterrupted run's", checkpoint, resume.world_size,
             t.accelerator.num_processes,
         )  # fmt: skip
-    if t.ema is not None:
-        ema_path = checkpoint / EMA_FILE
-        if not ema_path.is_file():
-            raise RunFolderError(f"{ema_path}: missing, but train.ema is on")
-        tensors = load_file(str(ema_path), device=str(t.accelerator.device))
-        t.ema.load_tensors(tensors, state["ema_updates"])
     log.info("resumed from %s at step %d", checkpoint, t.step, main_process_only=True)
 
 
@@ -716,8 +652,6 @@ def settle_skips(t: Trainer) -> None:
     t.pending_skips = []
     for step, skipped in zip(steps, verdicts, strict=True):
         t.skipped.record(step, skipped, "non-finite loss or gradients")
-        if t.ema is not None and not skipped:
-            t.ema.updates += 1
 
 
 def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -767,7 +701,7 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     processes = accelerator.num_processes
     values = {
         "train/loss": loss,
-        "train/lr": learning_rate(t.step - 1, t.cfg.optim, t.cfg.train.steps),
+        "train/learning_rate": learning_rate(t.step - 1, t.cfg.optim, t.cfg.train.steps),
         "train/grad_norm": grad_norm,
         "train/skipped_steps": t.skipped.total,
         "perf/step_seconds": seconds,
@@ -780,8 +714,8 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     accelerator.log(values, step=t.step)
     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     log.info(
-        "step %d: loss %.5f, lr %.3g, grad norm %s, %.3f s/step, skipped %d",
-        t.step, loss, values["train/lr"], values.get("train/grad_norm", "n/a"), seconds,
+        "step %d: loss %.5f, learning rate %.3g, grad norm %s, %.3f s/step, skipped %d",
+        t.step, loss, values["train/learning_rate"], values.get("train/grad_norm", "n/a"), seconds,
         t.skipped.total, main_process_only=True,
     )  # fmt: skip
 
@@ -797,7 +731,9 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def validate(t: Trainer) -> None:
-    """Score the test tiles with the raw weights (val/*) and, with EMA, the average (val_ema/*)."""
+    """Score the raw weights (val/*) and, with EMA, the average (val_ema/*) by the protocol
+    of ``aeatrain.evaluate``: the same figures it reports for these weights."""
+    share_main_buffers(t)
     t.module.eval()
     try:
         log_validation(t, t.module, "val")
@@ -807,28 +743,72 @@ def validate(t: Trainer) -> None:
         t.module.train()
 
 
+def share_main_buffers(t: Trainer) -> None:
+    """Every rank takes the main process's buffers (BatchNorm's running statistics), a
+    collective. Each rank updated its own copy with its own batch at the last step (DDP
+    broadcasts the main process's only at the start of the next forward; DeepSpeed keeps
+    each rank's), but the saved weights, and so ``aeatrain.evaluate``, are the main
+    process's. Training is unchanged: train mode does not use the running statistics,
+    and DDP would overwrite them with the same values at the next step (measured: the
+    same final weights with and without this)."""
+    if t.accelerator.num_processes > 1:
+        broadcast(list(t.module.buffers()), from_process=0)  # in place
+
+
+VAL_FIGURES = ("dpsnr", "dssim", "psnr", "ssim", "input_psnr", "input_ssim")
+
+
 def log_validation(t: Trainer, model: nn.Module, prefix: str) -> None:
+    """Every rank predicts its share of the whole images (image i to rank i % world) with
+    ``aeatrain.evaluate.score_pairs``; the gathered scores are averaged as evaluate's
+    table is (tiles, then pairs) and logged by the main process."""
     accelerator = t.accelerator
-    results = gather_object(score_tiles(model, t.tiles))  # collective: every rank's share
+    shown = ShownTiles(t.cfg.logging.image_tiles if accelerator.is_main_process else 0)
+    # collective: every rank scores its share and receives every rank's
+    scores = score_pairs(
+        model, t.manifest, pairs=t.val_pairs, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, gather=lambda share: gather_object([share]),
+        cache_dir=t.cfg.data.cache_dir, on_prediction=shown.add,
+    )  # fmt: skip
     if not accelerator.is_main_process:
         return
-    summary = summarize(results)
-    accelerator.log({f"{prefix}/{key}": value for key, value in summary.items()}, step=t.step)
+    summary = summarize_pairs(scores)
+    values = {f"{prefix}/{key}": summary[key] for key in VAL_FIGURES}
+    values[f"{prefix}/pairs"] = len(scores)
+    values[f"{prefix}/tiles"] = sum(len(tiles) for tiles in scores.values())
+    accelerator.log(values, step=t.step)
     log.info(
-        "step %d %s: dPSNR %.3f dB, dSSIM %.4f on %d tiles", t.step, prefix, summary["dpsnr"],
-        summary["dssim"], summary["tiles"], main_process_only=True,
+        "step %d %s: dPSNR %.3f dB, dSSIM %.4f on %d pairs (whole images)", t.step, prefix,
+        summary["dpsnr"], summary["dssim"], len(scores), main_process_only=True,
     )  # fmt: skip
-    log_pictures(t, model, prefix)
+    log_pictures(t, model, prefix, shown.tiles)
 
 
-def log_pictures(t: Trainer, model: nn.Module, prefix: str) -> None:
-    """Main process: LR | prediction | HR grids and, for aeanet, reference heatmaps."""
+@dataclass
+class ShownTiles:
+    """The first ``limit`` test tiles this process predicted, with their predictions cut
+    from the whole-image ones, for :func:`log_pictures` (no second forward pass)."""
+
+    limit: int
+    tiles: list[tuple[TestTile, np.ndarray]] = field(default_factory=list)
+
+    def add(self, image: FullImage, member: int, tiling: int, prediction: np.ndarray) -> None:
+        for tile_id in sorted(image.test_regions):
+            if len(self.tiles) >= self.limit:
+                return
+            tile = image.test_tile(tile_id)
+            self.tiles.append((tile, prediction[region_window(tile.region)]))
+
+
+def log_pictures(t: Trainer, model: nn.Module, prefix: str, shown: list) -> None:
+    """Main process: LR | prediction | HR grids of the shown tiles and, for aeanet, their
+    reference heatmaps."""
     writer = t.accelerator.get_tracker("tensorboard", unwrap=True)
     num_refs = t.cfg.model.num_refs if t.cfg.model.name == "aeanet" else 0
     refs = chosen_references(num_refs, t.cfg.logging.heatmap_refs)
-    for tile in t.tiles[: t.cfg.logging.image_tiles]:
+    for tile, prediction in shown:
         name = f"{tile.pair}/{tile.tile_id}"
-        grid = comparison_grid(model, tile)  # (1, H, 3W + gaps)
+        grid = comparison_grid(tile, prediction)  # (1, H, 3W + gaps)
         writer.add_image(f"{prefix}_images/{name}", grid, t.step, dataformats="CHW")
         if refs:
             maps = reference_heatmaps(model, tile, refs)  # (3, H, (1 + len(refs)) W + gaps)
@@ -839,50 +819,42 @@ def log_pictures(t: Trainer, model: nn.Module, prefix: str) -> None:
 
 
 def save_checkpoint(t: Trainer) -> Path:
-    """Every rank saves into RUN/checkpoints/.step_N.partial; main then renames it step_N."""
-    accelerator = t.accelerator
-    final = ckpt.checkpoint_path(t.run_dir, t.step)
+    """Every rank saves into RUN/checkpoints/.step_N.partial; main then renames it step_N.
+
+    ``save_state`` holds everything resumable, the registered trainer counters and EMA
+    included; the main process then adds ``trainer_state.json`` (:func:`checkpoint_record`).
+    """
+    accelerator, folder = t.accelerator, t.run_folder
     settle_skips(t)
     if not all_finite(t.module):
         raise TrainingDiverged(
             f"weights are not finite after step {t.step}: no checkpoint written; the newest "
-            f"complete one is {ckpt.newest_complete(t.run_dir)}"
+            f"complete one is {folder.newest_complete()}"
         )
-    partial = ckpt.partial_path(t.run_dir, t.step)
     try:
         if accelerator.is_main_process:
-            ckpt.start_partial(t.run_dir, t.step)
+            folder.begin_checkpoint(t.step)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))  # collective under DeepSpeed: every rank writes
-        if accelerator.is_main_process and t.ema is not None:
-            save_file(t.ema.tensors(), str(partial / EMA_FILE))
+        # collective under DeepSpeed: every rank writes
+        accelerator.save_state(str(folder.partial_checkpoint(t.step)))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            ckpt.finish_partial(t.run_dir, t.step, trainer_state(t))
+            keep = t.cfg.train.keep_checkpoints
+            folder.complete_checkpoint(t.step, checkpoint_record(t), keep)
     except OSError as err:  # the rank that fails exits; torchrun then stops the others
-        if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise CheckpointWriteError(
-            f"{partial}: could not write the checkpoint of step {t.step} "
-            f"({err.strerror or err}); removed it, the newest complete checkpoint is still "
-            f"{ckpt.newest_complete(t.run_dir)}"
-        ) from None
-    if accelerator.is_main_process:
-        ckpt.prune(t.run_dir, t.cfg.train.keep_checkpoints)
-        log.info("checkpoint %s", final, main_process_only=True)
+        raise folder.failed_checkpoint(t.step, err, remove=accelerator.is_main_process) from None
+    log.info("checkpoint %s", folder.checkpoint(t.step), main_process_only=True)
     accelerator.wait_for_everyone()
-    return final
+    return folder.checkpoint(t.step)
 
 
-def trainer_state(t: Trainer) -> dict:
+def checkpoint_record(t: Trainer) -> dict:
+    """What ``trainer_state.json`` says, read before anything is loaded (the plan)."""
     return {
         "data_position": t.step,  # the loader's batch index = the step (pure function of it)
         "world_size": t.accelerator.num_processes,
         "seed": t.cfg.train.seed,
-        "ema_updates": None if t.ema is None else t.ema.updates,
         "dataset": dataset_record(t.manifest),
-        "init_from": t.init_from,
-        **t.skipped.state(),
     }
 
 
@@ -890,13 +862,8 @@ def stop_for_preemption(t: Trainer) -> int:
     """Checkpoint at this step, leave RUN/preempted.json, return :data:`EXIT_PREEMPTED`."""
     path = save_checkpoint(t)
     if t.accelerator.is_main_process:
-        marker = {
-            "step": t.step,
-            "checkpoint": str(path),
-            "exit_code": EXIT_PREEMPTED,
-            "signal": t.preemption.received,  # None when only another rank received it
-        }
-        atomic_write_text(t.run_dir / PREEMPTED_MARKER, json.dumps(marker) + "\n", overwrite=True)
+        # signal: None when only another rank received it
+        t.run_folder.mark_preempted(t.step, path, EXIT_PREEMPTED, t.preemption.received)
     # No rank leaves before the marker exists: a launcher that kills the other processes
     # when one exits (srun --kill-on-bad-exit) would otherwise cut the main one short.
     t.accelerator.wait_for_everyone()
@@ -911,33 +878,18 @@ def stop_for_preemption(t: Trainer) -> int:
 def finish(t: Trainer) -> None:
     """Last checkpoint and validation, then RUN/model.safetensors, config.yaml, run.json."""
     accelerator = t.accelerator
-    if ckpt.newest_complete(t.run_dir) != ckpt.checkpoint_path(t.run_dir, t.step):
+    if t.run_folder.newest_complete() != t.run_folder.checkpoint(t.step):
         save_checkpoint(t)
     if t.step % t.cfg.logging.eval_every != 0:
         validate(t)
     raw = t.float32_copy()
     averaged = t.float32_copy(averaged=True) if t.ema is not None else None
     if accelerator.is_main_process:
-        try:
-            write_run_files(
-                t.run_dir,
-                model=raw,
-                model_name=t.cfg.model.name,
-                model_kwargs=t.cfg.model.build_kwargs(),
-                scale=t.manifest.scale,
-                bit_depths=t.manifest.bit_depths,
-                dataset=dataset_record(t.manifest),
-                step=t.step,
-                config_yaml=t.cfg.to_yaml(),
-                ema_model=averaged,
-                init_from=t.init_from,
-            )
-        except OSError as err:  # each file is written atomically: none is half there
-            raise CheckpointWriteError(
-                f"{t.run_dir}: could not write the final weights and run.json "
-                f"({err.strerror or err}); the checkpoint of step {t.step} is complete, so "
-                f"run the same command with --resume once there is space"
-            ) from None
+        t.run_folder.write_final(
+            model=raw, ema_model=averaged, model_name=t.cfg.model.name,
+            model_kwargs=t.cfg.model.build_kwargs(), manifest=t.manifest, step=t.step,
+            config_yaml=t.cfg.to_yaml(), init_from=t.init_from,
+        )  # fmt: skip
     accelerator.wait_for_everyone()
 
 
@@ -954,7 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if args.processes < 1:
             raise UserError(f"--processes {args.processes}: must be at least 1")
-        print(check_only(cfg, args.processes))
+        plan = plan_run(
+            cfg, args.processes, this_machines_device(), verify_checksums=cfg.data.verify
+        )
+        print(plan.summary())
         return 0
     accelerator = make_accelerator(cfg)
     setup_logging(accelerator)
@@ -962,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         return build_and_train(cfg, accelerator)
     finally:
         if accelerator.is_main_process:
-            runlock.release(cfg.train.run_dir)  # only this process's own lock
+            RunFolder(cfg.train.run_dir).release_lock()  # only this process's own lock
 
 
 def build_and_train(cfg: Config, accelerator: Accelerator) -> int:

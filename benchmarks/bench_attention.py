@@ -39,13 +39,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aeatrain.collective import all_gather_tokens, span_global_batch  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
-from aeatrain.models.attention import (  # noqa: E402
-    AugmentedAttention,
-    all_gather_tokens,
-    naive_attention_bytes,
-    naive_linear_attention,
-)
+from aeatrain.models.attention import AugmentedAttention  # noqa: E402
+from tests.models.reference import naive_attention_bytes, naive_linear_attention  # noqa: E402
 
 CHANNELS, HEADS, REFS = 128, 2, 64
 TOKEN_SIZES = [(32, 32), (64, 64), (128, 128), (236, 240)]
@@ -214,6 +211,7 @@ def _linear_step(tokens: tuple[int, int]) -> None:
     """A real training step of the linear operator: 8 images per rank (4 batch-aware)."""
     torch.manual_seed(0)
     op = AugmentedAttention(CHANNELS, heads=HEADS, num_refs=REFS).train()
+    span_global_batch(op)  # as the trainer: the batch-aware group spans both ranks
     x = torch.rand(8, CHANNELS, *tokens, requires_grad=True)
     op(x).sum().backward()
 
@@ -232,6 +230,7 @@ def _gather_step(tokens: tuple[int, int]) -> None:
 def _softmax_op_step(tokens: tuple[int, int]) -> None:
     torch.manual_seed(0)
     op = AugmentedAttention(CHANNELS, heads=HEADS, num_refs=REFS, normalize="softmax").train()
+    span_global_batch(op)
     x = torch.rand(8, CHANNELS, *tokens, requires_grad=True)
     op(x).sum().backward()
 

@@ -52,7 +52,7 @@ def command(model: str, processes: int, data: Path, run_dir: Path, steps: int) -
         "--train.steps", str(steps), "--data.crop_size", str(CROP),
         "--data.global_batch_size", str(GLOBAL_BATCH), "--data.num_workers", "0",
         "--train.checkpoint_every", str(10 * steps), "--logging.log_every", "1",
-        "--logging.eval_every", str(10 * steps), "--logging.eval_max_tiles", "1",
+        "--logging.eval_every", str(10 * steps), "--logging.eval_max_pairs", "1",
         "--logging.progress_bar", "false",
     ]  # fmt: skip
     script = str(ROOT / "aeatrain" / "train.py")

@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,19 @@ from aeatrain.models import build_model  # noqa: E402
 from aeatrain.runs import CONFIG_YAML, load_into, read_run_json, write_run_files  # noqa: E402
 
 CHECKPOINT_MODEL = "model.safetensors"  # accelerate's save_state: the model's state_dict
-CHECKPOINT_EMA = "ema.safetensors"  # the trainer's EMA parameters (aeatrain/train.py)
+# The EMA parameters: registered with accelerate (its save_state pickles WeightEMA's
+# state_dict, aeatrain/checkpoint.py), or, in checkpoints of version 1, a safetensors file.
+CHECKPOINT_EMA = "custom_checkpoint_1.pkl"
+CHECKPOINT_EMA_V1 = "ema.safetensors"
+
+
+def ema_parameters(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The EMA parameters a checkpoint holds, or None when it has none."""
+    if (folder / CHECKPOINT_EMA).is_file():
+        return torch.load(folder / CHECKPOINT_EMA, map_location="cpu", weights_only=True)["shadow"]
+    if (folder / CHECKPOINT_EMA_V1).is_file():
+        return load_file(str(folder / CHECKPOINT_EMA_V1))
+    return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,12 +83,12 @@ def snapshot(run: Path, step: int, folder: Path, out: Path) -> Path:
     name, kwargs = info["model"]["name"], info["model"]["kwargs"]
     raw = build_model(name, **kwargs)
     load_into(raw, load_file(str(folder / CHECKPOINT_MODEL)), folder / CHECKPOINT_MODEL)
-    averaged = None
-    if (folder / CHECKPOINT_EMA).is_file():
+    averaged, ema = None, ema_parameters(folder)
+    if ema is not None:
         averaged = build_model(name, **kwargs)
         state = raw.state_dict()  # the checkpoint's BatchNorm statistics ...
-        state.update(load_file(str(folder / CHECKPOINT_EMA)))  # ... with the EMA parameters
-        load_into(averaged, state, folder / CHECKPOINT_EMA)
+        state.update(ema)  # ... with the EMA parameters
+        load_into(averaged, state, folder)
     write_run_files(
         out, model=raw, model_name=name, model_kwargs=kwargs, scale=info["scale"],
         bit_depths=info["bit_depths"], dataset=info.get("dataset") or {}, step=step,

@@ -24,7 +24,7 @@ import numpy as np
 
 from aeatrain.errors import UserError
 from aeatrain.imageio import IMAGE_SUFFIXES, read_image
-from aeatrain.microscope import Calibration, read_calibration
+from aeatrain.microscope import Calibration, cut_bar, read_calibration
 
 log = logging.getLogger(__name__)
 
@@ -200,23 +200,6 @@ def find_pairs(raw: str | Path) -> list[RawPair]:
     pairs = [_pair(name, members) for name, members in sorted(groups.items())]
     check_one_scale(pairs, raw)
     return pairs
-
-
-def cut_bar(image: np.ndarray, bar_row: int | None, path: Path) -> np.ndarray:
-    """Rows ``[0, bar_row)``: the image without the SEM data bar (``None``: no bar)."""
-    if bar_row is None:
-        return image
-    if bar_row <= 0:
-        raise UserError(f"--bar-row: {bar_row} must be positive")
-    if image.shape[0] <= bar_row:
-        log.warning(
-            "%s: %d rows, not more than --bar-row %d: no data bar cut",
-            path,
-            image.shape[0],
-            bar_row,
-        )
-        return image
-    return image[:bar_row]
 
 
 def load_pair_images(

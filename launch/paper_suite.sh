@@ -143,6 +143,6 @@ for config in "${POOLED[@]}"; do EVALS+=("$OUT/eval/$config-pooled-seed"*); done
 for config in "${SELF[@]}"; do EVALS+=("$OUT/eval/$config-self-seed"*); done
 mapfile -t EVALS < <(for e in "${EVALS[@]}"; do [ -f "$e/metrics.json" ] && printf '%s\n' "$e"; done)
 [ ${#EVALS[@]} -ge 1 ] || die "no finished evaluation in $OUT/eval"
-"$PYTHON" -m aeatrain.compare "${EVALS[@]}" --out "$OUT/results.md"
+"$PYTHON" -m aeatrain.compare "${EVALS[@]}" --out "$OUT/results.md" --overwrite
 echo "paper_suite: profile $PROFILE, seeds $SEEDS, ${#PAIRS[@]} pairs, $(( $(date +%s) - START )) s;" \
      "table in $OUT/results.md"

@@ -296,9 +296,14 @@ def test_whole_region_crops(coded):
 
 def test_whole_region_crops_of_non_square_regions_keep_their_shape(tmp_path):
     root = make_dataset(tmp_path / "D", pairs=2, width=320, height=202)  # regions 240 x 202
-    batches = take(train_loader(root, crop_size=None, batch_size=4, seed=0, augment=True), 3)
+    stream = train_loader(
+        root, crop_size=None, batch_size=4, seed=0, augment=True, input_multiple=4
+    )
+    batches = take(stream, 3)
     for batch in batches:
         assert batch["lr"].shape == (4, 1, 200, 240)  # rows floored to a multiple of 4
+    any_size = next(train_loader(root, crop_size=None, batch_size=1, seed=0, input_multiple=1))
+    assert any_size["lr"].shape == (1, 1, 202, 240)  # a model of input multiple 1: all rows
     assert {int(c[2]) for b in batches for c in b["crop"]} <= {0, 2, 4, 6}
 
 
@@ -316,7 +321,7 @@ def test_pairs_filter(coded):
 )
 def test_bad_crop_sizes_are_named(coded, size, message):
     with pytest.raises(DatasetError, match=message):
-        train_loader(coded, crop_size=size, batch_size=4, seed=0)
+        train_loader(coded, crop_size=size, batch_size=4, seed=0, input_multiple=4)
 
 
 def test_8_and_16_bit_pairs_scale_by_their_own_maximum(tmp_path):
@@ -422,6 +427,12 @@ def test_full_images_carry_their_regions(plain):
     assert full.lr.shape == full.hr.shape == (240, 320) and full.lr.dtype == np.uint8
     train, tests = split_regions(320, 240)
     assert full.train_region == train and full.test_regions == tests
+    cut = full.test_tile("test1")  # what validation shows: the test sample's pixels
+    stored = next(t for t in data.test_tiles(plain) if (t.pair, t.tile_id) == ("pair01", "test1"))
+    assert (cut.pair, cut.tile_id, cut.index, cut.region) == ("pair01", "test1", 4, tests["test1"])
+    assert cut.index == stored.index and cut.bit_depth == stored.bit_depth == 8
+    np.testing.assert_array_equal(cut.lr, stored.lr)
+    np.testing.assert_array_equal(cut.hr, stored.hr)
 
 
 def test_16_bit_tiles_keep_their_depth(tmp_path):

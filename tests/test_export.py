@@ -23,6 +23,7 @@ import yaml
 from aeatrain import export
 from aeatrain.data import load_manifest, test_tiles
 from aeatrain.errors import UserError
+from aeatrain.imageio import to_float
 from aeatrain.runs import load_run
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run
@@ -122,6 +123,19 @@ def test_package_reloads_with_its_declared_format_version(exported):
     ]
     assert [a.name for a in descr.authors] == ["A. Tester"]
     assert "Augmented Equivariant Attention Networks" in descr.cite[0].text
+
+
+@pytest.mark.slow
+def test_declared_preprocessing_is_the_training_conversion_bit_for_bit(exported):
+    """scale_linear with the rdf's gain, computed in float32 as a consumer does, gives
+    exactly aeatrain.imageio.to_float of every 8-bit value: the inputs training saw."""
+    package, _, _ = exported
+    (scale,) = [p for p in rdf(package)["inputs"][0]["preprocessing"] if p["id"] == "scale_linear"]
+    values = np.arange(256, dtype=np.uint8)
+    gain, offset = np.float32(scale["kwargs"]["gain"]), np.float32(scale["kwargs"]["offset"])
+    consumer = values.astype(np.float32) * gain + offset
+    assert consumer.dtype == np.float32
+    assert np.array_equal(consumer, to_float(values, 8))
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from aeatrain import checkpoint as ckpt
+from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError
 from aeatrain.models import build_model
 from aeatrain.runs import load_run, write_run_files
@@ -37,8 +38,10 @@ def fake_run(root: Path) -> tuple[Path, dict[int, torch.nn.Module]]:
         save_file(model.state_dict(), str(folder / "model.safetensors"))
         (folder / ckpt.STATE_FILE).write_text(json.dumps({"step": step}))
         models[step] = model
-    ema = {name: param.detach() * 0.5 for name, param in models[2].named_parameters()}
-    save_file(ema, str(ckpt.checkpoint_path(run, 2) / "ema.safetensors"))
+    ema = WeightEMA(models[2], decay=0.9)  # as the trainer registers it with accelerate
+    for tensor in ema.shadow.values():
+        tensor.mul_(0.5)
+    torch.save(ema.state_dict(), ckpt.checkpoint_path(run, 2) / "custom_checkpoint_1.pkl")
     write_run_files(
         run, model=models[2], model_name="unet", model_kwargs=build_kwargs(), scale=2.0,
         bit_depths=[8], dataset={}, step=2, config_yaml="model:\n  name: unet\n",

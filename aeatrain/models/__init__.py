@@ -14,11 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from aeatrain.models.attention import (
-    AugmentedAttention,
-    batch_aware_mask_for_ranks,
-    default_batch_aware_mask,
-)
+from aeatrain.models.attention import AugmentedAttention
 from aeatrain.models.lbnlm import LBNLM
 from aeatrain.models.srnets import EDSR, RCAN, VDSR
 from aeatrain.models.unet import UNet, check_input
@@ -37,7 +33,6 @@ DEFAULTS: dict[str, Any] = {
     "bn_momentum": 0.003,
     "bn_eps": 1e-5,
     "residual": False,
-    "process_group": None,
     # VDSR, EDSR, RCAN. depth None = the published depth of the named network.
     "width": 64,
     "depth": None,
@@ -46,8 +41,12 @@ DEFAULTS: dict[str, Any] = {
     "res_scale": 1.0,
 }
 PUBLISHED_DEPTH = {"vdsr": 20, "edsr": 16, "rcan": 20}  # conv layers; blocks; blocks per group
+_CLASSES: dict[str, type[nn.Module]] = {
+    "unet": UNet, "gvtnet": UNet, "aeanet": UNet,
+    "vdsr": VDSR, "edsr": EDSR, "rcan": RCAN, "lbnlm": LBNLM,
+}  # fmt: skip
 
-_UNET_KEYS = ("base_channels", "bn_momentum", "bn_eps", "residual", "process_group")
+_UNET_KEYS = ("base_channels", "bn_momentum", "bn_eps", "residual")
 _APPLIES = {
     "unet": _UNET_KEYS,
     "gvtnet": (*_UNET_KEYS, "heads", "normalize"),
@@ -65,9 +64,8 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     only its own: ``LBNLM``'s keywords), so a config can pass its
     whole model section; one that has no meaning for the named model (``num_refs`` for
     "unet", say) must keep its default, else ValueError. Unknown names or keywords raise
-    ValueError naming them. ``process_group`` is the group the batch-aware branch spans
-    (None: the default group when torch.distributed is initialised); it is used by
-    "aeanet" only.
+    ValueError naming them. The batch-aware branch of "aeanet" spans this process's batch
+    until the trainer hands it the global batch (``aeatrain.collective.span_global_batch``).
 
     Parameters with base_channels=32: unet 793,408; gvtnet 564,288; aeanet 572,480.
     VDSR, EDSR, RCAN (``width``, ``depth``; RCAN ``groups``, ``reduction``; EDSR
@@ -97,9 +95,16 @@ def build_model(name: str, **kw: Any) -> nn.Module:
         num_refs=opts["num_refs"] if name == "aeanet" else 0,
         batch_aware=batch_aware,
         normalize=opts["normalize"],
-        process_group=opts["process_group"],
         **unet_kw,
     )
+
+
+def input_multiple(name: str) -> int:
+    """The ``input_multiple`` the model ``name`` declares, without building it: H and W of
+    its input (training crops, padded predictions) must be multiples of it."""
+    if name not in _CLASSES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return _CLASSES[name].input_multiple
 
 
 def _build_lbnlm(kw: dict[str, Any]) -> nn.Module:
@@ -139,8 +144,7 @@ __all__ = [
     "VDSR",
     "AugmentedAttention",
     "UNet",
-    "batch_aware_mask_for_ranks",
     "build_model",
     "check_input",
-    "default_batch_aware_mask",
+    "input_multiple",
 ]

@@ -12,19 +12,20 @@ With the paper's linear normalisation (division by the number of keys) the produ
 regrouped as Q (K^T V), so cost and memory grow linearly with n and the n x n matrix never
 exists. The softmax option uses ``scaled_dot_product_attention`` instead.
 
-The module is a plain ``nn.Module``: the only distributed code is the batch-aware
-collective (``all_reduce_sum`` / ``all_gather_tokens`` at the bottom of this file), which
-runs only when torch.distributed is initialised with more than one rank.
+The module is a plain ``nn.Module`` that knows nothing of ranks: the batch-aware branch
+asks its ``batch_group`` (``aeatrain.collective``) which local images are batch-aware and
+for the sums / tokens over the global batch. Every module starts with
+:class:`~aeatrain.collective.LocalBatch` (one process); the trainer hands it a
+:class:`~aeatrain.collective.GlobalBatch` (``span_global_batch``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from aeatrain.collective import LocalBatch
 
 NORMALIZATIONS = ("linear", "softmax")
 
@@ -40,13 +41,12 @@ class AugmentedAttention(nn.Module):
         num_refs: r, learned shared references (0: none, then A_R is plain self-attention).
         batch_aware: whether training sends part of the batch to the batch-aware branch.
         normalize: "linear" (the paper: divide by the number of keys) or "softmax".
-        process_group: the group spanning the global batch; None means the default group
-            whenever torch.distributed is initialised.
 
-    Which image goes where: in training mode with ``batch_aware``, the first ceil(N/2)
-    images of the local batch go to the batch-aware branch and the rest to A_R (see
-    :func:`default_batch_aware_mask`; the order of the published checkpoints' training
-    graphs); in evaluation mode every image goes to A_R.
+    Which image goes where: in training mode with ``batch_aware``, ``batch_group.split``
+    decides; by default the first ceil(N/2) images of the local batch go to the
+    batch-aware branch and the rest to A_R (``aeatrain.collective.default_split``; the
+    order of the published checkpoints' training graphs); in evaluation mode every image
+    goes to A_R. ``batch_group`` (an attribute, not a parameter) spans the global batch.
     Parameters: 4 c (c + 1) + r c (74,240 for c = 128, r = 64).
     """
 
@@ -57,7 +57,6 @@ class AugmentedAttention(nn.Module):
         num_refs: int = 64,
         batch_aware: bool = True,
         normalize: str = "linear",
-        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         if channels < 1 or heads < 1 or channels % heads:
@@ -74,7 +73,7 @@ class AugmentedAttention(nn.Module):
         self.num_refs = num_refs
         self.batch_aware = batch_aware
         self.normalize = normalize
-        self.process_group = process_group
+        self.batch_group: LocalBatch = LocalBatch()  # the trainer hands a GlobalBatch
         self.q_proj = nn.Conv2d(channels, channels, 1)
         self.k_proj = nn.Conv2d(channels, channels, 1)
         self.v_proj = nn.Conv2d(channels, channels, 1)
@@ -102,18 +101,12 @@ class AugmentedAttention(nn.Module):
         )
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: Tensor, batch_aware_mask: Tensor | Sequence[bool] | None = None) -> Tensor:
-        """Attend; (N, c, h, w) -> (N, c, h, w).
-
-        ``batch_aware_mask`` (training mode only) overrides the default split: a length-N
-        boolean per local image, True for the batch-aware branch. It exists so that one
-        process holding the concatenation of several ranks' batches can reproduce their
-        split exactly (:func:`batch_aware_mask_for_ranks`).
-        """
+    def forward(self, x: Tensor) -> Tensor:
+        """Attend; (N, c, h, w) -> (N, c, h, w)."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected (N, {self.channels}, h, w), got {tuple(x.shape)}")
         batch, _, height, width = x.shape
-        mask = self._branch_mask(batch, batch_aware_mask)
+        mask = self._branch_mask(batch)
         q = self._split_heads(self.q_proj(x)) * self.head_dim**-0.5  # (N, heads, d, n)
         k = self._split_heads(self.k_proj(x))  # (N, heads, d, n)
         v = self._split_heads(self.v_proj(x))  # (N, heads, d, n)
@@ -124,25 +117,15 @@ class AugmentedAttention(nn.Module):
         out = out.reshape(batch, self.channels, height, width).to(x.dtype)
         return self.out_proj(out)
 
-    def _branch_mask(
-        self, batch: int, override: Tensor | Sequence[bool] | None
-    ) -> tuple[bool, ...] | None:
-        """Per-image branch (True = batch-aware) as plain Python bools, so that neither a
-        GPU step nor torch.compile ever reads a tensor for it; None when all go to A_R."""
-        branch_on = self.training and self.batch_aware
-        if override is None:
-            return default_split(batch) if branch_on else None
-        mask = torch.as_tensor(override, dtype=torch.bool, device="cpu").reshape(-1)
-        if mask.numel() != batch:
-            raise ValueError(f"batch_aware_mask has {mask.numel()} entries for {batch} images")
-        if not branch_on:
-            if mask.any():
-                raise ValueError(
-                    "batch_aware_mask selects batch-aware images, but the batch-aware branch "
-                    "runs only in training mode with batch_aware=True"
-                )
+    def _branch_mask(self, batch: int) -> tuple[bool, ...] | None:
+        """Per-image branch (True = batch-aware) as plain Python bools, from the batch
+        group's split; None when all go to A_R (evaluation mode, or no batch-aware branch)."""
+        if not (self.training and self.batch_aware):
             return None
-        return tuple(mask.tolist())
+        mask = tuple(bool(b) for b in self.batch_group.split(batch))
+        if len(mask) != batch:
+            raise ValueError(f"the batch group's split has {len(mask)} entries for {batch} images")
+        return mask
 
     def _split_heads(self, t: Tensor) -> Tensor:
         batch, _, height, width = t.shape
@@ -198,9 +181,7 @@ class AugmentedAttention(nn.Module):
             kv_local = torch.einsum("bhdn,bhen->hde", k, v)  # (heads, d, d), this rank's sum
             # new_full fills on the device; new_tensor would copy from the host and wait
             tokens_local = kv_local.new_full((1,), k.shape[0] * k.shape[3])
-            packed = all_reduce_sum(
-                torch.cat([kv_local.reshape(-1), tokens_local]), self.process_group
-            )
+            packed = self.batch_group.sum(torch.cat([kv_local.reshape(-1), tokens_local]))
             kv = packed[:-1].reshape(kv_local.shape)  # (heads, d, d), the global sum S
             tokens = packed[-1].detach().clamp_min(1)  # m, batch-aware tokens of all ranks
             return torch.einsum("bhdn,hde->bhen", q, kv) / tokens  # (B, heads, d, n)
@@ -208,7 +189,7 @@ class AugmentedAttention(nn.Module):
     def _softmax_batch(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         batch, heads, dim, n = k.shape
         local = torch.cat([k, v], dim=1).permute(0, 3, 1, 2)  # (B, n, 2 heads, d)
-        gathered = all_gather_tokens(local.reshape(batch * n, 2 * heads * dim), self.process_group)
+        gathered = self.batch_group.gather(local.reshape(batch * n, 2 * heads * dim))
         gathered = gathered.reshape(1, -1, 2 * heads, dim).transpose(1, 2)  # (1, 2h, M, d)
         keys, values = gathered[:, :heads], gathered[:, heads:]  # (1, heads, M, d) each
         queries = q.permute(1, 0, 3, 2).reshape(1, heads, batch * n, dim)  # (1, h, B n, d)
@@ -233,28 +214,6 @@ class AugmentedAttention(nn.Module):
         k_ref, _ = self._ref_keys_values()  # (heads, d, r)
         scores = torch.einsum("bhdn,hdr->bhrn", q, k_ref.to(q.dtype))  # (N, heads, r, n)
         return scores.reshape(batch, self.heads, self.num_refs, height, width)
-
-
-def default_split(batch: int) -> tuple[bool, ...]:
-    """:func:`default_batch_aware_mask` as Python bools (what the forward uses)."""
-    return tuple(i < batch - batch // 2 for i in range(batch))
-
-
-def default_batch_aware_mask(batch: int) -> Tensor:
-    """The training split of a local batch: the first ceil(N/2) images batch-aware, the
-    remaining floor(N/2) to A_R (the official training graph's order: first half
-    batch-aware, second half references). Across ranks the batch-aware group is every
-    rank's first half."""
-    return torch.tensor(default_split(batch), dtype=torch.bool)
-
-
-def batch_aware_mask_for_ranks(local_batch_sizes: Sequence[int]) -> Tensor:
-    """The split that ranks with these local batch sizes make, over their concatenated batch.
-
-    One process given ``torch.cat(rank_batches)`` and this mask computes exactly what the
-    ranks compute together (used to test that the cross-rank branch is exact).
-    """
-    return torch.cat([default_batch_aware_mask(size) for size in local_batch_sizes])
 
 
 # ------------------------------------------------------------ attention kernels
@@ -293,105 +252,4 @@ def _full_precision(t: Tensor) -> torch.autocast:
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
-def _spans_ranks(group: dist.ProcessGroup | None) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
-
-
-# ------------------------------------------------- the batch-aware collective
-#
-# Linear path. Rank p holds the batch-aware tokens K_p, V_p (per head, n_p x d). The global
-# branch needs S = sum_p K_p^T V_p (d x d per head) and m = sum_p n_p, then each rank
-# computes A_b(X_i) = Q_i S / m for its own images. One all-reduce of [S_p, n_p] gives both;
-# the bytes sent do not grow with crop size or batch size. It must carry gradients: the
-# loss L = sum_p L_p depends on S_p through every rank's output, so
-# dL/dS_p = sum_q dL_q/dS, which is again an all-reduce (sum) of the incoming gradients. A
-# plain dist.all_reduce is invisible to autograd and would keep only dL_p/dS_p. The count
-# m travels in the sums' dtype: exact in float32 up to 2^24 = 16.7M tokens, beyond that
-# rounded by at most 6e-8 relative, below the rounding of the sums themselves.
-#
-# Softmax path. There is no d x d summary, so every rank all-gathers K and V of all ranks'
-# batch-aware tokens (sizes may differ: sizes are gathered first and pieces padded to the
-# largest). Backward: rank p's tokens reach the loss of every rank, so the gradient of its
-# piece is the sum over ranks of their gradients for that piece (all-reduce, then slice).
-#
-# Both run on every rank in every training step, also on a rank that holds no batch-aware
-# image (its piece is empty): collectives must be entered by all ranks.
-
-
-def all_reduce_sum(tensor: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
-    """Sum ``tensor`` over the ranks of ``group``, with gradients; identity on one rank."""
-    if not _spans_ranks(group):
-        return tensor
-    return _AllReduceSum.apply(tensor, group)
-
-
-def all_gather_tokens(tokens: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
-    """Concatenate every rank's (M_p, C) tokens in rank order, with gradients."""
-    if not _spans_ranks(group):
-        return tokens
-    return _AllGatherTokens.apply(tokens, group)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor: Tensor, group: dist.ProcessGroup | None) -> Tensor:
-        ctx.group = group
-        total = tensor.contiguous().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
-
-
-class _AllGatherTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tokens: Tensor, group: dist.ProcessGroup | None) -> Tensor:
-        world = dist.get_world_size(group)
-        size = torch.tensor([tokens.shape[0]], dtype=torch.int64, device=tokens.device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size, group=group)
-        sizes = [int(s.item()) for s in sizes]
-        padded = tokens.new_zeros((max(sizes), tokens.shape[1]))
-        padded[: tokens.shape[0]] = tokens
-        pieces = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(pieces, padded, group=group)
-        ctx.group, ctx.sizes = group, sizes
-        ctx.rank = dist.get_rank(group)
-        return torch.cat([piece[:s] for piece, s in zip(pieces, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]], None
-
-
-def naive_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """(Q K^T) V / n_keys with the explicit n x n matrix: what a direct port computes.
-
-    q (B, heads, n_q, d), k and v (B, heads, n_k, d) -> (B, heads, n_q, d). Kept as the
-    reference for tests and benchmarks; never used by the model.
-    """
-    weights = q @ k.transpose(-1, -2)  # (B, heads, n_q, n_k): the matrix the model avoids
-    return (weights @ v) / k.shape[-2]
-
-
-def naive_attention_bytes(batch: int, heads: int, tokens: int, keys: int, itemsize: int) -> int:
-    """Bytes of the n x n weight matrix :func:`naive_linear_attention` builds (forward)."""
-    return batch * heads * tokens * keys * itemsize
-
-
-__all__ = [
-    "AugmentedAttention",
-    "all_gather_tokens",
-    "all_reduce_sum",
-    "batch_aware_mask_for_ranks",
-    "default_batch_aware_mask",
-    "naive_attention_bytes",
-    "naive_linear_attention",
-]
+__all__ = ["AugmentedAttention"]

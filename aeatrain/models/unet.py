@@ -70,8 +70,8 @@ class AttentionBlock(nn.Module):
         self.act = ConvBN(channels, momentum, eps)
         self.attention = AugmentedAttention(channels, **attention_kw)
 
-    def forward(self, x: Tensor, batch_aware_mask: Tensor | Sequence[bool] | None = None) -> Tensor:
-        return x + self.attention(self.act(x), batch_aware_mask)
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.attention(self.act(x))
 
 
 class DownConv(nn.Module):
@@ -147,20 +147,10 @@ class UNet(nn.Module):
         """The bottom attention operator, or None for the "unet" baseline."""
         return self.bottom.attention if isinstance(self.bottom, AttentionBlock) else None
 
-    def forward(
-        self, x: Tensor, *, batch_aware_mask: Tensor | Sequence[bool] | None = None
-    ) -> Tensor:
-        """Super-resolve (N, 1, H, W) -> (N, 1, H, W).
-
-        ``batch_aware_mask``: see :meth:`AugmentedAttention.forward` (training only).
-        """
+    def forward(self, x: Tensor) -> Tensor:
+        """Super-resolve (N, 1, H, W) -> (N, 1, H, W)."""
         skip1, skip2, h = self._encode(x)
-        if isinstance(self.bottom, AttentionBlock):
-            h = self.bottom(h, batch_aware_mask)
-        elif batch_aware_mask is not None:
-            raise ValueError("batch_aware_mask needs an attention bottom")
-        else:
-            h = self.bottom(h)
+        h = self.bottom(h)  # (N, 4c, H/4, W/4)
         h = self.dec2(torch.cat([self.up2(h), skip2], dim=1))  # (N, 2c, H/2, W/2)
         h = self.dec1(torch.cat([self.up1(h), skip1], dim=1))  # (N, c, H, W)
         out = self.head(self.head_act(h))  # (N, 1, H, W)
@@ -168,7 +158,7 @@ class UNet(nn.Module):
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Skips at full and half resolution and the (N, 4c, H/4, W/4) bottom input."""
-        check_input(x)
+        check_input(x, self.input_multiple)
         skip1 = self.enc1(self.first_conv(x))  # (N, c, H, W)
         skip2 = self.enc2(self.down1(skip1))  # (N, 2c, H/2, W/2)
         return skip1, skip2, self.down2(skip2)  # (N, 4c, H/4, W/4)
@@ -196,12 +186,13 @@ class UNet(nn.Module):
         return F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def check_input(x: Tensor) -> None:
-    """Raise a ValueError naming the shape unless x is (N, 1, H, W) with H, W multiples of 4."""
+def check_input(x: Tensor, multiple: int) -> None:
+    """Raise a ValueError naming the shape unless x is (N, 1, H, W) with H, W multiples of
+    ``multiple`` (the model's ``input_multiple``)."""
     if x.dim() != 4 or x.shape[1] != 1:
         raise ValueError(f"expected an (N, 1, H, W) batch, got shape {tuple(x.shape)}")
-    if x.shape[2] % 4 or x.shape[3] % 4:
+    if x.shape[2] % multiple or x.shape[3] % multiple:
         raise ValueError(
-            f"height and width must be multiples of 4 (two stride-2 levels), got shape "
-            f"{tuple(x.shape)}; pad the image (prediction reflect-pads) first"
+            f"height and width must be multiples of {multiple} (the model's input_multiple), "
+            f"got shape {tuple(x.shape)}; pad the image (prediction reflect-pads) first"
         )

@@ -6,12 +6,11 @@ Arrays are float32 (C, H, W) in [0, 1], what ``SummaryWriter.add_image(..., data
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
-import torch
 from torch import nn
 
-from aeatrain.training.validation import as_unit_float, predict_tile
+from aeatrain.imageio import to_float
+from aeatrain.refmaps import heatmap, reference_maps
 
 GAP_PX = 4  # white bar between panels
 
@@ -26,12 +25,14 @@ def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(pieces[:-1], axis=2)  # (C, H, sum W + gaps)
 
 
-def comparison_grid(model: nn.Module, tile) -> np.ndarray:
-    """(1, H, 3W + 2 gaps): the LR input, the prediction (clipped to [0, 1]), the HR truth."""
-    lr = as_unit_float(tile.lr, tile.bit_depth)
-    hr = as_unit_float(tile.hr, tile.bit_depth)
-    prediction = np.clip(predict_tile(model, tile.lr, tile.bit_depth), 0.0, 1.0)
-    return side_by_side([lr[None], prediction[None], hr[None]])
+def comparison_grid(tile, prediction: np.ndarray) -> np.ndarray:
+    """(1, H, 3W + 2 gaps): the LR input, the prediction (clipped to [0, 1]), the HR truth.
+
+    ``prediction`` is the model's float (H, W) output for the tile (validation cuts it from
+    the whole-image prediction it scored)."""
+    lr = to_float(tile.lr, tile.bit_depth)
+    hr = to_float(tile.hr, tile.bit_depth)
+    return side_by_side([lr[None], np.clip(prediction, 0.0, 1.0)[None], hr[None]])
 
 
 def chosen_references(num_refs: int, count: int) -> list[int]:
@@ -42,32 +43,19 @@ def chosen_references(num_refs: int, count: int) -> list[int]:
 
 
 def colorize(relevance: np.ndarray) -> np.ndarray:
-    """(H, W) relevance -> (3, H, W) RGB in [0, 1]: min-max scaled, inferno colour map."""
-    low, high = float(relevance.min()), float(relevance.max())
-    scaled = (relevance - low) / (high - low) if high > low else np.zeros_like(relevance)
-    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-    return bgr[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0  # (3, H, W)
+    """(H, W) relevance -> (3, H, W) RGB in [0, 1]: ``aeatrain.refmaps.heatmap``'s picture."""
+    rgb = heatmap(relevance)[..., ::-1]  # (H, W, 3) uint8, BGR -> RGB
+    return to_float(rgb.transpose(2, 0, 1), 8)  # (3, H, W)
 
 
-@torch.no_grad()
 def reference_heatmaps(model: nn.Module, tile, refs: list[int]) -> np.ndarray:
     """(3, H, W') row: the LR tile, then the relevance map of each chosen reference.
 
-    ``model.reference_maps`` scores every pixel against a shared reference; the maps are
-    taken in eval mode (BatchNorm running statistics) on the tile cropped to a multiple
-    of 4, each scaled to its own range.
+    The maps are ``aeatrain.refmaps``'s (the tile reflect-padded like a prediction and
+    cropped back, eval mode, the mode restored after), drawn by its :func:`heatmap`, each
+    scaled to its own range: the pictures ``python -m aeatrain.refmaps`` writes.
     """
-    lr = as_unit_float(tile.lr, tile.bit_depth)
-    height, width = (size // 4 * 4 for size in lr.shape)
-    lr = lr[:height, :width]
-    parameter = next(model.parameters())
-    x = torch.from_numpy(np.ascontiguousarray(lr))[None, None].to(parameter.device)  # (1,1,H,W)
-    was_training = model.training
-    model.eval()
-    try:
-        maps = model.reference_maps(x.to(parameter.dtype), refs)  # (1, len(refs), H, W)
-    finally:
-        model.train(was_training)
-    maps = maps[0].float().cpu().numpy()
+    lr = to_float(tile.lr, tile.bit_depth)  # (H, W)
+    maps = reference_maps(model, lr, refs)  # (len(refs), H, W)
     grey = np.repeat(lr[None], 3, axis=0)  # (3, H, W)
     return side_by_side([grey] + [colorize(m) for m in maps])

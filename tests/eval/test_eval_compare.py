@@ -69,3 +69,20 @@ def test_table_1_layout_puts_ours_beside_the_papers_figures(tmp_path, capsys):
     assert aeanet.startswith("| AEANet | 2/1 | +2.50 ± 0.71 | +2.10 | +0.025 ± 0.007 | +0.087 |")
     assert aeanet.endswith("| +5.00 ± 1.41 | +2.42 |")  # bg dPSNR = 2 x dPSNR; paper 2.42
     assert "| +4.00 | - | +0.040 | - |" in aeanet  # self-training: no paper figure given
+
+
+def test_out_replaces_only_a_table_compare_wrote(tmp_path, capsys):
+    evaluation = str(_evaluation(tmp_path / "unet-pooled-seed0", 1.0))
+    thesis = tmp_path / "thesis.md"
+    thesis.write_text("chapter 1")
+    for overwrite in ([], ["--overwrite"]):  # replaced before, whatever it held
+        with pytest.raises(UserError, match=r"thesis\.md"):
+            main([evaluation, "--out", str(thesis), *overwrite])
+    assert thesis.read_text() == "chapter 1"
+    table = tmp_path / "results.md"
+    main([evaluation, "--out", str(table)])
+    with pytest.raises(UserError, match="already exists"):
+        main([evaluation, "--out", str(table)])
+    main([str(_evaluation(tmp_path / "unet-pooled-seed1", 3.0)), evaluation, "--out", str(table),
+          "--overwrite"])  # fmt: skip
+    assert "| unet-pooled | 2 | +2.00 ± 1.41 |" in table.read_text()

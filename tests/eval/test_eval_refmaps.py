@@ -199,3 +199,13 @@ def test_huge_image_header_is_one_line(aeanet_run, tmp_path, capsys):
     code, err = _cli([*argv, "--output", str(tmp_path / "o")], capsys)  # a cv2.error before
     assert code == EXIT_USER_ERROR and "header claims 100000 x 100000 pixels" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_heatmap_spans_the_colour_map_from_minimum_to_maximum():
+    values = np.array([[0.0, 1.0], [2.0, 4.0]], dtype=np.float32)
+    bgr = refmaps.heatmap(values)  # (2, 2, 3) uint8
+    turbo = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_TURBO)[0]
+    assert np.array_equal(bgr[0, 0], turbo[0]) and np.array_equal(bgr[1, 1], turbo[1])
+    assert not np.array_equal(bgr[0, 1], bgr[1, 0])  # 1/4 and 1/2 of the range differ
+    flat = refmaps.heatmap(np.full((3, 3), 7.0, np.float32))
+    assert (flat == turbo[0]).all()  # a constant map is all minimum, not NaN

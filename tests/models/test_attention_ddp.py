@@ -4,8 +4,10 @@ One spawn runs every case (process start-up dominates the cost); each case is on
 BatchNorm is frozen (eval) for the comparison, since its batch statistics are per rank;
 the attention stays in training mode, so the batch-aware branch spans both ranks. The
 one-process reference gets the concatenated batch and the same split into A_R and
-batch-aware images (``batch_aware_mask_for_ranks``); its loss is the sum of the ranks'
-losses divided by the world size, because DDP averages gradients.
+batch-aware images (``tests.models.reference.ranks_split``); its loss is the sum of the
+ranks' losses divided by the world size, because DDP averages gradients. Each rank's model
+spans the ranks as the trainer's does: ``aeatrain.collective.span_global_batch``; a rank
+with an explicit split uses a ``GlobalBatch`` whose split is that list.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from aeatrain.models import batch_aware_mask_for_ranks, build_model, default_batch_aware_mask
+from aeatrain.collective import GlobalBatch, default_split, span_global_batch, use_batch_group
+from aeatrain.models import build_model
+from tests.models.reference import FixedSplit, ranks_split
 
 WORLD = 2
 SIZE = 16  # image side; the attention sees 4 x 4 tokens per image
@@ -38,15 +42,26 @@ CASES = {
 }
 
 
-def rank_mask(batch: int | list[bool]) -> torch.Tensor:
-    return default_batch_aware_mask(batch) if isinstance(batch, int) else torch.tensor(batch)
+def rank_mask(batch: int | list[bool]) -> tuple[bool, ...]:
+    return default_split(batch) if isinstance(batch, int) else tuple(batch)
 
 
-def joint_mask(batches: list) -> torch.Tensor:
+def joint_mask(batches: list) -> tuple[bool, ...]:
     """The one-process split equal to what the ranks do."""
     if all(isinstance(b, int) for b in batches):
-        return batch_aware_mask_for_ranks(batches)
-    return torch.cat([rank_mask(b) for b in batches])
+        return ranks_split(batches)
+    return tuple(b for batch in batches for b in rank_mask(batch))
+
+
+class RankSplit(GlobalBatch):
+    """The default group's ranks, this rank's batch-aware images chosen by ``split``."""
+
+    def __init__(self, split: list[bool]) -> None:
+        super().__init__()
+        self.chosen = tuple(split)
+
+    def split(self, batch: int) -> tuple[bool, ...]:
+        return self.chosen
 
 
 def case_model(normalize: str) -> nn.Module:
@@ -84,11 +99,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     try:
         for name, (normalize, batches) in CASES.items():
-            ddp = DistributedDataParallel(case_model(normalize))
+            model = case_model(normalize)
+            mine = batches[rank]
+            if isinstance(mine, int):
+                span_global_batch(model)  # what the trainer does
+            else:
+                use_batch_group(model, RankSplit(mine))
+            ddp = DistributedDataParallel(model)
             x, weights = case_data(batches)
             part = _rank_slice(batches, rank)
-            mine = batches[rank]
-            out = ddp(x[part], batch_aware_mask=None if isinstance(mine, int) else mine)
+            out = ddp(x[part])
             (out * weights[part]).sum().backward()
             grads = {n: p.grad.clone() for n, p in ddp.module.named_parameters()}
             torch.save({"out": out.detach(), "grads": grads}, Path(out_dir) / f"{name}-{rank}.pt")
@@ -123,7 +143,8 @@ def reference(normalize: str, batches: list, joint: bool = True):
         pieces = [(_rank_slice(batches, r), rank_mask(b)) for r, b in enumerate(batches)]
     outs = []
     for part, mask in pieces:
-        out = model(x[part], batch_aware_mask=mask)
+        use_batch_group(model, FixedSplit(mask))
+        out = model(x[part])
         ((out * weights[part]).sum() / WORLD).backward()
         outs.append(out.detach())
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}

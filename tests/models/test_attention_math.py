@@ -13,11 +13,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from aeatrain.models.attention import (
-    AugmentedAttention,
-    batch_aware_mask_for_ranks,
-    default_batch_aware_mask,
-)
+from aeatrain.collective import default_split, use_batch_group
+from aeatrain.models.attention import AugmentedAttention
+from tests.models.reference import FixedSplit, naive_linear_attention, ranks_split
 
 CHANNELS, HEADS, REFS = 8, 2, 5
 
@@ -84,8 +82,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_training_output_equals_explicit_formula(normalize, num_refs):
     op = make_op(normalize=normalize, num_refs=num_refs).train()
     x = make_input(batch=5)
-    mask = default_batch_aware_mask(5)  # images 0, 1, 2 -> batch-aware; 3, 4 -> A_R
-    assert mask.tolist() == [True, True, True, False, False]
+    mask = default_split(5)  # images 0, 1, 2 -> batch-aware; 3, 4 -> A_R
+    assert mask == (True, True, True, False, False)
     out = op(x)
     assert relative_error(out, explicit_operator(op, x, mask)) < 1e-12
 
@@ -98,26 +96,35 @@ def test_eval_output_equals_explicit_formula(normalize):
 
 
 @pytest.mark.parametrize("normalize", ["linear", "softmax"])
-def test_explicit_mask_in_any_order(normalize):
+def test_batch_group_split_in_any_order(normalize):
     op = make_op(normalize=normalize).train()
     x = make_input(batch=6)
-    mask = batch_aware_mask_for_ranks([3, 1, 2])  # ranks' splits side by side
-    assert mask.tolist() == [True, True, False, True, True, False]
-    out = op(x, mask)
+    mask = ranks_split([3, 1, 2])  # ranks' splits side by side
+    assert mask == (True, True, False, True, True, False)
+    assert use_batch_group(op, FixedSplit(mask)) == 1
+    out = op(x)
     assert relative_error(out, explicit_operator(op, x, mask)) < 1e-12
 
 
-def test_mask_errors():
+def test_split_errors_and_eval_ignores_the_split():
     op = make_op().train()
     x = make_input(batch=3)
+    use_batch_group(op, FixedSplit([True, False]))
     with pytest.raises(ValueError, match="3 images"):
-        op(x, [True, False])
-    op.eval()
-    with pytest.raises(ValueError, match="training mode"):
-        op(x, [False, False, True])
-    assert torch.equal(op(x, [False] * 3), op(x))
+        op(x)
+    use_batch_group(op, FixedSplit([False, False, True]))
+    op.eval()  # evaluation: every image to A_R whatever the group says
+    assert relative_error(op(x), explicit_operator(op, x, [False] * 3)) < 1e-12
     with pytest.raises(ValueError, match=r"\(N, 8, h, w\)"):
         op(x[:, :4])
+
+
+def test_linear_path_equals_the_naive_n_by_n_kernel():
+    """Q (K^T V) / n_keys, the model's regrouping, equals (Q K^T) V / n_keys."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, HEADS, 12, 4, generator=gen, dtype=torch.float64) for _ in "qkv")
+    regrouped = q @ (k.transpose(-1, -2) @ v) / k.shape[-2]
+    assert relative_error(regrouped, naive_linear_attention(q, k, v)) < 1e-13
 
 
 def test_constructor_errors():

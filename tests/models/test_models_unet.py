@@ -10,9 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from aeatrain.models import DEFAULTS, build_model
+from aeatrain.collective import use_batch_group
+from aeatrain.inference import padding_multiple
+from aeatrain.models import DEFAULTS, MODEL_NAMES, build_model, input_multiple
 from aeatrain.models.attention import AugmentedAttention
 from aeatrain.models.unet import AttentionBlock, DownConv, ResBlock
+from tests.models.reference import FixedSplit
+
+UNET_FAMILY = ("unet", "gvtnet", "aeanet")
 
 
 def n_params(model: nn.Module) -> int:
@@ -100,6 +105,22 @@ def test_bad_input_shape_is_named(shape):
         model(torch.rand(shape))
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_input_multiple_is_the_models_own_declaration(name):
+    """One source: the class attribute, read by the shape check, the loader and padding."""
+    model = build_model(name, **({"neighbours": 1} if name == "lbnlm" else {}))
+    assert input_multiple(name) == model.input_multiple == (4 if name in UNET_FAMILY else 1)
+    assert padding_multiple(model) == 16  # the published pad is a multiple of every model's
+
+
+def test_the_shape_check_follows_the_declared_multiple(monkeypatch):
+    model = build_model("unet", base_channels=4).eval()
+    model(torch.rand(1, 1, 12, 20))  # multiples of 4
+    monkeypatch.setattr(model, "input_multiple", 8)
+    with pytest.raises(ValueError, match=r"multiples of 8 .*\(1, 1, 12, 20\)"):
+        model(torch.rand(1, 1, 12, 20))
+
+
 def test_glorot_uniform_init():
     torch.manual_seed(0)
     model = build_model("aeanet")
@@ -123,7 +144,7 @@ def test_residual_option_adds_the_input():
     assert torch.allclose(residual(x), plain(x) + x, atol=1e-6)
 
 
-def test_batch_aware_mask_reaches_the_attention():
+def test_the_batch_group_reaches_the_attention():
     torch.manual_seed(0)
     model = build_model("aeanet").double().train()
     for m in model.modules():
@@ -131,10 +152,11 @@ def test_batch_aware_mask_reaches_the_attention():
             m.eval()
     x = torch.rand(4, 1, 16, 16, dtype=torch.float64)
     default = model(x)
-    assert torch.equal(model(x, batch_aware_mask=[True, True, False, False]), default)
-    assert (model(x, batch_aware_mask=[False, False, True, True]) - default).abs().max() > 1e-6
-    with pytest.raises(ValueError, match="attention bottom"):
-        build_model("unet")(x.float(), batch_aware_mask=[False] * 4)
+    assert use_batch_group(model, FixedSplit([True, True, False, False])) == 1
+    assert torch.equal(model(x), default)
+    use_batch_group(model, FixedSplit([False, False, True, True]))
+    assert (model(x) - default).abs().max() > 1e-6
+    assert use_batch_group(build_model("unet"), FixedSplit([False] * 4)) == 0  # no attention
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])

@@ -58,6 +58,17 @@ def test_dotted_overrides_both_spellings_and_types(minimal):
     assert cfg.data.pairs == ["a", "b"] and cfg.train.mixed_precision is None
 
 
+def test_crop_size_follows_the_models_input_multiple(minimal):
+    assert (
+        load_config(minimal, ["--model.name", "vdsr", "--data.crop_size", "30"]).data.crop_size
+        == 30
+    )
+    with pytest.raises(
+        ConfigError, match="must be a multiple of 4, the input multiple of model 'unet'"
+    ):
+        load_config(minimal, ["--model.name", "unet", "--data.crop_size", "30"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -71,6 +82,10 @@ def test_dotted_overrides_both_spellings_and_types(minimal):
         (["--optim.betas", "[0.9, 1.5]"], "optim.betas: each beta must lie in [0, 1)"),
         (["--train.steps"], "missing a value"),
         (["--steps", "3"], "expected --section.key"),
+        (
+            ["--logging.eval_max_tiles", "6"],
+            "logging.eval_max_tiles: renamed logging.eval_max_pairs",
+        ),
     ],
 )
 def test_bad_overrides_are_one_line_naming_the_key(minimal, overrides, expected):

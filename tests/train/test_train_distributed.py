@@ -33,7 +33,7 @@ from tests.train.helpers import (
 pytestmark = pytest.mark.slow
 
 TRAIN_SCALARS = {
-    "train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "perf/step_seconds",
+    "train/loss", "train/learning_rate", "train/grad_norm", "train/skipped_steps", "perf/step_seconds",
     "perf/cpu_seconds_per_step",
     "perf/samples_per_second", "perf/megapixels_per_second", "perf/peak_memory_mib",
 }  # fmt: skip
@@ -74,8 +74,8 @@ def test_two_cpu_processes_debug_config(data, tmp_path):
     assert set(tags["scalars"]) >= TRAIN_SCALARS | VAL_SCALARS
     losses = [value for _, value in scalar(accumulator, "train/loss")]
     assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses  # the loss falls
-    # 9 test tiles, eval_max_tiles 6: rank 0 scores tiles 0, 2, 4 and rank 1 tiles 1, 3, 5;
-    # gathered without duplicates (summarize refuses a tile scored twice).
+    # 3 pairs, eval_max_pairs 2: rank 0 scores pair00's whole image and rank 1 pair01's,
+    # 3 test tiles each, gathered without duplicates (merge_shares refuses a pair twice).
     assert [value for _, value in scalar(accumulator, "val/tiles")] == [6.0, 6.0]
     assert any(tag.startswith("val_images/") for tag in tags["images"])
     heatmaps = [tag for tag in tags["images"] if tag.startswith("val_heatmaps/")]
@@ -129,7 +129,7 @@ def test_full_resolution_bf16_config_runs_on_cpu(data, tmp_path):
             "--data.root", str(data), "--train.run_dir", str(run_dir), "--train.steps", "2",
             "--data.global_batch_size", "2", "--data.num_workers", "0",
             "--model.base_channels", "8", "--model.num_refs", "8",  # CPU bf16 is slow
-            "--logging.eval_every", "2", "--logging.eval_max_tiles", "1", "--logging.log_every", "1",
+            "--logging.eval_every", "2", "--logging.eval_max_pairs", "1", "--logging.log_every", "1",
             "--logging.progress_bar", "false",
             config=REPO / "configs" / "aeanet_fullres.yaml",
         ),

@@ -81,7 +81,7 @@ def _train_here(data, run_dir, fused: str) -> None:
     argv = [
         "--config", str(DEBUG_CONFIG), "--data.root", str(data), "--train.run_dir", str(run_dir),
         "--train.steps", str(STEPS), "--logging.log_every", str(LOG_EVERY),
-        "--logging.eval_every", "1000", "--logging.eval_max_tiles", "1",
+        "--logging.eval_every", "1000", "--logging.eval_max_pairs", "1",
         "--logging.progress_bar", "false", "--optim.fused", fused, "--train.ema", "true",
     ]  # fmt: skip
     threads = torch.get_num_threads()

@@ -108,7 +108,7 @@ def test_run_json_records_the_source_and_a_package_gives_the_same_weights(
     result = run(
         train_command(
             "--data.root", str(data), "--train.run_dir", str(run_b), "--train.init_from",
-            str(run_a), "--train.steps", "1", "--logging.eval_max_tiles", "1",
+            str(run_a), "--train.steps", "1", "--logging.eval_max_pairs", "1",
         )
     )  # fmt: skip
     check(result)

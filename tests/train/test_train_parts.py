@@ -1,5 +1,5 @@
 """Trainer parts that need no accelerator: checkpoint folders, EMA, schedule, preemption flag,
-skipped-step guard, validation averaging, TensorBoard pictures."""
+skipped-step guard, validation's scoring (aeatrain.evaluate's), TensorBoard pictures."""
 
 import itertools
 import json
@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from aeatrain import checkpoint as ckpt
+from aeatrain import refmaps
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
+from aeatrain.evaluate import merge_shares, summarize_pairs
+from aeatrain.imageio import to_float
 from aeatrain.metrics import score_tile
 from aeatrain.models import build_model
 from aeatrain.training.images import (
@@ -27,7 +30,6 @@ from aeatrain.training.images import (
 from aeatrain.training.optim import learning_rate, pixel_loss
 from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
 from aeatrain.training.stability import SkippedSteps, TrainingDiverged, all_finite, is_finite
-from aeatrain.training.validation import summarize
 
 
 def _save(run_dir, step):
@@ -88,6 +90,26 @@ def test_ema_is_the_exponential_average_and_round_trips():
     assert other.updates == 1 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
     with pytest.raises(ValueError, match="missing"):
         other.load_tensors({"weight": ema.shadow["weight"]}, 1)
+
+
+def test_ema_counts_device_side_updates_and_its_state_dict_round_trips():
+    """The sync-free step folds under a device-side verdict; only taken steps count, and
+    state_dict (what accelerate's save_state keeps) restores average and count."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = WeightEMA(model, decay=0.5)
+    start = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model, taken=torch.tensor(False))  # a skipped step: average unchanged
+    assert ema.updates == 0 and torch.equal(ema.shadow["weight"], start)
+    ema.update(model, taken=torch.tensor(True))
+    ema.update(model)
+    assert ema.updates == 2
+    torch.testing.assert_close(ema.shadow["weight"], start + 1.5, rtol=0, atol=1e-6)
+    other = WeightEMA(torch.nn.Linear(3, 2), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 2 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
 
 
 def test_staircase_schedule_is_the_papers():
@@ -160,35 +182,55 @@ def _tile(rng, pair, tile_id, index, size=(24, 32)):
     return types.SimpleNamespace(pair=pair, tile_id=tile_id, index=index, lr=lr, hr=hr, bit_depth=8)
 
 
-def test_summarize_averages_tiles_then_pairs_and_refuses_duplicates():
+def test_summary_averages_tiles_then_pairs_and_shares_never_overlap():
     rng = np.random.default_rng(0)
     tiles = [_tile(rng, "a", "test0", 0), _tile(rng, "a", "test1", 1), _tile(rng, "b", "test0", 2)]
-    results = []
+    scores = {}
     for tile in tiles:
         prediction = tile.hr.astype(np.float32) / 255  # a perfect-ish prediction
-        scores = score_tile(prediction, tile.lr, tile.hr, bit_depth=8)
-        results.append({"pair": tile.pair, "tile_id": tile.tile_id, "scores": scores})
-    summary = summarize(results)
-    a = (results[0]["scores"].dpsnr + results[1]["scores"].dpsnr) / 2
-    expected = (a + results[2]["scores"].dpsnr) / 2  # pairs weigh equally, not tiles
+        scores.setdefault(tile.pair, {})[tile.tile_id] = score_tile(
+            prediction, tile.lr, tile.hr, bit_depth=8
+        )
+    summary = summarize_pairs(scores)
+    a = (scores["a"]["test0"].dpsnr + scores["a"]["test1"].dpsnr) / 2
+    expected = (a + scores["b"]["test0"].dpsnr) / 2  # pairs weigh equally, not tiles
     assert summary["dpsnr"] == pytest.approx(expected)
-    assert summary["tiles"] == 3
-    with pytest.raises(ValueError, match="scored twice"):
-        summarize([*results, results[0]])
+    rank0, rank1 = {(0, 0, "a"): scores["a"]}, {(0, 0, "b"): scores["b"]}
+    assert merge_shares([rank0, rank1]) == {**rank0, **rank1}
+    with pytest.raises(ValueError, match=r"pair a .* scored twice"):
+        merge_shares([rank0, rank1, rank0])
 
 
 def test_pictures_have_the_documented_shapes():
     rng = np.random.default_rng(1)
     tile = _tile(rng, "a", "test0", 0, size=(22, 30))  # not a multiple of 4
     model = build_model("aeanet", base_channels=8, num_refs=6, bn_momentum=0.1)
-    grid = comparison_grid(model, tile)
+    prediction = np.linspace(-0.5, 1.5, 22 * 30, dtype=np.float32).reshape(22, 30)
+    grid = comparison_grid(tile, prediction)
     assert grid.shape == (1, 22, 3 * 30 + 2 * 4)
     np.testing.assert_allclose(grid[0, :, :30], tile.lr / 255, atol=1e-6)  # panel 1 = LR
+    np.testing.assert_array_equal(grid[0, :, 34:64], np.clip(prediction, 0, 1))  # clipped
     np.testing.assert_allclose(grid[0, :, -30:], tile.hr / 255, atol=1e-6)  # panel 3 = HR
     refs = chosen_references(6, 3)
     assert refs == [0, 2, 5] and chosen_references(2, 4) == [0, 1]
     maps = reference_heatmaps(model, tile, refs)
-    assert maps.shape == (3, 20, 4 * 28 + 3 * 4) and model.training  # mode restored
+    assert maps.shape == (3, 22, 4 * 30 + 3 * 4) and model.training  # mode restored
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     assert side_by_side([np.zeros((1, 2, 3))] * 2).shape == (1, 2, 10)
     assert colorize(np.zeros((4, 4), dtype=np.float32)).shape == (3, 4, 4)
+
+
+def test_training_heatmaps_are_the_refmaps_pictures():
+    """TensorBoard's heatmap panels are exactly python -m aeatrain.refmaps's: the same maps
+    (the tile padded like a prediction) drawn by the same renderer, BGR -> RGB."""
+    rng = np.random.default_rng(2)
+    tile = _tile(rng, "a", "test0", 0, size=(22, 30))
+    model = build_model("aeanet", base_channels=8, num_refs=6, bn_momentum=0.1)
+    row = reference_heatmaps(model, tile, [1, 4])  # (3, 22, 3 * 30 + 2 gaps)
+    maps = refmaps.reference_maps(model, to_float(tile.lr, 8), [1, 4])  # (2, 22, 30)
+    for panel, values in zip((1, 2), maps):
+        start = panel * (30 + 4)
+        drawn = np.rint(row[:, :, start : start + 30] * 255).astype(np.uint8)  # (3, H, W) RGB
+        expected = refmaps.heatmap(values)[..., ::-1].transpose(2, 0, 1)
+        assert np.array_equal(drawn, expected)
+    np.testing.assert_array_equal(row[:, :, :30], np.repeat(to_float(tile.lr, 8)[None], 3, 0))

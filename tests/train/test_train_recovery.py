@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from aeatrain import checkpoint as ckpt
-from aeatrain import train as train_module
+from aeatrain import runfolder as runfolder_module
 from aeatrain.data import dataset_identity, load_manifest
 from aeatrain.errors import UserError
 from aeatrain.train import main
@@ -171,7 +171,7 @@ def test_disk_full_at_the_final_files_says_how_to_finish(data, run_copy, monkeyp
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train_module, "write_run_files", full_disk)
+    monkeypatch.setattr(runfolder_module, "write_run_files", full_disk)
     with pytest.raises(UserError) as info:
         train(data, run_copy, 16, "--resume")
     message = str(info.value)

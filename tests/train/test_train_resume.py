@@ -86,7 +86,7 @@ def test_sigkill_right_after_a_checkpoint_then_resume_is_bitwise_exact(
     assert f"step_{killed_at} at step {killed_at}" in resumed.stderr
     if cached:  # every shard the run read, staged once under its sha256
         staged = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").glob("*.tar"))
-        assert staged == ["test-000000.tar", "train-000000.tar"]
+        assert staged == ["full-000000.tar", "train-000000.tar"]  # full: validation
     assert_same_weights(weights(run_dir / "model.safetensors"), uninterrupted)
     run_json = json.loads((run_dir / "run.json").read_text())
     assert run_json["step"] == STEPS
