@@ -19,18 +19,19 @@
 #          published network. A GPU budget; set TRAIN to your launcher, e.g.
 #          TRAIN="accelerate launch --config_file accelerate_config.yaml --num_processes 1"
 #   cpu    a CPU-sized budget (default), the recipe whose convergence and seed spread
-#          docs/results.md measures (validation curves, 3 seeds): every run 1000 steps of
-#          batch 8, 64x64 crops, Adam at 1e-3 after a 50-step linear warm-up, then a cosine
-#          decay to 0 at step 1000, gradient clipping 1.0, float32, the residual output
-#          (every network predicts the correction to its input; VDSR always does), the
-#          raw weights scored (an EMA of decay 0.99 scored 0.02 dB below them at the end of
-#          the cosine), a checkpoint every 100 steps, all kept (benchmarks/plot_curves.py
-#          draws the validation curves from them). Every network shrinks the same way:
-#          half its published width, and a quarter of each published depth (rounded down): U-Net
-#          family 16 base channels (its depth is fixed) with BatchNorm momentum 0.1 (needed
-#          for a short run to beat bicubic at all); VDSR 32 channels, 5 layers; EDSR 32
-#          channels, 4 blocks; RCAN 32 channels, 2 groups of 5 blocks. The references
-#          (64/32/16) and branches stay as each config has them.
+#          docs/results.md measures (validation curves, 3 seeds): every run 1000 steps
+#          of batch 8, 64x64 crops, Adam at 1e-3 after a 50-step linear warm-up, then a
+#          cosine decay to 0 at step 1000, gradient clipping 1.0, float32, the residual
+#          output (every network predicts the correction to its input; VDSR always does),
+#          the raw weights scored (an EMA of decay 0.99 scored no better at the end of the
+#          cosine: -0.02 to +0.01 dB), a checkpoint every 100 steps, all kept
+#          (benchmarks/plot_curves.py draws the validation curves from them). Every
+#          network shrinks the same way: half its published width, and a quarter of each
+#          published depth (rounded down): U-Net family 16 base channels (its depth is
+#          fixed) with BatchNorm momentum 0.1 (needed for a short run to beat bicubic at
+#          all); VDSR 32 channels, 5 layers; EDSR 32 channels, 4 blocks; RCAN 32
+#          channels, 2 groups of 5 blocks. The references (64/32/16) and branches stay
+#          as each config has them.
 #          lbnlm is the same in both profiles (it has no training budget).
 #
 # Runs go to OUT/runs/<config>-<pooled|self>-seed<k>[/<pair>], evaluations to
