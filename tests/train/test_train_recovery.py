@@ -16,16 +16,14 @@ from pathlib import Path
 
 import pytest
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from aeatrain import checkpoint as ckpt
 from aeatrain import runfolder as runfolder_module
 from aeatrain.data import dataset_identity, load_manifest
 from aeatrain.errors import UserError
-from aeatrain.train import main
 from aeatrain.training import lock as runlock
 from tests.datasets import make_dataset
-from tests.train.helpers import DEBUG_CONFIG
+from tests.train.helpers import DEBUG_CONFIG, train_in_process
 
 
 def train(data, run_dir, steps, *extra):
@@ -36,10 +34,7 @@ def train(data, run_dir, steps, *extra):
         "--train.keep_checkpoints", "5", "--logging.eval_every", "100",
         "--logging.progress_bar", "false", *extra,
     ]  # fmt: skip
-    try:
-        return main(argv)
-    finally:
-        AcceleratorState._reset_state(True)
+    return train_in_process(argv)
 
 
 @pytest.fixture(scope="module")
