@@ -160,9 +160,25 @@ class DataConfig(_Section):
 
 
 class OptimConfig(_Section):
-    """Adam with a staircase learning-rate decay and an L1 or L2 pixel loss."""
+    """Adam with a learning-rate schedule (staircase or cosine, optional warm-up) and an L1 or
+    L2 pixel loss."""
 
-    lr: float = Field(4e-4, gt=0, description="Initial learning rate of Adam.")
+    lr: float = Field(
+        4e-4, gt=0, description="Learning rate of Adam: the initial one, or the peak after warm-up."
+    )
+    schedule: Literal["staircase", "cosine"] = Field(
+        "staircase",
+        description="`staircase`: multiply the learning rate by lr_decay_factor every "
+        "lr_decay_every steps (the paper's). `cosine`: decay it from lr to 0 at train.steps "
+        "along half a cosine (after the warm-up); lr_decay_every/lr_decay_factor then do not "
+        "apply.",
+    )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Raise the learning rate linearly from lr / warmup_steps to lr over the "
+        "first warmup_steps steps, then follow the schedule (0 = no warm-up, the paper's).",
+    )
     lr_decay_every: int = Field(
         10_000,
         ge=1,

@@ -580,7 +580,7 @@ def train(t: Trainer) -> int:
 def train_step(t: Trainer, batch: dict) -> StepOutcome:
     """One optimizer step; every rank agrees on skipping (non-finite loss) and on stopping."""
     accelerator = t.accelerator
-    set_learning_rate(t.optimizer, learning_rate(t.step, t.cfg.optim))
+    set_learning_rate(t.optimizer, learning_rate(t.step, t.cfg.optim, t.cfg.train.steps))
     lr, hr = to_device(t, batch)
     buffers = snapshot_buffers(t.module)
     with accelerator.autocast():
@@ -701,7 +701,7 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     processes = accelerator.num_processes
     values = {
         "train/loss": loss,
-        "train/learning_rate": learning_rate(t.step - 1, t.cfg.optim),
+        "train/learning_rate": learning_rate(t.step - 1, t.cfg.optim, t.cfg.train.steps),
         "train/grad_norm": grad_norm,
         "train/skipped_steps": t.skipped.total,
         "perf/step_seconds": seconds,

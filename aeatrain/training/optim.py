@@ -1,7 +1,9 @@
-"""Adam, the staircase learning-rate schedule and the pixel loss (DESIGN.md section 4)."""
+"""Adam, the learning-rate schedule (the paper's staircase, or cosine; optional warm-up) and
+the pixel loss (DESIGN.md section 4)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -32,13 +34,24 @@ def skip_next_step_if(optimizer: torch.optim.Adam, skip: torch.Tensor) -> None:
     optimizer.found_inf = skip.float()
 
 
-def learning_rate(step: int, optim: OptimConfig) -> float:
-    """Staircase decay: ``lr * factor ** floor(step / every)`` (paper: 4e-4 halved per 10k).
+def learning_rate(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of a ``total_steps`` run.
+
+    Staircase (paper: 4e-4 halved per 10k): ``lr * factor ** floor(step / every)``. Cosine:
+    ``lr * (1 + cos(pi * t)) / 2`` with ``t`` the fraction of the steps after the warm-up
+    done, so the rate reaches 0 at ``total_steps``. A warm-up scales either by
+    ``(step + 1) / warmup_steps`` over its first ``warmup_steps`` steps.
 
     A pure function of the step rather than a scheduler object, so a resumed run needs no
     scheduler state, and accelerate cannot step it once per process (its
     ``AcceleratedScheduler`` does that when ``split_batches`` is off).
     """
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "cosine":
+        span = max(total_steps - optim.warmup_steps, 1)
+        done = min((step - optim.warmup_steps) / span, 1.0)
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * done))
     return optim.lr * optim.lr_decay_factor ** (step // optim.lr_decay_every)
 
 

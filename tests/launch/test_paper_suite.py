@@ -48,7 +48,9 @@ def test_every_row_and_seed_with_the_same_cpu_budget(data, tmp_path):
     assert len(libraries) == 2 * (1 + 3)  # lbnlm: pooled + one per pair, per seed
     assert len(evals) == 2 * (11 + 7)
     for command in trains:
-        assert "--train.steps 300 " in command and "--data.crop_size 64 " in command
+        assert "--train.steps 1000 " in command and "--data.crop_size 64 " in command
+        assert "--optim.schedule cosine --optim.warmup_steps 50 " in command  # the recipe
+        assert "--train.checkpoint_every 100 --train.keep_checkpoints 10 " in command
         config = _config(command)
         assert (REPO / "configs" / f"{config}.yaml").is_file()
         assert CPU_SHAPES.get(config, CPU_SHAPES["unet"]) in command, command

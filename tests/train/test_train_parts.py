@@ -1,7 +1,9 @@
 """Trainer parts that need no accelerator: checkpoint folders, EMA, schedule, preemption flag,
 skipped-step guard, validation's scoring (aeatrain.evaluate's), TensorBoard pictures."""
 
+import itertools
 import json
+import math
 import os
 import signal
 import types
@@ -112,10 +114,24 @@ def test_ema_counts_device_side_updates_and_its_state_dict_round_trips():
 
 def test_staircase_schedule_is_the_papers():
     optim = OptimConfig()  # 4e-4 halved every 10,000 steps
-    assert learning_rate(0, optim) == 4e-4
-    assert learning_rate(9_999, optim) == 4e-4
-    assert learning_rate(10_000, optim) == 2e-4
-    assert learning_rate(119_999, optim) == pytest.approx(4e-4 / 2**11)
+    assert learning_rate(0, optim, 120_000) == 4e-4
+    assert learning_rate(9_999, optim, 120_000) == 4e-4
+    assert learning_rate(10_000, optim, 120_000) == 2e-4
+    assert learning_rate(119_999, optim, 120_000) == pytest.approx(4e-4 / 2**11)
+
+
+def test_cosine_schedule_with_warm_up():
+    optim = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10)
+    rates = [learning_rate(step, optim, 110) for step in range(110)]
+    assert rates[0] == pytest.approx(1e-4) and rates[4] == pytest.approx(5e-4)
+    assert rates[9] == rates[10] == pytest.approx(1e-3)  # the peak ends the warm-up
+    assert rates[60] == pytest.approx(5e-4)  # half way through the cosine
+    assert rates[109] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 99 / 100)) / 2)
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))  # never rises after the peak
+    staircase = OptimConfig(lr=1e-3, warmup_steps=4, lr_decay_every=6)  # warm-up on a staircase
+    assert [learning_rate(s, staircase, 20) for s in (0, 3, 5, 6)] == pytest.approx(
+        [2.5e-4, 1e-3, 1e-3, 5e-4]
+    )
 
 
 def test_pixel_losses():
