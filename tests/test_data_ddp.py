@@ -10,7 +10,6 @@ leave the other blocked there, which the deadline below turns into a failure.
 
 from __future__ import annotations
 
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.multiprocessing as mp
 
 from aeatrain.data import load_manifest, train_loader
 from tests.datasets import make_dataset
+from tests.ports import free_port
 
 WORLD = 2
 STEPS = 6
@@ -71,17 +71,11 @@ def _rank_main(rank: int, port: int, data_dir: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_ranks(data_dir: Path, out_dir: Path) -> None:
     """Spawn the ranks; kill them and fail if they are not done by the deadline."""
     context = mp.start_processes(
         _rank_main,
-        args=(_free_port(), str(data_dir), str(out_dir)),
+        args=(free_port(), str(data_dir), str(out_dir)),
         nprocs=WORLD,
         join=False,
         start_method="fork",  # no re-import of torch per rank: seconds on 2 cores

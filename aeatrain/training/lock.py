@@ -17,11 +17,14 @@ refused; the message says which file to delete once that trainer is known to be 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,22 +116,46 @@ def acquire(run_dir: str | Path) -> Path:
     draft = path.with_name(f".{LOCK_FILE}.{os.getpid()}")
     draft.write_text(json.dumps(asdict(LockOwner.this_process())) + "\n")
     try:
-        for _ in range(2):  # a second try after removing a stale lock
-            try:
-                os.link(draft, path)  # atomic, and the lock is never seen half written
+        if _link(draft, path):
+            return path
+        with _takeovers_one_at_a_time(run_dir):
+            if _link(draft, path):  # the owner stopped meanwhile
                 return path
-            except FileExistsError:
-                check_unlocked(run_dir)
-                stale = read_owner(path)
-                log.warning(
-                    "%s: taking over the lock of pid %s on %s, which is no longer running",
-                    path, stale.pid if stale else "?", stale.host if stale else "?",
-                )  # fmt: skip
-                path.unlink(missing_ok=True)
+            check_unlocked(run_dir)  # a live owner: refused
+            stale = read_owner(path)
+            log.warning(
+                "%s: taking over the lock of pid %s on %s, which is no longer running",
+                path, stale.pid if stale else "?", stale.host if stale else "?",
+            )  # fmt: skip
+            path.unlink(missing_ok=True)
+            if _link(draft, path):
+                return path
     finally:
         draft.unlink(missing_ok=True)
-    check_unlocked(run_dir)  # lost a race with another trainer taking the same stale lock
+    check_unlocked(run_dir)  # a trainer that was not taking over linked its lock first
     raise RunLockedError(f"{path}: could not take the lock (another trainer took it first)")
+
+
+def _link(draft: Path, path: Path) -> bool:
+    """Publish ``draft`` as the lock: atomic, never seen half written; False if one exists."""
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _takeovers_one_at_a_time(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive flock on the run folder itself while a stale lock is taken over.
+    Two trainers that found the same stale lock would otherwise both remove "it", the
+    second removing the first one's new lock, and both would train."""
+    folder = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the flock
 
 
 def release(run_dir: str | Path) -> None:

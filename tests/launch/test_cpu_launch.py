@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from aeatrain import cpu_launch
 from aeatrain.cpu_launch import needs_relaunch, parse_cpu_launch
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = """
@@ -28,12 +28,6 @@ line = (f"rank={{acc.process_index}} world={{acc.num_processes}} type={{acc.dist
         f"sum={{total}} args={{sys.argv[1:]}}")
 open(f"rank{{acc.process_index}}.txt", "w").write(line)  # own file: stdout lines interleave
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_parse_reads_accelerates_own_arguments():
@@ -160,7 +154,7 @@ def test_cpu_launch_starts_two_gloo_processes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     result = subprocess.run(
         [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          str(probe), "--x", "1"],
         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
     )  # fmt: skip

@@ -12,7 +12,6 @@ with an explicit split uses a ``GlobalBatch`` whose split is that list.
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aeatrain.collective import GlobalBatch, default_split, span_global_batch, use_batch_group
 from aeatrain.models import build_model
 from tests.models.reference import FixedSplit, ranks_split
+from tests.ports import free_port
 
 WORLD = 2
 SIZE = 16  # image side; the attention sees 4 x 4 tokens per image
@@ -116,16 +116,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
     return out_dir
 
 

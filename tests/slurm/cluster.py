@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import free_ports
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 
 
@@ -38,18 +40,6 @@ def ensure_installed() -> None:
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise SlurmUnavailable(f"{' '.join(cmd)} failed: {result.stderr.strip()[-300:]}")
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (all held open while choosing)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _start_munge() -> None:
@@ -90,7 +80,7 @@ class LocalSlurm:
 
     def write_conf(self) -> None:
         host = socket.gethostname().split(".")[0]
-        ctld_port, *node_ports = _free_ports(1 + self.nodes)
+        ctld_port, *node_ports = free_ports(1 + self.nodes)
         lines = [
             "ClusterName=aeatest",
             f"SlurmctldHost={host}(127.0.0.1)",

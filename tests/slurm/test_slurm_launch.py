@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.datasets import make_dataset
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,6 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("slurmdata") / "DATA", pairs=3)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _job_env(slurm, **extra: str) -> dict[str, str]:
     """What a user's shell would hold: the venv's Python, CPU training, one thread each."""
     env = dict(slurm.env)
@@ -47,7 +41,7 @@ def _job_env(slurm, **extra: str) -> dict[str, str]:
         AEATRAIN_CPU="1",
         OMP_NUM_THREADS="1",
         HF_HOME="/nonexistent-hf-home",  # no accelerate default_config.yaml of the user
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
     )
     env.update(extra)
     return env

@@ -27,6 +27,18 @@ def train_env() -> dict[str, str]:
     return env
 
 
+def train_in_process(argv: list[str]) -> int:
+    """``aeatrain.train.main(argv)`` in this process, leaving no accelerate singleton behind."""
+    from accelerate.state import AcceleratorState
+
+    from aeatrain.train import main
+
+    try:
+        return main(argv)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
 def train_command(*overrides: str, config: Path = DEBUG_CONFIG) -> list[str]:
     """One process: ``python aeatrain/train.py --config CONFIG OVERRIDES``."""
     return [sys.executable, str(TRAIN_SCRIPT), "--config", str(config), *overrides]

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from aeatrain import checkpoint as ckpt
 from aeatrain.models import build_model
 from tests.datasets import make_dataset
+from tests.ports import free_port
 from tests.train.helpers import (
     REPO,
     check,
@@ -43,13 +43,6 @@ VAL_SCALARS = {"val/dpsnr", "val/dssim", "val/psnr", "val/ssim", "val/tiles"}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data") / "DATA", pairs=3)
-
-
-def free_port() -> int:
-    """A port for the rendezvous, so parallel test runs do not collide on 29500."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def loads_into_build_model(run_dir):

@@ -26,7 +26,7 @@ from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
 from aeatrain.train import build_trainer, main
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run
-from tests.train.helpers import DEBUG_CONFIG
+from tests.train.helpers import DEBUG_CONFIG, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +191,7 @@ def _train(data, run_dir, steps, *extra):
         "--logging.eval_max_pairs", "1", "--logging.image_tiles", "0",
         "--logging.progress_bar", "false", *extra,
     ]  # fmt: skip
-    try:
-        return main(argv)
-    finally:
-        AcceleratorState._reset_state(True)
+    return train_in_process(argv)
 
 
 @pytest.mark.slow  # three short runs: ~25 s on 2 shared cores

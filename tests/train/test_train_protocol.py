@@ -9,7 +9,6 @@ Slow: each test trains the debug config in a subprocess (two on 2 CPU processes)
 """
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import torch
 
 from aeatrain import evaluate
 from tests.datasets import make_dataset
+from tests.ports import free_port
 from tests.train.helpers import check, events, launch_command, run, scalar, train_command
 
 pytestmark = pytest.mark.slow
@@ -33,12 +33,6 @@ TRAIN_ARGS = (
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data") / "DATA", pairs=3)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def evaluated(run_dir, data, out, weights: str) -> dict:

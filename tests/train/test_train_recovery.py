@@ -8,24 +8,25 @@ per run folder. Every run here is in-process, 1 CPU process, the debug config.
 import errno
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from aeatrain import checkpoint as ckpt
 from aeatrain import runfolder as runfolder_module
 from aeatrain.data import dataset_identity, load_manifest
 from aeatrain.errors import UserError
-from aeatrain.train import main
 from aeatrain.training import lock as runlock
 from tests.datasets import make_dataset
-from tests.train.helpers import DEBUG_CONFIG
+from tests.train.helpers import DEBUG_CONFIG, train_in_process
 
 
 def train(data, run_dir, steps, *extra):
@@ -36,10 +37,7 @@ def train(data, run_dir, steps, *extra):
         "--train.keep_checkpoints", "5", "--logging.eval_every", "100",
         "--logging.progress_bar", "false", *extra,
     ]  # fmt: skip
-    try:
-        return main(argv)
-    finally:
-        AcceleratorState._reset_state(True)
+    return train_in_process(argv)
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +237,45 @@ def test_lock_owners(tmp_path):
     pid_reused = json.loads(_lock_of(1))
     pid_reused["start_ticks"] = -5  # pid 1 lives, but started at another time
     assert not runlock.LockOwner(**pid_reused).is_alive()
+
+
+def _take_stale_lock(run_dir, ready, done, results) -> None:
+    """A trainer's acquire() that reads the stale lock slowly, so two of them overlap."""
+    read_owner = runlock.read_owner
+
+    def slow_read_owner(path):
+        owner = read_owner(path)
+        time.sleep(0.3)
+        return owner
+
+    runlock.read_owner = slow_read_owner
+    ready.wait()
+    try:
+        runlock.acquire(run_dir)
+        results.put(("took", os.getpid()))
+    except runlock.RunLockedError:
+        results.put(("refused", os.getpid()))
+    done.wait(30)  # stay alive: a lock of a live process is not stale
+
+
+def test_two_trainers_taking_over_one_stale_lock_do_not_both_win(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runlock.lock_path(tmp_path).write_text(_lock_of(dead.pid))
+    context = multiprocessing.get_context("fork")
+    ready, done, results = context.Barrier(2), context.Event(), context.Queue()
+    trainers = [
+        context.Process(target=_take_stale_lock, args=(tmp_path, ready, done, results))
+        for _ in range(2)
+    ]
+    for trainer in trainers:
+        trainer.start()
+    try:
+        outcomes = sorted(results.get(timeout=30) for _ in trainers)
+        assert [what for what, _ in outcomes] == ["refused", "took"], outcomes
+        winner = outcomes[1][1]
+        assert runlock.read_owner(runlock.lock_path(tmp_path)).pid == winner
+    finally:
+        done.set()
+        for trainer in trainers:
+            trainer.join(30)

@@ -1,0 +1,22 @@
+"""Free TCP ports on 127.0.0.1 for the servers and rendezvous that tests start."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open while choosing, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    """One free port: for a rendezvous, so parallel test runs do not collide on 29500."""
+    return free_ports(1)[0]
