@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ from aeatrain.imageio import atomic_write_text  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
 from aeatrain.runs import CONFIG_YAML, load_into, read_run_json, write_run_files  # noqa: E402
 
+SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")
 CHECKPOINT_MODEL = "model.safetensors"  # accelerate's save_state: the model's state_dict
 # The EMA parameters: registered with accelerate (its save_state pickles WeightEMA's
 # state_dict, aeatrain/checkpoint.py), or, in checkpoints of version 1, a safetensors file.
@@ -159,6 +161,13 @@ def markdown(curves: dict[str, dict[int, float]]) -> str:
     return "\n".join(lines)
 
 
+def model_and_seed(name: str) -> tuple[str, int]:
+    """``unet-pooled-seed1`` -> (``unet-pooled``, 1): one colour per model, a line style per
+    seed (``-seed<k>`` as the suite names runs, or ``-s<k>``); (name, 0) without a seed."""
+    match = SEED_SUFFIX.search(name)
+    return (name[: match.start()], int(match.group(1))) if match else (name, 0)
+
+
 def draw(curves: dict[str, dict[int, float]], png: Path, weights: str) -> None:
     try:
         import matplotlib
@@ -168,9 +177,15 @@ def draw(curves: dict[str, dict[int, float]], png: Path, weights: str) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
+    colours, styles = {}, ("-", "--", ":", "-.")
     for name, points in curves.items():
+        model, seed = model_and_seed(name)
+        colour = colours.setdefault(model, f"C{len(colours) % 10}")
         steps = sorted(points)
-        axes.plot(steps, [points[s] for s in steps], marker="o", markersize=3, label=name)
+        axes.plot(
+            steps, [points[s] for s in steps], marker="o", markersize=3, label=name,
+            color=colour, linestyle=styles[seed % len(styles)],
+        )  # fmt: skip
     axes.set_xlabel("step")
     axes.set_ylabel("dPSNR over bicubic (dB)")
     axes.set_title(f"validation with the paper's protocol ({weights} weights)")

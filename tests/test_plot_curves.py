@@ -93,3 +93,9 @@ def test_refuses_two_runs_of_one_name_and_unfinished_runs(tmp_path):
     (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
     with pytest.raises(UserError, match=r"run\.json is missing"):
         plot_curves.checkpoints_of(tmp_path / "unfinished")
+
+
+def test_runs_of_one_model_share_a_colour_seeds_a_line_style():
+    assert plot_curves.model_and_seed("unet-pooled-seed2") == ("unet-pooled", 2)
+    assert plot_curves.model_and_seed("A-aeanet-s1") == ("A-aeanet", 1)
+    assert plot_curves.model_and_seed("my_run") == ("my_run", 0)
