@@ -23,8 +23,8 @@
 #          of batch 8, 64x64 crops, Adam at 1e-3 after a 50-step linear warm-up, then a
 #          cosine decay to 0 at step 1000, gradient clipping 1.0, float32, the residual
 #          output (every network predicts the correction to its input; VDSR always does),
-#          the raw weights scored (an EMA of decay 0.99 scored no better at the end of the
-#          cosine: -0.02 to +0.01 dB), a checkpoint every 100 steps, all kept
+#          the raw weights scored (an EMA of decay 0.99 scored no better on average at the
+#          end of the cosine: -0.02 to +0.03 dB), a checkpoint every 100 steps, all kept
 #          (benchmarks/plot_curves.py draws the validation curves from them). Every
 #          network shrinks the same way: half its published width, and a quarter of each
 #          published depth (rounded down): U-Net family 16 base channels (its depth is
