@@ -15,6 +15,11 @@ re-executed process asks the kernel for SIGTERM when the launcher dies
 SIGTERM and SIGINT (``TORCHELASTIC_SIGNALS_TO_HANDLE``). torchrun forwards what it
 receives to every worker's process group and waits for them (``--shutdown_timeout``); the
 workers checkpoint at the next step boundary and exit 75 (aeatrain/training/preemption.py).
+accelerate 1.16 changed this launcher: it catches SIGTERM and SIGINT, sends SIGTERM to its
+whole process tree and SIGKILLs what is left 5 s later; the workers then get SIGTERM
+twice (directly and from torchrun), which preemption handles as one, but a checkpoint
+taking longer than 5 s is cut short (docs/training.md, Preemption). Signals it does not
+catch (SIGUSR1, SIGHUP) still take the path above.
 
 Nothing here knows about ``Accelerator``; train.py calls :func:`relaunch_cpu_multiprocess`
 first thing in ``main``.

@@ -77,10 +77,10 @@ class SyncCounter:
         return exempted
 
 
-def _train_here(data, run_dir, fused: str) -> None:
+def _train_here(data, run_dir, fused: str, steps: int = STEPS) -> None:
     argv = [
         "--config", str(DEBUG_CONFIG), "--data.root", str(data), "--train.run_dir", str(run_dir),
-        "--train.steps", str(STEPS), "--logging.log_every", str(LOG_EVERY),
+        "--train.steps", str(steps), "--logging.log_every", str(LOG_EVERY),
         "--logging.eval_every", "1000", "--logging.eval_max_pairs", "1",
         "--logging.progress_bar", "false", "--optim.fused", fused, "--train.ema", "true",
     ]  # fmt: skip
@@ -106,10 +106,22 @@ def test_fused_adam_steps_make_no_host_sync_and_the_default_cpu_path_does(
     assert len(counter.per_step) == STEPS
     assert min(counter.per_step) >= 2, counter.per_step  # skip verdict + gradient norm
 
-    fused = load_file(str(tmp_path / "fused" / "model.safetensors"))
-    default = load_file(str(tmp_path / "default" / "model.safetensors"))
-    for name, tensor in default.items():  # the same training, up to Adam's rounding
-        torch.testing.assert_close(fused[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+def test_fused_and_default_adam_take_the_same_first_step(data, tmp_path):
+    """From the same weights and the same gradients only Adam's arithmetic differs, so one
+    step of each path agrees to float32 rounding. Later steps are not compared: a rounding
+    difference changes the next gradients, and a parameter whose gradient is near zero (a
+    BatchNorm bias before another normalisation) amplifies it by orders of magnitude: here
+    a change of the learning rate by one part in 10^6 moved ``bottom.act.bn.bias`` by 2e-4
+    after 6 steps, and the 6-step comparison failed on some CPUs and passed on others."""
+    _train_here(data, tmp_path / "fused", "true", steps=1)
+    _train_here(data, tmp_path / "default", "false", steps=1)
+    for weights in ("model.safetensors", "model_ema.safetensors"):
+        fused = load_file(str(tmp_path / "fused" / weights))
+        default = load_file(str(tmp_path / "default" / weights))
+        assert sorted(fused) == sorted(default)
+        for name, tensor in default.items():
+            torch.testing.assert_close(fused[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_fused_path_skips_diverged_steps_and_stops_naming_them(data, tmp_path):
