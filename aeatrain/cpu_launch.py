@@ -18,8 +18,10 @@ workers checkpoint at the next step boundary and exit 75 (aeatrain/training/pree
 accelerate 1.16 changed this launcher: it catches SIGTERM and SIGINT, sends SIGTERM to its
 whole process tree and SIGKILLs what is left 5 s later; the workers then get SIGTERM
 twice (directly and from torchrun), which preemption handles as one, but a checkpoint
-taking longer than 5 s is cut short (docs/training.md, Preemption). Signals it does not
-catch (SIGUSR1, SIGHUP) still take the path above.
+taking longer than 5 s is cut short (docs/training.md, Preemption). It also pipes the
+workers' stderr through itself, so a signal that kills it (one it does not catch) also
+closes the pipe the workers write to (not tested here): signal torchrun or the workers
+for the full grace.
 
 Nothing here knows about ``Accelerator``; train.py calls :func:`relaunch_cpu_multiprocess`
 first thing in ``main``.
