@@ -110,6 +110,12 @@ def _add_build(commands) -> None:
         "instead of <name>_<mag> file names",
     )
     p.add_argument(
+        "--allow-outside-raw",
+        action="store_true",
+        help="let the pairs file list files outside --raw (absolute, '..', links out of "
+        "it); build only reads them, and never files inside --out",
+    )
+    p.add_argument(
         "--page",
         type=int,
         help="page of multi-page TIFFs to use, 0 = first (refused without it)",
@@ -241,6 +247,7 @@ def _build(args) -> int:
         bar_row=None if args.no_bar else args.bar_row or DEFAULT_BAR_ROW,
         bar_from_metadata=not args.no_bar and args.bar_row is None,
         pairs_file=args.pairs_file,
+        outside_raw=args.allow_outside_raw,
         page=args.page,
         workers=args.workers,
         overwrite=args.overwrite,

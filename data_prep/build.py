@@ -73,9 +73,16 @@ class _PairJob:
     page: int | None
     config: RegistrationConfig
     staging: Path
+    raw: Path
 
 
-def _rejected(pair: RawPair, reason: str, bit_depth: int) -> dict:
+def source_name(path: Path, raw: Path) -> str:
+    """A source file as recorded: its path relative to the raw folder, ``/``-separated
+    (``session 1/img 0041.tif``; ``../other/x.tif`` for a file read from outside it)."""
+    return Path(os.path.relpath(path, raw)).as_posix()
+
+
+def _rejected(pair: RawPair, reason: str, bit_depth: int, raw: Path) -> dict:
     return {
         "status": "rejected",
         "reason": reason,
@@ -87,8 +94,8 @@ def _rejected(pair: RawPair, reason: str, bit_depth: int) -> dict:
         "scale": None,
         "rotation_deg": None,
         "coarse": None,
-        "lr_file": pair.lr_path.name,
-        "hr_file": pair.hr_path.name,
+        "lr_file": source_name(pair.lr_path, raw),
+        "hr_file": source_name(pair.hr_path, raw),
         "bit_depth": bit_depth,
         "magnification_ratio": pair.scale,
         "pixel_size_nm": pair.pixel_size_nm,
@@ -109,9 +116,10 @@ def _process_pair(job: _PairJob) -> PairOutcome:
             f"partners of different bit depth: {pair.lr_path.name} is {lr_depth}-bit, "
             f"{pair.hr_path.name} is {hr_depth}-bit"
         )
-        return PairOutcome(pair.name, _rejected(pair, reason, lr_depth) | {"bar_rows": bar_rows})
+        record = _rejected(pair, reason, lr_depth, job.raw) | {"bar_rows": bar_rows}
+        return PairOutcome(pair.name, record)
     result = register(lr, hr, pair.scale, job.config)
-    record = _rejected(pair, "", lr_depth) | result.as_record() | {"bar_rows": bar_rows}
+    record = _rejected(pair, "", lr_depth, job.raw) | result.as_record() | {"bar_rows": bar_rows}
     if result.homography is not None:
         warped = warp_lr_to_hr(lr, result.homography, hr.shape)
         qc_file = f"qc/{pair_key(pair.name)}.png"
@@ -122,8 +130,8 @@ def _process_pair(job: _PairJob) -> PairOutcome:
             np.save(scratch / f"{pair_key(pair.name)}.lr.npy", warped)
             np.save(scratch / f"{pair_key(pair.name)}.hr.npy", hr)
     sources = {
-        "lr": {"file": pair.lr_path.name, "sha256": sha256_file(pair.lr_path)},
-        "hr": {"file": pair.hr_path.name, "sha256": sha256_file(pair.hr_path)},
+        key: {"file": source_name(path, job.raw), "sha256": sha256_file(path)}
+        for key, path in (("lr", pair.lr_path), ("hr", pair.hr_path))
     }
     return PairOutcome(
         pair.name,
@@ -218,6 +226,18 @@ def _write_dataset(
     return manifest
 
 
+def _check_sources_outside(pairs: list[RawPair], out: Path) -> None:
+    """Refuse a source image inside the output folder: replacing it would delete it."""
+    target = out.resolve()
+    for pair in pairs:
+        for path in (pair.lr_path, pair.hr_path):
+            if path.resolve().is_relative_to(target):
+                raise UserError(
+                    f"{path}: image of pair {pair.name!r} lies inside the output folder "
+                    f"{out}, which build replaces; move it out or choose another --out"
+                )
+
+
 def build_dataset(
     raw: str | os.PathLike,
     out: str | os.PathLike,
@@ -225,6 +245,7 @@ def build_dataset(
     bar_row: int | None = DEFAULT_BAR_ROW,
     bar_from_metadata: bool = True,
     pairs_file: str | os.PathLike | None = None,
+    outside_raw: bool = False,
     page: int | None = None,
     workers: int = 1,
     overwrite: bool = False,
@@ -235,18 +256,24 @@ def build_dataset(
 
     Pairs: by name, or as ``pairs_file`` lists them. The data bar: at the row a file's
     vendor metadata records when ``bar_from_metadata``, else at ``bar_row`` (None: no
-    bar). ``page``: the page of multi-page TIFFs (refused without it). Raises UserError
-    (nothing written) for a bad raw folder, pairs file or output folder, an unreadable
-    image, or when no pair is usable.
+    bar). ``page``: the page of multi-page TIFFs (refused without it). ``outside_raw``:
+    the pairs file may list files outside ``raw``. Raises UserError (nothing written,
+    nothing deleted) for a bad raw folder, pairs file or output folder, a source image
+    inside ``out``, an unreadable image, or when no pair is usable.
     """
     raw, out = Path(raw), Path(out)
-    pairs = read_pairs_file(pairs_file, raw) if pairs_file is not None else find_pairs(raw)
-    check_target(out, DATASET, overwrite=overwrite, protect=(raw,))
+    if pairs_file is None:
+        pairs = find_pairs(raw)
+    else:
+        pairs = read_pairs_file(pairs_file, raw, outside_raw=outside_raw)
+    sources = (raw,) if pairs_file is None else (raw, Path(pairs_file))
+    check_target(out, DATASET, overwrite=overwrite, protect=sources)
+    _check_sources_outside(pairs, out)
     config = config or RegistrationConfig()
     with staged_output(out, DATASET, overwrite=overwrite) as staging:
         (staging / "qc").mkdir()
         (staging / _SCRATCH).mkdir()
-        jobs = [_PairJob(p, bar_row, bar_from_metadata, page, config, staging) for p in pairs]
+        jobs = [_PairJob(p, bar_row, bar_from_metadata, page, config, staging, raw) for p in pairs]
         outcomes = parallel_map(_process_pair, jobs, workers=workers, desc="build")
         for o in outcomes:
             if not o.ok:

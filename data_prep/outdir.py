@@ -44,8 +44,9 @@ def check_target(
     for source in protect:
         source = source.resolve()
         if resolved == source or source.is_relative_to(resolved) or resolved.is_relative_to(source):
+            what = "folder" if source.is_dir() else "file"
             raise UserError(
-                f"{target}: output folder overlaps the source folder {source}; "
+                f"{target}: output folder overlaps the source {what} {source}; "
                 "choose an output folder outside it"
             )
     check_replaceable_folder(target, marker, overwrite=overwrite)

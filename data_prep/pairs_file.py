@@ -5,7 +5,9 @@
 
 A header ``name,lr,hr``, then one pair a row: its name and the two files, as paths
 relative to the raw folder (any file names; spaces are kept, spaces around a field are
-not). The scale comes from the pixel sizes the files record, or from their
+not). A path that leaves the raw folder (absolute, ``..``, a link pointing out of it) is
+refused unless ``outside_raw`` (``build --allow-outside-raw``) says the files may lie
+elsewhere; build only ever reads them either way. The scale comes from the pixel sizes the files record, or from their
 magnifications (recorded, or given by names that happen to follow the convention); see
 data_prep.pairs.pair_scale. Every problem is the user's: one line naming the pairs file,
 its line and the file, before any work is done.
@@ -47,12 +49,25 @@ def _names(lr: Path, hr: Path) -> tuple[int, int] | None:
     return None if None in mags else mags
 
 
-def read_pairs_file(pairs_file: str | Path, raw: str | Path) -> list[RawPair]:
+def _check_inside(path: Path, raw: Path, column: str, where: str) -> None:
+    """Refuse a file that leaves ``raw``: absolute, through ``..`` or a link out of it."""
+    if not path.resolve().is_relative_to(raw.resolve()):
+        raise UserError(
+            f"{where}: {column} file {path} lies outside the raw folder {raw} (an absolute "
+            "path, '..' or a link out of it); list files inside --raw, or give "
+            "--allow-outside-raw to read files elsewhere"
+        )
+
+
+def read_pairs_file(
+    pairs_file: str | Path, raw: str | Path, *, outside_raw: bool = False
+) -> list[RawPair]:
     """The pairs a pairs file lists, in name order; UserError for any bad row.
 
     Refused: a header other than ``name,lr,hr``, a row without three fields, an empty
-    name, a missing file, a name used twice, a file listed twice (in one pair or two),
-    pixel sizes that contradict the names' magnifications, pairs of different scales.
+    name, a missing file, a file outside ``raw`` (unless ``outside_raw``), a name used
+    twice, a file listed twice (in one pair or two), pixel sizes that contradict the
+    names' magnifications, pairs of different scales.
     """
     pairs_file, raw = Path(pairs_file), Path(raw)
     if not raw.is_dir():
@@ -73,6 +88,8 @@ def read_pairs_file(pairs_file: str | Path, raw: str | Path) -> list[RawPair]:
             path = raw / relative
             if not path.is_file():
                 raise UserError(f"{where}: {column} file {path}: no such file")
+            if not outside_raw:
+                _check_inside(path, raw, column, where)
             key = path.resolve()
             if key in files:
                 other_line, other = files[key]
