@@ -49,6 +49,10 @@ SHARD_PATTERN = "{split}-%06d.tar"
 INDEX_SUFFIX = ".index.json"
 MEMBERS = ("lr.png", "hr.png", "json")  # the members of every sample
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# a pair key names files (qc/<key>.png, <key>.lr.npy) and tar members (<key>__test0.lr.png):
+# at most this long, every such name stays under the 255-byte limit of file systems
+MAX_KEY_CHARS = 240
 
 
 class DatasetError(UserError):
@@ -242,6 +246,22 @@ def pair_key(pair: str) -> str:
     extension, a slash make a folder. ``urllib.parse.unquote`` gives the name back.
     """
     return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8")), pair)
+
+
+def pair_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a pair, or None: a control character (a newline or tab
+    would break every listing of names) or a key (:func:`pair_key`) over MAX_KEY_CHARS."""
+    control = _CONTROL.search(name)
+    if control:
+        return f"pair name {name!r} holds a control character ({control[0]!r}); use another name"
+    key = pair_key(name)
+    if len(key) > MAX_KEY_CHARS:
+        return (
+            f"pair name {name[:40]!r}... is too long: its key (the file names made from it, "
+            f"non-ASCII letters escaped as %XX) is {len(key)} characters, at most "
+            f"{MAX_KEY_CHARS} fit a file name; use a shorter name"
+        )
+    return None
 
 
 def sample_key(pair: str, region_id: str) -> str:

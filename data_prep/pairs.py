@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aeatrain.dataformat import pair_name_problem
 from aeatrain.errors import UserError
 from aeatrain.imageio import IMAGE_SUFFIXES, read_image
 from aeatrain.microscope import Calibration, cut_bar, read_calibration
@@ -167,6 +168,9 @@ def _group_by_name(images: list[Path]) -> dict[str, list[tuple[int, Path]]]:
         mag = int(match["mag"])
         if mag <= 0:
             raise UserError(f"{path}: magnification {mag} must be positive")
+        problem = pair_name_problem(match["name"])
+        if problem is not None:
+            raise UserError(f"{path}: {problem}")
         groups.setdefault(match["name"], []).append((mag, path))
     return groups
 

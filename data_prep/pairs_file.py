@@ -16,24 +16,43 @@ its line and the file, before any work is done.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
+from aeatrain.dataformat import pair_name_problem
 from aeatrain.errors import UserError
 from data_prep.pairs import RawPair, check_one_scale, name_magnification, raw_pair
 
 HEADER = ["name", "lr", "hr"]
+MAX_PAIRS_FILE_BYTES = 16 * 2**20  # refused above: a wrong file, not a list of pairs
+
+
+def _read_text(pairs_file: Path) -> str:
+    if not pairs_file.is_file():
+        raise UserError(f"{pairs_file}: pairs file not found")
+    size = pairs_file.stat().st_size
+    if size > MAX_PAIRS_FILE_BYTES:
+        raise UserError(
+            f"{pairs_file}: {size / 2**20:.1f} MiB; a pairs file holds at most "
+            f"{MAX_PAIRS_FILE_BYTES // 2**20} MiB (about 100,000 pairs): is this the right file?"
+        )
+    try:
+        return pairs_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{pairs_file}: not a UTF-8 text file ({err.reason})") from None
 
 
 def _rows(pairs_file: Path) -> list[tuple[int, list[str]]]:
-    """(line number, stripped fields) of every non-blank row after the header."""
-    if not pairs_file.is_file():
-        raise UserError(f"{pairs_file}: pairs file not found")
+    """(first line, stripped fields) of every non-blank row after the header; a quoted
+    field keeps its line breaks (and is then refused as a name)."""
+    reader = csv.reader(io.StringIO(_read_text(pairs_file), newline=""))
+    rows, line = [], 1
     try:
-        text = pairs_file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{pairs_file}: not a UTF-8 text file ({err.reason})") from None
-    reader = csv.reader(text.splitlines())
-    rows = [(reader.line_num, [f.strip() for f in row]) for row in reader]
+        for row in reader:
+            rows.append((line, [f.strip() for f in row]))
+            line = reader.line_num + 1
+    except csv.Error as err:  # a field over csv's limit, a NUL byte, ...
+        raise UserError(f"{pairs_file} line {line}: not a readable CSV row ({err})") from None
     rows = [(n, row) for n, row in rows if any(row)]
     if not rows or rows[0][1] != HEADER:
         found = ",".join(rows[0][1]) if rows else "nothing"
@@ -64,8 +83,10 @@ def read_pairs_file(
 ) -> list[RawPair]:
     """The pairs a pairs file lists, in name order; UserError for any bad row.
 
-    Refused: a header other than ``name,lr,hr``, a row without three fields, an empty
-    name, a missing file, a file outside ``raw`` (unless ``outside_raw``), a name used
+    Refused: a file over MAX_PAIRS_FILE_BYTES, a row csv cannot read (a field over its
+    128 KiB limit), a header other than ``name,lr,hr``, a row without three fields, an
+    empty name, a name with a control character or too long for a file name
+    (aeatrain.dataformat.pair_name_problem), a missing file, a file outside ``raw`` (unless ``outside_raw``), a name used
     twice, a file listed twice (in one pair or two), pixel sizes that contradict the
     names' magnifications, pairs of different scales.
     """
@@ -80,6 +101,9 @@ def read_pairs_file(
         if len(row) != 3 or not all(row):
             raise UserError(f"{where}: expected three fields name,lr,hr, got {','.join(row)!r}")
         name, lr_name, hr_name = row
+        problem = pair_name_problem(name)
+        if problem is not None:
+            raise UserError(f"{where}: {problem}")
         if name in names:
             raise UserError(f"{where}: pair name {name!r} already used on line {names[name]}")
         names[name] = line

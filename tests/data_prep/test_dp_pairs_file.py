@@ -123,3 +123,53 @@ def test_sources_are_recorded_relative_to_raw_not_by_basename(tmp_path):
         "sha256": sha256_file(raw / "session 2" / "img 2.tif"),
     }
     assert np.array_equal(tifffile.imread(raw / sources["one"]["lr"]["file"]), lr)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (['"c\nd",c.tif,d.tif'],
+         r"line 2: pair name 'c\\nd' holds a control character \('\\n'\)"),
+        (['"tab\tname",a.tif,b.tif'], r"line 2: pair name 'tab\\tname' holds a control"),
+        (["粒界" * 45 + ",a.tif,b.tif"], r"line 2: pair name .* too long: its key .* is 810 "),
+        (["é" * 100 + ",a.tif,b.tif"], r"line 2: pair name .* too long: its key .* is 600 "),
+        (["x" * 140_000 + ",a.tif,b.tif"], r"line 2: not a readable CSV row \(field larger"),
+        (['p,a.tif,"b\n.tif"', "y" * 140_000 + ",e.tif,f.tif"], r"line 4: not a readable CSV"),
+    ],
+    ids=["newline", "tab", "cjk-too-long", "accents-too-long", "field-over-128k", "after-2-lines"],
+)  # fmt: skip
+def test_pair_names_that_cannot_be_keys_are_refused_with_their_line(
+    tmp_path, capsys, rows, message
+):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("name,lr,hr\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    code, err = _cli(["build", "--raw", str(raw), "--out", str(tmp_path / "d"),
+                      "--pairs-file", str(pairs)], capsys)  # fmt: skip
+    assert code == EXIT_USER_ERROR and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"pairs\.csv " + message, err), err[:300]
+    assert len(err) < 1000  # the 140,000-character field is not echoed
+
+
+def test_a_pairs_file_over_16_mib_is_refused_before_it_is_parsed(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pairs = tmp_path / "pairs.csv"
+    row = b"grain boundary,session 1/img.tif,session 1/img zoom.tif\n"
+    pairs.write_bytes(b"name,lr,hr\n" + row * (17 * 2**20 // len(row)))
+    code, err = _cli(["build", "--raw", str(raw), "--out", str(tmp_path / "d"),
+                      "--pairs-file", str(pairs)], capsys)  # fmt: skip
+    assert code == EXIT_USER_ERROR
+    assert re.search(r"pairs\.csv: 17\.0 MiB; a pairs file holds at most 16 MiB", err), err
+
+
+def test_file_names_whose_pair_key_is_too_long_are_refused(tmp_path):
+    from aeatrain.errors import UserError
+    from data_prep.pairs import find_pairs
+
+    name = "粒界" * 40  # 240 bytes of UTF-8: the file name fits, its %XX key (720) does not
+    for mag in (100, 200):
+        tifffile.imwrite(tmp_path / f"{name}_{mag}.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(UserError, match=r"_100\.tif: pair name .* too long: its key .* is 720 "):
+        find_pairs(tmp_path)
