@@ -25,6 +25,7 @@ index, written and read only by this module, is strict (``extra="forbid"``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -230,6 +231,31 @@ class ShardIndex(_Strict):
     shard_sha256: str
     samples: list[IndexedSample]
 
+    @model_validator(mode="after")
+    def _one_place_per_member(self) -> ShardIndex:
+        """Each key once, each member's bytes inside the shard and nobody else's: an index
+        that lists a sample twice (and so another not at all) or points past the shard's
+        end is not this shard's."""
+        keys: set[str] = set()
+        spans = []
+        for sample in self.samples:
+            if sample.key in keys:
+                raise ValueError(f"sample {sample.key} is listed twice")
+            keys.add(sample.key)
+            for ext, member in sample.members.items():
+                end = member.offset + member.size
+                if end > self.shard_bytes:
+                    raise ValueError(
+                        f"sample {sample.key}: {ext} ends at byte {end}, past the shard's "
+                        f"{self.shard_bytes} bytes"
+                    )
+                spans.append((member.offset, end, f"{sample.key}.{ext}"))
+        spans.sort()
+        for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+            if start < end:
+                raise ValueError(f"members {first} and {second} share bytes of the shard")
+        return self
+
     def to_json(self) -> str:
         return self.model_dump_json() + "\n"
 
@@ -362,16 +388,20 @@ def index_tar(path: str | Path) -> ShardIndex:
     )
 
 
-def write_index(shard_path: str | Path) -> tuple[ShardIndex, Path, str]:
-    """Index a local shard and write ``<shard>.index.json`` beside it; (index, path, sha256)."""
-    shard_path = Path(shard_path)
-    index = index_tar(shard_path)
+def save_index(index: ShardIndex, shard_path: str | Path) -> tuple[Path, str]:
+    """Write ``index`` as ``<shard>.index.json`` beside the shard; (path, its sha256)."""
     text = index.to_json().encode("utf-8")
-    target = shard_path.with_name(index_name(shard_path.name))
+    target = Path(shard_path).with_name(index_name(Path(shard_path).name))
     partial = target.with_name(f".{target.name}.partial")
     partial.write_bytes(text)
     os.replace(partial, target)  # never a half-written index under the real name
-    return index, target, sha256_bytes(text)
+    return target, sha256_bytes(text)
+
+
+def write_index(shard_path: str | Path) -> tuple[ShardIndex, Path, str]:
+    """Index a local shard and write ``<shard>.index.json`` beside it; (index, path, sha256)."""
+    index = index_tar(shard_path)
+    return (index, *save_index(index, shard_path))
 
 
 # ----------------------------------------------------------------------------- verifying
@@ -397,16 +427,29 @@ def check_shard(root: Path, entry: ShardEntry) -> str | None:
 
 
 def _check_shard_bytes(shard: Path, entry: ShardEntry, index: ShardIndex) -> str | None:
+    """The shard read once, indexed afresh (index_tar) and compared with its index: the
+    same bytes as the manifest says, the same samples, every member where the index says."""
     if shard.stat().st_size != index.shard_bytes:
         return f"{shard}: {shard.stat().st_size} bytes, its index says {index.shard_bytes}"
-    if sha256_file(shard) != entry.sha256:
+    try:
+        found = index_tar(shard)
+    except (ValueError, tarfile.TarError) as err:
+        if sha256_file(shard) != entry.sha256:
+            return f"{shard}: sha256 differs from the manifest (changed or corrupt shard)"
+        return f"{shard}: not a readable dataset shard ({err})"
+    if found.shard_sha256 != entry.sha256:
         return f"{shard}: sha256 differs from the manifest (changed or corrupt shard)"
-    with open(shard, "rb") as handle:
-        for sample in index.samples:
-            for ext, member in sample.members.items():
-                handle.seek(member.offset)
-                if sha256_bytes(handle.read(member.size)) != member.sha256:
-                    return f"{shard}: sample {sample.key}: {ext} differs from its index"
+    listed = {sample.key: sample for sample in index.samples}
+    for sample in found.samples:
+        if sample.key not in listed:
+            return f"{shard}: sample {sample.key} is missing from its index"
+        for ext, member in sample.members.items():
+            if listed[sample.key].members.get(ext) != member:
+                return f"{shard}: sample {sample.key}: {ext} differs from its index"
+        if listed.pop(sample.key) != sample:
+            return f"{shard}: sample {sample.key}: pair or region differs from its index"
+    if listed:
+        return f"{shard}: its index lists sample {next(iter(listed))}, which the shard lacks"
     return None
 
 

@@ -27,10 +27,12 @@ from aeatrain.dataformat import (
     Manifest,
     SampleMeta,
     ShardEntry,
+    index_tar,
     sample_key,
+    save_index,
     write_index,
 )
-from aeatrain.errors import UserError
+from aeatrain.errors import UserError, reporting_write_errors
 from aeatrain.imageio import atomic_write_text
 
 
@@ -184,18 +186,30 @@ def add_indexes(root: str | Path) -> int:
     if version == FORMAT_VERSION:
         return 0
     shards = [shard for split in raw["splits"].values() for shard in split["shards"]]
+    indexes = []  # every shard indexed and checked before the first index is written
     for shard in shards:
         try:
-            index, index_path, index_sha256 = write_index(root / shard["file"])
+            index = index_tar(root / shard["file"])
         except (OSError, ValueError, tarfile.TarError) as err:
             raise UserError(f"{root / shard['file']}: cannot index ({err})") from None
         if index.shard_sha256 != shard["sha256"]:
             raise UserError(f"{root / shard['file']}: sha256 differs from {path}; rebuild")
-        shard.update(index=index_path.name, index_sha256=index_sha256)
-    raw["format_version"] = FORMAT_VERSION
+        indexes.append(index)
+    written = []
     try:
-        upgraded = Manifest.model_validate(raw).as_dict()
-    except ValueError as err:
-        raise UserError(f"{path}: {err}") from None
-    write_manifest(root, upgraded)
+        with reporting_write_errors(root):
+            for shard, index in zip(shards, indexes):
+                index_path, index_sha256 = save_index(index, root / shard["file"])
+                written.append(index_path)
+                shard.update(index=index_path.name, index_sha256=index_sha256)
+            raw["format_version"] = FORMAT_VERSION
+            try:
+                upgraded = Manifest.model_validate(raw).as_dict()
+            except ValueError as err:
+                raise UserError(f"{path}: {err}") from None
+            write_manifest(root, upgraded)
+    except BaseException:  # all or nothing: a version 1 dataset has no index files
+        for index_path in written:
+            index_path.unlink(missing_ok=True)
+        raise
     return len(shards)

@@ -3,11 +3,19 @@
 readers tolerating keys a newer writer added."""
 
 import json
+import re
 
 import pytest
 
 from aeatrain import data
-from aeatrain.dataformat import DatasetError, Manifest, SampleMeta, ShardIndex, split_member_name
+from aeatrain.dataformat import (
+    DatasetError,
+    Manifest,
+    SampleMeta,
+    ShardIndex,
+    sha256_file,
+    split_member_name,
+)
 from aeatrain.errors import UserError
 from data_prep.__main__ import main as data_prep
 from tests.datasets import make_dataset
@@ -72,3 +80,69 @@ def test_index_upgrades_a_version_1_dataset_to_the_same_bytes(dataset, capsys):
     assert data_prep(["index", str(dataset)]) == 0  # twice: nothing to do
     assert "already" in capsys.readouterr().out
     assert [t.pair for t in data.test_tiles(dataset)] == ["pair00"] * 3 + ["pair01"] * 3
+
+
+def _tamper_index(dataset, split: str, change) -> None:
+    """Apply ``change`` to a split's index and fix the manifest's hash (and counts) up."""
+    path = dataset / f"{split}-000000.index.json"
+    index = json.loads(path.read_text())
+    change(index["samples"])
+    path.write_text(json.dumps(index))
+    manifest_path = dataset / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["splits"][split]
+    entry["samples"] = entry["shards"][0]["samples"] = len(index["samples"])
+    entry["shards"][0]["index_sha256"] = sha256_file(path)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def _twice(samples):
+    samples[1] = samples[0]  # sample 0 listed twice, sample 1 not at all
+
+
+def _dropped(samples):
+    del samples[1]
+
+
+def _shared(samples):
+    samples[1]["members"]["lr.png"] = samples[0]["members"]["lr.png"]  # hash fits too
+
+
+def _huge(samples):
+    samples[0]["members"]["lr.png"]["size"] = 10**12
+
+
+@pytest.mark.parametrize(
+    ("change", "problem", "loading"),
+    [
+        (_twice, r"sample pair00__test0 is listed twice", True),
+        (_dropped, r"test-000000\.tar: sample pair00__test1 is missing from its index", False),
+        (_shared, r"members pair00__test0\.lr\.png and pair00__test1\.lr\.png share", True),
+        (_huge, r"lr\.png ends at byte 10000000\d+, past the shard's \d+ bytes", True),
+    ],
+    ids=["key-twice", "key-missing", "bytes-shared", "size-1e12"],
+)
+def test_verify_refuses_an_index_that_misplaces_samples(dataset, capsys, change, problem, loading):
+    _tamper_index(dataset, "test", change)
+    with pytest.raises(UserError, match="1 of 3 shards failed verify"):
+        data_prep(["verify", str(dataset)])
+    assert re.search(problem, capsys.readouterr().err)
+    if loading:  # what verify alone can see (the tar's own samples) is not checked here
+        with pytest.raises(DatasetError, match=problem):
+            list(data.test_tiles(dataset))
+
+
+def test_a_failed_index_writes_no_index_file(dataset):
+    manifest_path = dataset / "manifest.json"
+    old = json.loads(manifest_path.read_text())
+    old["format_version"] = 1
+    for split in old["splits"].values():
+        for shard in split["shards"]:
+            (dataset / shard.pop("index")).unlink()
+            shard.pop("index_sha256")
+    old["splits"]["full"]["shards"][0]["sha256"] = "0" * 64  # the last shard fails
+    manifest_path.write_text(json.dumps(old))
+    before = manifest_path.read_bytes()
+    with pytest.raises(UserError, match=r"full-000000\.tar: sha256 differs"):
+        data_prep(["index", str(dataset)])
+    assert sorted(dataset.glob("*index.json")) == [] and manifest_path.read_bytes() == before
