@@ -15,6 +15,7 @@ bf16, full-resolution crops, ...) are options switched on by their own configs.
 from __future__ import annotations
 
 import re
+import reprlib
 import sys
 import types
 import typing
@@ -34,7 +35,8 @@ class ConfigError(UserError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # nan/inf pass every range check (nan compares false, inf is > 0): refuse them outright
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -102,7 +104,9 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """What the loader reads: a DATA folder written by ``python -m data_prep build``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, coerce_numbers_to_str=True, allow_inf_nan=False
+    )
 
     root: str = Field(
         description="DATA folder holding manifest.json and the shards (docs/formats.md "
@@ -110,8 +114,8 @@ class DataConfig(_Section):
     )
     pairs: list[str] | None = Field(
         None,
-        description="Train on these pairs only (names as in the manifest); one name = "
-        "self-training. null = pooled training on every pair.",
+        description="Train on these pairs only (names as in the manifest, each once, no "
+        "control characters); one name = self-training. null = pooled training on every pair.",
     )
     crop_size: Annotated[int, Field(ge=4)] | Literal["full"] = Field(
         256,
@@ -153,9 +157,17 @@ class DataConfig(_Section):
 
     @field_validator("pairs")
     @classmethod
-    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
+    def _distinct_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
             raise ValueError("must name at least one pair, or be null for all pairs")
+        for name in value:
+            if any(ord(char) < 32 or ord(char) == 127 for char in name):
+                raise ValueError(f"pair name {name!r} holds a control character")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"names pair {repeated[0]!r} more than once")
         return value
 
 
@@ -234,8 +246,9 @@ class TrainConfig(_Section):
     seed: int = Field(
         0,
         ge=0,
+        le=2**32 - 1,  # NumPy's global seed, which accelerate's set_seed sets, is 32-bit
         description="Seed of the weights' initialisation and of the crops: the batch "
-        "of a step is a pure function of (seed, step, rank).",
+        "of a step is a pure function of (seed, step, rank). 0 to 2^32 - 1.",
     )
     mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
         None,
@@ -341,10 +354,67 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return validate_tree(tree, source)
 
 
+# A YAML file may reuse a node by alias; a few hundred bytes of nested aliases then stand
+# for billions of values (an "alias bomb"), which validation and error messages expand. No
+# config comes near these limits (the paper's is under 2 KiB and 100 values).
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
 class _Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where ``no``, ``yes``,
+    """The loader of every YAML file aeatrain reads (:func:`load_yaml`).
+
+    YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where ``no``, ``yes``,
     ``on`` and ``off`` are booleans too, so ``mixed_precision: no`` (or the override
-    ``--train.mixed_precision no``) would arrive as False instead of the setting "no"."""
+    ``--train.mixed_precision no``) would arrive as False instead of the setting "no".
+    A key given twice in one mapping is refused (PyYAML keeps the last one silently), and
+    a document whose aliases expand to more than :data:`MAX_YAML_VALUES` values is refused
+    before anything is built from it."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        values = _expanded_values(node, {})
+        if values > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to {values:,} values, over the limit of "
+                f"{MAX_YAML_VALUES:,}; write the values out", node.start_mark,
+            )  # fmt: skip
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` entries may be overridden: that is their purpose
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):
+                    continue  # refused by PyYAML itself below
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice in one mapping",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_values(node: yaml.Node, counted: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias written out (shared nodes are
+    counted once per use, computed once: linear in the document's size)."""
+    if id(node) in counted:
+        return counted[id(node)]
+    counted[id(node)] = 1  # a recursive alias counts once rather than forever
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_values(item, counted) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(
+            _expanded_values(key, counted) + _expanded_values(value, counted)
+            for key, value in node.value
+        )
+    else:
+        total = 1
+    counted[id(node)] = total
+    return total
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -358,25 +428,49 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: no arbitrary objects
-
-
-def read_yaml_tree(path: str | Path) -> dict:
-    """The mapping in a YAML file; ConfigError naming the file if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+def load_yaml(text: str | bytes, source: str | Path) -> Any:
+    """Parse YAML text as every aeatrain reader does; UserError naming ``source`` (and the
+    line) for text that is not UTF-8, too large, not YAML, or has a key given twice."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{source}: {len(text):,} bytes, over the {MAX_YAML_BYTES:,} a YAML file read by "
+            f"aeatrain may have"
+        )
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{source}: not UTF-8 text (byte {err.start} is {text[err.start]:#04x}); "
+                f"save it as UTF-8"
+            ) from None
     try:
-        tree = _load_yaml(path.read_text())
+        return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise ConfigError(
-            f"{path}:{line} not valid YAML ({getattr(err, 'problem', err)})"
+            f"{source}:{line} not valid YAML ({getattr(err, 'problem', None) or err})"
         ) from None
+
+
+def read_yaml_tree(path: str | Path) -> dict:
+    """The mapping in a YAML config file; ConfigError naming the file if it is not one.
+
+    An empty file is refused: it would silently mean every default, the paper's
+    120,000-step setup, which is never what an empty file was meant to say."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        tree = load_yaml(path.read_bytes(), path)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
     if tree is None:
-        return {}
+        raise ConfigError(
+            f"{path}: the config file is empty; write at least data.root and train.run_dir "
+            f"(an empty file would mean every default: the paper's 120,000-step setup)"
+        )
     if not isinstance(tree, dict):
         raise ConfigError(
             f"{path}: expected a mapping of sections {SECTIONS}, got a {type(tree).__name__}"
@@ -437,8 +531,8 @@ def _parse_value(raw: str, annotation: Any) -> Any:
     name one pair without list brackets.
     """
     try:
-        value = _load_yaml(raw)
-    except yaml.YAMLError:
+        value = load_yaml(raw, "override")
+    except ConfigError:
         value = raw
     if value is None:
         return None
@@ -515,10 +609,17 @@ def format_validation_error(err: ValidationError) -> str:
             message = "required key is missing"
         else:
             message = item["msg"].removeprefix("Value error, ")
-            message = f"{message} (got {item.get('input')!r})"
+            message = f"{message} (got {_short_repr(item.get('input'))})"
         if message not in by_key.setdefault(key, []):
             by_key[key].append(message)
     return "; ".join(f"{key}: {' or '.join(messages)}" for key, messages in by_key.items())
+
+
+def _short_repr(value: Any) -> str:
+    """repr of a value as typed, bounded: a mistaken value may be a whole YAML tree."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, 80, 80
+    return short.repr(value)
 
 
 def _is_union_branch(part: Any) -> bool:

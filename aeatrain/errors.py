@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
+MAX_MESSAGE_CHARS = 2000  # one line a person reads; longer ones are cut in the middle
 
 # OSErrors of writing that the user fixes (free space, permissions), not bugs
 _WRITE_PROBLEMS = {
@@ -60,12 +61,22 @@ def reporting_write_errors(path: str | os.PathLike) -> Iterator[None]:
         raise OutputWriteError(f"{path}: cannot write: {problem}{where}", err) from None
 
 
+def capped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` at most about ``limit`` characters long: an over-long middle (a value
+    quoted whole, say) is cut, saying how much."""
+    if len(message) <= limit:
+        return message
+    keep = limit // 2
+    cut = len(message) - 2 * keep
+    return f"{message[:keep]} [... {cut:,} characters cut ...] {message[-keep:]}"
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a command-line ``main`` and turn a :class:`UserError` into one line + exit 2."""
     try:
         code = main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {capped(str(err))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

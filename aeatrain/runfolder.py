@@ -28,11 +28,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from torch import nn
 
 from aeatrain import checkpoint as ckpt
-from aeatrain.config import Config
+from aeatrain.config import Config, load_yaml
 from aeatrain.data import DatasetManifest, dataset_identity
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_text
@@ -117,6 +116,12 @@ class RunFolder:
             return None
         state = ckpt.read_trainer_state(checkpoint)
         _check_same_dataset(checkpoint, state, manifest)
+        if state["step"] > cfg.train.steps:
+            raise RunFolderError(
+                f"{checkpoint}: the run is at step {state['step']}, past train.steps="
+                f"{cfg.train.steps}; resume with train.steps of at least {state['step']} "
+                f"(weights are never taken back to an earlier step)"
+            )
         return ResumePoint(checkpoint, state["step"], state["world_size"])
 
     def _check_creatable(self) -> None:
@@ -249,7 +254,7 @@ class RunFolder:
 
 def _check_same_run(saved_path: Path, cfg: Config) -> None:
     """Refuse a change of anything but :data:`RESUMABLE_CHANGES` against RUN/config.yaml."""
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = load_yaml(saved_path.read_bytes(), saved_path) or {}
     current = cfg.model_dump(mode="json")
     for section, values in current.items():
         if section == "logging":

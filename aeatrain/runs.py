@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from aeatrain import __version__
+from aeatrain.config import load_yaml
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_bytes, atomic_write_text
 from aeatrain.inference import choose_device
@@ -189,9 +189,9 @@ def _read_config(run_dir: Path) -> dict:
     if not path.is_file():
         raise RunError(f"{path}: missing (a run folder holds the config it ran with)")
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise RunError(f"{path}: not readable YAML ({err})") from None
+        config = load_yaml(path.read_bytes(), path)
+    except OSError as err:
+        raise RunError(f"{path}: not readable ({err.strerror})") from None
     return config if isinstance(config, dict) else {}
 
 
@@ -354,7 +354,7 @@ def _package_weights(package: Path) -> InitialWeights:
     """The pytorch_state_dict entry of an aeatrain-exported bioimage.io package."""
     try:
         with zipfile.ZipFile(package) as archive:
-            rdf = yaml.safe_load(archive.read("rdf.yaml"))
+            rdf = load_yaml(archive.read("rdf.yaml"), f"{package}: rdf.yaml")
             entry = ((rdf or {}).get("weights") or {}).get("pytorch_state_dict") or {}
             architecture = entry.get("architecture") or {}
             if (architecture.get("import_from"), architecture.get("callable")) != (
@@ -366,7 +366,7 @@ def _package_weights(package: Path) -> InitialWeights:
                     f"weights are not built by aeatrain.models.build_model)"
                 )
             data = archive.read(str(entry["source"]))
-    except (KeyError, OSError, zipfile.BadZipFile, yaml.YAMLError) as err:
+    except (KeyError, OSError, zipfile.BadZipFile) as err:
         raise RunError(f"{package}: not a readable bioimage.io package ({err})") from None
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

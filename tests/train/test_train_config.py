@@ -9,6 +9,7 @@ from aeatrain.config import (
     Config,
     ConfigError,
     load_config,
+    load_yaml,
     parse_overrides,
     reference_markdown,
     update_reference,
@@ -42,7 +43,7 @@ def test_yes_no_on_off_are_words_not_booleans(minimal, tmp_path):
     cfg = load_config(minimal, ["--train.mixed_precision", "no", "--data.augment", "on"])
     assert cfg.train.mixed_precision == "no" and cfg.data.augment is True
     written = tmp_path / "w.yaml"
-    written.write_text(minimal.read_text() + "train:\n  run_dir: r\n  mixed_precision: no\n")
+    written.write_text("data: {root: D}\ntrain:\n  run_dir: r\n  mixed_precision: no\n")
     assert load_config(written).train.mixed_precision == "no"
 
 
@@ -86,6 +87,16 @@ def test_crop_size_follows_the_models_input_multiple(minimal):
             ["--logging.eval_max_tiles", "6"],
             "logging.eval_max_tiles: renamed logging.eval_max_pairs",
         ),
+        # issue 23 items 5, 9, 17: values every later range check would let through
+        (["--optim.lr", "inf"], "optim.lr: Input should be a finite number"),
+        (["--optim.lr", ".nan"], "optim.lr: Input should be a finite number"),
+        (["--model.bn_eps", "-.inf"], "model.bn_eps: Input should be a finite number"),
+        (["--optim.betas", "[.nan, 0.9]"], "optim.betas.0: Input should be a finite number"),
+        (["--optim.grad_clip_norm", ".inf"], "optim.grad_clip_norm: Input should be a finite"),
+        (["--train.seed", str(10**22)], "train.seed: Input should be less than or equal to"),
+        (["--data.pairs", "[syn000, syn000]"], "data.pairs: names pair 'syn000' more than once"),
+        (["--data.pairs", '["c\\nd"]'], "data.pairs: pair name 'c\\nd' holds a control"),
+        (["--data.pairs", '["a\\tb"]'], "data.pairs: pair name 'a\\tb' holds a control"),
     ],
 )
 def test_bad_overrides_are_one_line_naming_the_key(minimal, overrides, expected):
@@ -108,6 +119,42 @@ def test_missing_required_and_bad_files(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model: {name: aeanet, name: unet}\n", r"c.yaml: line 1 not valid YAML \(key 'name' is "
+         r"given twice in one mapping\)"),
+        ("train:\n  steps: 5\n  seed: 1\n  steps: 6\n", r"line 4 .*key 'steps' is given twice"),
+        (ALIAS_BOMB, r"aliases expand to 490,329,064 values, over the limit of 100,000"),
+        ("# only a comment\n", r"c.yaml: the config file is empty.*120,000-step"),
+        (b"\xff\xfe" + "train: {steps: 5}\n".encode("utf-16-le"), r"c.yaml: not UTF-8 text "
+         r"\(byte 0 is 0xff\); save it as UTF-8"),
+        ("x: " + "y" * (1 << 20) + "\n", r"c.yaml: 1,048,580 bytes, over the 1,048,576"),
+    ],
+)  # fmt: skip
+def test_config_files_that_say_something_else_than_they_seem_are_refused(
+    tmp_path, text, expected
+):
+    """Issue 23 items 8, 19, 24: a key given twice (PyYAML keeps the last), an alias bomb
+    (refused before it is expanded), an empty file (every default), UTF-16 text, a huge file."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    overrides = ["--data.root", "D", "--train.run_dir", "R"]
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(path, overrides)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_merge_keys_may_still_override_what_they_merge():
+    text = "base: &b {root: D, crop_size: 64}\ndata: {<<: *b, crop_size: 128}\n"
+    assert load_yaml(text, "t.yaml")["data"] == {"root": "D", "crop_size": 128}
 
 
 def test_resolved_yaml_round_trips(minimal):
