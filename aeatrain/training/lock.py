@@ -13,6 +13,9 @@ so a pid that was reused by another process after a crash is not taken for the t
 A lock whose process is gone on this host is stale (SIGKILL, a node crash): it is taken
 over with a warning. A lock of another host cannot be checked from here, so it is
 refused; the message says which file to delete once that trainer is known to be dead.
+So is a lock file that cannot be read as one (not JSON, a folder): a trainer publishes
+its lock whole (a hard link of a written file), so such a file is not a trainer's
+half-written lock but something this module cannot judge.
 """
 
 from __future__ import annotations
@@ -59,8 +62,6 @@ class LockOwner:
         """False only when the owner is known to be gone: same host, no such process."""
         if self.host != socket.gethostname():
             return True
-        if self.pid <= 0:  # an unreadable lock file
-            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -85,7 +86,8 @@ def lock_path(run_dir: str | Path) -> Path:
 
 
 def read_owner(path: Path) -> LockOwner | None:
-    """The lock's owner; None for no file. An unreadable file (a crash mid-write) is stale."""
+    """The lock's owner; None for no file; :class:`RunLockedError` saying what to do for a
+    file that is not a readable lock (it is never taken over: whose it is is unknown)."""
     try:
         raw = json.loads(path.read_text())
         return LockOwner(
@@ -94,8 +96,16 @@ def read_owner(path: Path) -> LockOwner | None:
         )  # fmt: skip
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return LockOwner(pid=-1, host=socket.gethostname(), start_ticks=None, since="?")
+    except IsADirectoryError:
+        problem = "is a folder, not a lock file"
+    except OSError as err:
+        problem = f"cannot be read ({err.strerror})"
+    except (ValueError, KeyError, TypeError):  # JSONDecodeError, UnicodeDecodeError included
+        problem = "is not a lock file aeatrain wrote (unreadable)"
+    raise RunLockedError(
+        f"{path}: {problem}; if no trainer is running in this run folder, delete it and run "
+        f"the command again"
+    )
 
 
 def check_unlocked(run_dir: str | Path) -> None:
@@ -161,6 +171,9 @@ def _takeovers_one_at_a_time(run_dir: str | Path) -> Iterator[None]:
 def release(run_dir: str | Path) -> None:
     """Remove the lock if this process holds it (never another trainer's)."""
     path = lock_path(run_dir)
-    owner = read_owner(path)
+    try:
+        owner = read_owner(path)
+    except RunLockedError:
+        return  # not a lock this process wrote
     if owner is not None and owner.pid == os.getpid() and owner.host == socket.gethostname():
         path.unlink(missing_ok=True)

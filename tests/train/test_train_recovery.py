@@ -10,6 +10,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -231,12 +232,48 @@ def test_lock_owners(tmp_path):
         runlock.acquire(tmp_path)
     runlock.release(tmp_path)  # never removes another trainer's lock
     assert path.exists()
-    path.write_text("{")  # a lock file cut short is stale
-    assert runlock.acquire(tmp_path) == path
-    assert runlock.read_owner(path).pid == runlock.LockOwner.this_process().pid
     pid_reused = json.loads(_lock_of(1))
     pid_reused["start_ticks"] = -5  # pid 1 lives, but started at another time
     assert not runlock.LockOwner(**pid_reused).is_alive()
+
+
+UNREADABLE = "is not a lock file aeatrain wrote (unreadable)"
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda path: path.write_text("{"), UNREADABLE),
+        (lambda path: path.write_bytes(b"\xff\xfe\x00"), UNREADABLE),
+        (lambda path: path.write_text('{"pid": "x", "host": "h"}'), UNREADABLE),
+        (lambda path: path.mkdir(), "is a folder, not a lock file"),
+    ],
+)
+def test_a_lock_file_that_is_no_lock_is_refused_saying_what_to_do(tmp_path, make, problem):
+    """Issue 23 items 19 and 24: not taken over as "pid -1", no IsADirectoryError."""
+    path = runlock.lock_path(tmp_path)
+    make(path)
+    expected = f"trainer.lock: {problem}; if no trainer is running in this run folder, delete it"
+    for call in (runlock.acquire, runlock.check_unlocked):
+        with pytest.raises(runlock.RunLockedError, match=re.escape(expected)):
+            call(tmp_path)
+    runlock.release(tmp_path)  # not ours: left alone
+    assert path.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["trainer.lock"]
+
+
+def test_resume_with_fewer_steps_than_the_run_has_is_refused(data, run_copy):
+    """Issue 23 item 7: it exited 0 and rewrote config.yaml to steps 2, weights at step 16."""
+    before = {p: p.read_bytes() for p in sorted(run_copy.rglob("*")) if p.is_file()}
+    with pytest.raises(UserError) as info:
+        train(data, run_copy, 2, "--resume")
+    message = str(info.value)
+    assert message == (
+        f"{run_copy / 'checkpoints' / 'step_16'}: the run is at step 16, past train.steps=2; "
+        f"resume with train.steps of at least 16 (weights are never taken back to an "
+        f"earlier step)"
+    )
+    after = {p: p.read_bytes() for p in sorted(run_copy.rglob("*")) if p.is_file()}
+    assert after == before
 
 
 def _take_stale_lock(run_dir, ready, done, results) -> None:
