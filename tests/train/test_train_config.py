@@ -14,6 +14,7 @@ from aeatrain.config import (
     reference_markdown,
     update_reference,
 )
+from aeatrain.errors import capped
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"data": {"root": "DATA"}, "train": {"run_dir": "RUN"}}
@@ -242,3 +243,14 @@ def test_docs_training_md_is_current(tmp_path):
     copy.write_text(doc.read_text())
     assert update_reference(copy) is False, "run: python -m aeatrain.config docs/training.md"
     assert "`train.max_skipped_steps`" in reference_markdown()
+
+
+def test_error_text_is_capped():
+    """Issue 23 item 23: alias-bomb configs printed 52-520 MB error lines."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["--data.root", "D", "--train.run_dir", "R",
+                           "--train.steps", "[" + "1, " * 5_000 + "]"])  # fmt: skip
+    assert len(str(info.value)) < 300 and "train.steps:" in str(info.value)
+    long = "x" * 5000
+    assert capped(f"a: {long} b") == f"a: {'x' * 997} [... 3,005 characters cut ...] {'x' * 998} b"
+    assert capped("short") == "short"
