@@ -123,7 +123,7 @@ class MicroscopeRecord(_Open):
     """One file's vendor metadata (aeatrain.microscope.Calibration.as_record); ``hv_kv``,
     ``detector`` and ``system`` come as extra keys where the vendor records them."""
 
-    vendor: Literal["fei", "zeiss", "imagej"]
+    vendor: Literal["fei", "zeiss", "tescan", "jeol", "imagej"]
     pixel_size_nm: float | None = Field(default=None, gt=0)
     magnification: float | None = Field(default=None, gt=0)
     bar_row: int | None = Field(default=None, ge=1)

@@ -58,9 +58,10 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
     The content decides how the file is read, not its name (a TIFF named .png is still a
     TIFF); JPEG content, lossy whatever its name, is read with a warning naming the file.
     TIFFs: any compression tifffile + imagecodecs decode (LZW, PackBits, deflate, zstd,
-    JPEG); a palette becomes grey when it is grey-like and is refused otherwise; a
-    multi-page file is refused unless ``page`` chooses one (0 is the first; single-page
-    files ignore it). Colour images (SEM software often saves grey as RGB) are converted
+    JPEG) or none (no Compression tag); a grey palette becomes grey (up to 1 % of the
+    pixels in colour, burnt-in markers, by their luma, with a warning), a colour one is
+    refused; a multi-page file is refused unless ``page`` chooses one (0 is the first;
+    single-page files ignore it). Colour images (SEM software often saves grey as RGB) are converted
     to grey with a warning; a constant alpha channel is dropped, a varying one refused.
     Raises :class:`ImageError` naming the file when it is missing, not an image,
     truncated, or of an unsupported pixel type.
@@ -142,11 +143,12 @@ def _read_tiff(path: Path, page: int | None) -> np.ndarray:
             chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
             _check_pixels(path, (chosen.imagewidth, chosen.imagelength))
             array = chosen.asarray()
-            if chosen.compression.name in _LOSSY_TIFF:
+            compression = _compression_name(chosen.compression)
+            if compression in _LOSSY_TIFF:
                 log.warning(
                     "%s: %s-compressed TIFF: lossy content under a lossless name",
                     path,
-                    chosen.compression.name,
+                    compression,
                 )
             if chosen.photometric == tifffile.PHOTOMETRIC.PALETTE:
                 return _palette_to_grey(array, chosen.colormap, path)
@@ -158,6 +160,16 @@ def _read_tiff(path: Path, page: int | None) -> np.ndarray:
     if array.ndim == 3 and axes.startswith("S"):
         array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
     return array
+
+
+def _compression_name(value: int) -> str:
+    """The name of a TIFF compression: tifffile gives a plain int where the file has no
+    Compression tag (TIFF 6.0's default, 1 = none; ImageJ 1.51 writes such files) or a
+    code it does not name."""
+    try:
+        return tifffile.COMPRESSION(value).name
+    except ValueError:
+        return str(value)
 
 
 def _tiff_page(path: Path, count: int, page: int | None) -> int:
@@ -174,25 +186,43 @@ def _tiff_page(path: Path, count: int, page: int | None) -> int:
     return page
 
 
+PALETTE_COLOUR_LIMIT = 0.01  # a palette image with more coloured pixels than this is refused
+
+
 def _palette_to_grey(indices: np.ndarray, colormap: np.ndarray, path: Path) -> np.ndarray:
     """Apply a TIFF colour map (3, 2**bits uint16) to its indices, as grey.
 
-    Refused unless the palette is grey-like: red, green and blue within 1/255 of the
-    full scale of each other on every entry the image uses.
+    Entries whose red, green and blue lie within 1/255 of the full scale of each other
+    are grey and give their green value. SEM software burns coloured markers, cursors
+    and scale bars into grey palette images: up to 1 % of the pixels in colour become
+    grey by their ITU-R BT.601 luma, with a warning naming the file and their number;
+    more colour than that is a colour image and refused.
     """
     if colormap is None:
         raise ImageError(f"{path}: palette TIFF without a colour map")
-    used = colormap[:, np.unique(indices)].astype(np.int64)  # (3, used entries)
-    spread = int((used.max(axis=0) - used.min(axis=0)).max())
-    if spread > 257:
+    entries = colormap.astype(np.int64)  # (3, entries)
+    coloured = (entries.max(axis=0) - entries.min(axis=0)) > 257  # (entries,)
+    coloured_pixels = int(np.count_nonzero(coloured[indices]))
+    if coloured_pixels > PALETTE_COLOUR_LIMIT * indices.size:
         raise ImageError(
-            f"{path}: palette (indexed colour) TIFF whose colours are not grey "
-            f"(red, green and blue differ by up to {spread / 65535:.0%}); convert it to grey"
+            f"{path}: palette (indexed colour) TIFF with {coloured_pixels} of {indices.size} "
+            f"pixels in colour ({coloured_pixels / indices.size:.1%}, more than "
+            f"{PALETTE_COLOUR_LIMIT:.0%}); convert it to grey"
         )
-    grey = colormap[1][indices]  # (H, W) uint16, 0..65535
+    levels = entries[1].astype(np.float64)  # (entries,) 0..65535
+    if coloured_pixels:
+        log.warning(
+            "%s: palette image with %d coloured pixels (markers?) of %d: made grey by luma",
+            path,
+            coloured_pixels,
+            indices.size,
+        )
+        luma = np.array([0.299, 0.587, 0.114]) @ entries  # (entries,)
+        levels = np.where(coloured, luma, levels)
+    grey = levels[indices]  # (H, W) 0..65535
     if colormap.shape[1] <= 256:  # an 8-bit palette: its grey levels are 8-bit
         return np.rint(grey / 257.0).astype(np.uint8)
-    return grey.astype(np.uint16)
+    return np.rint(grey).astype(np.uint16)
 
 
 def _read_with_opencv(path: Path) -> np.ndarray:
@@ -217,6 +247,20 @@ def opencv_message(err: cv2.error) -> str:
     """OpenCV's own sentence of a ``cv2.error``, whole, without its source file and line."""
     text = getattr(err, "err", None) or str(err).strip().splitlines()[-1]
     return " ".join(text.split())
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of an image from its header (a TIFF's first page), without
+    decoding it; None when the file is missing or its header is not one of ours."""
+    path = Path(path)
+    try:
+        if _content_kind(path) == "tiff":
+            with tifffile.TiffFile(path) as tif:
+                return tif.pages.first.imagewidth, tif.pages.first.imagelength
+        with open(path, "rb") as handle:
+            return _declared_size(memoryview(handle.read(32)))
+    except Exception:  # unreadable or damaged: read_image names the problem
+        return None
 
 
 def _check_before_decoding(path: Path, data: memoryview) -> None:

@@ -16,11 +16,14 @@ Fail fast: every input is read and every output path checked before the first im
 predicted, so a bad file in a folder (unreadable, truncated, an absurd header) stops the
 run with one line naming it and exit 2, and nothing is written. Inputs are never
 overwritten; existing outputs only with ``--overwrite``, and only files aeatrain wrote
-(listed in ``DIR/aeatrain-outputs.json``, which predict keeps; aeatrain.outputs).
+(listed in ``DIR/aeatrain-outputs.json``, which predict updates last, with the outputs
+it wrote, also those written before a failure; aeatrain.outputs).
 
-Files from microscopes (aeatrain/microscope.py): the data bar is cut where the vendor
-metadata records it (FEI ``ResolutionY``) unless ``--bar-row``/``--no-bar`` say
-otherwise; an input with a recorded pixel size gives a calibrated TIFF (ImageJ unit nm,
+Files from microscopes (aeatrain/microscope.py): the data bar is cut as ``data_prep
+build`` cuts it (``--bar-row``/``--no-bar``, else the row the vendor metadata records,
+FEI ``ResolutionY``, TESCAN ``ImageStripSize``, JEOL ``$CM_FULL_SIZE``; else row 944 of
+a 1280 x 1024 image, the public dataset's layout; else a detected vendor data bar; else
+none; a cut is logged); an input with a recorded pixel size gives a calibrated TIFF (ImageJ unit nm,
 X/Y resolution = 1 / (input pixel size / scale)), the input's vendor metadata in its
 ImageJ Info. Only TIFF content carries a calibration; a TIFF named .png or .bmp gives
 an output of that name and format, with a warning that the calibration is lost.
@@ -59,7 +62,7 @@ from aeatrain.inference import (
     self_ensemble,
 )
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.microscope import Calibration, cut_bar, read_calibration
+from aeatrain.microscope import Calibration, cut_data_bar, read_calibration
 from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.runs import add_loading_arguments
 
@@ -93,14 +96,12 @@ class InputImage:
 
 
 def read_input(path: Path, args: argparse.Namespace) -> InputImage:
-    """Read an input (``--page``), cut its data bar: ``--bar-row``, else none with
-    ``--no-bar``, else the row its vendor metadata records (FEI), else none."""
+    """Read an input (``--page``), cut its data bar as data_prep build does
+    (aeatrain.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the vendor's row, the
+    public layout's, a detected bar, or none; a cut is logged naming the file)."""
     image, bit_depth = read_image(path, page=args.page)
     calibration = read_calibration(path)
-    if args.bar_row is not None:
-        image = cut_bar(image, args.bar_row, path)
-    elif not args.no_bar and calibration is not None and calibration.bar_row is not None:
-        image = image[: calibration.bar_row]  # at or past the last row: no bar
+    image, _ = cut_data_bar(image, path, calibration, bar_row=args.bar_row, no_bar=args.no_bar)
     return InputImage(image, bit_depth, calibration)
 
 
@@ -256,8 +257,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         "--bar-row",
         type=int,
         default=None,
-        help="cut the SEM data bar: keep rows [0, N) of each input (default: the row the "
-        "vendor metadata records, FEI ResolutionY; else no cut)",
+        help="cut the SEM data bar: keep rows [0, N) of each input (default: as data_prep "
+        "build: the row the vendor metadata records; else 944 for 1280x1024 images; else a "
+        "detected vendor data bar; else no cut)",
     )
     bar.add_argument(
         "--no-bar", action="store_true", help="cut no data bar, whatever the metadata says"
@@ -336,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         check_tiling(args.tile, args.overlap)  # before any work
     check_inputs(jobs, args)
     model, run = load_run(args.run, weights=args.weights, device=args.device)
-    record_outputs(args.output, [job.target.name for job in jobs], tool="aeatrain.predict")
     log.info(
         "%s: %s, scale %g, %s weights, on %s",
         run.path,
@@ -345,17 +346,23 @@ def main(argv: list[str] | None = None) -> int:
         run.weights_kind,
         args.device,
     )
-    for job in tqdm(jobs, desc="predict", unit="image", disable=len(jobs) < 2):
-        before, after = predict_one(model, job, args, run.scale)
-        log.info(
-            "%s (%dx%d) -> %s (%dx%d)",
-            job.source,
-            before[1],
-            before[0],
-            job.target,
-            after[1],
-            after[0],
-        )
+    written = []  # recorded in the ledger last: a refused run records nothing
+    try:
+        for job in tqdm(jobs, desc="predict", unit="image", disable=len(jobs) < 2):
+            before, after = predict_one(model, job, args, run.scale)
+            written.append(job.target.name)
+            log.info(
+                "%s (%dx%d) -> %s (%dx%d)",
+                job.source,
+                before[1],
+                before[0],
+                job.target,
+                after[1],
+                after[0],
+            )
+    finally:  # what was written before a failure is ours: --overwrite may replace it
+        if written:
+            record_outputs(args.output, written, tool="aeatrain.predict")
     print(f"wrote {len(jobs)} image(s) to {args.output}")
     return 0
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aeatrain.errors import UserError, run_cli
+from aeatrain.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
 from data_prep import semstats
-from data_prep.build import DEFAULT_BAR_ROW, build_dataset
+from data_prep.build import build_dataset
 from data_prep.families import FAMILIES
 from data_prep.qc import pair_table, summary_text
 from data_prep.shards import add_indexes
@@ -128,8 +129,10 @@ def _add_build(commands) -> None:
     bar.add_argument(
         "--bar-row",
         type=int,
-        help="first row of the SEM data bar, cut from both images (default: the row the "
-        f"vendor metadata records, FEI ResolutionY; else {DEFAULT_BAR_ROW})",
+        help="first row of the SEM data bar, cut from every image (default: the row the "
+        "vendor metadata records, FEI ResolutionY, TESCAN ImageStripSize, JEOL $CM_FULL_SIZE; "
+        f"else {DEFAULT_BAR_ROW} for 1280x1024 images, the public dataset's layout; else a "
+        "detected vendor data bar; else none; the summary says which)",
     )
     bar.add_argument(
         "--no-bar", action="store_true", help="cut no data bar, whatever the metadata says"
@@ -244,8 +247,8 @@ def _build(args) -> int:
     outcomes = build_dataset(
         args.raw,
         args.out,
-        bar_row=None if args.no_bar else args.bar_row or DEFAULT_BAR_ROW,
-        bar_from_metadata=not args.no_bar and args.bar_row is None,
+        bar_row=args.bar_row,
+        no_bar=args.no_bar,
         pairs_file=args.pairs_file,
         outside_raw=args.allow_outside_raw,
         page=args.page,

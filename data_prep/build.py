@@ -2,7 +2,9 @@
 
 Reads ``RAW/<name>_<mag>.<ext>`` or the pairs a ``--pairs-file`` lists (docs/formats.md
 section 1), writes ``DATA/`` (section 2). Per pair, in worker processes: read both
-images, cut the data bar (where the vendor metadata records it, else ``--bar-row``), register
+images, cut the data bar (aeatrain.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the
+vendor's row, the public layout's row 944, a detected bar, or none; each file's cut and
+its reason go into registration.json, the manifest and the summary), register
 LR onto HR (data_prep/registration.py), warp LR into the HR frame (bicubic, source bit
 depth), draw the QC picture, and park the registered pair in a scratch folder. Then, in
 pair-name order: the train, test and full shards (data_prep/shards.py), registration.json
@@ -41,7 +43,6 @@ from data_prep.split import PROTOCOL, paper_split
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BAR_ROW = 944
 _SCRATCH = ".registered"
 
 
@@ -58,6 +59,7 @@ class PairOutcome:
     sources: dict = field(default_factory=dict)
     pixel_size_nm: dict = field(default_factory=dict)  # {"lr": nm | None, "hr": nm | None}
     bar_rows: dict = field(default_factory=dict)  # {"lr": row | None, "hr": row | None}
+    bar_sources: dict = field(default_factory=dict)  # {"lr": why, "hr": why}
     microscope: dict = field(default_factory=dict)  # {"lr": vendor record | None, "hr": ...}
 
     @property
@@ -69,7 +71,7 @@ class PairOutcome:
 class _PairJob:
     pair: RawPair
     bar_row: int | None
-    bar_from_metadata: bool
+    no_bar: bool
     page: int | None
     config: RegistrationConfig
     staging: Path
@@ -100,6 +102,7 @@ def _rejected(pair: RawPair, reason: str, bit_depth: int, raw: Path) -> dict:
         "magnification_ratio": pair.scale,
         "pixel_size_nm": pair.pixel_size_nm,
         "bar_rows": None,
+        "bar_sources": None,
         "microscope": pair.metadata_record(),
         "qc": None,
     }
@@ -108,18 +111,21 @@ def _rejected(pair: RawPair, reason: str, bit_depth: int, raw: Path) -> dict:
 def _process_pair(job: _PairJob) -> PairOutcome:
     """Worker: read, check, register, warp, QC; the registered pair goes to scratch."""
     pair = job.pair
-    lr, hr, lr_depth, hr_depth, bar_rows = load_pair_images(
-        pair, job.bar_row, bar_from_metadata=job.bar_from_metadata, page=job.page
+    lr, hr, lr_depth, hr_depth, bars = load_pair_images(
+        pair, job.bar_row, no_bar=job.no_bar, page=job.page
     )
+    bar_rows = {key: cut.row for key, cut in bars.items()}
+    bar_sources = {key: cut.source for key, cut in bars.items()}
+    cut = {"bar_rows": bar_rows, "bar_sources": bar_sources}
     if lr_depth != hr_depth:
         reason = (
             f"partners of different bit depth: {pair.lr_path.name} is {lr_depth}-bit, "
             f"{pair.hr_path.name} is {hr_depth}-bit"
         )
-        record = _rejected(pair, reason, lr_depth, job.raw) | {"bar_rows": bar_rows}
+        record = _rejected(pair, reason, lr_depth, job.raw) | cut
         return PairOutcome(pair.name, record)
     result = register(lr, hr, pair.scale, job.config)
-    record = _rejected(pair, "", lr_depth, job.raw) | result.as_record() | {"bar_rows": bar_rows}
+    record = _rejected(pair, "", lr_depth, job.raw) | result.as_record() | cut
     if result.homography is not None:
         warped = warp_lr_to_hr(lr, result.homography, hr.shape)
         qc_file = f"qc/{pair_key(pair.name)}.png"
@@ -143,6 +149,7 @@ def _process_pair(job: _PairJob) -> PairOutcome:
         sources,
         pair.pixel_size_nm,
         bar_rows,
+        bar_sources,
         pair.metadata_record(),
     )
 
@@ -197,8 +204,13 @@ def _no_usable_pair(raw: Path, outcomes: list[PairOutcome]) -> UserError:
     return UserError(f"{raw}: no usable pair, all {len(outcomes)} rejected ({reasons}{more})")
 
 
+def _pixel_size_from(microscope: dict) -> dict:
+    """``{"lr": field, "hr": field}``: where each file's pixel size came from (None: none)."""
+    return {key: (record or {}).get("pixel_size_from") for key, record in microscope.items()}
+
+
 def _write_dataset(
-    staging: Path, outcomes: list[PairOutcome], bar_row, bar_from_metadata: bool, command: str
+    staging: Path, outcomes: list[PairOutcome], bar_row, no_bar: bool, command: str
 ) -> dict:
     usable = [o for o in outcomes if o.ok]
     shards = {s: write_split(staging, s, _samples(usable, s, staging)) for s in SPLITS}
@@ -212,6 +224,8 @@ def _write_dataset(
                 "train_region": paper_split(o.width, o.height).train.as_dict(),
                 "pixel_size_nm": o.pixel_size_nm,
                 "bar_rows": o.bar_rows,
+                "bar_sources": o.bar_sources,
+                "pixel_size_from": _pixel_size_from(o.microscope),
             }
             for o in usable
         },
@@ -219,7 +233,7 @@ def _write_dataset(
         protocol=PROTOCOL,
         scale=usable[0].scale,
         bar_row=bar_row,
-        bar_from_metadata=bar_from_metadata,
+        bar_from_metadata=not no_bar and bar_row is None,
         command=command,
     )
     write_manifest(staging, manifest)
@@ -242,8 +256,8 @@ def build_dataset(
     raw: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    bar_row: int | None = DEFAULT_BAR_ROW,
-    bar_from_metadata: bool = True,
+    bar_row: int | None = None,
+    no_bar: bool = False,
     pairs_file: str | os.PathLike | None = None,
     outside_raw: bool = False,
     page: int | None = None,
@@ -254,12 +268,13 @@ def build_dataset(
 ) -> list[PairOutcome]:
     """Build ``out`` from the pairs in ``raw``; returns every pair's outcome, name order.
 
-    Pairs: by name, or as ``pairs_file`` lists them. The data bar: at the row a file's
-    vendor metadata records when ``bar_from_metadata``, else at ``bar_row`` (None: no
-    bar). ``page``: the page of multi-page TIFFs (refused without it). ``outside_raw``:
-    the pairs file may list files outside ``raw``. Raises UserError (nothing written,
-    nothing deleted) for a bad raw folder, pairs file or output folder, a source image
-    inside ``out``, an unreadable image, or when no pair is usable.
+    Pairs: by name, or as ``pairs_file`` lists them. The data bar: none with
+    ``no_bar``, else at ``bar_row`` in every file, else (None) each file's as
+    aeatrain.microscope.cut_data_bar finds it. ``page``: the page of multi-page TIFFs
+    (refused without it). ``outside_raw``: the pairs file may list files outside
+    ``raw``. Raises UserError (nothing written, nothing deleted) for a bad raw folder,
+    pairs file or output folder, a source image inside ``out``, an unreadable image, or
+    when no pair is usable.
     """
     raw, out = Path(raw), Path(out)
     if pairs_file is None:
@@ -273,7 +288,7 @@ def build_dataset(
     with staged_output(out, DATASET, overwrite=overwrite) as staging:
         (staging / "qc").mkdir()
         (staging / _SCRATCH).mkdir()
-        jobs = [_PairJob(p, bar_row, bar_from_metadata, page, config, staging, raw) for p in pairs]
+        jobs = [_PairJob(p, bar_row, no_bar, page, config, staging, raw) for p in pairs]
         outcomes = parallel_map(_process_pair, jobs, workers=workers, desc="build")
         for o in outcomes:
             if not o.ok:
@@ -283,6 +298,6 @@ def build_dataset(
         records = {o.name: o.record for o in outcomes}
         text = json.dumps(records, indent=2, sort_keys=True) + "\n"
         (staging / "registration.json").write_text(text, encoding="utf-8")
-        _write_dataset(staging, outcomes, bar_row, bar_from_metadata, command)
+        _write_dataset(staging, outcomes, bar_row, no_bar, command)
         shutil.rmtree(staging / _SCRATCH)
     return outcomes

@@ -25,7 +25,7 @@ import numpy as np
 from aeatrain.dataformat import pair_name_problem
 from aeatrain.errors import UserError
 from aeatrain.imageio import IMAGE_SUFFIXES, read_image
-from aeatrain.microscope import Calibration, cut_bar, read_calibration
+from aeatrain.microscope import BarCut, Calibration, cut_data_bar, read_calibration
 
 log = logging.getLogger(__name__)
 
@@ -207,30 +207,22 @@ def find_pairs(raw: str | Path) -> list[RawPair]:
 
 
 def load_pair_images(
-    pair: RawPair, bar_row: int | None, *, bar_from_metadata: bool = True, page: int | None = None
-) -> tuple[np.ndarray, np.ndarray, int, int, dict[str, int | None]]:
-    """Read both images and cut their bars: ``(lr, hr, lr_depth, hr_depth, bar_rows)``.
+    pair: RawPair, bar_row: int | None = None, *, no_bar: bool = False, page: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int, int, dict[str, BarCut]]:
+    """Read both images and cut their bars: ``(lr, hr, lr_depth, hr_depth, bars)``.
 
-    A file whose vendor metadata records its bar row (FEI ``ResolutionY``) is cut there
-    when ``bar_from_metadata``, any other at ``bar_row`` (None: no bar). ``bar_rows``
-    (``{"lr": row, "hr": row}``) says where each was cut (None: not cut). An unreadable
-    file (not an image, truncated) raises ImageError naming it.
+    The data bar of each file as aeatrain.microscope.cut_data_bar decides (``no_bar``,
+    else ``bar_row``, else the vendor's row, else the public layout's, else a detected
+    bar, else none); ``bars`` (``{"lr": BarCut, "hr": BarCut}``) says where and why. An
+    unreadable file (not an image, truncated) raises ImageError naming it.
     """
-    images, depths, rows = [], [], {}
+    images, depths, bars = [], [], {}
     for key, path, calibration in (
         ("lr", pair.lr_path, pair.lr_calibration),
         ("hr", pair.hr_path, pair.hr_calibration),
     ):
         image, depth = read_image(path, page=page)
-        recorded = calibration.bar_row if bar_from_metadata and calibration else None
-        images.append(_cut_file_bar(image, path, recorded, bar_row))
-        rows[key] = images[-1].shape[0] if images[-1].shape[0] < image.shape[0] else None
+        kept, bars[key] = cut_data_bar(image, path, calibration, bar_row=bar_row, no_bar=no_bar)
+        images.append(kept)
         depths.append(depth)
-    return images[0], images[1], depths[0], depths[1], rows
-
-
-def _cut_file_bar(image: np.ndarray, path: Path, recorded: int | None, bar_row: int | None):
-    """Cut at the vendor's row when there is one (at or past the last row: no bar)."""
-    if recorded is None:
-        return cut_bar(image, bar_row, path)
-    return image[:recorded]
+    return images[0], images[1], depths[0], depths[1], bars

@@ -145,19 +145,41 @@ def pair_table(records: dict[str, dict]) -> str:
 
 
 def _bar_rows_text(manifest: dict) -> str:
-    """Where the data bars were cut: the rows of every pair's files (the vendor's rows
-    can differ per file), or the manifest's ``bar_row`` for datasets without them."""
-    rows = {
-        row
-        for pair in manifest["pairs"].values()
-        for row in (pair.get("bar_rows") or {}).values()
-        if row is not None
-    }
-    if not any("bar_rows" in pair for pair in manifest["pairs"].values()):
-        rows = {manifest["bar_row"]} if manifest["bar_row"] is not None else set()
-    if not rows:
-        return "no row (no data bar)"
-    return "row " + ", ".join(str(r) for r in sorted(rows))
+    """Where the data bars were cut and why: each distinct row of the pairs' files (the
+    vendor's rows can differ per file) with its reason, or the manifest's ``bar_row`` for
+    datasets built before the rows and reasons were kept."""
+    pairs = manifest["pairs"].values()
+    if not any("bar_rows" in pair for pair in pairs):
+        return f"row {manifest['bar_row']}" if manifest["bar_row"] is not None else "no row"
+    cuts = set()
+    for pair in pairs:
+        sources = pair.get("bar_sources") or {}
+        for key, row in (pair.get("bar_rows") or {}).items():
+            cuts.add((-1 if row is None else row, sources.get(key)))
+    texts = []
+    for row, source in sorted(cuts, key=lambda cut: (cut[0], cut[1] or "")):
+        text = "no row" if row < 0 else f"row {row}"
+        texts.append(f"{text} ({source})" if source else text)
+    return ", ".join(texts) if texts else "no row (no data bar)"
+
+
+def _pixel_sizes_text(records: dict) -> str:
+    """The pixel sizes the files recorded and the field each came from, LR and HR: an old
+    dataset (no field recorded) says so, so a Zeiss size read the old way shows."""
+    seen: dict[str, set] = {"LR": set(), "HR": set()}
+    for record in records.values():
+        for key, label in (("lr", "LR"), ("hr", "HR")):
+            nm = (record.get("pixel_size_nm") or {}).get(key)
+            micro = (record.get("microscope") or {}).get(key) or {}
+            if nm is None:
+                seen[label].add("none recorded")
+                continue
+            source = micro.get("pixel_size_from") or (
+                f"{micro.get('vendor', '?')}, field not recorded: an older build, which read "
+                "Zeiss files not 1024 wide wrong by width/1024 (AP_PIXEL_SIZE)"
+            )
+            seen[label].add(f"{nm:.4g} nm ({source})")
+    return "; ".join(f"{label} {', '.join(sorted(texts))}" for label, texts in seen.items())
 
 
 def summary_text(data_dir: str | Path) -> str:
@@ -170,6 +192,7 @@ def summary_text(data_dir: str | Path) -> str:
         f"dataset {data_dir}: protocol {manifest['protocol']['name']}, scale "
         f"{manifest['scale']:g}, bit depth {', '.join(map(str, manifest['bit_depths']))}, "
         f"data bar cut at {_bar_rows_text(manifest)}",
+        f"pixel sizes: {_pixel_sizes_text(records)}",
         f"pairs: {len(ok)} ok, {len(records) - len(ok)} rejected",
         pair_table(records),
     ]

@@ -155,7 +155,7 @@ def hr_test_tiles(raw: str | Path, *, pairs: int | None, bar_row: int | None) ->
     """The HR test tiles (paper split of the HR image) of the first ``pairs`` pairs."""
     tiles = []
     for pair in find_pairs(raw)[:pairs]:
-        _, hr, _, depth, _ = load_pair_images(pair, bar_row)
+        _, hr, _, depth, _ = load_pair_images(pair, bar_row, no_bar=bar_row is None)
         hr = to_float(hr, depth)
         try:
             split = paper_split(hr.shape[1], hr.shape[0])

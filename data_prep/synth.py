@@ -532,7 +532,9 @@ def vendor_tags(vendor: str | None, config: SynthConfig, magnification: int) -> 
             system="aeatrain synth",
         )
         return [(34682, "s", 0, text, True)]  # FEI_HELIOS
-    text = zeiss_tag_text(pixel_nm, magnification=magnification, hv_kv=5.0, detector="SE2")
+    text = zeiss_tag_text(
+        pixel_nm, width=config.width, magnification=magnification, hv_kv=5.0, detector="SE2"
+    )
     return [(34118, "s", 0, text, True)]  # CZ_SEM
 
 

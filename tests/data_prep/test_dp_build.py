@@ -12,9 +12,9 @@ import pytest
 from aeatrain.dataformat import sha256_file
 from aeatrain.errors import UserError
 from aeatrain.imageio import read_image, write_image
+from aeatrain.microscope import cut_bar
 from data_prep import build as build_module
 from data_prep.build import build_dataset
-from data_prep.pairs import cut_bar
 from data_prep.registration import warp_lr_to_hr
 from data_prep.synth import SynthConfig, synthesize
 from data_prep.truth import check_truth
@@ -74,7 +74,9 @@ def test_dataset_layout_manifest_and_registration(small_raw, small_data):
         "bit_depth": 8,
         "train_region": {"x0": 0, "y0": 0, "x1": 384, "y1": 384},
         "pixel_size_nm": {"lr": None, "hr": None},  # BMPs record none
+        "pixel_size_from": {"lr": None, "hr": None},
         "bar_rows": {"lr": BAR, "hr": BAR},
+        "bar_sources": {"lr": "--bar-row", "hr": "--bar-row"},
     }
     counts = {
         s: (v["samples"], [x["file"] for x in v["shards"]]) for s, v in manifest["splits"].items()

@@ -16,10 +16,11 @@ import tifffile
 
 from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
 from aeatrain.imageio import ImageError, read_image, write_image
-from aeatrain.microscope import read_calibration
+from aeatrain.microscope import BarCut, read_calibration
 from data_prep.__main__ import main as data_prep_main
 from data_prep.build import build_dataset
 from data_prep.pairs import find_pairs, load_pair_images
+from data_prep.qc import summary_text
 from data_prep.registration import corner_error
 from data_prep.synth import SynthConfig, draw_specimen, make_pair, synthesize
 from tests.data_prep.conftest import SMALL, SMALL_SEED
@@ -39,7 +40,7 @@ FEI_TEXT = (
 # SmartSEM text (tag 34118): a key line in capitals, then "label = value unit"
 ZEISS_TEXT = (
     "0\r\nDP_SCAN_ROT\r\nScan Rotation = Off\r\n"
-    "AP_PIXEL_SIZE\r\nPixel Size = {px_text}\r\n"
+    "AP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = {px_text}\r\n"
     "AP_MAG\r\nMag = {mag}\r\n"
     "AP_ACTUALKV\r\nEHT = 3.00 kV\r\n"
     "DP_DETECTOR_CHANNEL\r\nSignal A = InLens\r\n"
@@ -136,6 +137,14 @@ def test_zeiss_pair_scale_from_pixel_sizes(tmp_path):
         sample = json.loads(tar.extractfile("p1__full.json").read())
     assert sample["pixel_size_nm"] == {"lr": 10.0, "hr": 5.0}
     assert sample["microscope"]["lr"]["vendor"] == "zeiss"
+    summary = summary_text(tmp_path / "data")
+    assert "pixel sizes: LR 10 nm (Zeiss AP_IMAGE_PIXEL_SIZE); HR 5 nm (Zeiss" in summary
+    registration = tmp_path / "data" / "registration.json"  # as an older build wrote it
+    records = json.loads(registration.read_text())
+    for key in ("lr", "hr"):
+        del records["p1"]["microscope"][key]["pixel_size_from"]
+    registration.write_text(json.dumps(records))
+    assert "LR 10 nm (zeiss, field not recorded: an older build" in summary_text(tmp_path / "data")
 
 
 def test_synth_fei_tif_builds_with_the_bar_from_metadata(tmp_path):
@@ -151,10 +160,10 @@ def test_synth_fei_tif_builds_with_the_bar_from_metadata(tmp_path):
         <= 0.5
     )
     pair = find_pairs(tmp_path / "raw")[0]  # --bar-row and --no-bar override the metadata
-    lr, hr, *_, rows = load_pair_images(pair, 200, bar_from_metadata=False)
-    assert lr.shape[0] == hr.shape[0] == 200 and rows == {"lr": 200, "hr": 200}
-    lr, *_, rows = load_pair_images(pair, None, bar_from_metadata=False)
-    assert lr.shape[0] == 288 + 24 and rows == {"lr": None, "hr": None}
+    lr, hr, *_, bars = load_pair_images(pair, 200)
+    assert lr.shape[0] == hr.shape[0] == 200 and bars["lr"] == BarCut(200, "--bar-row")
+    lr, *_, bars = load_pair_images(pair, no_bar=True)
+    assert lr.shape[0] == 288 + 24 and bars["hr"] == BarCut(None, "--no-bar")
 
 
 def test_cv2_written_16_bit_lzw_pair_builds(tmp_path):
@@ -194,7 +203,7 @@ def test_colour_palette_is_refused_naming_the_file(tmp_path):
     ramp = np.arange(256, dtype=np.uint16) * 257
     colormap = np.stack([ramp, ramp[::-1], ramp])  # a colour map (magenta-green)
     tifffile.imwrite(tmp_path / "c.tif", indices, photometric="palette", colormap=colormap)
-    with pytest.raises(ImageError, match=r"c\.tif: palette .* not grey"):
+    with pytest.raises(ImageError, match=r"c\.tif: palette .* 2032 of 2048 pixels in colour"):
         read_image(tmp_path / "c.tif")
 
 

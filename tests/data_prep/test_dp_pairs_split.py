@@ -5,7 +5,8 @@ import pytest
 
 from aeatrain.errors import UserError
 from aeatrain.imageio import write_image
-from data_prep.pairs import cut_bar, find_pairs
+from aeatrain.microscope import cut_bar
+from data_prep.pairs import find_pairs
 from data_prep.split import PROTOCOL, Region, paper_split
 
 
