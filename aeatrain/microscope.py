@@ -15,9 +15,10 @@ RosettaSciIO reads it (FEI, Zeiss, ImageJ; tests/data_prep/test_dp_vendor_files.
   image width; else ``AP_PIXEL_SIZE`` x 1024 / the image width (``AP_PIXEL_SIZE`` is the
   pixel of a 1024-wide frame, whatever the stored width). ``AP_MAG`` (``"10.00 K X"``),
   ``AP_ACTUALKV``, ``DP_DETECTOR_CHANNEL``. SmartSEM records no data-bar row.
-- TESCAN (tag 50431): INI-like text; ``PixelSizeX`` in metres, ``Magnification``,
-  ``HV`` in volts, ``Detector``, ``Device``, ``ImageStripSize`` = the height of the data
-  bar at the bottom of the image.
+- TESCAN (tag 50431, or the same text in a ``NAME-tif.hdr`` sidecar, ``NAME-png.hdr``
+  beside a PNG): INI-like text; ``PixelSizeX`` in metres, ``Magnification``, ``HV`` in
+  volts, ``Detector``, ``Device``, ``ImageStripSize`` = the height of the data bar at the
+  bottom of the image.
 - JEOL (a ``.txt`` sidecar beside the image, same stem): ``$CM_MAG``, ``$CM_FULL_SIZE``
   (width and height of the image area: rows below it are the data bar),
   ``$$SM_MICRON_MARKER`` (the scale bar's length, ``1um``) over ``$$SM_MICRON_BAR`` (its
@@ -210,7 +211,7 @@ def read_calibration(path: str | os.PathLike) -> Calibration | None:
         raise
     except Exception:  # not a TIFF after all: only a sidecar can calibrate it
         pass
-    return calibration or _jeol_calibration(path, size)
+    return calibration or _tescan_sidecar(path, size) or _jeol_calibration(path, size)
 
 
 def _tagged_calibration(tif: tifffile.TiffFile, path: Path, size: tuple[int, int]):
@@ -421,7 +422,8 @@ def _number(text: str | None, path: Path, what: str) -> float | None:
 
 
 def _tescan_calibration(value: Any, path: Path, size: tuple[int, int]) -> Calibration:
-    """TESCAN tag 50431 (INI-like text, possibly after binary bytes) -> Calibration."""
+    """TESCAN tag 50431 or ``.hdr`` text (INI-like, in the tag possibly after binary
+    bytes) -> Calibration."""
     text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
     values = _ini_values(text.replace("\0", "\n"))
     pixel_m = _number(values.get("PixelSizeX"), path, "PixelSizeX")
@@ -454,6 +456,17 @@ def _tescan_calibration(value: Any, path: Path, size: tuple[int, int]) -> Calibr
         pixel_size_from=None if pixel_m is None else "TESCAN PixelSizeX",
         bar_from=bar_from,
     )
+
+
+def _tescan_sidecar(path: Path, size: tuple[int, int]) -> Calibration | None:
+    """TESCAN's ``NAME-tif.hdr`` (``NAME-png.hdr``, ...) beside the image, or None."""
+    sidecar = path.with_name(f"{path.stem}-{path.suffix.lstrip('.').lower()}.hdr")
+    if not sidecar.is_file():
+        return None
+    text = sidecar.read_text(encoding="latin-1")
+    if "PixelSizeX" not in text and "ImageStripSize" not in text:
+        return None  # some other header
+    return _tescan_calibration(text, Path(f"{path} (sidecar {sidecar.name})"), size)
 
 
 def _jeol_fields(text: str) -> dict[str, str]:

@@ -77,8 +77,18 @@ def write_zeiss(path: Path, image: np.ndarray, pixel_nm: float, *, frame_only=Fa
 
 
 def write_tescan(path: Path, image: np.ndarray, pixel_nm: float, strip) -> float:
+    """The tag as bytes: a binary block, then the text (its first key is AccFrames)."""
+    text = "AccFrames=1\r\n" + TESCAN_TEXT.format(mag=20000, px=pixel_nm * 1e-9, strip=strip)
+    data = b"TC\x00\x01\x8f\x00\x00\x00" + text.encode("latin-1")
+    tifffile.imwrite(path, image, extratags=[(50431, "B", len(data), data, True)])
+    return pixel_nm
+
+
+def write_tescan_hdr(path: Path, image: np.ndarray, pixel_nm: float, strip) -> float:
+    """A plain TIFF and the ``NAME-tif.hdr`` sidecar TESCAN writes beside it."""
+    tifffile.imwrite(path, image)
     text = TESCAN_TEXT.format(mag=20000, px=pixel_nm * 1e-9, strip=strip)
-    tifffile.imwrite(path, image, extratags=[(50431, "s", 0, text, True)])
+    path.with_name(f"{path.stem}-tif.hdr").write_text(text, encoding="latin-1")
     return pixel_nm
 
 
@@ -111,6 +121,7 @@ VENDOR_FILES = {
         None,
     ),
     "tescan": (lambda p: write_tescan(p, sem_image(80, 64), 2501.2, 20), False, 60),
+    "tescan hdr": (lambda p: write_tescan_hdr(p, sem_image(80, 64), 2501.2, 20), False, 60),
     "jeol": (lambda p: write_jeol(p, sem_image(72, 64), 60), False, 60),
     "imagej": (lambda p: write_imagej(p, sem_image(32, 40), 7.5), True, None),
 }
