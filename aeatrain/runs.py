@@ -228,7 +228,8 @@ def _load_state(path: Path, model_name: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict(strict) with a one-line error naming the file and the first keys."""
+    """load_state_dict(strict) with a one-line error naming the file and the first keys;
+    weights holding nan or inf are refused (:func:`check_finite`)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -246,7 +247,26 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> N
         )
     if problems:
         raise RunError(f"{path}: weights do not match the model: " + "; ".join(problems))
+    check_finite(state, path)
     model.load_state_dict(state, strict=True)
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding nan or inf: every output of such a network is non-finite (a
+    blank image once clipped), so predict, evaluate, export and ``train.init_from`` stop
+    here, naming the file, rather than write or score nonsense."""
+    bad = {
+        name: int((~torch.isfinite(tensor)).sum())
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    }
+    if bad:
+        first = next(iter(bad))
+        raise RunError(
+            f"{path}: {sum(bad.values())} weights are nan or inf (in {len(bad)} tensors, e.g. "
+            f"{first}): the run diverged or the file is damaged; use weights of an earlier "
+            f"checkpoint"
+        )
 
 
 def add_loading_arguments(parser) -> None:
