@@ -189,6 +189,27 @@ def prune(run_dir: str | Path, keep: int) -> list[Path]:
     return removed
 
 
+# What torch.save's C++ writer raises (as RuntimeError, not OSError) when a write fails,
+# e.g. on a full disk: "basic_ios::clear: iostream error", "[enforce fail at
+# inline_container.cc:672] . unexpected pos 704 vs 598", "PytorchStreamWriter failed ...".
+_TORCH_WRITE_FAILURES = ("basic_ios::clear", "inline_container.cc", "PytorchStreamWriter")
+
+
+def write_failure(err: BaseException, folder: Path) -> str | None:
+    """What went wrong when writing into ``folder`` failed with ``err``, as a phrase for the
+    user; None when ``err`` is not a failed write (a bug, which must raise as it is)."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    if isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILURES):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free_mib = shutil.disk_usage(existing).free / 2**20
+        return (
+            f"torch.save could not write a file: the disk is full or failing? "
+            f"{free_mib:,.0f} MiB free there"
+        )
+    return None
+
+
 def read_trainer_state(checkpoint: str | Path) -> dict:
     """The trainer state of a complete checkpoint (raises ValueError if it is not ours)."""
     path = Path(checkpoint) / STATE_FILE

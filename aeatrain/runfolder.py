@@ -206,15 +206,22 @@ class RunFolder:
         ckpt.prune(self.path, keep)
         return final
 
-    def failed_checkpoint(self, step: int, err: OSError, *, remove: bool) -> CheckpointWriteError:
-        """The error of a checkpoint that could not be written; ``remove`` (the main
-        process) deletes its partial folder, so the newest complete one stays the newest."""
+    def failed_checkpoint(
+        self, step: int, err: Exception, *, remove: bool
+    ) -> CheckpointWriteError | None:
+        """The error of a checkpoint that could not be written (a full disk, quota,
+        read-only: an OSError, or torch.save's RuntimeError); ``remove`` (the main process)
+        deletes its partial folder, so the newest complete one stays the newest. None when
+        ``err`` is not a failed write: a bug, to raise as it is."""
         partial = self.partial_checkpoint(step)
+        problem = ckpt.write_failure(err, partial)
+        if problem is None:
+            return None
         if remove:
             shutil.rmtree(partial, ignore_errors=True)
         return CheckpointWriteError(
             f"{partial}: could not write the checkpoint of step {step} "
-            f"({err.strerror or err}); removed it, the newest complete checkpoint is still "
+            f"({problem}); removed it, the newest complete checkpoint is still "
             f"{self.newest_complete()}"
         )
 

@@ -62,7 +62,7 @@ from aeatrain.data import (
     train_loader,
 )
 from aeatrain.ema import WeightEMA
-from aeatrain.errors import UserError, run_cli
+from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.evaluate import score_pairs, summarize_pairs
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model, input_multiple
@@ -473,7 +473,8 @@ def open_run_folder(run_folder: RunFolder, cfg: Config, accelerator: Accelerator
     if refusal is not None:
         raise runlock.RunLockedError(refusal)
     accelerator.wait_for_everyone()
-    accelerator.init_trackers("tensorboard")
+    with reporting_write_errors(run_folder.logs):  # TensorBoard's first event file
+        accelerator.init_trackers("tensorboard")
 
 
 def restore(t: Trainer, resume: ResumePoint) -> None:
@@ -841,8 +842,11 @@ def save_checkpoint(t: Trainer) -> Path:
         if accelerator.is_main_process:
             keep = t.cfg.train.keep_checkpoints
             folder.complete_checkpoint(t.step, checkpoint_record(t), keep)
-    except OSError as err:  # the rank that fails exits; torchrun then stops the others
-        raise folder.failed_checkpoint(t.step, err, remove=accelerator.is_main_process) from None
+    except (OSError, RuntimeError) as err:  # the rank that fails exits; torchrun then stops
+        failed = folder.failed_checkpoint(t.step, err, remove=accelerator.is_main_process)
+        if failed is None:
+            raise  # not a failed write: a bug
+        raise failed from None
     log.info("checkpoint %s", folder.checkpoint(t.step), main_process_only=True)
     accelerator.wait_for_everyone()
     return folder.checkpoint(t.step)

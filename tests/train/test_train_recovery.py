@@ -144,24 +144,57 @@ def test_no_intact_checkpoint_is_one_line_naming_the_newest(data, run_copy):
     assert "step_16: model.safetensors is missing, and no older checkpoint is intact" in message
 
 
-def test_disk_full_at_a_checkpoint_keeps_the_previous_one(data, run_copy, monkeypatch):
+FULL_DISK_ERRORS = {  # what save_state raises: safetensors' OSError, torch.save's RuntimeError
+    "No space left on device": OSError(errno.ENOSPC, "No space left on device"),
+    "torch.save could not write a file: the disk is full or failing?": RuntimeError(
+        "basic_ios::clear: iostream error"  # issue 23 item 16: a traceback, exit 1
+    ),
+}
+
+
+@pytest.mark.parametrize("said", sorted(FULL_DISK_ERRORS))
+def test_disk_full_at_a_checkpoint_keeps_the_previous_one(data, run_copy, monkeypatch, said):
     def full_disk(self, output_dir, **kwargs):
         Path(output_dir, "model.safetensors").write_bytes(b"half a tensor")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise FULL_DISK_ERRORS[said]
 
     before = ckpt.read_trainer_state(run_copy / "checkpoints" / "step_16")
     monkeypatch.setattr(Accelerator, "save_state", full_disk)
     with pytest.raises(UserError) as info:
-        train(data, run_copy, 24, "--resume")
+        train(data, run_copy, 17, "--resume")
     message = str(info.value)
     assert "\n" not in message
-    assert "step_24.partial: could not write the checkpoint of step 24" in message
-    assert "No space left on device" in message and "step_16" in message
+    assert "step_17.partial: could not write the checkpoint of step 17" in message
+    assert said in message and "step_16" in message
     folders = sorted(p.name for p in (run_copy / "checkpoints").iterdir())
     assert folders == ["step_16", "step_8"]  # no debris
     assert ckpt.read_trainer_state(run_copy / "checkpoints" / "step_16") == before
     assert ckpt.checkpoint_problem(run_copy / "checkpoints" / "step_16") is None
     assert not runlock.lock_path(run_copy).exists()
+
+
+def test_only_failed_writes_count_as_a_full_disk(tmp_path):
+    assert ckpt.write_failure(RuntimeError("same device expected"), tmp_path) is None
+    assert ckpt.write_failure(RuntimeError("[enforce fail at inline_container.cc:672] ."),
+                              tmp_path / "absent").endswith(" MiB free there")  # fmt: skip
+    assert ckpt.write_failure(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path) == (
+        "Disk quota exceeded"
+    )
+
+
+def test_disk_full_at_the_start_is_one_line(data, tmp_path, monkeypatch):
+    """Issue 23 item 16: TensorBoard's first event file on a full disk was a traceback."""
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "logs"))
+
+    monkeypatch.setattr(Accelerator, "init_trackers", full_disk)
+    with pytest.raises(UserError) as info:
+        train(data, tmp_path / "run", 24)
+    assert str(info.value) == (
+        f"{tmp_path / 'run' / 'logs'}: cannot write: disk full ({tmp_path / 'run' / 'logs'})"
+    )
+    assert not runlock.lock_path(tmp_path / "run").exists()
 
 
 def test_disk_full_at_the_final_files_says_how_to_finish(data, run_copy, monkeypatch):
