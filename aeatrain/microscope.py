@@ -121,9 +121,6 @@ class BarCut:
     row: int | None
     source: str  # "--no-bar", "--bar-row", a metadata field, "public layout", "detected", "none"
 
-    def as_record(self) -> dict[str, Any]:
-        return {"row": self.row, "source": self.source}
-
 
 def cut_data_bar(
     image: np.ndarray,
@@ -169,9 +166,9 @@ _BAR_BACKGROUND = 0.5  # a bar row: its most common value covers at least this f
 def detect_data_bar(image: np.ndarray) -> int | None:
     """First row of a vendor data bar at the bottom of ``image`` (H, W), or None.
 
-    A data bar (TESCAN, JEOL, Hitachi, Zeiss write them) is a band of rows of one flat
-    background with text and a scale bar in it: in every row of the band one value
-    covers at least half the pixels, which no row of a noisy SEM image does. Found: the
+    A data bar (TESCAN, JEOL, Hitachi, Zeiss write them) is a band of rows of flat fill
+    with text and a scale bar on it: in every row of the band one value covers at least
+    half the pixels, which no row of a noisy SEM image does. Found: the
     band at the bottom where that holds for every row, at least 8 rows high, at most 35
     % of the image, and with text (some row not all background). A flat band without
     text (a blank border, a saturated region) is not taken for a bar.
@@ -194,8 +191,8 @@ def detect_data_bar(image: np.ndarray) -> int | None:
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
     """The vendor calibration of an image, or None (no vendor tags, no sidecar).
 
-    TIFF tags first (FEI, Zeiss, TESCAN, then ImageJ's), then a JEOL ``.txt`` sidecar
-    beside the file (any image format). Raises UserError naming the file and the field
+    TIFF tags first (FEI, Zeiss, TESCAN, then ImageJ's), then a sidecar beside the file
+    (any image format): TESCAN's ``NAME-tif.hdr``, JEOL's ``NAME.txt``. Raises UserError naming the file and the field
     when the metadata is there but makes no sense (a pixel size that is not a positive
     number, a data-bar row beyond the image or below 1).
     """

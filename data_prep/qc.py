@@ -150,7 +150,7 @@ def _bar_rows_text(manifest: dict) -> str:
     datasets built before the rows and reasons were kept."""
     pairs = manifest["pairs"].values()
     if not any("bar_rows" in pair for pair in pairs):
-        return f"row {manifest['bar_row']}" if manifest["bar_row"] is not None else "no row"
+        return f"cut at row {manifest['bar_row']}" if manifest["bar_row"] is not None else "none"
     cuts = set()
     for pair in pairs:
         sources = pair.get("bar_sources") or {}
@@ -158,28 +158,40 @@ def _bar_rows_text(manifest: dict) -> str:
             cuts.add((-1 if row is None else row, sources.get(key)))
     texts = []
     for row, source in sorted(cuts, key=lambda cut: (cut[0], cut[1] or "")):
-        text = "no row" if row < 0 else f"row {row}"
-        texts.append(f"{text} ({source})" if source else text)
-    return ", ".join(texts) if texts else "no row (no data bar)"
+        text = "images kept whole" if row < 0 else f"cut at row {row}"
+        reason = "no bar found" if source == "none" else source
+        texts.append(f"{text} ({reason})" if reason else text)
+    return ", ".join(texts)
 
 
 def _pixel_sizes_text(records: dict) -> str:
-    """The pixel sizes the files recorded and the field each came from, LR and HR: an old
-    dataset (no field recorded) says so, so a Zeiss size read the old way shows."""
-    seen: dict[str, set] = {"LR": set(), "HR": set()}
-    for record in records.values():
-        for key, label in (("lr", "LR"), ("hr", "HR")):
+    """The pixel sizes the files recorded, LR and HR, by the field they came from (range
+    and file count): an old dataset (no field recorded) says so, so that a Zeiss size
+    read the old way shows."""
+    parts = []
+    for key, label in (("lr", "LR"), ("hr", "HR")):
+        by_source: dict[str, list[float]] = {}
+        for record in records.values():
             nm = (record.get("pixel_size_nm") or {}).get(key)
             micro = (record.get("microscope") or {}).get(key) or {}
             if nm is None:
-                seen[label].add("none recorded")
+                by_source.setdefault("none recorded", [])
                 continue
             source = micro.get("pixel_size_from") or (
                 f"{micro.get('vendor', '?')}, field not recorded: an older build, which read "
                 "Zeiss files not 1024 wide wrong by width/1024 (AP_PIXEL_SIZE)"
             )
-            seen[label].add(f"{nm:.4g} nm ({source})")
-    return "; ".join(f"{label} {', '.join(sorted(texts))}" for label, texts in seen.items())
+            by_source.setdefault(source, []).append(nm)
+        texts = []
+        for source, sizes in sorted(by_source.items()):
+            if not sizes:
+                texts.append(source)
+                continue
+            low, high = min(sizes), max(sizes)
+            span = f"{low:.4g} nm" if low == high else f"{low:.4g}-{high:.4g} nm"
+            texts.append(f"{span} ({source}, {len(sizes)} files)")
+        parts.append(f"{label} {', '.join(texts)}")
+    return "; ".join(parts)
 
 
 def summary_text(data_dir: str | Path) -> str:
@@ -191,7 +203,7 @@ def summary_text(data_dir: str | Path) -> str:
     lines = [
         f"dataset {data_dir}: protocol {manifest['protocol']['name']}, scale "
         f"{manifest['scale']:g}, bit depth {', '.join(map(str, manifest['bit_depths']))}, "
-        f"data bar cut at {_bar_rows_text(manifest)}",
+        f"data bar: {_bar_rows_text(manifest)}",
         f"pixel sizes: {_pixel_sizes_text(records)}",
         f"pairs: {len(ok)} ok, {len(records) - len(ok)} rejected",
         pair_table(records),

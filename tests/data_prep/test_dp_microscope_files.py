@@ -112,7 +112,7 @@ def test_fei_lzw_pair_with_free_names_via_pairs_file(tmp_path, capsys):
     error = corner_error(np.array(truth["homography"]), np.array(record["homography"]), (512, 384))
     assert error <= 0.5  # the BMP pairs' bar (test_dp_build.test_registration_matches_truth)
     assert data_prep_main(["summary", str(data)]) == 0
-    assert "data bar cut at row 384" in capsys.readouterr().out
+    assert "data bar: cut at row 384 (FEI [Image] ResolutionY)" in capsys.readouterr().out
 
 
 def test_zeiss_pair_scale_from_pixel_sizes(tmp_path):
@@ -138,7 +138,7 @@ def test_zeiss_pair_scale_from_pixel_sizes(tmp_path):
     assert sample["pixel_size_nm"] == {"lr": 10.0, "hr": 5.0}
     assert sample["microscope"]["lr"]["vendor"] == "zeiss"
     summary = summary_text(tmp_path / "data")
-    assert "pixel sizes: LR 10 nm (Zeiss AP_IMAGE_PIXEL_SIZE); HR 5 nm (Zeiss" in summary
+    assert "pixel sizes: LR 10 nm (Zeiss AP_IMAGE_PIXEL_SIZE, 1 files); HR 5 nm (Zeiss" in summary
     registration = tmp_path / "data" / "registration.json"  # as an older build wrote it
     records = json.loads(registration.read_text())
     for key in ("lr", "hr"):

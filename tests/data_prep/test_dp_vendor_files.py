@@ -167,7 +167,7 @@ def test_detected_bar_is_reported_in_registration_manifest_and_summary(tmp_path,
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["pairs"]["s"]["bar_sources"] == {"lr": "detected", "hr": "detected"}
     assert data_prep_main(["summary", str(tmp_path / "data")]) == 0
-    assert "data bar cut at row 384 (detected)" in capsys.readouterr().out
+    assert "data bar: cut at row 384 (detected)" in capsys.readouterr().out
 
 
 # --- TIFFs tifffile reads -------------------------------------------------------------
