@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -82,3 +83,21 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+MAX_SEED = 2**32 - 1  # the widest range every generator takes (numpy's legacy, torch's)
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """``seed`` when it is in 0..MAX_SEED; else a UserError naming ``option``."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{option} {seed}: a seed is a whole number from 0 to {MAX_SEED}")
+    return seed
+
+
+def check_finite_options(args) -> None:
+    """Refuse nan and inf in every float option of parsed ``args`` (argparse's float takes
+    them, and every comparison with nan is false: ``--max-error nan`` would pass all)."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be a finite number")

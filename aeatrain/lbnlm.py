@@ -33,9 +33,10 @@ import numpy as np
 import yaml
 from scipy.spatial import cKDTree
 
-from aeatrain.errors import UserError, run_cli
+from aeatrain.errors import UserError, check_seed, reporting_write_errors, run_cli
 from aeatrain.imageio import to_float
 from aeatrain.models.lbnlm import LBNLM, nlm_weights
+from aeatrain.outputs import check_writable
 from aeatrain.runs import RUN_JSON, read_run_json, write_run_files
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ def build(regions: list[Region], seed: int) -> tuple[LBNLM, Settings, list[dict]
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    """--out must be new, empty, or (with --overwrite) an lbnlm run folder."""
+    """--out must be new, empty, or (with --overwrite) an lbnlm run folder, and writable."""
+    check_writable(out, "--out")
     if not out.exists():
         return
     if not out.is_dir():
@@ -249,7 +251,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pairs", nargs="+", help="library from these pairs only (one = self-training)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the held-out pixels and the PCA sample"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the held-out pixels and the PCA sample (0 to 4294967295)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an lbnlm run in --out")
     return parser.parse_args(argv)
@@ -258,6 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    check_seed(args.seed)
     check_out(args.out, args.overwrite)
     start = time.perf_counter()
     regions, manifest = load_regions(args.data, args.pairs)
@@ -277,17 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         "lbnlm": {"seed": args.seed, "stride": settings.stride, "strip_columns": STRIP,
                   "build_seconds": round(seconds, 1), "search": scores},
     }  # fmt: skip
-    write_run_files(
-        args.out,
-        model=model,
-        model_name="lbnlm",
-        model_kwargs=kwargs,
-        scale=manifest.scale,
-        bit_depths=manifest.bit_depths,
-        dataset={"path": str(args.data), "manifest_sha256": manifest.sha256},
-        step=0,
-        config_yaml=yaml.safe_dump(config, sort_keys=False),
-    )
+    with reporting_write_errors(args.out):  # a disk that fills up meanwhile
+        write_run_files(
+            args.out,
+            model=model,
+            model_name="lbnlm",
+            model_kwargs=kwargs,
+            scale=manifest.scale,
+            bit_depths=manifest.bit_depths,
+            dataset={"path": str(args.data), "manifest_sha256": manifest.sha256},
+            step=0,
+            config_yaml=yaml.safe_dump(config, sort_keys=False),
+        )
     print(
         f"lbnlm: {len(regions)} pair(s), library of {kwargs['library_size']} patches "
         f"(p {settings.patch}, stride {settings.stride}, K {settings.neighbours}, "

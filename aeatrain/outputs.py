@@ -101,6 +101,32 @@ def check_replaceable_folder(folder: str | os.PathLike, marker: Marker, *, overw
         )
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` (absolute) if it exists, else the nearest folder above it that does."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written: the nearest
+    existing folder at or above it is not a folder, lies on a read-only file system or
+    may not be written by this user. ``option`` names it for the user (``--out``)."""
+    path = Path(path)
+    folder = nearest_existing(path)
+    if not folder.is_dir():
+        raise UserError(f"{path}: {option} cannot be created, {folder} is not a folder")
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        raise UserError(
+            f"{path}: {option} cannot be written: {folder} is on a read-only file system"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{path}: {option} cannot be written: {folder} is not writable (permission)"
+        )
+
+
 def recorded_outputs(folder: str | os.PathLike) -> set[str]:
     """Names of the files aeatrain wrote into ``folder`` (its ledger; empty without one)."""
     ledger = _json_object(Path(folder) / LEDGER_NAME)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aeatrain.errors import UserError, run_cli
+from aeatrain.errors import UserError, check_finite_options, check_seed, run_cli
 from aeatrain.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
 from data_prep import semstats
 from data_prep.build import build_dataset
@@ -43,7 +43,7 @@ def _add_synth(commands) -> None:
     p = commands.add_parser("synth", help="write synthetic LR/HR SEM pairs and truth.json")
     p.add_argument("--out", required=True, help="folder to create (RAW)")
     p.add_argument("--pairs", type=int, default=22)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="0 to 4294967295")
     p.add_argument(
         "--format",
         choices=sorted(FORMATS),
@@ -314,6 +314,9 @@ def _check_truth(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    check_finite_options(args)
+    if args.command == "synth":
+        check_seed(args.seed)
     if getattr(args, "workers", 1) < 1:
         raise UserError(f"--workers: {args.workers} < 1")
     if getattr(args, "page", None) is not None and args.page < 0:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
+from aeatrain.dataformat import MANIFEST_NAME, Manifest, validation_message
 from aeatrain.errors import UserError
 from data_prep.registration import flatten_background
 
@@ -197,8 +199,22 @@ def _pixel_sizes_text(records: dict) -> str:
 def summary_text(data_dir: str | Path) -> str:
     """Short summary of a built dataset: pairs ok/rejected, figures, samples per split."""
     data_dir = Path(data_dir)
-    manifest = _load_json(data_dir / "manifest.json")
+    manifest = _load_json(data_dir / MANIFEST_NAME)
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as err:
+        raise UserError(
+            f"{data_dir / MANIFEST_NAME}: not a manifest of data_prep build "
+            f"({validation_message(err)})"
+        ) from None
     records = _load_json(data_dir / "registration.json")
+    if not isinstance(records, dict) or not all(
+        isinstance(r, dict) and isinstance(r.get("status"), str) for r in records.values()
+    ):
+        raise UserError(
+            f"{data_dir / 'registration.json'}: not a registration record of data_prep build "
+            "(an object of pair name -> record with a status)"
+        )
     ok = [r for r in records.values() if r["status"] == "ok"]
     lines = [
         f"dataset {data_dir}: protocol {manifest['protocol']['name']}, scale "
@@ -208,9 +224,9 @@ def summary_text(data_dir: str | Path) -> str:
         f"pairs: {len(ok)} ok, {len(records) - len(ok)} rejected",
         pair_table(records),
     ]
-    if ok:
-        ncc = [r["ncc"] for r in ok]
-        rmse = [r["rmse_px"] for r in ok if r["rmse_px"] is not None]
+    ncc = [r["ncc"] for r in ok if isinstance(r.get("ncc"), (int, float))]
+    if ncc:
+        rmse = [r["rmse_px"] for r in ok if isinstance(r.get("rmse_px"), (int, float))]
         figures = f"registration: ncc min {min(ncc):.3f} median {np.median(ncc):.3f}"
         if rmse:
             figures += f"; feature rmse_px median {np.median(rmse):.2f} max {max(rmse):.2f}"

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,7 +42,7 @@ from scipy.signal import lfilter
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
 from aeatrain.microscope import fei_tag_text, zeiss_tag_text
-from aeatrain.outputs import SYNTH_RAW
+from aeatrain.outputs import SYNTH_RAW, nearest_existing
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
 
@@ -58,6 +59,9 @@ FORMATS = {
     "zeiss-tif": (".tif", 16, "zeiss"),
 }
 _CANVAS_MARGIN_LR_PX = 8  # canvas beyond the LR field, so blurs see specimen, not padding
+# peak memory of rendering one pair, per canvas pixel: 25-30 bytes measured at 640 x 480
+# to 2560 x 1888 (float32 canvas, labels, distances, rims, the blurred windows)
+_BYTES_PER_CANVAS_PX = 32
 _NM_PER_LR_PX = 10.0  # LR pixel size written on the data bar (12.8 um field at 1280 px)
 
 
@@ -557,6 +561,50 @@ def _write_pair(job: tuple) -> tuple[str, dict]:
     return name, {**files, **truth}
 
 
+def _available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else None: not checked."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def check_fits(out: Path, pairs: int, config: SynthConfig, image_format: str, workers: int):
+    """Refuse, before any work, a run that cannot fit: the pairs rendered at once need
+    more memory than is available, or the files more disk than is free beside ``out``."""
+    gib = 2**30
+    margin = 2 * _CANVAS_MARGIN_LR_PX
+    canvas_px = (config.width + margin) * (config.height + margin) * config.canvas_density**2
+    per_pair = canvas_px * _BYTES_PER_CANVAS_PX
+    available = _available_memory_bytes()
+    size = f"{config.width}x{config.height} at scale {config.scale:g}"
+    if available is not None and per_pair > available:
+        raise UserError(
+            f"--width/--height {size}: rendering one pair needs about {per_pair / gib:.1f} GiB "
+            f"of memory, {available / gib:.1f} GiB is available; choose a smaller image area"
+        )
+    at_once = min(workers, pairs)
+    if available is not None and per_pair * at_once > available:
+        raise UserError(
+            f"--workers {workers}: {at_once} pairs of {size} rendered at once need about "
+            f"{per_pair * at_once / gib:.1f} GiB of memory, {available / gib:.1f} GiB is "
+            f"available; use --workers {max(1, int(available // per_pair))}"
+        )
+    _, bit_depth, _ = FORMATS[image_format]
+    disk = pairs * 2 * config.width * (config.height + config.bar_rows) * bit_depth // 8
+    free = shutil.disk_usage(nearest_existing(out)).free
+    if disk > free:
+        raise UserError(
+            f"{out}: --pairs {pairs} of {config.width}x{config.height + config.bar_rows} "
+            f"pixels need up to {disk / gib:.1f} GiB of disk, {free / gib:.1f} GiB is free "
+            "there; use fewer --pairs or a smaller image area"
+        )
+
+
 def synthesize(
     out: str | os.PathLike,
     *,
@@ -572,7 +620,7 @@ def synthesize(
 
     ``draw`` draws the run's material system (``data_prep.families.FAMILIES`` has one per
     ``--family``). The folder appears complete or not at all (staged beside it, then
-    renamed).
+    renamed). A run that cannot fit in memory or on disk is refused first (check_fits).
     """
     if pairs < 1:
         raise UserError(f"--pairs: {pairs} < 1")
@@ -581,6 +629,7 @@ def synthesize(
     _, bit_depth, _ = FORMATS[image_format]
     config = replace(config or SynthConfig(), bit_depth=bit_depth)
     out = Path(out)
+    check_fits(out, pairs, config, image_format, workers)
     check_target(out, SYNTH_RAW, overwrite=overwrite)
     spec = draw(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
     with staged_output(out, SYNTH_RAW, overwrite=overwrite) as staging:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "holds no aeatrain run" in _refused(
         ["--data", data, "--out", str(tmp_path / "busy")], capsys
     )
+
+
+def test_a_seed_out_of_range_is_refused(tmp_path, capsys):
+    data, out = str(make_dataset(tmp_path / "DATA", pairs=1)), tmp_path / "out"
+    for seed in ("-1", str(2**32)):
+        err = _refused(["--data", data, "--out", str(out), "--seed", seed], capsys)
+        assert f"--seed {seed}: a seed is a whole number from 0 to 4294967295" in err
+    assert not out.exists()
+
+
+def test_out_on_a_read_only_file_system_is_refused_before_the_build(tmp_path, monkeypatch, capsys):
+    statvfs = os.statvfs
+
+    def read_only_below_tmp(path):
+        result = statvfs(path)
+        if Path(path).is_relative_to(tmp_path):  # as a read-only mount would report it
+            return os.statvfs_result((*result[:8], result.f_flag | os.ST_RDONLY, *result[9:]))
+        return result
+
+    monkeypatch.setattr(os, "statvfs", read_only_below_tmp)
+    err = _refused(
+        ["--data", str(tmp_path / "no DATA yet"), "--out", str(tmp_path / "run")], capsys
+    )
+    assert f"{tmp_path / 'run'}: --out cannot be written: {tmp_path} is on a read-only" in err
