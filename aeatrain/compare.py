@@ -3,11 +3,16 @@
     python -m aeatrain.compare EVAL_DIR [EVAL_DIR ...] [--out results.md [--overwrite]]
 
 Each EVAL_DIR holds the ``metrics.json`` that ``python -m aeatrain.evaluate --out EVAL_DIR``
-wrote (one row: a pooled run, or a group of self-training runs). Folders whose names differ
-only by a trailing seed (``unet-pooled-seed0``, ``unet-pooled-seed1``) are one row of the
-table: the mean over the seeds, with the sample standard deviation and every seed's value,
-so a user sees whether an ordering of models holds beyond the noise of one training run.
-All evaluations must have scored the same data (manifest checksum) and pairs.
+wrote (one row: a pooled run, or a group of self-training runs). Evaluations of the same
+setup (what was run, as metrics.json records it: model, config, the dataset trained on,
+weights and prediction; not the seed, run folder or checkpoint cadence) whose folder names
+differ only by a trailing seed (``unet-pooled-seed0``, ``unet-pooled-seed1``; a folder named
+``eval``, evaluate's default, is named by its run folder) are one row of the table: the mean
+over the seeds, with the sample standard deviation and every seed's value, so a user sees
+whether an ordering of models holds beyond the noise of one training run. Refused, in one
+line: one name for two setups (naming the first key that differs), an evaluation given
+twice or two of one setup and seed, and evaluations of other data (manifest checksum) or
+pairs.
 
 Below that table comes the paper's Table 1 layout: one line per method (``<method>-pooled``
 and ``<method>-self`` folders), pooled dPSNR / dSSIM, self-training dPSNR / dSSIM and the
@@ -24,6 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aeatrain.config import load_yaml
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
 from aeatrain.outputs import check_replaceable_file, record_outputs
@@ -54,43 +60,171 @@ class Group:
         return statistics.stdev(values) if len(values) > 1 else None
 
 
-def read_evaluation(folder: Path) -> dict:
-    """The single row of ``folder/metrics.json`` with the data it was scored on."""
+# Config keys that do not change what a run learns: where it ran, how often it saved, and
+# the seed (the seeds of one setup are what a row averages over).
+NOT_THE_SETUP = (
+    "train.seed", "train.run_dir", "train.resume", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.max_skipped_steps", "data.root", "data.cache_dir",
+    "data.num_workers", "data.verify", "logging",
+)  # fmt: skip
+
+
+@dataclass
+class Evaluation:
+    """One EVAL_DIR: its row's figures and what was run to get them."""
+
+    folder: Path
+    label: str  # the folder's name without its seed suffix
+    seed: str  # train.seed of the row's runs ("-" where unknown)
+    setup: dict  # what was run, the seed and run folder left out
+    summary: dict[str, float]
+    pairs: list[str]
+    data: str  # the manifest checksum of the data it was scored on
+
+
+def read_evaluation(folder: Path) -> Evaluation:
+    """The single row of ``folder/metrics.json`` with the data it was scored on and the
+    setup of its runs; UserError naming the file for anything compare cannot read."""
     path = folder / "metrics.json"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: a file; compare takes the folders evaluate wrote (--out)")
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(
             f"{path}: no such file (run python -m aeatrain.evaluate --out {folder})"
         ) from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    rows = metrics.get("rows") or []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not readable JSON ({err})") from None
+    rows = metrics.get("rows") if isinstance(metrics, dict) else None
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: not a metrics.json of aeatrain.evaluate (no list of rows)")
     if len(rows) != 1:
         raise UserError(f"{path}: holds {len(rows)} rows; compare takes one evaluation per folder")
     row = rows[0]
-    pairs = sorted(row.get("pairs", {}))
-    return {"summary": row["summary"], "pairs": pairs, "data": metrics["data"]["manifest_sha256"]}
+    summary = row.get("summary") if isinstance(row, dict) else None
+    missing = [k for k, _, _ in COLUMNS if not isinstance((summary or {}).get(k), (int, float))]
+    if missing:
+        raise UserError(f"{path}: its row has no summary figure {missing[0]!r}")
+    try:
+        data = metrics["data"]["manifest_sha256"]
+    except (KeyError, TypeError):
+        raise UserError(
+            f"{path}: says nothing of the data it scored (data.manifest_sha256)"
+        ) from None
+    label, folder_seed = _label(folder)
+    runs = [_recorded_run(run, path) for run in row.get("runs") or []]
+    if not runs:
+        raise UserError(f"{path}: its row lists no runs; evaluate it again")
+    seeds = {(run["config"].get("train") or {}).get("seed") for run in runs}
+    seed = str(seeds.pop()) if len(seeds) == 1 and None not in seeds else folder_seed or "-"
+    selftrain = row.get("kind") == "selftrain"  # one run per pair, alike but for data.pairs
+    distinct = {
+        json.dumps(setup, sort_keys=True): setup
+        for setup in ({**run, "config": _setup_config(run["config"], selftrain)} for run in runs)
+    }
+    setup = {"kind": row.get("kind"), "prediction": row.get("prediction"),
+             "runs": [distinct[key] for key in sorted(distinct)]}  # fmt: skip
+    return Evaluation(folder, label, seed, setup, summary, sorted(row.get("pairs") or {}), data)
+
+
+def _label(folder: Path) -> tuple[str, str | None]:
+    """(name without its seed suffix, the suffix's seed); ``RUN/eval`` is named RUN."""
+    name = folder.absolute().parent.name if folder.name == "eval" else folder.name
+    match = SEED_SUFFIX.search(name)
+    return (name[: match.start()], match.group(1)) if match else (name, None)
+
+
+def _recorded_run(run: dict, path: Path) -> dict:
+    """What metrics.json says was run: model, weights, config, dataset trained on. A
+    metrics.json of an aeatrain before they were recorded: read from the run folder."""
+    if not isinstance(run, dict):
+        raise UserError(f"{path}: a run of its row is not a mapping")
+    config, trained_on = run.get("config"), run.get("trained_on")
+    if not isinstance(config, dict):
+        config, trained_on = _read_run_folder(Path(str(run.get("path"))), path)
+    return {"model": run.get("model"), "weights": run.get("weights"), "config": config,
+            "trained_on": trained_on}  # fmt: skip
+
+
+def _read_run_folder(run_dir: Path, path: Path) -> tuple[dict, str | None]:
+    try:
+        config = load_yaml((run_dir / "config.yaml").read_bytes(), run_dir / "config.yaml")
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"{path}: does not record what its run {run_dir} was (an older aeatrain wrote it) "
+            f"and the run folder cannot be read ({err}); evaluate the run again"
+        ) from None
+    dataset = info.get("dataset") if isinstance(info, dict) else None
+    return (config if isinstance(config, dict) else {}), (dataset or {}).get("identity")
+
+
+def _setup_config(config: dict, selftrain: bool) -> dict:
+    """``config`` without :data:`NOT_THE_SETUP` (and data.pairs in a self-training row)."""
+    ignored = set(NOT_THE_SETUP) | ({"data.pairs"} if selftrain else set())
+    setup = {}
+    for section, values in config.items():
+        if section in ignored:
+            continue
+        if isinstance(values, dict):
+            values = {k: v for k, v in values.items() if f"{section}.{k}" not in ignored}
+        setup[section] = values
+    return setup
+
+
+def _first_difference(a, b, where: str = "") -> str:
+    """``"model.name 'aeanet' vs 'unet'"``: the first leaf where two setups differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}".lstrip("."))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for x, y in zip(a, b, strict=True):
+            if x != y:
+                return _first_difference(x, y, where)
+    return f"{where or 'setup'} {a!r} vs {b!r}"
 
 
 def group_evaluations(folders: list[Path]) -> tuple[list[Group], dict]:
-    """Groups in the order of their first folder; checks all scored the same data and pairs."""
+    """Groups in the order of their first folder; checks all scored the same data and
+    pairs, that one name means one setup, and that no evaluation counts twice."""
     groups: dict[str, Group] = {}
-    reference: dict | None = None
+    first: dict[str, Evaluation] = {}  # label -> its first evaluation
+    seen: dict[tuple[str, str], Evaluation] = {}  # (label, seed) -> evaluation
+    folders_seen: dict[Path, Path] = {}
+    reference: Evaluation | None = None
     for folder in folders:
+        if folder.resolve() in folders_seen:
+            raise UserError(f"{folder}: given twice (as {folders_seen[folder.resolve()]})")
+        folders_seen[folder.resolve()] = folder
         evaluation = read_evaluation(folder)
         if reference is None:
-            reference = {**evaluation, "folder": folder}
-        elif (evaluation["data"], evaluation["pairs"]) != (reference["data"], reference["pairs"]):
+            reference = evaluation
+        elif (evaluation.data, evaluation.pairs) != (reference.data, reference.pairs):
             raise UserError(
-                f"{folder}: scored other data or pairs than {reference['folder']}; "
+                f"{folder}: scored other data or pairs than {reference.folder}; "
                 f"compare evaluations of the same dataset and pairs only"
             )
-        match = SEED_SUFFIX.search(folder.name)
-        label = folder.name[: match.start()] if match else folder.name
-        seed = match.group(1) if match else "-"
-        groups.setdefault(label, Group(label)).add(seed, evaluation["summary"])
-    return list(groups.values()), reference or {}
+        label = evaluation.label
+        if label in first and first[label].setup != evaluation.setup:
+            raise UserError(
+                f"{folder} and {first[label].folder}: one name ({label!r}) for two setups "
+                f"({_first_difference(first[label].setup, evaluation.setup)}); a row averages "
+                f"seeds of one setup only: name their folders apart"
+            )
+        first.setdefault(label, evaluation)
+        twin = seen.get((label, evaluation.seed))
+        if twin is not None:
+            raise UserError(
+                f"{folder} and {twin.folder}: the same setup and seed {evaluation.seed} "
+                f"(the same run twice?); compare counts each run once"
+            )
+        seen[(label, evaluation.seed)] = evaluation
+        groups.setdefault(label, Group(label)).add(evaluation.seed, evaluation.summary)
+    if reference is None:
+        return [], {}
+    return list(groups.values()), {"summary": reference.summary, "pairs": reference.pairs}
 
 
 # Xie et al., IEEE TMI 2022, Table 1 (real SEM data), as far as DESIGN.md section 5 gives

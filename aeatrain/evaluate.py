@@ -122,6 +122,8 @@ class RunScores:
     step: int
     weights: str
     tiles: dict[str, dict[str, TileScores]] = field(default_factory=dict)  # pair -> tile -> s
+    config: dict = field(default_factory=dict)  # the run's config.yaml: what was trained
+    trained_on: str | None = None  # identity of the dataset the run trained on (run.json)
 
 
 @dataclass
@@ -514,7 +516,10 @@ def _rows(specs, tilings, loaded, scores: dict) -> list[RowResult]:
             runs = []
             for member, (_, run, run_pairs) in enumerate(members):
                 tiles = {pair: scores[(row, member, t, pair)] for pair in run_pairs}
-                runs.append(RunScores(run.path, run.model_name, run.step, run.weights_kind, tiles))
+                runs.append(RunScores(
+                    run.path, run.model_name, run.step, run.weights_kind, tiles, run.config,
+                    run.dataset.get("identity"),
+                ))  # fmt: skip
             results.append(RowResult(spec, tiling, runs))
     return results
 
@@ -689,6 +694,8 @@ def result_json(result: RowResult) -> dict:
                 "step": r.step,
                 "weights": r.weights,
                 "pairs": sorted(r.tiles),
+                "config": r.config,  # compare groups rows by what was run
+                "trained_on": r.trained_on,
             }
             for r in result.runs
         ],

@@ -1,6 +1,8 @@
 """aeatrain.compare: evaluations grouped over seeds, mean and sample standard deviation."""
 
 import json
+import re
+import shutil
 
 import pytest
 
@@ -8,11 +10,22 @@ from aeatrain.compare import main
 from aeatrain.errors import UserError
 
 
-def _evaluation(folder, dpsnr, *, sha="abc", pairs=("p0", "p1")):
+def _evaluation(folder, dpsnr, *, sha="abc", pairs=("p0", "p1"), model=None, seed=None, **setup):
+    """metrics.json as evaluate writes it; the run's model is the name's first word and its
+    seed the name's suffix unless given; ``setup`` sets optim keys of its config."""
     folder.mkdir(parents=True)
     summary = {"dpsnr": dpsnr, "dssim": dpsnr / 100, "fg_dpsnr": dpsnr / 2, "bg_dpsnr": 2 * dpsnr,
                "input_psnr": 21.5, "input_ssim": 0.25}  # fmt: skip
-    row = {"label": folder.name, "summary": summary, "pairs": {p: {} for p in pairs}}
+    name = folder.parent.name if folder.name == "eval" else folder.name
+    model = model or name.split("-")[0]
+    suffix = re.search(r"seed(\d+)$", name)
+    seed = seed if seed is not None else int(suffix.group(1) if suffix else 0)
+    config = {"model": {"name": model}, "optim": {"lr": 4e-4, **setup},
+              "train": {"seed": seed, "run_dir": f"runs/{name}"}}  # fmt: skip
+    run = {"path": f"runs/{name}", "model": model, "step": 10, "weights": "raw",
+           "config": config, "trained_on": "identity-1"}  # fmt: skip
+    row = {"label": name, "kind": "run", "runs": [run], "prediction": {"mode": "whole"},
+           "summary": summary, "pairs": {p: {} for p in pairs}}  # fmt: skip
     metrics = {"rows": [row], "data": {"manifest_sha256": sha}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
@@ -45,6 +58,85 @@ def test_different_data_or_pairs_are_refused(tmp_path):
     for other in (b, c):
         with pytest.raises(UserError, match="other data or pairs"):
             main([str(a), str(other)])
+
+
+def test_evaluations_are_grouped_by_what_was_run_not_by_folder_name(tmp_path, capsys):
+    """Issue 23 item 3: RUN/eval and RUNU/eval (evaluate's default --out) were one row
+    "eval" of 2 seeds averaging an AEANet and a U-Net."""
+    aeanet = _evaluation(tmp_path / "RUN" / "eval", 2.0, model="aeanet")
+    unet = _evaluation(tmp_path / "RUNU" / "eval", 1.0, model="unet")
+    main([str(aeanet), str(unet)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:3]
+    assert rows[0].startswith("| RUN | 1 | +2.00 |") and rows[1].startswith("| RUNU | 1 | +1.00 |")
+
+
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        (dict(model="aeanet"), r"one name \('unet-pooled'\) for two setups \(runs.config."
+         r"model.name 'unet' vs 'aeanet'\); a row averages seeds of one setup only"),
+        (dict(lr=1e-3), r"for two setups \(runs.config.optim.lr 0.0004 vs 0.001\)"),
+        (dict(seed=0), r"seed1 and .*seed0: the same setup and seed 0 \(the same run twice\?\)"),
+    ],
+)  # fmt: skip
+def test_one_name_for_two_setups_or_one_run_twice_is_refused(tmp_path, second, expected):
+    first = _evaluation(tmp_path / "unet-pooled-seed0", 1.0)
+    other = _evaluation(tmp_path / "unet-pooled-seed1", 3.0, **second)
+    with pytest.raises(UserError, match=expected):
+        main([str(first), str(other)])
+
+
+def test_the_same_folder_twice_is_refused(tmp_path):
+    folder = _evaluation(tmp_path / "unet-pooled-seed0", 1.0)
+    with pytest.raises(UserError, match=r"unet-pooled-seed0/?: given twice"):
+        main([str(folder), str(tmp_path / "." / "unet-pooled-seed0")])
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ([], r"metrics.json: not a metrics.json of aeatrain.evaluate \(no list of rows\)"),
+        ({"rows": [{"label": "x"}], "data": {"manifest_sha256": "a"}},
+         r"metrics.json: its row has no summary figure 'dpsnr'"),
+        ({"rows": ["x"]}, r"metrics.json: its row has no summary figure 'dpsnr'"),
+        ({"rows": [{"summary": {"dpsnr": 1, "dssim": 1, "fg_dpsnr": 1, "bg_dpsnr": 1}}]},
+         r"metrics.json: says nothing of the data it scored"),
+        ("{", r"metrics.json: not readable JSON"),
+    ],
+)  # fmt: skip
+def test_a_metrics_file_compare_cannot_read_is_one_line(tmp_path, metrics, expected):
+    """Issue 23 item 12: each was a traceback."""
+    (tmp_path / "e").mkdir()
+    text = metrics if isinstance(metrics, str) else json.dumps(metrics)
+    (tmp_path / "e" / "metrics.json").write_text(text)
+    with pytest.raises(UserError, match=expected):
+        main([str(tmp_path / "e")])
+
+
+def test_a_file_instead_of_a_folder_is_one_line(tmp_path):
+    folder = _evaluation(tmp_path / "unet-pooled-seed0", 1.0)
+    with pytest.raises(UserError, match=r"metrics.json: a file; compare takes the folders"):
+        main([str(folder / "metrics.json")])
+
+
+def test_an_older_metrics_file_is_read_with_its_run_folder(tmp_path, capsys):
+    """metrics.json of an aeatrain that did not record the runs' configs."""
+    folders = []
+    for seed, model in ((0, "unet"), (1, "aeanet")):
+        run = tmp_path / "runs" / f"x-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"model: {{name: {model}}}\ntrain: {{seed: {seed}}}\n")
+        (run / "run.json").write_text(json.dumps({"dataset": {"identity": "i"}}))
+        folder = _evaluation(tmp_path / f"x-seed{seed}", 1.0)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["rows"][0]["runs"] = [{"path": str(run), "model": model, "weights": "raw"}]
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        folders.append(str(folder))
+    with pytest.raises(UserError, match=r"for two setups \(runs.config.model.name 'unet' vs 'aea"):
+        main(folders)
+    shutil.rmtree(tmp_path / "runs")
+    with pytest.raises(UserError, match=r"does not record what its run .*x-seed0 was"):
+        main(folders)
 
 
 def test_missing_metrics_is_named(tmp_path):

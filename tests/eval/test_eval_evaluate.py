@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aeatrain import evaluate
+from aeatrain import compare, evaluate
 from aeatrain.data import full_images
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.imageio import to_float
@@ -145,6 +145,18 @@ def test_default_out_is_eval_in_the_first_run(lab, tmp_path, capsys):
     )
     assert code == 0, err
     assert (run / "eval" / "metrics.md").is_file() and (run / "eval" / "metrics.json").is_file()
+    # issue 23 item 3: compare RUN/eval RUNA/eval made one row "eval" of a U-Net and an AEANet
+    other = make_run(tmp_path / "runa", model_name="aeanet", num_refs=8, residual=True)
+    code, _, err = _cli(
+        ["--run", str(other), "--data", str(lab / "DATA"), "--pairs", "pair00"], capsys
+    )
+    assert code == 0, err
+    recorded = json.loads((other / "eval" / "metrics.json").read_text())["rows"][0]["runs"][0]
+    assert recorded["config"]["model"] == {"name": "aeanet", "num_refs": 8, "residual": True,
+                                           "base_channels": 4}  # fmt: skip
+    compare.main([str(run / "eval"), str(other / "eval")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| run")]
+    assert [row.split(" | ")[:2] for row in rows] == [["| run", "1"], ["| runa", "1"]]
 
 
 def test_sixteen_bit_data_is_scored_on_its_own_scale(tmp_path, capsys):
