@@ -9,6 +9,7 @@ import logging
 import re
 import struct
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -168,6 +169,30 @@ def test_detected_bar_is_reported_in_registration_manifest_and_summary(tmp_path,
     assert manifest["pairs"]["s"]["bar_sources"] == {"lr": "detected", "hr": "detected"}
     assert data_prep_main(["summary", str(tmp_path / "data")]) == 0
     assert "data bar: cut at row 384 (detected)" in capsys.readouterr().out
+
+
+def test_2048_by_1536_pair_without_bar_metadata_builds_whole(tmp_path, capsys):
+    """The acceptance case: not the public layout, no bar metadata, no bar: every row
+    kept (the old default cut it at 944, dropping 38 %), and the summary says so."""
+    from tests.data_prep.test_dp_microscope_files import _small_pair
+
+    lr, hr, _ = _small_pair()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, image in (("z_10000.tif", lr), ("z_20000.tif", hr)):  # the area, 4x: no bar
+        tifffile.imwrite(
+            raw / name, cv2.resize(image[:384], (2048, 1536), interpolation=cv2.INTER_CUBIC)
+        )
+    code, err = _cli(
+        ["build", "--raw", str(raw), "--out", str(tmp_path / "d"), "--workers", "1"], capsys
+    )
+    assert code == 0, err
+    pair = json.loads((tmp_path / "d" / "manifest.json").read_text())["pairs"]["z"]
+    assert (pair["width"], pair["height"]) == (2048, 1536)
+    assert pair["bar_rows"] == {"lr": None, "hr": None}
+    assert pair["bar_sources"] == {"lr": "none", "hr": "none"}
+    assert data_prep_main(["summary", str(tmp_path / "d")]) == 0
+    assert "data bar: images kept whole (no bar found)" in capsys.readouterr().out
 
 
 # --- TIFFs tifffile reads -------------------------------------------------------------
