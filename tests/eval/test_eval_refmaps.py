@@ -159,7 +159,9 @@ def test_unreadable_input(aeanet_run, tmp_path, capsys):
 
 def test_raw_maps_of_a_calibrated_input_are_calibrated(aeanet_run, tmp_path, capsys, caplog):
     """Zeiss input, 8 nm pixels: the maps are at the HR frame, so 4 nm per pixel."""
-    text = "0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 8.000 nm\r\nAP_MAG\r\nMag = 12.50 K X\r\n"
+    text = (
+        "0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 8.000 nm\r\nAP_MAG\r\nMag = 12.50 K X\r\n"
+    )
     image = cv2.GaussianBlur(
         np.random.default_rng(3).integers(0, 256, (40, 48), np.uint8), (0, 0), 1
     )
