@@ -67,6 +67,8 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
     truncated, or of an unsupported pixel type.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if not os.access(path, os.R_OK):  # else a PermissionError traceback, or mistaken for
@@ -176,6 +178,8 @@ def _tiff_page(path: Path, count: int, page: int | None) -> int:
     """Index of the page to read; refuses to guess among several."""
     if count == 1:
         return 0
+    if count == 0:  # the signature, then no directory tifffile can read
+        raise ImageError(f"{path}: not a readable TIFF image (no image directory after its header)")
     if page is None:
         raise ImageError(
             f"{path}: {count} pages; choose one with --page N (0 to {count - 1}), "

@@ -172,12 +172,22 @@ class Job:
 
 
 def collect_inputs(paths: list[str]) -> list[Path]:
-    """Files as given, folders as their images (not recursive, sorted by name)."""
+    """Files as given, folders as their image files (not recursive, sorted by name; a
+    subfolder named like an image, ``scans.tif/``, is skipped with a warning)."""
     inputs: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            named = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = [p for p in named if not p.is_dir()]
+            folders = [p.name for p in named if p.is_dir()]
+            if folders:
+                log.warning(
+                    "%s: skipping %d folder(s) named like images: %s",
+                    path,
+                    len(folders),
+                    ", ".join(folders[:5]),
+                )
             if not found:
                 raise UserError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             inputs.extend(found)

@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     source, output = Path(args.input), Path(args.output)
+    if source.is_dir():
+        raise UserError(
+            f"{source}: --input is a folder; refmaps maps one image file (--input IMAGE), "
+            "predict takes folders"
+        )
     source_image = read_input(source, args)
     model, run = load_run(args.run, weights=args.weights, device=choose_device(args.device))
     count = num_refs(model, run.path)

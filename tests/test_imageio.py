@@ -204,3 +204,24 @@ def test_damaged_tiff_is_one_error_without_tifffile_log_lines(tmp_path, caplog, 
         read_image(tmp_path / "cut.tif")
     assert [r for r in caplog.records if r.name == "tifffile"] == []  # 4 ERROR lines before
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"II*\x00garbage after the signature", r"g\.tif: not a readable TIFF image \(no image"),
+        (b"MM\x00*\x00\x00\x00\x08" + b"z" * 40, r"g\.tif: not a readable TIFF image"),
+        (None, r"g\.tif: is a folder, not an image file"),
+    ],
+    ids=["little-endian-garbage", "big-endian-garbage", "folder"],
+)
+def test_a_tiff_signature_then_garbage_or_a_folder_is_named_for_what_it_is(
+    tmp_path, content, message
+):
+    path = tmp_path / "g.tif"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageError, match=message):
+        read_image(path)

@@ -489,3 +489,15 @@ def test_a_file_size_limit_in_a_real_predict_is_one_line(run_dir, tmp_path):
                       "the size limit (ulimit -f)"]  # fmt: skip
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["aeatrain-outputs.json"]
+
+
+def test_a_folder_named_like_an_image_in_an_input_folder_is_skipped(
+    run_dir, tmp_path, capsys, caplog
+):
+    write_image(tmp_path / "in" / "a.png", np.full((8, 8), 40, np.uint8))
+    (tmp_path / "in" / "scans.tif").mkdir()  # the whole run was "no such file" before
+    argv = ["--run", str(run_dir), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]
+    code, err = _cli(argv, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png", "aeatrain-outputs.json"]
+    assert "skipping 1 folder(s) named like images: scans.tif" in caplog.text

@@ -211,3 +211,18 @@ def test_heatmap_spans_the_colour_map_from_minimum_to_maximum():
     assert not np.array_equal(bgr[0, 1], bgr[1, 0])  # 1/4 and 1/2 of the range differ
     flat = refmaps.heatmap(np.full((3, 3), 7.0, np.float32))
     assert (flat == turbo[0]).all()  # a constant map is all minimum, not NaN
+
+
+def test_a_folder_as_input_says_what_is_expected(aeanet_run, picture, tmp_path, capsys):
+    argv = [
+        "--run",
+        str(aeanet_run),
+        "--input",
+        str(picture.parent),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    code, err = _cli(argv, capsys)
+    assert code == EXIT_USER_ERROR and err.count("\n") == 1
+    assert f"{picture.parent}: --input is a folder; refmaps maps one image file" in err
+    assert not (tmp_path / "o").exists()
