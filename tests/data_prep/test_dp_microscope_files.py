@@ -179,10 +179,23 @@ def test_cv2_written_16_bit_lzw_pair_builds(tmp_path):
     assert outcomes[0].ok and outcomes[0].bit_depth == 16
 
 
-@pytest.mark.parametrize("compression", ["packbits", "deflate", "zstd", "lzw"])
-def test_lossless_tiff_codecs_read_exactly(tmp_path, compression):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression": "packbits"},
+        {"compression": "deflate"},
+        {"compression": "zstd"},
+        {"compression": "lzw"},
+        {"compression": "lzw", "predictor": "horizontal"},
+        {"compression": "deflate", "predictor": "horizontal", "tile": (16, 16)},
+        {"tile": (16, 32)},
+        {"rowsperstrip": 7},
+    ],
+    ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()),
+)
+def test_lossless_tiff_codecs_strips_tiles_predictors_read_exactly(tmp_path, options):
     image = np.random.default_rng(0).integers(0, 65535, (40, 56), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "x.tif", image, compression=compression)
+    tifffile.imwrite(tmp_path / "x.tif", image, **options)
     assert np.array_equal(read_image(tmp_path / "x.tif")[0], image)
 
 
