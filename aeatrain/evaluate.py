@@ -195,6 +195,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="self-training runs (folders or a quoted glob) scored as ONE row; repeatable",
     )
     parser.add_argument("--data", required=True, help="DATA folder (manifest.json + shards)")
+    parser.add_argument(
+        "--cache-dir",
+        help="node-local folder to stage each shard of a remote --data into once (needed "
+        "when its server ignores range requests); as training's data.cache_dir",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--tile", type=int, help="predict in the paper's tiles of this size")
     group.add_argument("--tiles", help="patch-size sweep, e.g. 512,384,256,128 (add 'whole')")
@@ -472,13 +477,16 @@ def evaluate_rows(
     rank: int = 0,
     world_size: int = 1,
     gather=None,
+    cache_dir: str | None = None,
 ) -> list[RowResult]:
     """Score every row for every tiling; rows in order, tilings inner.
 
     The images are streamed, one in memory at a time. With ``world_size`` > 1 this process
     scores only image i % world_size == rank of the needed pairs, and ``gather`` (every
     process's scores -> the list of all of them, a collective) merges the shares, so each
-    process returns the same table as a one-process run.
+    process returns the same table as a one-process run. ``cache_dir``: a node-local
+    folder each shard is staged into whole (aeatrain.shardio.stage), as training's
+    ``data.cache_dir``.
     """
     from aeatrain.data import load_manifest
 
@@ -496,7 +504,7 @@ def evaluate_rows(
     with tqdm(total=total, desc=desc, unit="image", disable=rank != 0 or None) as bar:
         share = score_share(
             members, manifest, tilings=tilings, rank=rank, world_size=world_size,
-            device=device, progress=bar,
+            device=device, cache_dir=cache_dir, progress=bar,
         )  # fmt: skip
     for model, _ in members:
         model.to("cpu")  # free the GPU
@@ -742,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate_rows(
         specs, tilings, data=args.data, pairs=args.pairs, weights=args.weights, device=device,
         rank=rank, world_size=world_size, gather=gather_scores if world_size > 1 else None,
+        cache_dir=args.cache_dir,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     if world_size > 1:

@@ -8,7 +8,8 @@ offsets of the shard index (aeatrain/dataformat.py), through :func:`open_shard`:
   each other in the tar), so a rank downloads only what it decodes, never whole shards;
 - with a cache folder (``data.cache_dir``, node-local disk), each shard is staged whole
   into it ONCE, by whichever process of the node gets there first (a file lock keeps
-  the others waiting), checked against the manifest's sha256 on arrival, and read
+  the others waiting), checked against the manifest's sha256 on arrival and again by
+  each process that finds it there (a damaged copy is fetched again, once), and read
   locally from then on; webdataset's ``wids`` works the same way. ``pipe:`` shards
   cannot be read at an offset, so they are always staged (into a private temporary
   folder when no cache folder is set).
@@ -23,6 +24,7 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 from aeatrain.dataformat import DatasetError, sha256_file
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 60.0  # per connection attempt and per read on a socket
 _COPY_BLOCK = 1 << 20
@@ -107,8 +111,9 @@ def read_range(url: str, offset: int, size: int, shard_bytes: int) -> bytes:
     with _http_open(url, {"Range": f"bytes={offset}-{offset + size - 1}"}) as response:
         if response.status != 206:
             raise DatasetError(
-                f"{url}: the server ignores range requests (HTTP {response.status}); set "
-                f"data.cache_dir to stage shards whole"
+                f"{url}: the server ignores range requests (HTTP {response.status}); stage "
+                "each shard whole into a node-local folder: train.py --data.cache_dir DIR, "
+                "evaluate --cache-dir DIR (or copy DATA to a local folder and give that)"
             )
         total = response.headers.get("Content-Range", "").rpartition("/")[2]
         if total != str(shard_bytes):
@@ -169,7 +174,7 @@ def open_shard(
 ) -> ShardReader:
     """A reader of ``url``: local, range requests, or a copy staged in ``cache_dir``."""
     if cache_dir is not None or is_stream(url):
-        return ShardReader(url, shard_bytes, stage(url, cache_dir, sha256))
+        return ShardReader(url, shard_bytes, stage(url, cache_dir, sha256, shard_bytes))
     if is_http(url):
         return ShardReader(url, shard_bytes, None)
     return ShardReader(url, shard_bytes, local_path(url))
@@ -182,10 +187,14 @@ _staged_lock = threading.Lock()
 _private_dir: list[Path] = []  # this process's temporary folder for pipe: shards
 
 
-def stage(url: str, cache_dir: str | None, sha256: str | None) -> Path:
+def stage(
+    url: str, cache_dir: str | None, sha256: str | None, shard_bytes: int | None = None
+) -> Path:
     """The local copy of a shard in ``cache_dir`` (or a private temporary folder), made
     once per node: the first process copies, the others wait on its lock and reuse it.
-    A copy whose sha256 differs from the manifest's is an error and is not kept."""
+    A copy whose sha256 differs from the manifest's is an error and is not kept. A copy
+    found there already is checked first (its size and sha256, where known): a damaged
+    one is fetched again, once."""
     key = (url, cache_dir)
     with _staged_lock:
         if key in _staged:
@@ -198,11 +207,21 @@ def stage(url: str, cache_dir: str | None, sha256: str | None) -> Path:
     label = sha256[:16] if sha256 else _url_label(url)
     target = folder / f"{label}-{_base_name(url)}"
     with _node_lock(target.with_name(target.name + ".lock")):
+        if target.is_file() and not _cached_copy_sound(target, sha256, shard_bytes):
+            log.warning("%s: cached copy of %s is damaged; fetching it again", target, url)
+            target.unlink()
         if not target.is_file():
             _copy_checked(url, target, sha256)
     with _staged_lock:
         _staged[key] = target
     return target
+
+
+def _cached_copy_sound(target: Path, sha256: str | None, shard_bytes: int | None) -> bool:
+    """A staged copy has the size and sha256 its index and manifest give (where known)."""
+    if shard_bytes is not None and target.stat().st_size != shard_bytes:
+        return False
+    return sha256 is None or sha256_file(target) == sha256
 
 
 def _copy_checked(url: str, target: Path, sha256: str | None) -> None:

@@ -90,7 +90,9 @@ def test_a_cache_folder_stages_each_shard_once_for_all_processes(served, tmp_pat
     cache = tmp_path / "cache"
     local = take(train_loader(served / "DATA", **SETTINGS), 4)
     refused = pytest.raises(
-        DatasetError, match=r"ignores range requests \(HTTP 200\); set data\.cache_dir"
+        DatasetError,
+        match=r"ignores range requests \(HTTP 200\); stage each shard whole into a node-local "
+        r"folder: train\.py --data\.cache_dir DIR, evaluate --cache-dir DIR",
     )
     with RangeServer(served, ranges=False) as server, refused:  # even a server without ranges
         next(train_loader(f"{server.url}/DATA", **SETTINGS))
@@ -101,6 +103,15 @@ def test_a_cache_folder_stages_each_shard_once_for_all_processes(served, tmp_pat
             assert same_batches(local, take(train_loader(url, **SETTINGS, cache_dir=str(cache)), 4))
     assert server.sent("train-000000.tar") == 1
     assert [p.name.split("-", 1)[1] for p in cache.glob("*.tar")] == ["train-000000.tar"]
+    (copy,) = cache.glob("*.tar")
+    sound = copy.read_bytes()
+    for damaged in (sound[:1000] + bytes([sound[1000] ^ 1]) + sound[1001:], sound[:-512]):
+        copy.write_bytes(damaged)  # a bit flipped, then a truncated copy: fetched again
+        shardio._staged.clear()
+        with RangeServer(served, ranges=False) as server:
+            url = f"{server.url}/DATA"
+            assert same_batches(local, take(train_loader(url, **SETTINGS, cache_dir=str(cache)), 4))
+        assert server.sent("train-000000.tar") == 1 and copy.read_bytes() == sound
 
 
 def _closed_port() -> int:

@@ -19,6 +19,7 @@ from aeatrain.metrics import average_pairs, mean_scores, score_regions
 from aeatrain.runs import load_run
 from tests.datasets import make_dataset, specimen_pair, write_dataset
 from tests.eval.helpers import make_run
+from tests.http_range import RangeServer
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +398,22 @@ def test_two_processes_give_exactly_the_one_process_table(lab, tmp_path, capsys)
     assert two["rows"] == one["rows"] and len(one["rows"]) == 4
     table = [(tmp_path / d / "metrics.md").read_text().split("\n\n")[2] for d in ("one", "two")]
     assert table[0] == table[1] and "self-training (3 runs" in table[0]
+
+
+def test_a_server_without_ranges_is_scored_through_cache_dir(lab, tmp_path, capsys):
+    """evaluate used to advise 'set data.cache_dir', an option it did not have."""
+    argv = ["--run", str(lab / "pooled"), "--pairs", "pair00"]
+    code, _, err = _cli([*argv, "--data", str(lab / "DATA"), "--out", str(tmp_path / "l")], capsys)
+    assert code == 0, err
+    with RangeServer(lab, ranges=False) as server:
+        remote = [*argv, "--data", f"{server.url}/DATA"]
+        code, _, err = _cli([*remote, "--out", str(tmp_path / "r1")], capsys)
+        assert code == EXIT_USER_ERROR and "evaluate --cache-dir DIR" in err, err
+        cache = ["--cache-dir", str(tmp_path / "cache")]
+        code, _, err = _cli([*remote, *cache, "--out", str(tmp_path / "r2")], capsys)
+        assert code == 0, err
+    rows = [json.loads((tmp_path / o / "metrics.json").read_text())["rows"] for o in ("l", "r2")]
+    assert rows[0][0]["summary"] == rows[1][0]["summary"]
+    assert [p.name.split("-", 1)[1] for p in (tmp_path / "cache").glob("*.tar")] == [
+        "full-000000.tar"
+    ]
