@@ -198,6 +198,14 @@ class DatasetManifest:
             else:  # one request each: several at once
                 with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
                     indexes = list(pool.map(self._read_index, entries))
+            held = {sample.pair for index in indexes for sample in index.samples}
+            missing = sorted(set(self.model.pairs) - held)
+            if missing:
+                raise DatasetError(
+                    f"{self.path}: the {split} split's indexes hold no sample of pair "
+                    f"{missing[0]!r} (an index that leaves samples out; run python -m "
+                    "data_prep verify)"
+                )
             urls = self.shard_urls(split)
             self._shards[key] = [Shard(u, i, cache_dir) for u, i in zip(urls, indexes)]
         return self._shards[key]

@@ -112,24 +112,31 @@ def _huge(samples):
     samples[0]["members"]["lr.png"]["size"] = 10**12
 
 
+_LEFT_OUT = r"the full split's indexes hold no sample of pair 'pair01'"
+
+
 @pytest.mark.parametrize(
-    ("change", "problem", "loading"),
+    ("split", "change", "problem", "loading"),
     [
-        (_twice, r"sample pair00__test0 is listed twice", True),
-        (_dropped, r"test-000000\.tar: sample pair00__test1 is missing from its index", False),
-        (_shared, r"members pair00__test0\.lr\.png and pair00__test1\.lr\.png share", True),
-        (_huge, r"lr\.png ends at byte 10000000\d+, past the shard's \d+ bytes", True),
+        ("test", _twice, r"sample pair00__test0 is listed twice", True),
+        ("test", _dropped, r"test-000000\.tar: sample pair00__test1 is missing from its", None),
+        ("full", _dropped, r"full-000000\.tar: sample pair01__full is missing from its", _LEFT_OUT),
+        ("test", _shared, r"members pair00__test0\.lr\.png and pair00__test1\.lr\.png share", True),
+        ("test", _huge, r"lr\.png ends at byte 10000000\d+, past the shard's \d+ bytes", True),
     ],
-    ids=["key-twice", "key-missing", "bytes-shared", "size-1e12"],
-)
-def test_verify_refuses_an_index_that_misplaces_samples(dataset, capsys, change, problem, loading):
-    _tamper_index(dataset, "test", change)
+    ids=["key-twice", "tile-missing", "pair-missing", "bytes-shared", "size-1e12"],
+)  # fmt: skip
+def test_verify_refuses_an_index_that_misplaces_samples(
+    dataset, capsys, split, change, problem, loading
+):
+    _tamper_index(dataset, split, change)
     with pytest.raises(UserError, match="1 of 3 shards failed verify"):
         data_prep(["verify", str(dataset)])
     assert re.search(problem, capsys.readouterr().err)
-    if loading:  # what verify alone can see (the tar's own samples) is not checked here
-        with pytest.raises(DatasetError, match=problem):
-            list(data.test_tiles(dataset))
+    if loading is not None:  # a test tile left out: only verify (reading the tar) sees it
+        read = data.test_tiles if split == "test" else data.full_images
+        with pytest.raises(DatasetError, match=problem if loading is True else loading):
+            list(read(dataset))
 
 
 def test_a_failed_index_writes_no_index_file(dataset):
