@@ -13,7 +13,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -32,6 +32,8 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 _MAX_SIDE = 30_000
 _MAX_PIXELS = _MAX_SIDE * _MAX_SIDE
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_LIMIT = 2**32 - 2**25  # bytes of pixels beyond which a TIFF must be a BigTIFF
+_STRIP_ROWS = 64  # rows per strip of a streamed TIFF
 
 
 class ImageError(UserError):
@@ -450,15 +452,7 @@ def encode_image(
         import io
 
         buffer = io.BytesIO()
-        options: dict = {
-            "photometric": "minisblack",
-            "extratags": extratags or [],
-            "compression": compression,
-        }
-        if pixel_size_nm is not None:
-            per_nm = 1.0 / pixel_size_nm
-            metadata = {"unit": "nm"} | ({"Info": info} if info else {})
-            options |= {"imagej": True, "resolution": (per_nm, per_nm), "metadata": metadata}
+        options = _tiff_options(pixel_size_nm, info, extratags, compression)
         tifffile.imwrite(buffer, array, **options)
         return buffer.getvalue()
     if array.dtype == np.float32 or array.dtype == np.float64:
@@ -473,6 +467,82 @@ def encode_image(
     if not ok:
         raise ValueError(f"OpenCV could not encode a {array.dtype} image as {suffix}")
     return buffer.tobytes()
+
+
+def _tiff_options(
+    pixel_size_nm: float | None,
+    info: str | None,
+    extratags: list | None = None,
+    compression: str | None = None,
+) -> dict:
+    """tifffile.imwrite's keywords for a greyscale TIFF, ImageJ-calibrated when
+    ``pixel_size_nm`` is given (see :func:`encode_image`)."""
+    options: dict = {
+        "photometric": "minisblack",
+        "extratags": extratags or [],
+        "compression": compression,
+    }
+    if pixel_size_nm is not None:
+        per_nm = 1.0 / pixel_size_nm
+        metadata = {"unit": "nm"} | ({"Info": info} if info else {})
+        options |= {"imagej": True, "resolution": (per_nm, per_nm), "metadata": metadata}
+    return options
+
+
+def write_image_rows(
+    target: str | os.PathLike,
+    bands: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    dtype: np.dtype,
+    *,
+    overwrite: bool = False,
+    pixel_size_nm: float | None = None,
+    info: str | None = None,
+) -> None:
+    """Write an (H, W) image that arrives as row bands (top to bottom, ``shape`` in all,
+    ``dtype`` each), atomically, like :func:`write_image`.
+
+    A TIFF is written strip by strip as the bands come, so the whole image never exists
+    in memory; beyond 4 GiB it is a BigTIFF, which ImageJ's format cannot be, so such a
+    file carries no calibration (a warning says so). BMP and PNG are put together and
+    encoded whole.
+    """
+    target = Path(target)
+    if target.suffix.lower() not in _TIFF_SUFFIXES:
+        whole = np.concatenate(list(bands))
+        write_image(target, whole, overwrite=overwrite, pixel_size_nm=pixel_size_nm, info=info)
+        return
+    options = _tiff_options(pixel_size_nm, info)
+    dtype = np.dtype(dtype)
+    if shape[0] * shape[1] * dtype.itemsize > _TIFF_LIMIT:
+        if "imagej" in options:
+            log.warning("%s: over 4 GiB, written as BigTIFF without its calibration", target)
+        options = _tiff_options(None, None) | {"bigtiff": True}
+    rows = _strips(bands, shape, dtype, _STRIP_ROWS)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        tifffile.imwrite(tmp, rows, shape=shape, dtype=dtype, rowsperstrip=_STRIP_ROWS, **options)
+
+
+def _strips(
+    bands: Iterable[np.ndarray], shape: tuple[int, int], dtype: np.dtype, rows: int
+) -> Iterator[np.ndarray]:
+    """Re-cut row bands of any height into strips of ``rows`` rows (the last may be less);
+    a band of the wrong width or type, or the wrong number of rows in all, is a bug."""
+    carry = np.zeros((0, shape[1]), dtype=dtype)  # rows short of a strip, from the last band
+    total = 0
+    for band in bands:
+        if band.ndim != 2 or band.shape[1] != shape[1] or band.dtype != dtype:
+            raise ValueError(f"band {band.shape} {band.dtype} does not fit {shape} {dtype}")
+        total += len(band)
+        band = np.concatenate([carry, band]) if len(carry) else band
+        whole = len(band) - len(band) % rows
+        for start in range(0, whole, rows):
+            yield band[start : start + rows]
+        carry = band[whole:]
+    if total != shape[0]:
+        raise ValueError(f"bands hold {total} rows, the image {shape[0]}")
+    if len(carry):
+        yield carry
 
 
 def write_image(

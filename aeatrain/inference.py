@@ -30,7 +30,11 @@ restores the mode it found (the trainer calls these during training).
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import os
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -38,6 +42,8 @@ import torch
 from torch import nn
 
 from aeatrain.errors import UserError
+from aeatrain.imageio import to_float
+from aeatrain.models import EDSR, RCAN, VDSR, UNet
 
 PAD_MULTIPLE = 16  # the published code pads to 2 ** (depth + 1) = 16
 DEFAULT_BATCH = 4  # tiles per forward pass
@@ -115,14 +121,91 @@ def _run_batch(
 ) -> list[np.ndarray]:
     """Predict same-shaped (h, w) float images in one forward pass; crops the padding off.
 
-    Pads to :func:`padding_multiple` of ``multiple``: never below the model's own."""
+    Pads to :func:`padding_multiple` of ``multiple``: never below the model's own. On the
+    CPU, a forward pass large enough to pay for it runs in onnxruntime (:func:`cpu_session`).
+    """
     h, w = images[0].shape
     multiple = padding_multiple(model, multiple)
     padded = np.stack([pad_to_multiple(image, multiple) for image in images])  # (N, Hp, Wp)
-    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None].to(device)
-    y = model(x)  # (N, 1, Hp, Wp)
+    padded = np.ascontiguousarray(padded[:, None], dtype=np.float32)  # (N, 1, Hp, Wp)
+    session = cpu_session(model, padded.size) if device.type == "cpu" else None
+    if session is not None:
+        y = torch.from_numpy(session.run(None, {"image": padded})[0])  # (N, 1, Hp, Wp)
+    else:
+        y = model(torch.from_numpy(padded).to(device))  # (N, 1, Hp, Wp)
     out = y[:, 0, :h, :w].float().cpu().numpy()  # (N, h, w)
     return list(out)
+
+
+# ------------------------------------------------------------ the CPU backend
+ONNX_MIN_WORK = 2 * 10**11  # parameters x pixels of a forward pass from which onnxruntime pays
+_ONNX_MODELS = (UNet, VDSR, EDSR, RCAN)
+_sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (key, session)
+
+
+def cpu_session(model: nn.Module, pixels: int):
+    """The onnxruntime session that runs ``model`` (in eval mode) on the CPU, or None
+    where the model stays in PyTorch.
+
+    onnxruntime fuses what eager PyTorch runs op by op (BatchNorm folded into the
+    convolutions, activations into them, NCHWc blocked layouts) and ran our networks
+    2-5x faster on the same threads (docs/benchmarks.md). Its outputs equal PyTorch's to
+    float32 rounding (about 1e-7). Exporting and optimising the graph costs about a
+    second per million parameters, so a forward pass of fewer than :data:`ONNX_MIN_WORK`
+    parameters x pixels (tests' small models, small crops) stays in PyTorch, as do
+    models other than the U-Net family, VDSR, EDSR and RCAN, 16-bit weights, passes under
+    autocast, and everything when onnx/onnxruntime are not installed or
+    ``AEATRAIN_ONNXRUNTIME=0``. The session is kept
+    while the weights stay the same (training's validation exports again after each
+    optimiser step); it uses PyTorch's number of threads.
+    """
+    if not isinstance(model, _ONNX_MODELS) or os.environ.get("AEATRAIN_ONNXRUNTIME") == "0":
+        return None
+    tensors = [*model.parameters(), *model.buffers()]
+    if sum(t.numel() for t in tensors) * pixels < ONNX_MIN_WORK:
+        return None
+    if torch.is_autocast_enabled("cpu") or any(
+        p.dtype != torch.float32 for p in model.parameters()
+    ):
+        return None  # 16-bit weights (DeepSpeed) or autocast: PyTorch's dtypes, not ours
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        import onnxruntime
+    except ImportError:
+        return None
+    key = (torch.get_num_threads(), *((t.data_ptr(), t._version) for t in tensors))
+    cached = _sessions.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(
+        _onnx_bytes(model), options, providers=["CPUExecutionProvider"]
+    )
+    _sessions[model] = (key, session)
+    return session
+
+
+def _onnx_bytes(model: nn.Module) -> bytes:
+    """``model`` in eval mode as ONNX (opset 17, traced; batch, height and width dynamic)."""
+    buffer = io.BytesIO()
+    side = 2 * padding_multiple(model)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape checks and deprecation
+        example = torch.zeros(1, 1, side, side, device=_model_device(model))
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["prediction"],
+            dynamic_axes={name: {0: "n", 2: "h", 3: "w"} for name in ("image", "prediction")},
+        )
+    return buffer.getvalue()
 
 
 def _predict_many(
@@ -147,10 +230,14 @@ def _predict_many(
     return results  # type: ignore[return-value]
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
+def check_image_shape(image: np.ndarray) -> None:
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    check_image_shape(image)
     return image.astype(np.float32, copy=False)
 
 
@@ -236,38 +323,84 @@ def predict_tiled(
     device: str | torch.device | None = None,
     batch_size: int = DEFAULT_BATCH,
 ) -> np.ndarray:
-    """Predict a (H, W) float image in overlapping tiles blended without seams.
+    """Predict a (H, W) image in overlapping tiles blended without seams; float32 (H, W).
 
+    The bands of :func:`tiled_rows` put together (see there for ``image``, ``tile`` and
+    ``overlap``).
+    """
+    bands = tiled_rows(
+        model, image, tile=tile, overlap=overlap, device=device, batch_size=batch_size
+    )
+    return np.concatenate(list(bands))
+
+
+def tiled_rows(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    tile: int,
+    overlap: int,
+    device: str | torch.device | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> Iterator[np.ndarray]:
+    """Predict a (H, W) image in overlapping tiles and yield the result as it is finished:
+    float32 row bands, top to bottom, that put together are the (H, W) prediction.
+
+    ``image``: float in [0, 1], or an integer image (cut and converted with
+    :func:`~aeatrain.imageio.to_float` a tile at a time, so no float copy of it exists).
     ``tile`` and ``overlap`` are multiples of 16, ``overlap <= tile / 2``. Each tile is
     predicted on its own (padded like :func:`predict_full` where it meets the image's
-    bottom/right edge); the results are averaged with :func:`_window_1d` weights.
-    Returns float32 (H, W).
+    bottom/right edge) and added, weighted by :func:`_window_1d`, into a float32 band one
+    row of tiles high; the rows no later tile reaches are divided by the summed weights
+    and yielded. Memory is set by the tile size and the image width, not its height.
     """
-    image = _check_image(image)
     check_tiling(tile, overlap)
+    check_image_shape(image)
     device = _resolve_device(model, device)
     h, w = image.shape
-    rows, cols = (
-        tile_spans(h, tile=tile, overlap=overlap),
-        tile_spans(w, tile=tile, overlap=overlap),
-    )
-    boxes = [(r, c) for r in rows for c in cols]
-    with eval_mode(model):
-        tiles = [image[r0:r1, c0:c1] for (r0, r1), (c0, c1) in boxes]
-        preds = _predict_many(
-            model, tiles, device=device, multiple=PAD_MULTIPLE, batch_size=batch_size
-        )
-    total = np.zeros((h, w), dtype=np.float64)
-    weight = np.zeros((h, w), dtype=np.float64)
-    for ((r0, r1), (c0, c1)), pred in zip(boxes, preds):
-        wy = _window_1d(r1 - r0, lead=r0 > 0, trail=r1 < h, overlap=overlap)
-        wx = _window_1d(c1 - c0, lead=c0 > 0, trail=c1 < w, overlap=overlap)
-        tile_weight = wy[:, None] * wx[None, :]  # (tile_h, tile_w)
-        total[r0:r1, c0:c1] += tile_weight * pred
-        weight[r0:r1, c0:c1] += tile_weight
-    if not (weight > 0).all():
+    rows = tile_spans(h, tile=tile, overlap=overlap)
+    cols = tile_spans(w, tile=tile, overlap=overlap)
+    # The tiles form a grid, so the summed weight of pixel (y, x) is row_sum[y] * col_sum[x].
+    row_windows = [
+        _window_1d(r1 - r0, lead=r0 > 0, trail=r1 < h, overlap=overlap) for r0, r1 in rows
+    ]
+    col_windows = [
+        _window_1d(c1 - c0, lead=c0 > 0, trail=c1 < w, overlap=overlap) for c0, c1 in cols
+    ]
+    row_sum, col_sum = np.zeros(h, dtype=np.float32), np.zeros(w, dtype=np.float32)
+    for (r0, r1), window in zip(rows, row_windows):
+        row_sum[r0:r1] += window
+    for (c0, c1), window in zip(cols, col_windows):
+        col_sum[c0:c1] += window
+    if not ((row_sum > 0).all() and (col_sum > 0).all()):
         raise AssertionError("tile windows leave pixels uncovered; tile_spans/_window_1d bug")
-    return (total / weight).astype(np.float32)
+    band = np.empty((max(r1 - r0 for r0, r1 in rows), w), dtype=np.float32)
+    carried = 0  # rows at the top of ``band`` that earlier tiles already added to
+    with eval_mode(model):
+        for index, ((r0, r1), wy) in enumerate(zip(rows, row_windows)):
+            band[carried : r1 - r0] = 0  # band[i] holds row r0 + i
+            for start in range(0, len(cols), batch_size):
+                chunk = cols[start : start + batch_size]
+                tiles = [_float_tile(image[r0:r1, c0:c1]) for c0, c1 in chunk]
+                preds = _predict_many(
+                    model, tiles, device=device, multiple=PAD_MULTIPLE, batch_size=batch_size
+                )
+                for (c0, c1), wx, pred in zip(chunk, col_windows[start:], preds):
+                    weight = (wy[:, None] * wx[None, :]).astype(np.float32)  # (tile_h, tile_w)
+                    band[: r1 - r0, c0:c1] += weight * pred
+            done = rows[index + 1][0] if index + 1 < len(rows) else h  # later tiles start here
+            finished = band[: done - r0] / col_sum
+            finished /= row_sum[r0:done, None]
+            yield finished
+            carried = r1 - done
+            band[:carried] = band[done - r0 : r1 - r0]  # the overlap, to the top
+
+
+def _float_tile(tile: np.ndarray) -> np.ndarray:
+    """A tile of the image as float32 in [0, 1] (integer images: ``to_float``)."""
+    if np.issubdtype(tile.dtype, np.integer):
+        return to_float(tile)
+    return tile.astype(np.float32, copy=False)
 
 
 def check_paper_tiling(tile: int, margin: int) -> None:

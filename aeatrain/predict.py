@@ -9,7 +9,8 @@ upsampled by the run's scale with bicubic interpolation (as the registered LR th
 was trained on), run through the model and written to ``DIR/<input name>`` with the
 input's bit depth and format (``--float32``: a float32 TIFF on the input's scale, neither
 rounded nor clipped). Large images are predicted in tiles blended without seams
-(aeatrain.inference.predict_tiled). ``--tta d4`` averages the predictions of the image's 8
+(aeatrain.inference.tiled_rows) and written as the tiles finish their rows, so memory is
+set by the tile size and the image width, not the image's size. ``--tta d4`` averages the predictions of the image's 8
 flips/rotations (the D4 self-ensemble, 8x the time).
 
 Fail fast: every input is read and every output path checked before the first image is
@@ -35,6 +36,7 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,7 @@ from aeatrain.imageio import (
     max_value,
     read_image,
     to_float,
-    write_image,
+    write_image_rows,
 )
 from aeatrain.inference import (
     TTA_MODES,
@@ -60,6 +62,7 @@ from aeatrain.inference import (
     predict_full,
     predict_tiled,
     self_ensemble,
+    tiled_rows,
 )
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.microscope import Calibration, cut_data_bar, read_calibration
@@ -70,6 +73,7 @@ log = logging.getLogger(__name__)
 
 AUTO_TILE_PIXELS = 2_500_000  # above this (upsampled) size, tile: ~2 GB peak for the U-Net
 AUTO_TILE, AUTO_OVERLAP = 1024, 128
+OUTPUT_ROWS = 256  # rows of the prediction converted to the output type at a time
 
 
 def upsample(image: np.ndarray, scale: float) -> np.ndarray:
@@ -80,10 +84,16 @@ def upsample(image: np.ndarray, scale: float) -> np.ndarray:
     the outer pixel edges. The output is ``round(W * scale) x round(H * scale)``.
     """
     h, w = image.shape
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = output_shape(image.shape, scale)[::-1]  # (width, height)
     if size == (w, h):
         return image.copy()
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+
+def output_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) of the prediction of an (H, W) input: each side times ``scale``, rounded."""
+    h, w = shape
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 @dataclass(frozen=True)
@@ -123,17 +133,27 @@ def output_calibration(
 
 
 def write_calibrated(
-    target: Path, array: np.ndarray, source: Path, calibration, scale: float, overwrite: bool
+    target: Path,
+    bands: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    dtype: type,
+    source: Path,
+    calibration,
+    scale: float,
+    overwrite: bool,
 ) -> None:
-    """Write an output; a TIFF of a calibrated source carries its calibration."""
+    """Write an output arriving as row bands (a TIFF streamed as they come); a TIFF of a
+    calibrated source carries its calibration."""
     pixel_nm, info = output_calibration(source, calibration, scale)
     if pixel_nm is not None and target.suffix.lower() not in (".tif", ".tiff"):
         log.warning("%s: %s holds no calibration; the pixel size is lost", target, target.suffix)
         pixel_nm = info = None
-    write_image(target, array, overwrite=overwrite, pixel_size_nm=pixel_nm, info=info)
+    write_image_rows(
+        target, bands, shape, dtype, overwrite=overwrite, pixel_size_nm=pixel_nm, info=info
+    )
 
 
-def super_resolve(
+def super_resolve_rows(
     model: nn.Module,
     image: np.ndarray,
     *,
@@ -142,27 +162,38 @@ def super_resolve(
     overlap: int = AUTO_OVERLAP,
     device: torch.device | None = None,
     tta: str = "none",
-) -> np.ndarray:
-    """Integer LR (H, W) -> float32 prediction in about [0, 1] at ``scale`` x the size.
+) -> Iterator[np.ndarray]:
+    """Integer LR (H, W) -> the float32 prediction at ``scale`` x the size, in about
+    [0, 1], as row bands top to bottom.
 
     ``tile`` None: the whole image at once unless it exceeds ``AUTO_TILE_PIXELS`` once
     upsampled, then tiles of 1024 with ``overlap``; 0: always whole; S: tiles of S.
-    ``tta`` "d4": the mean over the image's 8 flips/rotations (``self_ensemble``).
+    Tiled without ``tta``, the bands come as the tiles finish them (``tiled_rows``), so
+    memory is bounded by the tile size and the image width; whole, or with ``tta`` "d4"
+    (the mean over the image's 8 flips/rotations, ``self_ensemble``), one band is the
+    whole image.
     """
-    lr = to_float(upsample(image, scale))
+    upsampled = upsample(image, scale)  # integer: converted to float a tile at a time
     if tile is None:
-        tile = AUTO_TILE if lr.size > AUTO_TILE_PIXELS else 0
+        tile = AUTO_TILE if upsampled.size > AUTO_TILE_PIXELS else 0
         if tile:
             log.info(
-                "%dx%d is large: tiles of %d, overlap %d", lr.shape[1], lr.shape[0], tile, overlap
+                "%dx%d is large: tiles of %d, overlap %d",
+                upsampled.shape[1],
+                upsampled.shape[0],
+                tile,
+                overlap,
             )
+    if tile and tta == "none":
+        yield from tiled_rows(model, upsampled, tile=tile, overlap=overlap, device=device)
+        return
 
-    def predict(image: np.ndarray) -> np.ndarray:
+    def predict(lr: np.ndarray) -> np.ndarray:
         if tile == 0:
-            return predict_full(model, image, device=device)
-        return predict_tiled(model, image, tile=tile, overlap=overlap, device=device)
+            return predict_full(model, lr, device=device)
+        return predict_tiled(model, lr, tile=tile, overlap=overlap, device=device)
 
-    return self_ensemble(predict, lr, tta)
+    yield self_ensemble(predict, to_float(upsampled), tta)
 
 
 @dataclass(frozen=True)
@@ -246,7 +277,7 @@ def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
 def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: float) -> tuple:
     """Read, super-resolve and write one image; returns (input shape, output shape)."""
     source = read_input(job.source, args)
-    pred = super_resolve(
+    bands = super_resolve_rows(
         model,
         source.image,
         scale=scale,
@@ -255,9 +286,17 @@ def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: flo
         device=args.device,
         tta=args.tta,
     )
-    out = to_output(pred, source.bit_depth, float32=args.float32)
-    write_calibrated(job.target, out, job.source, source.calibration, scale, args.overwrite)
-    return source.image.shape, out.shape
+    out_bands = (  # converted OUTPUT_ROWS at a time: to_output's float64 stays small
+        to_output(band[i : i + OUTPUT_ROWS], source.bit_depth, float32=args.float32)
+        for band in bands
+        for i in range(0, len(band), OUTPUT_ROWS)
+    )
+    shape = output_shape(source.image.shape, scale)
+    dtype = np.float32 if args.float32 else np.uint8 if source.bit_depth == 8 else np.uint16
+    write_calibrated(
+        job.target, out_bands, shape, dtype, job.source, source.calibration, scale, args.overwrite
+    )
+    return source.image.shape, shape
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

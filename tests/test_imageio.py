@@ -225,3 +225,27 @@ def test_a_tiff_signature_then_garbage_or_a_folder_is_named_for_what_it_is(
         path.write_bytes(content)
     with pytest.raises(ImageError, match=message):
         read_image(path)
+
+
+def test_rows_written_as_they_come_equal_the_image_written_whole(tmp_path, monkeypatch, caplog):
+    """write_image_rows: bands of any height make the same pixels and calibration as
+    write_image; past the 4 GiB TIFF limit (lowered here) a BigTIFF without ImageJ's
+    calibration, said in a warning."""
+    image = np.random.default_rng(3).integers(0, 65536, (150, 70), dtype=np.uint16)
+    bands = [image[:1], image[1:100], image[100:]]
+    imageio.write_image_rows(tmp_path / "rows.tif", iter(bands), image.shape, np.uint16,
+                             pixel_size_nm=2.5, info="x")  # fmt: skip
+    with tifffile.TiffFile(tmp_path / "rows.tif") as tif:
+        assert np.array_equal(tif.asarray(), image) and tif.is_imagej and not tif.is_bigtiff
+        assert tif.pages[0].tags["XResolution"].value == (2, 5)  # 1 / 2.5 nm
+    monkeypatch.setattr(imageio, "_TIFF_LIMIT", image.nbytes - 1)
+    imageio.write_image_rows(tmp_path / "big.tif", iter(bands), image.shape, np.uint16,
+                             pixel_size_nm=2.5, info="x")  # fmt: skip
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert np.array_equal(tif.asarray(), image) and tif.is_bigtiff and not tif.is_imagej
+    assert "over 4 GiB, written as BigTIFF without its calibration" in caplog.text
+    imageio.write_image_rows(tmp_path / "rows.png", iter(bands), image.shape, np.uint16)
+    assert np.array_equal(imageio.read_image(tmp_path / "rows.png")[0], image)
+    with pytest.raises(ValueError, match="bands hold 100 rows, the image 150"):
+        imageio.write_image_rows(tmp_path / "short.tif", iter(bands[:2]), image.shape, np.uint16)
+    assert not (tmp_path / "short.tif").exists()

@@ -226,7 +226,7 @@ def _linear_refs(q: Tensor, k: Tensor, v: Tensor, refs: tuple[Tensor, Tensor] | 
         if refs is not None:
             k_ref, v_ref = _wide(refs[0]), _wide(refs[1])  # (heads, d, r) each
             kv = kv + torch.einsum("hdr,her->hde", k_ref, v_ref)  # + sum over R
-            keys += k_ref.shape[2]
+            keys = keys + k_ref.shape[2]  # not +=: an ONNX trace keeps sizes symbolic
         return torch.einsum("bhdn,bhde->bhen", q, kv) / keys  # (B, heads, d, n)
 
 

@@ -238,3 +238,39 @@ def test_tta_d4_is_exactly_the_mean_of_the_8_inverse_transformed_predictions():
     assert np.array_equal(inference.self_ensemble(lambda x: plain, image, "none"), plain)
     with pytest.raises(ValueError, match="tta"):
         inference.self_ensemble(lambda x: x, image, "d8")
+
+
+def test_tiled_rows_come_band_by_band_and_equal_predict_tiled():
+    """The bands (one per row of tiles, finished as the tiles move down) put together are
+    the blend of every tile; an integer image gives what its to_float gives."""
+    model = _unet(channels=4)
+    image = np.random.default_rng(5).integers(0, 65536, (200, 150), dtype=np.uint16)
+    bands = list(inference.tiled_rows(model, image, tile=96, overlap=32))
+    # rows of tiles start at 0, 64, 96 (the last one flush): bands end where the next starts
+    assert [len(band) for band in bands] == [64, 32, 104]
+    whole = inference.predict_tiled(
+        model, image.astype(np.float32) / np.float32(65535), tile=96, overlap=32
+    )
+    np.testing.assert_allclose(np.concatenate(bands), whole, atol=1e-6)
+
+
+def test_onnxruntime_backend_equals_pytorch_and_follows_weight_changes(monkeypatch):
+    """The CPU backend runs the same numbers as PyTorch (float rounding), and a session is
+    rebuilt once the weights change in place, as an optimiser step changes them between
+    two validations."""
+    pytest.importorskip("onnxruntime")
+    model = _unet(channels=4)
+    image = np.random.default_rng(6).random((72, 100), dtype=np.float32)
+    monkeypatch.setattr(inference, "ONNX_MIN_WORK", 10**30)
+    torch_before = inference.predict_full(model, image)
+    monkeypatch.setattr(inference, "ONNX_MIN_WORK", 0)
+    onnx_before = inference.predict_full(model, image)
+    assert inference.cpu_session(model, image.size) is inference.cpu_session(model, image.size)
+    np.testing.assert_allclose(onnx_before, torch_before, atol=1e-5)
+    with torch.no_grad():
+        model.head.weight.mul_(-0.5)
+    onnx_after = inference.predict_full(model, image)
+    monkeypatch.setattr(inference, "ONNX_MIN_WORK", 10**30)
+    torch_after = inference.predict_full(model, image)
+    assert np.abs(torch_after - torch_before).max() > 0.01
+    np.testing.assert_allclose(onnx_after, torch_after, atol=1e-5)
