@@ -28,7 +28,9 @@ torch.compile error, out of memory) is recorded with its error; the others still
     python benchmarks/bench_gpu.py --device cpu --quick --out /tmp/b.json   # smoke run
 
 ``--quick``: tiny models (base 8 channels, 8 references), tiny shapes and few steps, for
-a smoke test on the CPU in seconds; its figures say nothing about a GPU.
+a smoke test on the CPU in seconds; its figures say nothing about a GPU. ``--shapes
+paper`` and ``--steps-only`` (no loader, no loss curves) make the short warm-up that
+launch/gpu_compare.sh plans its training runs from.
 """
 
 from __future__ import annotations
@@ -403,6 +405,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few steps (smoke run)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--shapes", nargs="+", choices=[s.name for s in FULL_SHAPES],
+                        default=[s.name for s in FULL_SHAPES], help="default: both")  # fmt: skip
+    parser.add_argument("--steps-only", action="store_true",
+                        help="time the steps only: no loader, no loss curves")  # fmt: skip
     parser.add_argument("--settings", nargs="+", choices=[s.name for s in SETTINGS],
                         help="default: all on CUDA; the eager ones on the CPU")  # fmt: skip
     parser.add_argument("--steps", type=int, help="timed steps (default 20; quick 2)")
@@ -447,7 +453,20 @@ def main(argv=None) -> int:
     info, peak = device_info(device, args.peak_tflops)
     report = {"device": info, "quick": args.quick, "timed_steps": args.steps, "warmup": args.warmup,
               "steps": [], "flops_per_step": {}, "loader": [], "loss_curves": {}, "skipped": []}  # fmt: skip
-    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    shapes = [s for s in (QUICK_SHAPES if args.quick else FULL_SHAPES) if s.name in args.shapes]
+    if args.steps_only:
+        settings = chosen_settings(args, device)
+        measure_steps(args, device, shapes, settings, peak, report, budget, args.models)
+    else:
+        measure_all(args, device, shapes, peak, report, budget)
+    report["wall_seconds"] = time.perf_counter() - started
+    write(report, args.out)
+    print(summary(report))
+    return 0
+
+
+def measure_all(args, device, shapes, peak, report, budget) -> None:
+    """Steps in every setting, the loader and the loss curves, on a dataset of its own."""
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         size = {"pairs": 2} if args.quick else {"pairs": 8, "width": 1280, "height": 944}
         root = make_dataset(Path(tmp) / "DATA", **size)
@@ -466,10 +485,6 @@ def main(argv=None) -> int:
             measure_steps(args, device, [shape], compiled, peak, report, budget, paper_model_first)
             if shape is shapes[0]:
                 compare_curves(args, device, shapes[0], root, report, budget)
-    report["wall_seconds"] = time.perf_counter() - started
-    write(report, args.out)
-    print(summary(report))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""``python -m data_prep <command>``: synth, build, summary, stats, pairs, verify, index,
-check-truth.
+"""``python -m data_prep <command>``: synth, synth-mix, build, summary, stats, pairs, verify,
+index, check-truth.
 
 python -m data_prep synth --out RAW --pairs 22 --seed 0 [--preset realistic] [--family F]
+python -m data_prep synth-mix --out RAW --pairs-per-family 4 --seed 0  (then build with
+    --pairs-file RAW/pairs.csv: four families, each under its own acquisition settings)
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep build --raw RAW --out DATA --pairs-file PAIRS.csv
 python -m data_prep summary DATA
@@ -28,7 +30,7 @@ from aeatrain.errors import UserError, check_finite_options, check_seed, run_cli
 from aeatrain.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
 from data_prep import semstats
 from data_prep.build import build_dataset
-from data_prep.families import FAMILIES
+from data_prep.families import FAMILIES, MIX, synthesize_mix
 from data_prep.qc import pair_table, summary_text
 from data_prep.shards import add_indexes
 from data_prep.synth import FORMATS, PRESET_FAMILY, PRESETS, SynthConfig, preset_config, synthesize
@@ -75,6 +77,42 @@ def _add_synth(commands) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a synth folder (its truth.json) at --out"
     )
+
+
+def _add_synth_mix(commands) -> None:
+    p = commands.add_parser(
+        "synth-mix",
+        help="synthetic pairs of several specimen families, each under its own acquisition "
+        "settings, for one pooled dataset",
+    )
+    p.add_argument("--out", required=True, help="folder to create (RAW: a synth folder per "
+                   "family and pairs.csv for build --pairs-file)")  # fmt: skip
+    p.add_argument("--pairs-per-family", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="family k takes seed + k")
+    p.add_argument("--width", type=int, default=1280, help="image area width, pixels")
+    p.add_argument("--height", type=int, default=944, help="image area height (bar below)")
+    p.add_argument("--bar-rows", type=int, default=80, help="rows of the SEM data bar")
+    p.add_argument("--workers", type=int, default=_default_workers())
+
+
+def _synth_mix(args) -> int:
+    start = time.perf_counter()
+    rows = synthesize_mix(
+        args.out,
+        pairs_per_family=args.pairs_per_family,
+        seed=args.seed,
+        workers=args.workers,
+        width=args.width,
+        height=args.height,
+        bar_rows=args.bar_rows,
+    )
+    print(
+        f"synth-mix: {len(rows)} pairs ({args.pairs_per_family} of each of {', '.join(MIX)}; "
+        f"realistic preset, {args.width}x{args.height} + {args.bar_rows}-row bar) in "
+        f"{args.out} in {time.perf_counter() - start:.1f} s; build them with "
+        f"python -m data_prep build --raw {args.out} --pairs-file {args.out}/pairs.csv --out DATA"
+    )
+    return 0
 
 
 # SynthConfig fields settable from the command line (default: the preset's value)
@@ -183,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_synth(commands)
+    _add_synth_mix(commands)
     _add_build(commands)
     p = commands.add_parser("summary", help="print a built dataset's summary")
     p.add_argument("data", help="dataset folder (DATA)")
@@ -317,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     check_finite_options(args)
     if args.command == "synth":
         check_seed(args.seed)
+    if args.command == "synth-mix":  # family k takes seed + k
+        check_seed(args.seed)
+        check_seed(args.seed + len(MIX) - 1, f"--seed + {len(MIX) - 1} (the last family's)")
     if getattr(args, "workers", 1) < 1:
         raise UserError(f"--workers: {args.workers} < 1")
     if getattr(args, "page", None) is not None and args.page < 0:
@@ -325,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--bar-row: {args.bar_row} must be positive")
     if args.command == "synth":
         return _synth(args)
+    if args.command == "synth-mix":
+        return _synth_mix(args)
     if args.command == "build":
         return _build(args)
     if args.command == "stats":

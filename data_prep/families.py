@@ -23,13 +23,18 @@ and secondary-electron edge brightening on its outlines, scaled by the acquisiti
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from aeatrain.errors import UserError
+from aeatrain.outputs import SYNTH_RAW
+from data_prep.outdir import check_target, staged_output
 from data_prep.synth import (
     _CANVAS_MARGIN_LR_PX,
     Canvas,
@@ -38,6 +43,8 @@ from data_prep.synth import (
     _label_edges,
     _outlines,
     draw_specimen,
+    preset_config,
+    synthesize,
 )
 
 _MAX_CLUSTER_PARTICLES = 400  # cap on the log-normal tail: one cluster, not a film
@@ -486,3 +493,52 @@ FAMILIES: dict[str, Callable[[np.random.Generator], object]] = {
     "fibres": draw_fibres,
     "porous": draw_porous,
 }
+
+
+# --- a pooled set of several families ------------------------------------------------------
+
+# ``synth-mix``: specimen families under their own acquisition settings (overrides of the
+# realistic preset), for a pooled training set of *different* images: the paper's argument
+# for batch-aware attention is about features shared across them.
+MIX: dict[str, dict[str, float]] = {
+    "clusters": {},  # the realistic preset as it is: dose 24
+    "grains": {"dose": 12.0, "bandwidth_px": 1.0},  # noisier, more correlated noise
+    "fibres": {"dose": 40.0, "contrast": 0.7, "line_offset": 0.008},  # faint, striped
+    "porous": {"dose": 18.0, "shading": 0.08, "highlight_gain": 1.2},  # uneven, less clipped
+}
+
+
+def synthesize_mix(
+    out: str | os.PathLike,
+    *,
+    pairs_per_family: int,
+    seed: int,
+    workers: int = 1,
+    **size,
+) -> list[tuple[str, str, str]]:
+    """One ``synth`` folder per family of :data:`MIX` (realistic preset plus the family's
+    settings; ``size``: width, height, bar_rows) in ``out``, and ``out/pairs.csv`` naming
+    every pair ``<family>-synNNN`` for ``build --pairs-file``. Family ``k`` takes seed
+    ``seed + k``. Returns the (name, lr, hr) rows; ``out`` appears complete or not at all."""
+    if pairs_per_family < 1:
+        raise UserError(f"--pairs-per-family: {pairs_per_family} < 1")
+    out = Path(out)
+    check_target(out, SYNTH_RAW, overwrite=False)
+    rows = []
+    with staged_output(out, SYNTH_RAW, overwrite=False) as staging:
+        for k, (family, settings) in enumerate(MIX.items()):
+            truth = synthesize(
+                staging / family,
+                pairs=pairs_per_family,
+                seed=seed + k,
+                config=preset_config("realistic", **size, **settings),
+                draw=FAMILIES[family],
+                workers=workers,
+            )
+            rows += [
+                (f"{family}-{name}", f"{family}/{pair['lr_file']}", f"{family}/{pair['hr_file']}")
+                for name, pair in truth["pairs"].items()
+            ]
+        lines = ["name,lr,hr", *(",".join(row) for row in rows)]
+        (staging / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rows

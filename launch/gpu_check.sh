@@ -3,18 +3,20 @@
 #
 #   launch/gpu_check.sh OUT
 #
-# On a machine with an NVIDIA GPU: (1) an environment in .venv-gpu (kept between runs):
-# a torch that already sees CUDA (the system's, through --system-site-packages) is kept;
-# otherwise torch==2.13.0 from PyPI (its Linux wheels are CUDA builds); then
-# pip install -e '.[test,deepspeed]', which keeps that torch; (2) pytest -m gpu;
-# (3) benchmarks/bench_gpu.py. OUT (new or empty) receives gpu_check.log (everything
-# printed), gpu_check.json (card, stages, test counts, every benchmark figure),
-# gpu_tests.xml and bench_gpu.json. Each stage has its own time limit (seconds, from the
-# environment): SETUP_SECONDS (default 120), TESTS_SECONDS (120), BENCH_SECONDS (200).
-# Exit 0 when every stage passed, 1 when one failed (gpu_check.json says which), 2 (one
-# line) on a machine without CUDA or a bad OUT. PYTHON: the python to start from
-# (default python3); GPU_CHECK_VENV: the environment's folder (default .venv-gpu). With no
-# route to PyPI, pip's own PIP_NO_INDEX=1 PIP_FIND_LINKS=WHEELS install from a folder.
+# On a machine with an NVIDIA GPU and no package index: (1) the environment in .venv-gpu
+# (kept between runs) by launch/gpu_setup.sh, offline, from the bundle of wheels that
+# launch/gpu_wheels.sh made where pip reaches PyPI (GPU_WHEELS, default .gpu-wheels, carried
+# with the checkout): the machine's CUDA torch is kept, aeatrain and the bundle installed
+# with --no-deps --no-index; (2) pytest -m gpu (without deepspeed or bioimageio, whose
+# tests skip there, saying so); (3) benchmarks/bench_gpu.py. OUT (new or empty) receives
+# gpu_check.log (everything printed), gpu_check.json (card, stages, test counts, every
+# benchmark figure), gpu_tests.xml and bench_gpu.json. Each stage has its own time limit
+# (seconds, from the environment): SETUP_SECONDS (default 120), TESTS_SECONDS (120),
+# BENCH_SECONDS (200). Exit 0 when every stage passed, 1 when one failed (gpu_check.json
+# says which), 2 (one line) on a machine without CUDA, a bad OUT or no bundle. PYTHON: the
+# python whose packages the environment sees (default python3); GPU_CHECK_VENV: the
+# environment's folder (default .venv-gpu). launch/gpu_rehearsal.sh rehearses the setup on
+# a CPU machine.
 set -uo pipefail
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
 [ $# -eq 1 ] || die "usage: launch/gpu_check.sh OUT"
@@ -26,6 +28,8 @@ if [ -e "$OUT" ] && { [ ! -d "$OUT" ] || [ -n "$(ls -A "$OUT")" ]; }; then
 fi
 CARD=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 [ -n "$CARD" ] || die "no CUDA GPU on this machine (nvidia-smi finds none); nothing was run"
+WHEELS=$(realpath -m -- "${GPU_WHEELS:-.gpu-wheels}")
+[ -f "$WHEELS/BUNDLE.txt" ] || die "$WHEELS/BUNDLE.txt: no such file (make the bundle with launch/gpu_wheels.sh $WHEELS where pip reaches PyPI, and carry it); nothing was run"
 mkdir -p "$OUT" || die "$OUT: cannot create it"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 echo "gpu_check.sh: $CARD; output in $OUT"
@@ -42,25 +46,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, note its stat
     echo "== $name: exit $rc after $((SECONDS - start)) s"
     return $rc
 }
-setup() {
-    local PIP_QUICK="-q --retries 1 --timeout 20"  # no route to PyPI: fail in a minute, not hang
-    if [ ! -x "$VENV/bin/python" ]; then
-        if "$PYTHON" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-            "$PYTHON" -m venv --system-site-packages "$VENV" || return 1  # keep its CUDA torch
-        else
-            "$PYTHON" -m venv "$VENV" && "$VENV/bin/pip" install $PIP_QUICK torch==2.13.0 || return 1
-        fi
-    fi
-    if ! "$VENV/bin/python" -c 'import importlib.util as u, sys
-sys.exit(any(u.find_spec(m) is None for m in ("aeatrain", "accelerate", "deepspeed", "pytest")))'; then
-        "$VENV/bin/pip" install $PIP_QUICK -e '.[test,deepspeed]' || return 1
-    fi
-    "$VENV/bin/python" -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"
-print("torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))'
-}
-
 BENCH_SECONDS=${BENCH_SECONDS:-200}
-if stage setup "${SETUP_SECONDS:-120}" bash -c "$(declare -f setup); VENV=$VENV PYTHON=$PYTHON setup"; then
+if stage setup "${SETUP_SECONDS:-120}" env PYTHON="$PYTHON" launch/gpu_setup.sh "$VENV" "$WHEELS" \
+        --require-cuda; then
     stage gpu_tests "${TESTS_SECONDS:-120}" "$VENV/bin/python" -m pytest -m gpu tests -q \
         -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
     stage bench "$BENCH_SECONDS" "$VENV/bin/python" benchmarks/bench_gpu.py \

@@ -75,3 +75,19 @@ def test_refuses_cuda_without_a_gpu(tmp_path):
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2 and "no CUDA device visible" in result.stderr
     assert not out.exists()
+
+
+def test_steps_only_at_the_paper_shape_is_the_warm_up_of_gpu_compare(tmp_path):
+    out = tmp_path / "warmup.json"
+    command = [sys.executable, str(BENCH), "--device", "cpu", "--quick", "--out", str(out),
+               "--models", "gvtnet", "--settings", "float32", "--shapes", "paper",
+               "--steps-only", "--steps", "1", "--warmup", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(r["model"], r["shape"], r["setting"]) for r in report["steps"]] == [
+        ("gvtnet", "paper", "float32")]  # fmt: skip
+    assert report["steps"][0]["step_seconds"] > 0 and report["steps"][0]["warmup_seconds"] > 0
+    assert report["loader"] == [] and report["loss_curves"] == {}  # neither was run
+    assert list(report["flops_per_step"]) == ["gvtnet/paper"]

@@ -35,6 +35,7 @@ MODEL_KWARGS = {"base_channels": 4, "num_refs": 8, "bn_momentum": 0.1}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(package zip, run folder, DATA folder): an evaluated debug AEANet run, exported."""
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (.[export])")
     root = tmp_path_factory.mktemp("export")
     data = make_dataset(root / "DATA", pairs=2)
     run = make_run(root / "RUN", model_name="aeanet", **MODEL_KWARGS)
@@ -60,6 +61,7 @@ def rdf(package: Path) -> dict:
 
 @pytest.mark.slow
 def test_package_passes_bioimageio_core_test_with_every_weight_format(exported):
+    pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed (.[test])")
     from bioimageio.core import test_model
 
     package, _, _ = exported

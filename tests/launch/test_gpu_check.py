@@ -46,23 +46,41 @@ def test_refuses_bad_usage_and_a_folder_that_is_not_empty(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.txt"]
 
 
-def test_a_gpu_torch_cannot_use_fails_the_setup_stage_in_the_json(tmp_path):
+def _stand_in_gpu(tmp_path) -> dict:
+    """The environment of a machine whose nvidia-smi names a GPU: a stand-in nvidia-smi,
+    an empty bundle of wheels, and an environment that has everything but a GPU (this
+    python: gpu_setup.sh finds nothing to install)."""
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "nvidia-smi").write_text('#!/bin/sh\necho "Stand-in GPU, 1 MiB, 0.0"\n')
     venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)  # an environment that has everything but a GPU: no install
+    venv.mkdir(parents=True)
     (venv / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     for path in (fake / "nvidia-smi", venv / "python"):
         path.chmod(0o755)
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "BUNDLE.txt").write_text("")
+    return {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "GPU_CHECK_VENV": str(venv.parent),
+            "GPU_WHEELS": str(tmp_path / "wheels"), "PYTHONPATH": str(REPO)}  # fmt: skip
+
+
+def test_refuses_without_a_bundle_of_wheels(tmp_path):
+    env = _stand_in_gpu(tmp_path)
+    (tmp_path / "wheels" / "BUNDLE.txt").unlink()
     out = tmp_path / "out"
-    env = {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "GPU_CHECK_VENV": str(venv.parent),
-           "PYTHONPATH": str(REPO)}  # fmt: skip
-    result = _run(out, env)
+    _one_line_error(_run(out, env), f"{tmp_path / 'wheels'}/BUNDLE.txt: no such file (make the "
+                                    f"bundle with launch/gpu_wheels.sh")  # fmt: skip
+    assert not out.exists()
+
+
+def test_a_gpu_torch_cannot_use_fails_the_setup_stage_in_the_json(tmp_path):
+    out = tmp_path / "out"
+    result = _run(out, _stand_in_gpu(tmp_path))
     assert result.returncode == 1, result.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["card"] == "Stand-in GPU, 1 MiB, 0.0"
     assert list(report["stages"]) == ["setup"] and report["stages"]["setup"]["exit"] == 1
     assert report["gpu_tests"] is None and report["bench"] is None
     log = (out / "gpu_check.log").read_text()
+    assert "already holds the bundle and aeatrain" in log  # nothing installed
     assert "torch sees no GPU" in log and "== setup: exit 1" in log

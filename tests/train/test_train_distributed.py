@@ -3,6 +3,7 @@
 Slow: each starts 2 Python processes that import torch and accelerate on 2 busy cores.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -84,6 +85,8 @@ def test_two_cpu_processes_debug_config(data, tmp_path):
     assert ckpt.read_trainer_state(latest)["world_size"] == 2
 
 
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed (.[deepspeed])")  # fmt: skip
 def test_deepspeed_zero2_two_cpu_processes_trains_and_resumes(data, tmp_path):
     run_dir = tmp_path / "zero2"
     launch = (
