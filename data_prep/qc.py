@@ -200,6 +200,11 @@ def summary_text(data_dir: str | Path) -> str:
     """Short summary of a built dataset: pairs ok/rejected, figures, samples per split."""
     data_dir = Path(data_dir)
     manifest = _load_json(data_dir / MANIFEST_NAME)
+    if isinstance(manifest, dict) and manifest.get("format_version") == 1:
+        raise UserError(
+            f"{data_dir / MANIFEST_NAME}: format_version 1 has no shard indexes; add them "
+            "once with `python -m data_prep index DATA` (or rebuild the dataset)"
+        )
     try:
         Manifest.model_validate(manifest)
     except ValidationError as err:

@@ -104,9 +104,11 @@ def test_check_truth_on_a_corrupt_truth_json_is_one_line(
     [
         ("[]", r"manifest\.json: not a manifest of data_prep build \(\(top level\): Input should"),
         ('{"format": "aeatrain-dataset"}', r"manifest\.json: not a manifest .*format_version"),
+        ('{"format": "aeatrain-dataset", "format_version": 1}',
+         r"manifest\.json: format_version 1 has no shard indexes; add them once with"),
     ],
-    ids=["empty-list", "format-only"],
-)
+    ids=["empty-list", "format-only", "version-1"],
+)  # fmt: skip
 def test_summary_of_a_manifest_that_is_not_one_is_one_line(tmp_path, capsys, manifest, message):
     (tmp_path / "manifest.json").write_text(manifest)
     (tmp_path / "registration.json").write_text("{}")
