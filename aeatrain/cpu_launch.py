@@ -3,16 +3,16 @@
 accelerate 1.x sends ``--cpu`` to its *simple* launcher, which starts ONE process whatever
 ``--num_processes`` says (multi-process CPU there means ``--mpirun_hostfile``); it only
 exports ``MASTER_ADDR``/``MASTER_PORT``. A training script that finds itself in that
-situation re-executes itself under ``torch.distributed.run`` with the process count,
+situation runs itself under ``torch.distributed.run`` (in this process) with the process count,
 machine count and rendezvous that were asked of ``accelerate launch``, read back from
 that launcher's own command line with accelerate's own argument parser. The workers keep
 ``ACCELERATE_USE_CPU``, so ``Accelerator`` sets itself up as MULTI_CPU over gloo.
 
 Signals. The simple launcher does not pass signals on: SIGTERM, SIGINT or SIGUSR1 to it
 ends it at once and would leave torchrun and its workers training on as orphans. So the
-re-executed process asks the kernel for SIGTERM when the launcher dies
-(``PR_SET_PDEATHSIG``, kept across ``exec``), and torchrun is told to pass SIGUSR1 on like
-SIGTERM and SIGINT (``TORCHELASTIC_SIGNALS_TO_HANDLE``). torchrun forwards what it
+process it started (torchrun's agent) asks the kernel for SIGTERM when the launcher dies
+(``PR_SET_PDEATHSIG``), and torchrun is told to pass SIGUSR1 on like SIGTERM and SIGINT
+(``--signals_to_handle``, ``TORCHELASTIC_SIGNALS_TO_HANDLE``). torchrun forwards what it
 receives to every worker's process group and waits for them (``--shutdown_timeout``); the
 workers checkpoint at the next step boundary and exit 75 (aeatrain/training/preemption.py).
 accelerate 1.16 changed this launcher: it catches SIGTERM and SIGINT, sends SIGTERM to its
@@ -23,12 +23,23 @@ workers' stderr through itself, so a signal that kills it (one it does not catch
 closes the pipe the workers write to (not tested here): signal torchrun or the workers
 for the full grace.
 
+Exit status and messages. torchrun runs in this process (:func:`run_torchrun`) rather than
+being exec'ed: a worker that stopped on a user error (exit 2, its one line printed) or a
+preemption (exit 75) ends this process with that status, where torchrun would add its
+own traceback and exit 1 (a crash still raises torchrun's error). ``accelerate launch``
+itself then still reports a non-zero exit of its child with a traceback and exit 1 (unless
+given ``-q``); ``launch/local.sh`` on CPUs starts the processes through
+``python -m aeatrain.cpu_launch --num_processes N SCRIPT ...`` instead, so its exit
+status is the trainer's. A single machine with no ``--main_process_port`` rendezvouses
+on a free port (two CPU runs side by side no longer collide on 29500).
+
 Nothing here knows about ``Accelerator``; train.py calls :func:`relaunch_cpu_multiprocess`
 first thing in ``main``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
 import os
@@ -36,6 +47,9 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from aeatrain.errors import EXIT_USER_ERROR, UserError, error_marker, run_cli
+from aeatrain.training.preemption import EXIT_PREEMPTED
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +66,7 @@ class CpuLaunch:
     num_machines: int
     machine_rank: int
     main_process_ip: str
-    main_process_port: int
+    main_process_port: int | None  # None: one machine, none given (a free one is used)
 
     @property
     def processes_per_machine(self) -> int:
@@ -86,12 +100,17 @@ def parse_cpu_launch(parent_cmdline: list[str], env: dict[str, str]) -> CpuLaunc
     num_machines = args.num_machines or 1
     if num_processes <= 1 and num_machines <= 1:
         return None
+    # The launcher exports MASTER_PORT=29500 when no port was given, so only its own
+    # argument says one was chosen; machines that must agree on a port get 29500.
+    port = args.main_process_port
+    if port is None and num_machines > 1:
+        port = int(env.get("MASTER_PORT", 29500))
     return CpuLaunch(
         num_processes=num_processes,
         num_machines=num_machines,
         machine_rank=args.machine_rank or 0,
         main_process_ip=args.main_process_ip or env.get("MASTER_ADDR", "127.0.0.1"),
-        main_process_port=int(args.main_process_port or env.get("MASTER_PORT", 29500)),
+        main_process_port=None if port is None else int(port),
     )
 
 
@@ -111,9 +130,10 @@ def needs_relaunch(env: dict[str, str]) -> bool:
 
 
 def relaunch_cpu_multiprocess(script: str, script_args: list[str]) -> None:
-    """Re-exec under ``torch.distributed.run`` when a ``--cpu`` launch asked for N > 1 processes.
+    """Run ``script`` under torchrun when a ``--cpu`` launch asked for N > 1 processes.
 
-    Returns (doing nothing) in every other case; does not return when it re-executes.
+    Returns (doing nothing) in every other case; otherwise exits with the workers' status
+    (:func:`run_torchrun`) once they have stopped.
     """
     env = dict(os.environ)
     if not needs_relaunch(env):
@@ -125,21 +145,58 @@ def relaunch_cpu_multiprocess(script: str, script_args: list[str]) -> None:
         "accelerate --cpu started 1 process; starting %d here via torch.distributed.run",
         request.processes_per_machine,
     )
-    command = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--shutdown_timeout={SHUTDOWN_TIMEOUT_SECONDS}",
-        f"--nproc_per_node={request.processes_per_machine}",
-        f"--nnodes={request.num_machines}",
-        f"--node_rank={request.machine_rank}",
-        f"--master_addr={request.main_process_ip}",
-        f"--master_port={request.main_process_port}",
-        script, *script_args,
-    ]  # fmt: skip
+    rendezvous = [f"--nnodes={request.num_machines}", f"--node_rank={request.machine_rank}"]
+    if request.main_process_port is not None:
+        rendezvous += [f"--master_addr={request.main_process_ip}",
+                       f"--master_port={request.main_process_port}"]  # fmt: skip
+    die_with_parent()
+    sys.exit(run_torchrun(request.processes_per_machine, rendezvous, [script, *script_args]))
+
+
+def run_torchrun(processes: int, rendezvous: list[str], command: list[str]) -> int:
+    """``torchrun --nproc_per_node PROCESSES RENDEZVOUS COMMAND`` in this process, which
+    becomes the workers' agent; returns the exit status for this process.
+
+    Without ``--master_port`` (and one machine) torchrun rendezvouses on a free port. The
+    status is 0, or 2 when a worker stopped on a user error (each printed its line), or 75
+    when the workers stopped on a preemption; torchrun would print a traceback for these
+    and exit 1. A signal to this process returns 128 + its number, as a shell reports
+    it; any other failure raises torchrun's own error, naming the failed ranks.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     sys.stdout.flush()
     sys.stderr.flush()
-    die_with_parent()
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS
-    os.execv(sys.executable, command)
+    args = parse_args([
+        f"--shutdown_timeout={SHUTDOWN_TIMEOUT_SECONDS}", f"--signals_to_handle={FORWARDED_SIGNALS}",
+        f"--nproc_per_node={processes}", *rendezvous, command[0],
+    ])  # fmt: skip
+    args.training_script_args = command[1:]  # not parsed: torchrun takes --run for --run-path
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    agent_log.setLevel(logging.CRITICAL)  # its "failed (exitcode: 2)" lines; crashes raise
+    try:
+        run(args)
+    except ChildFailedError as err:
+        codes = {failure.exitcode for failure in err.failures.values()}
+        if EXIT_USER_ERROR in codes:
+            return EXIT_USER_ERROR
+        if codes == {EXIT_PREEMPTED}:
+            return EXIT_PREEMPTED
+        raise
+    except SignalException as err:
+        return 128 + err.sigval
+    finally:
+        _remove_error_markers()
+    return 0
+
+
+def _remove_error_markers() -> None:
+    """The workers' :func:`aeatrain.errors.report_once` markers, once they have stopped."""
+    for marker in error_marker(os.getpid()).parent.glob(error_marker(os.getpid()).name):
+        marker.unlink(missing_ok=True)
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
@@ -156,3 +213,26 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
         log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
     elif os.getppid() != parent:
         os.kill(os.getpid(), signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m aeatrain.cpu_launch --num_processes N SCRIPT [ARGS ...]``: N processes of
+    SCRIPT on this machine's CPUs (torchrun's rendezvous on a free port), exiting with the
+    workers' status; launch/local.sh uses it on machines without GPUs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m aeatrain.cpu_launch", description=main.__doc__.split(":")[0]
+    )
+    parser.add_argument("--num_processes", type=int, default=1, metavar="N")
+    parser.add_argument("script")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.num_processes < 1:
+        raise UserError(f"--num_processes {args.num_processes}: must be at least 1")
+    if args.num_processes == 1:
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, args.script, *args.script_args])
+    return run_torchrun(args.num_processes, ["--nnodes=1"], [args.script, *args.script_args])
+
+
+if __name__ == "__main__":
+    run_cli(main)

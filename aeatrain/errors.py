@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 MAX_MESSAGE_CHARS = 2000  # one line a person reads; longer ones are cut in the middle
@@ -72,12 +75,37 @@ def capped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{message[:keep]} [... {cut:,} characters cut ...] {message[-keep:]}"
 
 
+def report_once(line: str) -> None:
+    """Write ``line`` to stderr in one write (lines of processes failing together do not
+    interleave). Among the processes of one launch (torchrun's workers, which share their
+    parent, the agent), only the first to fail with this very line writes it: every rank
+    refusing the same config prints it once, a rank failing otherwise prints its own. The
+    marker that says so is :func:`error_marker`, a file in the temporary folder."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        try:
+            os.close(os.open(error_marker(os.getppid(), line), os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return  # another rank of this launch wrote the same line
+        except OSError:
+            pass  # no temporary folder: every rank writes its line
+    sys.stderr.flush()
+    sys.stderr.write(line)
+    sys.stderr.flush()
+
+
+def error_marker(agent_pid: int, line: str = "") -> Path:
+    """The marker of ``line`` reported by a worker of the agent ``agent_pid``; with no
+    line, the pattern of all of them (``glob``)."""
+    digest = hashlib.sha256(line.encode(errors="replace")).hexdigest()[:24] if line else "*"
+    return Path(tempfile.gettempdir()) / f"aeatrain-error-{agent_pid}-{digest}"
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a command-line ``main`` and turn a :class:`UserError` into one line + exit 2."""
     try:
         code = main()
     except UserError as err:
-        print(f"error: {capped(str(err))}", file=sys.stderr)
+        report_once(f"error: {capped(str(err))}\n")
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

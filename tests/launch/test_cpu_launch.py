@@ -4,14 +4,19 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import torch.distributed.run as torch_run
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from aeatrain import cpu_launch
 from aeatrain.cpu_launch import needs_relaunch, parse_cpu_launch
-from tests.ports import free_port
+from aeatrain.errors import report_once
+from tests.ports import default_port_taken
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = """
@@ -66,7 +71,11 @@ def test_parse_reads_accelerates_own_arguments():
         "2",
         "t.py",
     ]
-    assert parse_cpu_launch(as_module, {"MASTER_PORT": "4321"}).main_process_port == 4321
+    # one machine, no --main_process_port: the launcher's MASTER_PORT (always 29500) is not
+    # a choice, a free port is used; machines that must agree take it
+    assert parse_cpu_launch(as_module, {"MASTER_PORT": "29500"}).main_process_port is None
+    two_machines = [*as_module[:-1], "--num_machines", "2", "t.py"]
+    assert parse_cpu_launch(two_machines, {"MASTER_PORT": "4321"}).main_process_port == 4321
 
 
 def test_single_process_and_foreign_parents_are_left_alone():
@@ -133,20 +142,61 @@ def test_relaunch_has_torchrun_forward_sigusr1_and_wait_for_the_checkpoint(monke
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_SIGNALS_TO_HANDLE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    executed = {}
+    monkeypatch.setenv("MASTER_PORT", "29500")  # what the launcher exports when none is given
+    started = {}
+    monkeypatch.setattr(torch_run, "run", lambda args: started.update(args=args))
+    with pytest.raises(SystemExit) as stop:
+        cpu_launch.relaunch_cpu_multiprocess("train.py", ["--config", "c.yaml", "--run", "x"])
+    args = started["args"]
+    assert stop.value.code == 0
+    assert {"SIGTERM", "SIGINT", "SIGUSR1"} <= set(args.signals_to_handle.split(","))
+    assert set(os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(",")) >= {"SIGUSR1"}
+    assert args.nproc_per_node == "2"
+    assert args.shutdown_timeout == cpu_launch.SHUTDOWN_TIMEOUT_SECONDS
+    # issue 23 item 20: no port given, so none passed: torchrun rendezvouses on a free one
+    assert args.master_port is None and args.nnodes == "1"
+    assert [args.training_script, *args.training_script_args] == [
+        "train.py", "--config", "c.yaml", "--run", "x"]  # fmt: skip
 
-    def fake_execv(path, command):
-        executed.update(command=command, env=dict(os.environ))
-        raise SystemExit(0)
 
-    monkeypatch.setattr(cpu_launch.os, "execv", fake_execv)
-    with pytest.raises(SystemExit):
-        cpu_launch.relaunch_cpu_multiprocess("train.py", ["--config", "c.yaml"])
-    signals = executed["env"]["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(",")
-    assert {"SIGTERM", "SIGINT", "SIGUSR1"} <= set(signals)
-    assert "--nproc_per_node=2" in executed["command"]
-    assert f"--shutdown_timeout={cpu_launch.SHUTDOWN_TIMEOUT_SECONDS}" in executed["command"]
-    assert executed["command"][-3:] == ["train.py", "--config", "c.yaml"]
+def _failed(*codes):
+    failures = {rank: ProcessFailure(rank, rank, code, "") for rank, code in enumerate(codes)}
+    return ChildFailedError("train.py", failures)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [(None, 0), (_failed(2, -15), 2), (_failed(75, 75), 75), (SignalException("", 15), 143)],
+)
+def test_workers_user_errors_and_preemptions_keep_their_exit_status(monkeypatch, outcome, status):
+    """Issue 23 item 20: torchrun printed a traceback after the one line and exited 1."""
+
+    def run(args):
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(torch_run, "run", run)
+    assert cpu_launch.run_torchrun(2, ["--nnodes=1"], ["train.py"]) == status
+
+
+def test_a_crashed_worker_still_raises_torchruns_error(monkeypatch):
+    def run(args):
+        raise _failed(1)
+
+    monkeypatch.setattr(torch_run, "run", run)
+    with pytest.raises(ChildFailedError):
+        cpu_launch.run_torchrun(2, ["--nnodes=1"], ["train.py"])
+
+
+def test_ranks_failing_with_the_same_line_print_it_once(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for line in ("error: a\n", "error: a\n", "error: b\n"):  # rank 0, rank 1, another rank
+        report_once(line)
+    assert capsys.readouterr().err == "error: a\nerror: b\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    report_once("error: a\n")  # one process: always
+    assert capsys.readouterr().err == "error: a\n"
 
 
 @pytest.mark.slow
@@ -155,12 +205,12 @@ def test_cpu_launch_starts_two_gloo_processes(tmp_path):
     probe.write_text(PROBE.format(repo=str(REPO)))
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    result = subprocess.run(
-        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         str(probe), "--x", "1"],
-        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    with default_port_taken():  # issue 23 item 20: no port given, 29500 in use: a free one
+        result = subprocess.run(
+            [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", str(probe), "--x", "1"],
+            capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+        )  # fmt: skip
     errors = [line for line in result.stderr.splitlines() if "Error" in line or "error" in line]
     assert result.returncode == 0, "\n".join(errors[:40]) + result.stderr[-1500:]
     lines = sorted(path.read_text() for path in tmp_path.glob("rank*.txt"))
