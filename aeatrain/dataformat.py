@@ -274,12 +274,18 @@ def pair_key(pair: str) -> str:
     return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8")), pair)
 
 
+def control_character(text: str) -> str | None:
+    """The first control character of ``text`` (a newline, a tab, ...), or None."""
+    found = _CONTROL.search(text)
+    return found[0] if found else None
+
+
 def pair_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a pair, or None: a control character (a newline or tab
     would break every listing of names) or a key (:func:`pair_key`) over MAX_KEY_CHARS."""
-    control = _CONTROL.search(name)
+    control = control_character(name)
     if control:
-        return f"pair name {name!r} holds a control character ({control[0]!r}); use another name"
+        return f"pair name {name!r} holds a control character ({control!r}); use another name"
     key = pair_key(name)
     if len(key) > MAX_KEY_CHARS:
         return (

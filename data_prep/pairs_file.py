@@ -19,7 +19,7 @@ import csv
 import io
 from pathlib import Path
 
-from aeatrain.dataformat import pair_name_problem
+from aeatrain.dataformat import control_character, pair_name_problem
 from aeatrain.errors import UserError
 from data_prep.pairs import RawPair, check_one_scale, name_magnification, raw_pair
 
@@ -109,6 +109,11 @@ def read_pairs_file(
         names[name] = line
         paths = []
         for column, relative in (("lr", lr_name), ("hr", hr_name)):
+            control = control_character(relative)
+            if control:
+                raise UserError(
+                    f"{where}: {column} path {relative!r} holds a control character ({control!r})"
+                )
             path = raw / relative
             if not path.is_file():
                 raise UserError(f"{where}: {column} file {path}: no such file")

@@ -131,12 +131,13 @@ def test_sources_are_recorded_relative_to_raw_not_by_basename(tmp_path):
         (['"c\nd",c.tif,d.tif'],
          r"line 2: pair name 'c\\nd' holds a control character \('\\n'\)"),
         (['"tab\tname",a.tif,b.tif'], r"line 2: pair name 'tab\\tname' holds a control"),
+        (['p,"a\n.tif",b.tif'], r"line 2: lr path 'a\\n\.tif' holds a control character"),
         (["粒界" * 45 + ",a.tif,b.tif"], r"line 2: pair name .* too long: its key .* is 810 "),
         (["é" * 100 + ",a.tif,b.tif"], r"line 2: pair name .* too long: its key .* is 600 "),
         (["x" * 140_000 + ",a.tif,b.tif"], r"line 2: not a readable CSV row \(field larger"),
         (['p,a.tif,"b\n.tif"', "y" * 140_000 + ",e.tif,f.tif"], r"line 4: not a readable CSV"),
     ],
-    ids=["newline", "tab", "cjk-too-long", "accents-too-long", "field-over-128k", "after-2-lines"],
+    ids=["newline", "tab", "newline-in-path", "cjk-too-long", "accents-too-long", "field-over-128k", "after-2-lines"],
 )  # fmt: skip
 def test_pair_names_that_cannot_be_keys_are_refused_with_their_line(
     tmp_path, capsys, rows, message
