@@ -25,7 +25,8 @@ RosettaSciIO reads it (FEI, Zeiss, ImageJ; tests/data_prep/test_dp_vendor_files.
   length in pixels of the full-size frame) = the pixel size; ``$CM_ACCEL_VOLT`` (kV),
   ``$CM_SIGNAL``, ``$CM_INSTRUMENT``.
 - ImageJ / Fiji (a TIFF Fiji saved calibrated, as aeatrain.predict writes them): the
-  ``unit`` of the ImageJ description and XResolution (pixels per unit).
+  ``unit`` of the ImageJ description (a length unit as ImageJ saves what its users type:
+  ``micron``, ``nanometers``, ``\\u00C5`` ...) and XResolution (pixels per unit).
 
 Files without any of these (BMP, PNG, plain TIFFs) have no calibration: ``None``.
 Metadata that makes no sense (a pixel size that is not a positive number, a data-bar row
@@ -56,6 +57,15 @@ from aeatrain.imageio import image_size
 log = logging.getLogger(__name__)
 
 _NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "mm": 1e6, "m": 1e9}
+# ImageJ's Set Scale takes any text as the unit and saves it as typed, non-ASCII letters
+# as \uXXXX escapes (ImageJ 1.53t: "um" and "µm" -> "\u00B5m", "A" -> "\u00C5"); these
+# are the length units its users type. ImageJ also calls 1/dpi "inch" and 1/dpcm "cm"
+# (print resolution of scanners and photo editors, not a sample's pixel): not read.
+_IMAGEJ_NM_PER_UNIT = _NM_PER_UNIT | {
+    "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometers": 1e3,
+    "nanometer": 1.0, "nanometers": 1.0, "Å": 0.1, "angstrom": 0.1, "angstroms": 0.1,
+}  # fmt: skip
+_UNICODE_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 _ZEISS_MAG = re.compile(r"^\s*([0-9.]+)\s*([KM]?)\s*X\s*$", re.IGNORECASE)
 _LENGTH = re.compile(r"^\s*([0-9.]+(?:[eE][-+]?\d+)?)\s*(pm|nm|um|µm|μm|mm|m)\s*$")
 TESCAN_TAG = 50431
@@ -225,16 +235,17 @@ def _tagged_calibration(tif: tifffile.TiffFile, path: Path, size: tuple[int, int
 def _imagej_calibration(tif: tifffile.TiffFile) -> Calibration | None:
     """ImageJ's calibration: unit in the description, XResolution = pixels per unit."""
     unit = (tif.imagej_metadata or {}).get("unit")
-    unit = {"micron": "um", "\\u00B5m": "um"}.get(unit, unit)
+    if isinstance(unit, str):
+        unit = _UNICODE_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), unit)
     resolution = tif.pages.first.tags.get("XResolution")
-    if unit not in _NM_PER_UNIT or resolution is None:
+    if unit not in _IMAGEJ_NM_PER_UNIT or resolution is None:
         return None
     numerator, denominator = resolution.value
     if numerator <= 0 or denominator <= 0:
         return None
     return Calibration(
         vendor="imagej",
-        pixel_size_nm=denominator / numerator * _NM_PER_UNIT[unit],
+        pixel_size_nm=denominator / numerator * _IMAGEJ_NM_PER_UNIT[unit],
         pixel_size_from=f"ImageJ XResolution ({unit})",
     )
 
