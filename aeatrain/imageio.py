@@ -518,9 +518,13 @@ def write_image_rows(
         if "imagej" in options:
             log.warning("%s: over 4 GiB, written as BigTIFF without its calibration", target)
         options = _tiff_options(None, None) | {"bigtiff": True}
-    rows = _strips(bands, shape, dtype, _STRIP_ROWS)
+    # never exactly two strips: tifffile stores two small strips' byte counts as two SHORTs
+    # inside the IFD entry, which ImageJ 1.53t misreads (it cannot open such 16- and 32-bit
+    # images), so up to two strips' rows are one strip
+    strip_rows = shape[0] if shape[0] <= 2 * _STRIP_ROWS else _STRIP_ROWS
+    rows = _strips(bands, shape, dtype, strip_rows)
     with atomic_path(target, overwrite=overwrite) as tmp:
-        tifffile.imwrite(tmp, rows, shape=shape, dtype=dtype, rowsperstrip=_STRIP_ROWS, **options)
+        tifffile.imwrite(tmp, rows, shape=shape, dtype=dtype, rowsperstrip=strip_rows, **options)
 
 
 def _strips(

@@ -21,6 +21,7 @@ import pytest
 import tifffile
 import torch
 
+from aeatrain.imageio import write_image_rows
 from aeatrain.microscope import read_calibration
 from aeatrain.predict import main as predict_main
 from aeatrain.refmaps import main as refmaps_main
@@ -215,3 +216,15 @@ def test_unit_spellings_imagej_writes(tmp_path, unit, nm_per_unit):
     else:
         assert calibration.pixel_size_nm == pytest.approx(2.5 * nm_per_unit)
         assert calibration.vendor == "imagej"
+
+
+@pytest.mark.parametrize("height, strips", [(64, 1), (96, 1), (128, 1), (129, 3), (200, 4)])
+def test_streamed_tiff_is_never_two_strips(tmp_path, height, strips):
+    """ImageJ 1.53t cannot open a 16- or 32-bit TIFF of exactly two small strips (tifffile
+    stores their byte counts as two SHORTs inside the IFD entry, which ImageJ misreads; the
+    ImageJ tests above caught it on 96- and 128-row outputs): up to 128 rows, one strip."""
+    image = np.random.default_rng(0).integers(0, 65536, (height, 80), dtype=np.uint16)
+    write_image_rows(tmp_path / "x.tif", [image[:50], image[50:]], image.shape, np.uint16)
+    with tifffile.TiffFile(tmp_path / "x.tif") as tif:
+        assert len(tif.pages.first.dataoffsets) == strips
+        assert np.array_equal(tif.asarray(), image)
