@@ -55,14 +55,18 @@ done
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=$(realpath -m -- "${GPU_VENV:-.venv-gpu}") WHEELS=$(realpath -m -- "${GPU_WHEELS:-.gpu-wheels}")
-[ -n "$SETTING" ] || SETTING=$([ $SMOKE = 1 ] && echo float32 || echo bf16+compile)
-case $SETTING in
-    float32) SETTING_ARGS=(--train.mixed_precision no) ;;
-    bf16) SETTING_ARGS=(--train.mixed_precision bf16) ;;
-    bf16+channels_last) SETTING_ARGS=(--train.mixed_precision bf16 --train.channels_last true) ;;
-    bf16+compile) SETTING_ARGS=(--train.mixed_precision bf16 --train.compile true) ;;
-    *) die "--setting $SETTING: expected float32, bf16, bf16+channels_last or bf16+compile" ;;
-esac
+[ -n "$SETTING" ] || SETTING=$([ $SMOKE = 1 ] && echo float32 || echo fastest)
+setting_args() {  # the trainer's options for setting $1
+    case $1 in
+        float32) echo --train.mixed_precision no ;;
+        bf16) echo --train.mixed_precision bf16 ;;
+        bf16+channels_last) echo --train.mixed_precision bf16 --train.channels_last true ;;
+        bf16+compile) echo --train.mixed_precision bf16 --train.compile true ;;
+        *) return 1 ;;
+    esac
+}
+[ "$SETTING" = fastest ] || setting_args "$SETTING" >/dev/null \
+    || die "--setting $SETTING: expected fastest, float32, bf16, bf16+channels_last or bf16+compile"
 [[ $MINUTES =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--minutes $MINUTES: expected a number of minutes"
 [[ $LR =~ ^[0-9.]+(e-?[0-9]+)?$ ]] || die "--lr $LR: expected a positive number"
 [ -z "$BENCH" ] || [ -f "$BENCH" ] || die "--bench $BENCH: no such file"
@@ -142,7 +146,8 @@ if [ -z "$STEP_TIMES" ]; then
     STEP_TIMES=$OUT/warmup.json
     QUICK=(); [ $SMOKE = 1 ] && QUICK=(--quick --loader-workers 1)
     stage warmup "${RUN[@]}" benchmarks/bench_gpu.py --device "$DEVICE" "${QUICK[@]}" \
-        --out "$STEP_TIMES" --shapes paper --steps-only --settings "$SETTING" --steps 5 \
+        --out "$STEP_TIMES" --shapes paper --steps-only --steps 5 \
+        --settings "$([ "$SETTING" = fastest ] && echo bf16 || echo "$SETTING")" \
         --warmup 2 || report
 fi
 stage plan "${RUN[@]}" - "$STEP_TIMES" "$SETTING" "$MINUTES" "$SECONDS" "$SMOKE" "$OUT/plan.json" <<'EOF' || report
@@ -157,41 +162,56 @@ STARTUP_SECONDS = 25  # per training process: imports, data, the final validatio
 EVAL_SECONDS = 30  # per evaluation: startup and 16 whole images (48 test tiles) on the GPU
 FINAL_SECONDS = 15  # compare and the report
 MIN_STEPS, ABLATION_MIN_STEPS, SMOKE_STEPS = 200, 2000, 3
-rows = {(r["model"], r["setting"]): r for r in json.loads(Path(bench).read_text())["steps"]
+STEPPED = ("unet", "gvtnet", "aeanet", "aeanet_refs_only", "aeanet_batch_only")
+MEASURED = {"aeanet_refs_only": "aeanet", "aeanet_batch_only": "aeanet"}  # an upper bound
+TRAINABLE = ("float32", "bf16", "bf16+channels_last", "bf16+compile")  # train.py's settings
+report = json.loads(Path(bench).read_text())
+rows = {(r["model"], r["setting"]): r for r in report["steps"]
         if r["shape"] == "paper" and "error" not in r}  # fmt: skip
-step, compile_ = {}, {}
-for model, measured in (("unet", "unet"), ("gvtnet", "gvtnet"), ("aeanet", "aeanet"),
-                        ("aeanet_refs_only", "aeanet"), ("aeanet_batch_only", "aeanet")):  # fmt: skip
-    row = rows.get((measured, setting))
-    if row is None:
-        sys.exit(f"gpu_compare.sh: {bench} has no {measured} step at the paper's shape in {setting}")
-    step[model] = row["step_seconds"]
-    compile_[model] = row["warmup_seconds"] if "compile" in setting else 0.0
+off_curve = {c["candidate"] for c in report.get("loss_curves", {}).values()
+             if not c["keeps_float32_curve"]}  # fmt: skip
 
 
-def plan(models):
+def plan(setting, models):
+    """(seconds per model, {model: steps}, {model: (step s, compile s)}) for ``setting``."""
+    times = {}
+    for model in models:
+        row = rows[(MEASURED.get(model, model), setting)]
+        times[model] = (row["step_seconds"], row["warmup_seconds"] if "compile" in setting else 0.0)
     left = 60 * float(minutes) - float(elapsed) - len(models) * EVAL_SECONDS - FINAL_SECONDS
     share = left / len(models)
-    steps = {m: math.floor((share - STARTUP_SECONDS - compile_[m]) / step[m]) for m in models}
-    return share, steps
+    steps = {m: math.floor((share - STARTUP_SECONDS - c) / s) for m, (s, c) in times.items()}
+    return share, steps, times
 
 
-models = list(step)
-share, steps = plan(models)
-if min(steps.values()) < ABLATION_MIN_STEPS:
-    models = models[:3]
-    share, steps = plan(models)
+def best(setting):
+    """The plan of ``setting``: five models when each still gets enough steps, else three."""
+    share, steps, times = plan(setting, STEPPED)
+    if min(steps.values()) < ABLATION_MIN_STEPS:
+        share, steps, times = plan(setting, STEPPED[:3])
+    return share, steps, times
+
+
+candidates = [setting] if setting != "fastest" else [
+    s for s in TRAINABLE if s not in off_curve and all((m, s) in rows for m in STEPPED[:3])]
+if not candidates or any((m, s) not in rows for m in STEPPED[:3] for s in candidates):
+    sys.exit(f"gpu_compare.sh: {bench}: no step time of unet, gvtnet and aeanet at the paper's "
+             f"shape in {setting}")  # fmt: skip
+plans = {s: best(s) for s in candidates}  # the fastest: the most steps for the least trained
+setting = max(plans, key=lambda s: (min(plans[s][1].values()), len(plans[s][1])))
+share, steps, times = plans[setting]
+models = list(steps)
 fits = min(steps.values()) >= MIN_STEPS or smoke == "1"
 if smoke == "1":
     steps = {m: min(max(1, n), SMOKE_STEPS) for m, n in steps.items()}
 print(f"plan: {len(models)} models, {share:.0f} s of the {minutes} minutes each "
       f"({float(elapsed):.0f} s spent; {EVAL_SECONDS} s per evaluation, {FINAL_SECONDS} s for "
-      f"the table kept), setting {setting}, step times from {bench}")  # fmt: skip
+      f"the table kept), setting {setting} (of {', '.join(candidates)}), step times from {bench}")  # fmt: skip
 for m in models:
-    print(f"  {m:18} {step[m]:.4f} s/step, {compile_[m]:.0f} s compiling, "
+    print(f"  {m:18} {times[m][0]:.4f} s/step, {times[m][1]:.0f} s compiling, "
           f"{STARTUP_SECONDS} s start-up: {steps[m]} steps")  # fmt: skip
-plan = {"models": {m: {"steps": steps[m], "step_seconds": step[m], "compile_seconds": compile_[m]}
-                   for m in models},
+plan = {"models": {m: {"steps": steps[m], "step_seconds": times[m][0],
+                       "compile_seconds": times[m][1]} for m in models},
         "seconds_per_model": share, "minutes": float(minutes), "setting": setting,
         "step_times_from": bench, "fits": fits}  # fmt: skip
 Path(out).write_text(json.dumps(plan, indent=1) + "\n")
@@ -200,7 +220,11 @@ if not fits:
              f"than {MIN_STEPS} steps")  # fmt: skip
 EOF
 mapfile -t PLAN < <("${RUN[@]}" -c 'import json, sys
-for model, p in json.load(open(sys.argv[1]))["models"].items(): print(model, p["steps"])' "$OUT/plan.json")
+plan = json.load(open(sys.argv[1]))
+print(plan["setting"])
+for model, p in plan["models"].items(): print(model, p["steps"])' "$OUT/plan.json")
+SETTING=${PLAN[0]}
+read -r -a SETTING_ARGS <<< "$(setting_args "$SETTING")"
 
 if [ $SMOKE = 1 ]; then
     SHAPE=(--data.crop_size 32 --data.global_batch_size 4 --model.base_channels 8
@@ -209,7 +233,7 @@ else
     SHAPE=(--data.crop_size 256 --data.global_batch_size 8 --data.num_workers 4)
 fi
 EVALS=()
-for line in "${PLAN[@]}"; do
+for line in "${PLAN[@]:1}"; do
     read -r model steps <<< "$line"
     refs=()
     [ $SMOKE = 1 ] && [ "$model" != unet ] && [ "$model" != gvtnet ] \

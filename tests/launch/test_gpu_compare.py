@@ -28,18 +28,26 @@ def _stand_in_environment(tmp_path) -> dict:
             "OMP_NUM_THREADS": "1"}  # fmt: skip
 
 
-def _bench(path: Path, step_seconds: dict[str, float]) -> Path:
-    rows = [{"model": m, "shape": "paper", "setting": "float32", "step_seconds": s,
-             "warmup_seconds": 1.0} for m, s in step_seconds.items()]  # fmt: skip
-    path.write_text(json.dumps({"steps": rows}))
+def _bench(path: Path) -> Path:
+    """Step times as bench_gpu.py writes them: float32 is the fastest setting train.py can
+    run whose loss curve keeps float32's (bf16+channels_last does not, and the CUDA-graph
+    setting is not one of train.py's)."""
+    seconds = {"float32": (0.5, 0.7, 0.9), "bf16": (0.6, 0.8, 1.0), "bf16+channels_last": (0.1,) * 3,
+               "bf16+compile+cudagraphs": (0.01,) * 3}  # fmt: skip
+    rows = [{"model": m, "shape": shape, "setting": setting, "step_seconds": s, "warmup_seconds": 1.0}
+            for setting, times in seconds.items() for m, s in zip(("unet", "gvtnet", "aeanet"), times)
+            for shape in ("paper", "full")]  # fmt: skip
+    curves = {"aeanet": {"candidate": "bf16+channels_last", "keeps_float32_curve": False}}
+    path.write_text(json.dumps({"steps": rows, "loss_curves": curves}))
     return path
 
 
 @pytest.mark.slow  # 3 trainings and 3 evaluations, each its own process: about 60 s
 def test_smoke_runs_every_stage_on_the_same_pooled_data(tmp_path):
-    bench = _bench(tmp_path / "bench.json", {"unet": 0.5, "gvtnet": 0.7, "aeanet": 0.9})
+    bench = _bench(tmp_path / "bench.json")
     out = tmp_path / "out"
-    result = subprocess.run([str(SCRIPT), str(out), "--smoke", "--bench", str(bench)],
+    result = subprocess.run([str(SCRIPT), str(out), "--smoke", "--bench", str(bench),
+                             "--setting", "fastest"],
                             env=_stand_in_environment(tmp_path), capture_output=True,
                             text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -51,6 +59,8 @@ def test_smoke_runs_every_stage_on_the_same_pooled_data(tmp_path):
     plan = report["plan"]
     assert list(plan["models"]) == ["unet", "gvtnet", "aeanet"]  # no time for ablations
     assert plan["models"]["gvtnet"]["step_seconds"] == 0.7 and plan["fits"]
+    assert plan["setting"] == report["setting"] == "float32"
+    assert "setting float32 (of float32, bf16)" in result.stdout
     # the plan's printed line says what is shared: 9 minutes less the time spent so far
     assert f"{plan['seconds_per_model']:.0f} s of the 9 minutes each" in result.stdout
     pairs = (out / "DATA" / "manifest.json").read_text()
@@ -70,7 +80,7 @@ def test_smoke_runs_every_stage_on_the_same_pooled_data(tmp_path):
     ("args", "expected"),
     [
         ([], "usage: launch/gpu_compare.sh OUT"),
-        (["OUT", "--setting", "fp8", "--smoke"], "--setting fp8: expected float32, bf16"),
+        (["OUT", "--setting", "fp8", "--smoke"], "--setting fp8: expected fastest, float32, bf16"),
         (["OUT", "--minutes", "nine"], "--minutes nine: expected a number of minutes"),
         (["OUT", "--bench", "missing.json"], "missing.json: no such file"),
     ],
