@@ -10,10 +10,10 @@
 #    1280 x 944, 4 of each of 4 specimen families, each family under its own acquisition
 #    settings over the realistic preset: docs/data_prep.md) and build --pairs-file; one
 #    pooled set, the same for every model.
-# 3. The plan, printed before any training: each model's step time at the paper's shape in
-#    the chosen setting, from BENCH_JSON (the bench_gpu.json of gpu_check.sh) or else from
-#    a warm-up of benchmarks/bench_gpu.py (--shapes paper --steps-only); compilation time
-#    from the same row (its warm-up seconds). What is left of M minutes (default 9) after
+# 3. The plan, printed before any training: each model's step time at the paper's shape,
+#    from BENCH_JSON (the bench_gpu.json of gpu_check.sh) or else from a warm-up of
+#    benchmarks/bench_gpu.py (--shapes paper --steps-only, in S, or eager bf16 for
+#    fastest); compilation time from the same row (its warm-up seconds). What is left of M minutes (default 9) after
 #    the time spent so far, the evaluations and the table is shared equally between the
 #    models; each trains for the steps that fit its share. U-Net, GVTNet and AEANet always;
 #    AEANet references-only and batch-aware-only too when each of the five still gets
@@ -24,7 +24,10 @@
 #    profile of launch/paper_suite.sh otherwise (docs/results.md): Adam at LR (default
 #    1e-3) after a 50-step linear warm-up, cosine decay to 0 at the planned step, gradient
 #    clipping 1.0, BatchNorm momentum 0.1, residual output. Setting S: float32, bf16,
-#    bf16+channels_last or bf16+compile (default; train.compile, inductor).
+#    bf16+channels_last, bf16+compile (train.compile, inductor) or fastest (default): of
+#    those the step times give for all three models, less any whose loss curve
+#    bench_gpu.py found off float32's, the one whose plan trains the least trained model
+#    the most steps.
 # 5. python -m aeatrain.evaluate of each run (the paper's protocol) and
 #    python -m aeatrain.compare of them all.
 # OUT (new or empty) receives DATA/, runs/<model>/, eval/<model>-pooled-seed0/,
