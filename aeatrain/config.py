@@ -144,9 +144,10 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(
         None,
         description="Node-local folder into which each shard read is staged once (shared by "
-        "the node's processes; checked against the manifest's sha256 on arrival). null = read "
-        "shards where they are: local files at their index's offsets, http(s) shards by range "
-        "requests (docs/scaling.md).",
+        "the node's processes; checked against the manifest's sha256 on arrival, and with its "
+        "size by each process that finds it there: a damaged copy is fetched again, once). "
+        "null = read shards where they are: local files at their index's offsets, http(s) "
+        "shards by range requests (docs/scaling.md).",
     )
     verify: bool = Field(
         False,
