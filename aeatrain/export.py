@@ -3,32 +3,40 @@
     python -m aeatrain.export --run RUN --out MODEL.zip [--weights auto|raw|ema]
         [--data DATA] [--name NAME] [--author NAME ...] [--license SPDX] [--overwrite]
 
-The package is what Fiji (deepImageJ), napari, ilastik and QuPath read (docs/export.md):
+The package is what Fiji (deepImageJ), napari, ilastik and QuPath read (docs/export.md),
+and it runs without aeatrain:
 
-- weights in three formats: TorchScript (traced), ONNX (opset 18, dynamic batch, height
-  and width) and ``pytorch_state_dict`` with the architecture ``aeatrain.models.build_model``
-  (usable where aeatrain is installed);
+- weights in two formats, both of :class:`PackagedNetwork` (the network with aeatrain's
+  whole-image padding inside): TorchScript (traced) and ONNX (opset 17, IR version 8,
+  dynamic batch, height and width; what deepImageJ's onnxruntime reads). The bare
+  network's state dict rides along as an attachment named in ``config.aeatrain``, for
+  ``train.init_from``;
 - one input ``lr`` and one output ``sr``, axes (batch, channel, y, x). The input is the LR
   image ALREADY UPSAMPLED to the HR pixel grid (bicubic, by the run's scale): the network
   was trained on the registered LR warped into the HR frame, and a same-size model is the
   one every consumer tiles and overlays without scale arithmetic (docs/export.md says why);
-- sizes ``min + n * step`` with step = the network's ``input_multiple`` (4 for the U-Net
-  family, 1 for VDSR/EDSR/RCAN) and min the smallest multiple above twice the halo; the
-  output halo covers the convolutional receptive field (rounded up to the step), so
+- any size from ``2 * halo + 16`` px on: the network reflect-pads to its multiple and
+  crops back, as ``aeatrain.inference.predict_full`` does, so a whole image through
+  bioimageio.core gives aeatrain's prediction. The input's declared padding is the
+  constant -1 (pixels are >= 0), which the network recognises and cuts off: the halo
+  bioimageio.core pads around a whole image does not change the result. The output halo
+  is the convolutions' measured receptive radius rounded up to the sampling grid, so
   consumers that tile crop every cut edge away. AEANet's attention is image-global: a
   tiled prediction uses each tile's attention summary instead of the whole image's (the
   package README says so);
 - pre/postprocessing as the spec's operations: ``scale_linear`` by 1 / (2^bits - 1) to
   [0, 1], then ``clip`` to [0, 1] and ``scale_linear`` back to the input's range;
-- test tensors cut from the run's own test data (an input tile and the model's output),
-  a cover (input | output), a README with the "# Validation" section (training and the
-  run's evaluation if ``RUN/eval/metrics.json`` exists), citations, authors, license.
+- test tensors cut from the run's own test data at the run's bit depth (an input tile and
+  the package's output), a cover (input | output), a README with the "# Validation"
+  section (training, the dataset's split and the run's evaluation if
+  ``RUN/eval/metrics.json`` exists), citations, authors, license.
 
-The description is validated by ``bioimageio.spec`` and the finished zip read back by it
-BEFORE it is renamed onto ``--out``: a failed export leaves nothing. bioimageio.spec and
-onnx are the optional ``export`` extra (``pip install 'aeatrain[export]'``); without them
-this command says so in one line.
-"""
+``--name`` and ``--license`` are checked before any work. The description is validated by
+``bioimageio.spec`` and the finished zip read back by it BEFORE it is renamed onto
+``--out``: a failed export leaves nothing. ``--overwrite`` replaces only a package this
+command wrote (``config.aeatrain`` in its rdf.yaml). bioimageio.spec and onnx are the
+optional ``export`` extra (``pip install 'aeatrain[export]'``); without them this command
+says so in one line."""
 
 from __future__ import annotations
 
@@ -38,13 +46,16 @@ import getpass
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aeatrain import __version__
@@ -57,11 +68,15 @@ from aeatrain.imageio import (
     to_float,
     unit_scale,
 )
-from aeatrain.outputs import BIOIMAGE_PACKAGE, check_replaceable_file
+from aeatrain.inference import padding_multiple
+from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file
 
 log = logging.getLogger(__name__)
 
-ONNX_OPSET = 18
+ONNX_OPSET = 17  # onnxruntime 1.13 (deepImageJ's engine) reads opset <= 17 ...
+ONNX_IR_VERSION = 8  # ... and IR <= 8; torch's TorchScript-based exporter writes both
+OUTSIDE = -1.0  # the package's padding value: pixels are >= 0, so a frame of it is padding
+STATE_DICT = "weights_state_dict.pt"  # an attachment, for train.init_from (not a weight format)
 MAX_TEST_SIZE = 128  # side of the test tensors (px), at most (or the minimum size if larger)
 INPUT_ID, OUTPUT_ID = "lr", "sr"
 GLOBAL_CONTEXT_MODELS = {  # models with an image-global part, and what it is
@@ -88,33 +103,72 @@ class ExportError(UserError):
 
 @dataclass
 class Geometry:
-    """Valid sizes ``min + n * step`` and the output halo, all in pixels of the HR grid."""
+    """The package's sizes and halo, in pixels of the HR grid.
 
-    step: int
+    Any height and width from ``min_size`` on (step 1): the packaged network pads to its
+    own multiple inside (:class:`PackagedNetwork`). ``halo``: the convolutions' measured
+    receptive radius rounded up to ``multiple`` (the network's sampling grid), so blocks
+    whose inner size is a multiple of ``multiple`` stay on the grid."""
+
+    multiple: int  # the network's input_multiple (4: U-Net family, 1: VDSR/EDSR/RCAN)
+    pad_multiple: int  # what the network pads to, as aeatrain.inference does (16)
     halo: int
+    radius: int  # the measured receptive radius the halo covers
 
     @property
     def min_size(self) -> int:
-        """The smallest multiple of ``step`` that leaves output after cropping both halos."""
-        return (2 * self.halo // self.step + 1) * self.step
+        """Both halos plus one padded block: the spec wants ``min - 2 * halo >= 1``."""
+        return 2 * self.halo + self.pad_multiple
 
     def largest_size(self, limit: int) -> int:
-        """The largest valid size <= ``limit`` (:class:`ExportError` when none is)."""
+        """``limit`` if it is a valid size (:class:`ExportError` when it is too small)."""
         if limit < self.min_size:
             raise ExportError(
                 f"the run's test images ({limit} px) are smaller than the package's minimum "
-                f"size {self.min_size} px (twice the halo {self.halo} + {self.step})"
+                f"size {self.min_size} px (twice the halo {self.halo} + {self.pad_multiple})"
             )
-        return self.min_size + (limit - self.min_size) // self.step * self.step
+        return limit
+
+
+class PackagedNetwork(nn.Module):
+    """The network as the package runs it: ``aeatrain.inference.predict_full`` in one module.
+
+    The input may carry a frame of negative pixels (the package declares a constant
+    padding of :data:`OUTSIDE`; its pixel values are >= 0): that frame is what a consumer
+    added around the image or the block (bioimageio.core pads a whole image by the halo),
+    and it is cut off first. What is left is reflect-padded at the bottom and right to
+    ``pad_multiple`` and run, exactly as aeatrain predicts a whole image; the output is
+    cropped back and stretched over the frame again (edge values, which the consumer
+    crops as the halo). So a whole image through bioimageio.core equals aeatrain's own
+    prediction, and a block with real context around it (tiling) uses that context.
+    """
+
+    def __init__(self, network: nn.Module, pad_multiple: int):
+        super().__init__()
+        self.network = network
+        self.pad_multiple = pad_multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, H, W) -> (N, 1, H, W)
+        inside = x >= 0
+        rows = torch.nonzero(inside.any(3).any(1).any(0))[:, 0]  # (h,) rows of the image
+        cols = torch.nonzero(inside.any(2).any(1).any(0))[:, 0]  # (w,)
+        image = x.index_select(2, rows).index_select(3, cols)  # (N, 1, h, w)
+        h, w = image.shape[2], image.shape[3]
+        m = self.pad_multiple
+        padded = F.pad(image, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        y = self.network(padded)[:, :, :h, :w]  # (N, 1, h, w)
+        along_y = (torch.arange(x.shape[2]) - rows[0]).clamp(0, h - 1)  # (H,)
+        along_x = (torch.arange(x.shape[3]) - cols[0]).clamp(0, w - 1)  # (W,)
+        return y.index_select(2, along_y).index_select(3, along_x)  # (N, 1, H, W)
 
 
 # ---------------------------------------------------------------------------- checks
 
 
 def _require_export_packages() -> None:
-    """bioimageio.spec, onnx and onnxscript, or one line saying how to get them."""
+    """bioimageio.spec and onnx, or one line saying how to get them."""
     missing = []
-    for module in ("bioimageio.spec", "onnx", "onnxscript"):
+    for module in ("bioimageio.spec", "onnx"):
         try:
             __import__(module)
         except ImportError:
@@ -130,7 +184,7 @@ def check_target(out: Path, *, overwrite: bool) -> None:
         raise ExportError(f"{out}: --out must name a .zip file (a bioimage.io package)")
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; --out must name a .zip file")
-    check_replaceable_file(out, overwrite=overwrite, kind=BIOIMAGE_PACKAGE)
+    check_replaceable_file(out, overwrite=overwrite, kind=AEATRAIN_PACKAGE)
     folder = _existing_ancestor(out.parent)
     if not folder.is_dir():
         raise ExportError(f"{out}: {folder} is not a folder")
@@ -217,16 +271,18 @@ def _probed_radius(model: nn.Module, *, multiple: int, size: int = 192) -> int:
 
 
 def geometry_of(model: nn.Module) -> Geometry:
-    step = model.input_multiple
-    halo = -(-receptive_radius(model) // step) * step  # rounded up: tiles stay on the grid
-    return Geometry(step=step, halo=halo)
+    multiple = model.input_multiple
+    radius = receptive_radius(model)
+    halo = -(-radius // multiple) * multiple  # rounded up: blocks stay on the grid
+    return Geometry(multiple, padding_multiple(model), halo, radius)
 
 
 # ---------------------------------------------------------------------------- test data
 
 
-def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, str]:
-    """The top-left square of the run's first test tile: (S, S) uint8|uint16, a label."""
+def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, str, str]:
+    """The top-left square of the run's first test tile: (S, S) uint8|uint16, a label, and
+    the dataset's split in words (for the README)."""
     from aeatrain.data import full_images, load_manifest, test_tiles
 
     root = data or run.dataset.get("path")
@@ -241,6 +297,12 @@ def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarra
     tile = next(iter(test_tiles(manifest, pairs=run.train_pairs)), None)
     if tile is None:
         raise ExportError(f"{root}: holds no test tile of the run's pairs")
+    if tile.bit_depth != run.bit_depths[0]:
+        raise ExportError(
+            f"{root}: its test images are {tile.bit_depth}-bit and the run was trained on "
+            f"{run.bit_depths[0]}-bit data; pass --data with the run's dataset (the package's "
+            f"test tensors must be at the bit depth its scaling expects)"
+        )
     limit = max(MAX_TEST_SIZE, geometry.min_size)
     if min(tile.lr.shape) >= geometry.min_size:
         lr, where = tile.lr, f"pair {tile.pair}, {tile.tile_id}"
@@ -248,7 +310,24 @@ def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarra
         image = next(iter(full_images(manifest, pairs=[tile.pair])))
         lr, where = image.lr, f"pair {tile.pair}, whole registered image"
     size = geometry.largest_size(min(*lr.shape, limit))
-    return np.ascontiguousarray(lr[:size, :size]), f"{where}, top-left {size} x {size} px"
+    label = f"{where}, top-left {size} x {size} px"
+    return np.ascontiguousarray(lr[:size, :size]), label, split_text(manifest, run.train_pairs)
+
+
+def split_text(manifest, pairs: list[str] | None) -> str:
+    """Where the test tiles of ``pairs`` (None: all) lie, from the manifest, e.g. "outside
+    the training region columns [0, 960), rows [0, 944) of each 1280 x 944 pair"."""
+    regions: dict[tuple, list[str]] = {}
+    for name in pairs or manifest.pair_names:
+        info = manifest.pairs[name]
+        box = info["train_region"]
+        key = (info["width"], info["height"], box["x0"], box["x1"], box["y0"], box["y1"])
+        regions.setdefault(key, []).append(name)
+    parts = []
+    for (width, height, x0, x1, y0, y1), names in sorted(regions.items()):
+        which = "each" if len(regions) == 1 else ", ".join(names) + ":"
+        parts.append(f"columns [{x0}, {x1}), rows [{y0}, {y1}) of {which} {width} x {height} pair")
+    return "outside the training region " + "; ".join(parts)
 
 
 def model_input(lr: np.ndarray, bit_depth: int) -> torch.Tensor:
@@ -257,12 +336,12 @@ def model_input(lr: np.ndarray, bit_depth: int) -> torch.Tensor:
     return torch.from_numpy(to_float(lr, bit_depth))[None, None]
 
 
-def predict_tensor(model: nn.Module, lr: np.ndarray, bit_depth: int) -> np.ndarray:
+def predict_tensor(network: PackagedNetwork, lr: np.ndarray, bit_depth: int) -> np.ndarray:
     """What the package's pipeline computes: scale, network, clip, scale back. (1, 1, S, S)."""
     top = float(max_value(bit_depth))
     x = model_input(lr, bit_depth)
     with torch.inference_mode():
-        y = model(x).clamp(0.0, 1.0) * top
+        y = network(x).clamp(0.0, 1.0) * top
     return y.numpy().astype(np.float32)
 
 
@@ -277,40 +356,40 @@ def cover_png(lr: np.ndarray, sr: np.ndarray, bit_depth: int) -> bytes:
 # ---------------------------------------------------------------------------- weights
 
 
-def write_weights(model: nn.Module, folder: Path, example: torch.Tensor) -> dict[str, Path]:
-    """TorchScript (traced), ONNX and the state dict of ``model`` (eval mode) in ``folder``."""
+def write_weights(network: PackagedNetwork, folder: Path, example: torch.Tensor) -> dict:
+    """TorchScript (traced) and ONNX of ``network`` (eval mode) in ``folder``, and the bare
+    network's state dict (for ``train.init_from``)."""
+    import onnx
+
     paths = {
         "torchscript": folder / "weights_torchscript.pt",
         "onnx": folder / "weights.onnx",
-        "pytorch_state_dict": folder / "weights_state_dict.pt",
+        "state_dict": folder / STATE_DICT,
     }
-    torch.save(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, paths["pytorch_state_dict"]
-    )
+    state = network.network.state_dict()
+    torch.save({k: v.contiguous() for k, v in state.items()}, paths["state_dict"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit deprecation; shape checks traced as constants
-        traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(str(paths["torchscript"]))
-    dims = {
-        0: torch.export.Dim("batch"),
-        2: model.input_multiple * torch.export.Dim("y_steps"),
-        3: model.input_multiple * torch.export.Dim("x_steps"),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for noisy in ("torch.onnx", "onnx_ir", "onnxscript"):  # per-pass INFO, torchvision
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        traced = torch.jit.trace(network, example, check_trace=False)
+        traced.save(str(paths["torchscript"]))
+        # The TorchScript-based exporter (dynamo=False): the dynamo one writes IR 10 and
+        # opset >= 18, which deepImageJ's onnxruntime cannot read.
         torch.onnx.export(
-            model,
+            network,
             (example,),
             str(paths["onnx"]),
             input_names=[INPUT_ID],
             output_names=[OUTPUT_ID],
             opset_version=ONNX_OPSET,
-            dynamic_shapes=(dims,),
-            dynamo=True,
-            external_data=False,
-            verbose=False,
+            dynamic_axes={name: {0: "batch", 2: "y", 3: "x"} for name in (INPUT_ID, OUTPUT_ID)},
+            dynamo=False,
+        )
+    written = onnx.load(str(paths["onnx"]))
+    opsets = {entry.domain: entry.version for entry in written.opset_import}
+    if written.ir_version > ONNX_IR_VERSION or opsets.get("", 0) > ONNX_OPSET:
+        raise AssertionError(
+            f"torch.onnx.export wrote IR {written.ir_version}, opsets {opsets}: above "
+            f"IR {ONNX_IR_VERSION} / opset {ONNX_OPSET}"
         )
     return paths
 
@@ -327,6 +406,7 @@ class PackageInfo:
     license: str
     weights_kind: str
     sample_label: str
+    split: str  # where the test tiles lie, in words
 
 
 def build_description(run, geometry: Geometry, files: dict[str, Path], info: PackageInfo):
@@ -354,15 +434,18 @@ def build_description(run, geometry: Geometry, files: dict[str, Path], info: Pac
             inputs=[inputs],
             outputs=[outputs],
             weights=_weights_descr(spec, run, files, info),
+            attachments=[spec.FileDescr(source=files["state_dict"])],
             version="0.1.0",
             config={
-                "aeatrain": {  # where the weights came from; train.init_from records it
+                "aeatrain": {  # our mark (--overwrite), and what train.init_from reads
                     "version": __version__,
                     "run": run.path.name,
                     "step": run.step,
                     "weights": info.weights_kind,
                     "scale": run.scale,
                     "bit_depth": run.bit_depths[0],
+                    "model": {"name": run.model_name, "kwargs": run.model_kwargs},
+                    "state_dict": STATE_DICT,
                 }
             },
         )
@@ -372,7 +455,7 @@ def _tensor_descrs(spec, run, geometry: Geometry, files: dict[str, Path]) -> tup
     """Input ``lr`` and output ``sr``: axes, sizes, halo, data range, pre/postprocessing."""
     bits = run.bit_depths[0]
     top = float(max_value(bits))
-    size = spec.ParameterizedSize(min=geometry.min_size, step=geometry.step)
+    size = spec.ParameterizedSize(min=geometry.min_size, step=1)
     channel = spec.ChannelAxis(channel_names=[spec.Identifier("sem")])
     input_axes = [
         spec.BatchAxis(),
@@ -400,6 +483,7 @@ def _tensor_descrs(spec, run, geometry: Geometry, files: dict[str, Path]) -> tup
         test_tensor=spec.FileDescr(source=files["test_input"]),
         sample_tensor=spec.FileDescr(source=files["sample_input"]),
         data=pixels,
+        pad=spec.ConstantPadding(value=OUTSIDE),
         preprocessing=[
             spec.ScaleLinearDescr(
                 kwargs=spec.ScaleLinearKwargs(gain=float(unit_scale(bits)), offset=0.0)
@@ -422,36 +506,24 @@ def _tensor_descrs(spec, run, geometry: Geometry, files: dict[str, Path]) -> tup
 
 
 def _weights_descr(spec, run, files: dict[str, Path], info: PackageInfo):
-    """The state dict (the original), and TorchScript and ONNX converted from it."""
-    torch_version = spec.Version(torch.__version__.split("+")[0])
+    """TorchScript and ONNX of the packaged network: both run without aeatrain."""
+    source = f"{info.weights_kind} weights of {run.path.name} at step {run.step}"
     return spec.WeightsDescr(
-        pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
-            source=files["pytorch_state_dict"],
-            architecture=spec.ArchitectureFromLibraryDescr(
-                import_from="aeatrain.models",
-                callable=spec.Identifier("build_model"),
-                kwargs={"name": run.model_name, **run.model_kwargs},
-            ),
-            pytorch_version=torch_version,
-            comment=f"{info.weights_kind} weights of {run.path.name} at step {run.step}; "
-            f"needs aeatrain importable",
-        ),
         torchscript=spec.TorchscriptWeightsDescr(
             source=files["torchscript"],
-            pytorch_version=torch_version,
-            parent="pytorch_state_dict",
-            comment="torch.jit.trace of the eval-mode network",
+            pytorch_version=spec.Version(torch.__version__.split("+")[0]),
+            comment=f"torch.jit.trace of the eval-mode network with its padding; {source}",
         ),
         onnx=spec.OnnxWeightsDescr(
             source=files["onnx"],
             opset_version=ONNX_OPSET,
-            parent="pytorch_state_dict",
-            comment="torch.onnx.export (dynamo), dynamic batch, height and width",
+            comment=f"torch.onnx.export (TorchScript-based), IR {ONNX_IR_VERSION}, dynamic "
+            f"batch, height and width; {source}",
         ),
     )
 
 
-def _validation_text(run, sample_label: str) -> list[str]:
+def _validation_text(run, sample_label: str, split: str) -> list[str]:
     """The README's "# Validation" section: training, and the run's evaluation if any."""
     cfg = run.config
     data, optim, train = (cfg.get(k) or {} for k in ("data", "optim", "train"))
@@ -476,8 +548,8 @@ def _validation_text(run, sample_label: str) -> list[str]:
     else:
         lines += [
             "Scored with the published protocol (`python -m aeatrain.evaluate`) on the test "
-            "tiles (columns [960, 1280) of each 1280-wide pair, the paper's split): gains over "
-            "the registered bicubic input, averaged over tiles then pairs.",
+            f"tiles ({split}): gains over the registered bicubic input, averaged over tiles "
+            "then pairs.",
             "",
             "| dPSNR (dB) | dSSIM | PSNR (dB) | SSIM | tiles |",
             "|---|---|---|---|---|",
@@ -546,10 +618,20 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
         f"`cv2.resize(lr, None, fx={scale}, fy={scale}, interpolation=cv2.INTER_CUBIC)`. Cut "
         f"the SEM data bar off first.",
         f"- **Output `{OUTPUT_ID}`**: the super-resolved image, same size and scale (0..{top}).",
-        f"- Sizes: height and width `{geometry.min_size} + n * {geometry.step}`; consumers "
-        f"pad to that. Output halo {geometry.halo} px: when a tool tiles, it crops "
-        f"{geometry.halo} px off each cut edge, which covers the convolutions' receptive "
-        f"field.",
+        f"- Sizes: any height and width from {geometry.min_size} px on. The network pads "
+        f"the image itself, as aeatrain does (reflected at the bottom and right to a "
+        f"multiple of {geometry.pad_multiple}), so a whole image gives aeatrain's own "
+        f"prediction. A frame of negative pixels around the input (the package's padding "
+        f"value {OUTSIDE:g}) is taken as padding and cut off first.",
+        f"- Output halo {geometry.halo} px: the convolutions' receptive radius, "
+        f"{geometry.radius} px, rounded up to the network's sampling grid "
+        f"({geometry.multiple} px). A tool that tiles crops it off each cut edge; with "
+        f"blocks whose size minus twice the halo is a multiple of {geometry.multiple}, and "
+        f"image sides that are too (bioimageio.core shifts the last block to end at the "
+        f"edge), the tiled prediction equals the whole-image one (up to the global part "
+        f"below, if the model has one).",
+        f"- Fine-tuning: `{STATE_DICT}` (an attachment) is the network's state dict; "
+        f"aeatrain's `train.init_from MODEL.zip` starts a run from it.",
         "",
         "Why the input is at HR size and not the raw LR image: the network was trained on the "
         "registered LR image warped into the HR frame by bicubic interpolation, so feeding it "
@@ -564,16 +646,16 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
         lines += [
             f"{GLOBAL_CONTEXT_MODELS[run.model_name]} is global: every output pixel depends "
             "on a summary of the whole input tensor, which the halo cannot cover. Predicting "
-            "the whole image in one piece matches aeatrain's whole-image prediction (up to "
-            "the padding to a valid size); a tool that tiles uses each tile's own summary, "
-            "which changes the output slightly. Give the whole image where memory allows.",
+            "the whole image in one piece matches aeatrain's whole-image prediction; a tool "
+            "that tiles uses each tile's own summary, which changes the output slightly. "
+            "Give the whole image where memory allows.",
             "",
         ]
     lines += [
         "Pre/postprocessing (the spec's operations, applied by the consumer): "
         f"`scale_linear` gain 1/{top} -> network -> `clip` [0, 1] -> `scale_linear` gain {top}.",
         "",
-        *_validation_text(run, info.sample_label),
+        *_validation_text(run, info.sample_label, info.split),
         "## Cite",
         "",
         f"- {PAPER_CITE[0]} {PAPER_CITE[1]}",
@@ -586,9 +668,10 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
 def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry, dict, PackageInfo]:
     """Write every file the package holds into ``folder``; returns what describes them."""
     geometry = geometry_of(model)
-    lr, label = cut_test_input(run, args.data, geometry)
+    lr, label, split = cut_test_input(run, args.data, geometry)
     depth = run.bit_depths[0]
-    sr = predict_tensor(model, lr, depth)
+    network = PackagedNetwork(model, geometry.pad_multiple).eval()
+    sr = predict_tensor(network, lr, depth)
     files = {
         "test_input": folder / "test_input.npy",
         "test_output": folder / "test_output.npy",
@@ -605,13 +688,14 @@ def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry,
     )
     files["cover"].write_bytes(cover_png(lr, sr[0, 0], depth))
     example = model_input(lr, depth)
-    files.update(write_weights(model, folder, example))
+    files.update(write_weights(network, folder, example))
     info = PackageInfo(
-        name=args.name or f"aeatrain {run.model_name} {run.path.name}",
+        name=args.name,
         authors=args.author,
         license=args.license,
         weights_kind=run.weights_kind,
         sample_label=label,
+        split=split,
     )
     files["readme"].write_text(readme_text(run, geometry, info), encoding="utf-8")
     return geometry, files, info
@@ -663,7 +747,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data", help="DATA folder to cut the test tensors from (default: the run's dataset)"
     )
-    parser.add_argument("--name", help="package name (default: aeatrain MODEL RUN)")
+    parser.add_argument(
+        "--name",
+        help="package name: ASCII letters, digits, _+- () (default: aeatrain MODEL RUN, "
+        "other characters replaced by _)",
+    )
     parser.add_argument(
         "--author",
         action="append",
@@ -678,21 +766,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def default_name(model_name: str, run_dir: str) -> str:
+    """``aeatrain MODEL RUN`` with every character the spec does not allow in a name (it
+    takes ASCII letters, digits, ``_+- ()``) replaced by ``_``, at most 64 characters."""
+    folder = Path(run_dir).resolve().name
+    return re.sub(r"[^A-Za-z0-9_+\- ()]", "_", f"aeatrain {model_name} {folder}")[:NAME_LENGTH]
+
+
+def check_metadata(args: argparse.Namespace) -> None:
+    """Refuse a ``--name``/``--license`` the spec rejects before any work (one line each);
+    fill in the default name and author."""
+    from bioimageio.spec.model.v0_5 import ModelDescr
+    from pydantic import TypeAdapter, ValidationError
+
+    from aeatrain.runs import read_run_json
+
+    if args.name is None:
+        model_name = (read_run_json(args.run).get("model") or {}).get("name")
+        args.name = default_name(str(model_name), args.run)
+    for option, value in (("--name", args.name), ("--license", args.license)):
+        field = ModelDescr.model_fields[option[2:]]
+        try:
+            TypeAdapter(Annotated[(field.annotation, *field.metadata)]).validate_python(value)
+        except ValidationError:
+            raise ExportError(f"{option} {value!r}: {METADATA_RULES[option]}") from None
+    args.author = args.author or [_user_name()]
+
+
+NAME_LENGTH = 64  # bioimage.io wants a name of at most 64 characters (128 at the very most)
+METADATA_RULES = {
+    "--name": "a package name has 5 to 128 characters, ASCII letters, digits and _+- () only",
+    "--license": "not an SPDX license identifier bioimage.io accepts (e.g. CC-BY-4.0, MIT, "
+    "BSD-3-Clause; https://spdx.org/licenses)",
+}
+
+
 def export(args: argparse.Namespace) -> Path:
-    """Check the target and the run, build every piece, validate, write ``args.out``."""
+    """Check the target, the options and the run, build every piece, validate, write
+    ``args.out``."""
     out = Path(args.out)
     check_target(out, overwrite=args.overwrite)
-    args.author = args.author or [_user_name()]
     _require_export_packages()
+    check_metadata(args)
     model, run = load_network(args.run, args.weights)
     with tempfile.TemporaryDirectory(prefix="aeatrain-export-") as folder:
         geometry, files, info = package_pieces(model, run, args, Path(folder))
         descr = describe(run, geometry, files, info)
         save_package(descr, out, overwrite=args.overwrite)
     log.info(
-        "%s: %s (%s weights, step %d), sizes %d + n*%d, halo %d",
-        out, run.model_name, run.weights_kind, run.step, geometry.min_size, geometry.step,
-        geometry.halo,
+        "%s: %s (%s weights, step %d), sizes from %d px, halo %d (receptive radius %d)",
+        out, run.model_name, run.weights_kind, run.step, geometry.min_size, geometry.halo,
+        geometry.radius,
     )  # fmt: skip
     return out
 

@@ -5,13 +5,14 @@ marker of the kind of output about to replace it (a dataset's ``manifest.json``,
 synthetic raw folder's ``truth.json``, ...: a JSON file with a known value under a known
 key); a file is replaced only when it is listed in its folder's ``aeatrain-outputs.json``
 ledger, which every command writing loose files into a shared folder (predict, refmaps)
-keeps up to date; a file that carries its own mark (a bioimage.io package: a zip holding
-its ``rdf.yaml``) is replaced only when it has that mark. Anything else is refused with
-one line naming it.
+keeps up to date; a file that carries its own mark (a bioimage.io package that
+``python -m aeatrain.export`` wrote: a zip whose ``rdf.yaml`` has ``config.aeatrain``) is
+replaced only when it has that mark. Anything else, a package from the BioImage Model Zoo
+included, is refused with one line naming it.
 
     check_replaceable_folder(out, DATASET, overwrite=args.overwrite)   # whole folders
     check_replaceable_file(target, overwrite=args.overwrite)           # loose files
-    check_replaceable_file(out, overwrite=True, kind=BIOIMAGE_PACKAGE) # self-marked files
+    check_replaceable_file(out, overwrite=True, kind=AEATRAIN_PACKAGE) # self-marked files
     record_outputs(folder, [target.name], tool="aeatrain.predict")    # before writing
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aeatrain.config import load_yaml
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_text
 
@@ -50,24 +52,34 @@ OUTPUTS = Marker(LEDGER_NAME, "format", LEDGER_FORMAT, "a folder of predict/refm
 
 @dataclass(frozen=True)
 class ArchiveKind:
-    """A file is of this kind when it is a zip archive holding one of ``members``."""
+    """A file is of this kind when it is a zip archive holding one of ``members``, a YAML
+    mapping whose ``config`` section has the key ``config_key`` (the writer's mark)."""
 
     members: tuple[str, ...]
-    what: str  # for messages: "a bioimage.io package (...)"
+    config_key: str
+    what: str  # for messages: "a bioimage.io package written by ..."
 
 
-BIOIMAGE_PACKAGE = ArchiveKind(
-    ("rdf.yaml", "bioimageio.yaml"), "a bioimage.io package (no rdf.yaml inside)"
+AEATRAIN_PACKAGE = ArchiveKind(
+    ("rdf.yaml", "bioimageio.yaml"),
+    "aeatrain",
+    "a bioimage.io package written by aeatrain.export (an rdf.yaml with config.aeatrain)",
 )
 
 
 def is_archive_of(path: str | os.PathLike, kind: ArchiveKind) -> bool:
-    """True when ``path`` is a readable zip that holds one of ``kind.members``."""
+    """True when ``path`` is a readable zip whose first member of ``kind.members`` is a
+    YAML mapping with ``config: {kind.config_key: ...}``."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(name in kind.members for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
+            names = [name for name in kind.members if name in archive.namelist()]
+            if not names:
+                return False
+            document = load_yaml(archive.read(names[0]), f"{path}: {names[0]}")
+    except (OSError, zipfile.BadZipFile, UserError):  # not ours, whatever else it is
         return False
+    config = document.get("config") if isinstance(document, dict) else None
+    return isinstance(config, dict) and isinstance(config.get(kind.config_key), dict)
 
 
 def _json_object(path: Path) -> dict | None:

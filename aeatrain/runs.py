@@ -371,35 +371,40 @@ def _run_weights(run_dir: Path) -> InitialWeights:
 
 
 def _package_weights(package: Path) -> InitialWeights:
-    """The pytorch_state_dict entry of an aeatrain-exported bioimage.io package."""
+    """The state dict of an aeatrain-exported bioimage.io package: the attachment its
+    ``config.aeatrain`` names (or, in a package of an earlier aeatrain, its
+    ``pytorch_state_dict`` weights built by ``aeatrain.models.build_model``)."""
     try:
         with zipfile.ZipFile(package) as archive:
             rdf = load_yaml(archive.read("rdf.yaml"), f"{package}: rdf.yaml")
+            ours = ((rdf or {}).get("config") or {}).get("aeatrain") or {}
             entry = ((rdf or {}).get("weights") or {}).get("pytorch_state_dict") or {}
             architecture = entry.get("architecture") or {}
-            if (architecture.get("import_from"), architecture.get("callable")) != (
+            if ours.get("state_dict"):
+                source = str(ours["state_dict"])
+                kwargs = {"name": ours["model"]["name"], **(ours["model"].get("kwargs") or {})}
+            elif (architecture.get("import_from"), architecture.get("callable")) == (
                 "aeatrain.models",
                 "build_model",
             ):
+                source, kwargs = str(entry["source"]), dict(architecture.get("kwargs") or {})
+            else:
                 raise RunError(
-                    f"{package}: not a package exported by aeatrain (its pytorch_state_dict "
-                    f"weights are not built by aeatrain.models.build_model)"
+                    f"{package}: not a package exported by aeatrain (no config.aeatrain "
+                    f"state_dict, and no pytorch_state_dict built by aeatrain.models)"
                 )
-            data = archive.read(str(entry["source"]))
-    except (KeyError, OSError, zipfile.BadZipFile) as err:
+            data = archive.read(source)
+    except (KeyError, TypeError, OSError, zipfile.BadZipFile) as err:
         raise RunError(f"{package}: not a readable bioimage.io package ({err})") from None
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
-        raise RunError(
-            f"{package}: {entry['source']} is not a readable state dict ({err})"
-        ) from None
-    kwargs = dict(architecture.get("kwargs") or {})
+        raise RunError(f"{package}: {source} is not a readable state dict ({err})") from None
     name = kwargs.pop("name", None)
     record = {
         "path": str(package.resolve()),
         "kind": "bioimageio",
-        "weights": str(entry["source"]),
+        "weights": source,
         "step": ((rdf.get("config") or {}).get("aeatrain") or {}).get("step"),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
