@@ -4,9 +4,10 @@ calibrations ImageJ writes.
 predict's TIFF of every vendor fixture (tests/vendor_files.py), a 16-bit and a float32
 one, and refmaps' raw maps are opened by ImageJ 1.53t (Debian's ``imagej`` package,
 ``/usr/share/java/ij.jar``; .ci/run installs it), which must report the input's pixel
-size / scale in nm; ImageJ saves images calibrated in the units its users type, which
-aeatrain must read. One JVM start for all of it (about 1 s). Without ImageJ those tests
-skip, saying so; the unit spellings ImageJ writes are also checked without it.
+size / scale in nm and the pixels tifffile reads; ImageJ saves images calibrated in the
+units its users type, which aeatrain must read. One JVM start for all of it (1-3 s on
+2 cores). Without ImageJ those tests skip, saying so; the unit spellings ImageJ writes
+and the strips it cannot read are also checked without it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from tests.vendor_files import VENDOR_FILES, sem_image, write_fei
 IMAGEJ_JAR = Path("/usr/share/java/ij.jar")  # where Debian's imagej package puts it
 
 # Jobs, one per line of the file named by the macro's argument, fields split by tabs:
-#   open PATH              print how ImageJ reads PATH (one "opened" line)
+#   open PATH              print how ImageJ reads PATH (one "opened" line; the pixel
+#                          statistics are of the first plane)
 #   save UNIT SIZE PATH    save a 40 x 30 image of SIZE UNIT pixels as a TIFF
 # ImageJ 1.53t's open() first builds its AWT menu bar, which headless Java refuses; that
 # first refusal (inside eval, which fails alone) leaves the command table built, so the
@@ -48,9 +50,10 @@ for (i = 0; i < jobs.length; i++) {
     } else {
         open(job[1]);
         getPixelSize(unit, pixel_width, pixel_height);
+        getStatistics(area, mean, min, max);
         print("opened\t" + job[1] + "\t" + getWidth() + "\t" + getHeight() + "\t" + nSlices
             + "\t" + bitDepth() + "\t" + d2s(pixel_width, -9) + "\t" + d2s(pixel_height, -9)
-            + "\t" + unit);
+            + "\t" + d2s(mean, -9) + "\t" + d2s(min, -9) + "\t" + d2s(max, -9) + "\t" + unit);
     }
     close();
 }
@@ -76,7 +79,7 @@ SAVED_PIXEL = 2.5  # in the typed unit
 @dataclass(frozen=True)
 class ImageJReading:
     """How ImageJ reads one file: ``getWidth()``, ``getHeight()``, ``nSlices``,
-    ``bitDepth()`` and ``getPixelSize``."""
+    ``bitDepth()``, ``getPixelSize`` and ``getStatistics`` of the first plane."""
 
     width: int
     height: int
@@ -84,6 +87,9 @@ class ImageJReading:
     bit_depth: int
     pixel_width: float
     pixel_height: float
+    mean: float
+    min: float
+    max: float
     unit: str
 
 
@@ -101,11 +107,8 @@ def run_imagej(jobs: list[tuple[str, ...]], workdir: Path) -> dict[Path, ImageJR
     for line in done.stdout.splitlines():
         if line.startswith("opened\t"):
             path, *numbers, unit = line.split("\t")[1:]
-            width, height, slices, depth = map(int, numbers[:4])
-            pixel_width, pixel_height = map(float, numbers[4:])
-            readings[Path(path)] = ImageJReading(
-                width, height, slices, depth, pixel_width, pixel_height, unit
-            )
+            counts, values = map(int, numbers[:4]), map(float, numbers[4:])
+            readings[Path(path)] = ImageJReading(*counts, *values, unit)
     opened = [Path(job[1]) for job in jobs if job[0] == "open"]
     assert sorted(readings) == sorted(opened), done.stdout + done.stderr[-3000:]
     return readings
@@ -137,8 +140,8 @@ def outputs(tmp_path_factory) -> Outputs:
     true_nm = {}
     for vendor, (write, _, _) in VENDOR_FILES.items():
         true_nm[_file_name(vendor)] = write(inputs / _file_name(vendor))
-    fei16 = sem_image(64, 80).astype(np.uint16) * 257
-    true_nm["fei_16bit.tif"] = write_fei(inputs / "fei_16bit.tif", fei16, 12.40234, 48)
+    fei16 = sem_image(80, 80).astype(np.uint16) * 257  # 144 output rows: 3 strips
+    true_nm["fei_16bit.tif"] = write_fei(inputs / "fei_16bit.tif", fei16, 12.40234, 72)
     unet = make_run(root / "unet_run", base_channels=1, residual=True)
     aeanet = make_run(root / "aeanet_run", model_name="aeanet", num_refs=8)
     fei = str(inputs / "fei.tif")
@@ -166,6 +169,14 @@ def _assert_calibrated(reading: ImageJReading, pixel_nm: float) -> None:
     assert reading.pixel_height == pytest.approx(pixel_nm, rel=1e-3)
 
 
+def _assert_same_pixels(reading: ImageJReading, path: Path) -> None:
+    """ImageJ's mean, min and max of the first plane are tifffile's."""
+    plane = tifffile.imread(path).reshape(-1, reading.height, reading.width)[0]
+    plane = plane.astype(np.float64)
+    assert (reading.min, reading.max) == pytest.approx((plane.min(), plane.max()), rel=1e-6)
+    assert reading.mean == pytest.approx(plane.mean(), rel=1e-6)
+
+
 @pytest.mark.parametrize("vendor", sorted(VENDOR_FILES))
 def test_imagej_opens_each_vendors_prediction_at_pixel_size_over_scale(outputs, vendor):
     name = _file_name(vendor)
@@ -175,18 +186,19 @@ def test_imagej_opens_each_vendors_prediction_at_pixel_size_over_scale(outputs, 
     assert (reading.width, reading.height) == (2 * width, 2 * (bar_row or height))
     assert (reading.slices, reading.bit_depth) == (1, 8)
     _assert_calibrated(reading, outputs.true_nm[name] / 2)
+    _assert_same_pixels(reading, outputs.root / "x2" / name)
 
 
 def test_imagej_opens_16_bit_float32_and_refmaps_outputs_calibrated(outputs):
-    fei16 = outputs.readings[outputs.root / "x2" / "fei_16bit.tif"]
-    assert (fei16.width, fei16.height, fei16.bit_depth) == (160, 96, 16)  # bar cut at 48
-    _assert_calibrated(fei16, 12.40234 / 2)
-    float32 = outputs.readings[outputs.root / "float32" / "fei.tif"]
-    assert (float32.width, float32.height, float32.bit_depth) == (192, 128, 32)
-    _assert_calibrated(float32, outputs.true_nm["fei.tif"] / 2)
-    maps = outputs.readings[outputs.root / "maps" / "fei_refmaps.tif"]
-    assert (maps.width, maps.height, maps.slices, maps.bit_depth) == (192, 128, 2, 32)
-    _assert_calibrated(maps, outputs.true_nm["fei.tif"] / 2)
+    for path, size, pixel_nm in [
+        (outputs.root / "x2" / "fei_16bit.tif", (160, 144, 1, 16), 12.40234 / 2),  # bar at 72
+        (outputs.root / "float32" / "fei.tif", (192, 128, 1, 32), 3.3724 / 2),
+        (outputs.root / "maps" / "fei_refmaps.tif", (192, 128, 2, 32), 3.3724 / 2),
+    ]:
+        reading = outputs.readings[path]
+        assert (reading.width, reading.height, reading.slices, reading.bit_depth) == size
+        _assert_calibrated(reading, pixel_nm)
+        _assert_same_pixels(reading, path)
 
 
 @pytest.mark.parametrize("unit", sorted(TYPED_UNITS))
