@@ -46,7 +46,7 @@ from aeatrain.imageio import to_float
 from aeatrain.models import EDSR, RCAN, VDSR, UNet
 
 PAD_MULTIPLE = 16  # the published code pads to 2 ** (depth + 1) = 16
-DEFAULT_BATCH = 4  # tiles per forward pass
+DEFAULT_BATCH = 4  # tiles per forward pass (tiled_rows: on GPUs)
 MIN_TILE_STEP = 16  # px between paper tiles: a 1-2 px step means ~10^5 tiles per image
 TTA_MODES = ("none", "d4")  # test-time augmentation: none, or the 8-fold D4 self-ensemble
 
@@ -321,7 +321,7 @@ def predict_tiled(
     tile: int,
     overlap: int,
     device: str | torch.device | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """Predict a (H, W) image in overlapping tiles blended without seams; float32 (H, W).
 
@@ -341,7 +341,7 @@ def tiled_rows(
     tile: int,
     overlap: int,
     device: str | torch.device | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Predict a (H, W) image in overlapping tiles and yield the result as it is finished:
     float32 row bands, top to bottom, that put together are the (H, W) prediction.
@@ -353,10 +353,14 @@ def tiled_rows(
     bottom/right edge) and added, weighted by :func:`_window_1d`, into a float32 band one
     row of tiles high; the rows no later tile reaches are divided by the summed weights
     and yielded. Memory is set by the tile size and the image width, not its height.
+    ``batch_size`` tiles per forward pass; None: :data:`DEFAULT_BATCH` on a GPU, one on the
+    CPU, where batching did not pay and multiplied the memory (docs/benchmarks.md).
     """
     check_tiling(tile, overlap)
     check_image_shape(image)
     device = _resolve_device(model, device)
+    if batch_size is None:
+        batch_size = 1 if device.type == "cpu" else DEFAULT_BATCH
     h, w = image.shape
     rows = tile_spans(h, tile=tile, overlap=overlap)
     cols = tile_spans(w, tile=tile, overlap=overlap)
