@@ -33,6 +33,8 @@ from aeatrain.runs import load_run
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run
 
+# the export checks for its packages first: without them every test here would fail alike
+pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (.[export])")
 REPO = Path(__file__).resolve().parents[1]
 MODEL_KWARGS = {"base_channels": 4, "num_refs": 8, "bn_momentum": 0.1}
 
@@ -40,7 +42,6 @@ MODEL_KWARGS = {"base_channels": 4, "num_refs": 8, "bn_momentum": 0.1}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(package zip, run folder, DATA folder): an evaluated debug AEANet run, exported."""
-    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (.[export])")
     root = tmp_path_factory.mktemp("export")
     data = make_dataset(root / "DATA", pairs=2)
     run = make_run(root / "RUN", model_name="aeanet", **MODEL_KWARGS)
@@ -376,7 +377,6 @@ def test_overwrite_replaces_only_a_package_aeatrain_wrote(small_run, tmp_path):
 def test_bad_license_or_name_is_one_short_line_before_any_work(
     small_run, tmp_path, monkeypatch, option, value, match
 ):
-    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (.[export])")
 
     def no_work(*args, **kwargs):
         raise AssertionError("the run was loaded before the options were checked")
@@ -389,7 +389,6 @@ def test_bad_license_or_name_is_one_short_line_before_any_work(
 
 @pytest.mark.parametrize("folder", ["rün.1", "a.b", "x" * 90, "spaces and (parens)"])
 def test_default_name_is_valid_for_the_spec_from_any_folder_name(folder):
-    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (.[export])")
     from bioimageio.spec.model.v0_5 import ModelDescr
     from pydantic import TypeAdapter
 
@@ -400,7 +399,6 @@ def test_default_name_is_valid_for_the_spec_from_any_folder_name(folder):
 
 
 def test_test_data_of_another_bit_depth_is_refused(small_run, tmp_path):
-    pytest.importorskip("bioimageio.spec", reason="bioimageio.spec is not installed (.[export])")
     data16 = make_dataset(tmp_path / "DATA16", pairs=1, bit_depth=16)
     out = tmp_path / "m.zip"
     _refused(
