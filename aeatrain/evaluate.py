@@ -73,7 +73,7 @@ from aeatrain.inference import (
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
 from aeatrain.outputs import METRICS, check_replaceable_file
-from aeatrain.runs import add_loading_arguments
+from aeatrain.runs import add_loading_arguments, finite_output
 
 log = logging.getLogger(__name__)
 
@@ -501,10 +501,15 @@ def evaluate_rows(
     mine = set(needed[rank::world_size])
     total = sum(pair in mine for _, run_pairs in members for pair in run_pairs) * len(tilings)
     desc = "evaluate" if world_size == 1 else f"evaluate ({len(mine)} of {len(needed)} images)"
+
+    def check_finite(image, member: int, tiling: int, prediction: np.ndarray) -> None:
+        row, index = flat[member]
+        finite_output(prediction, loaded[row][index][1].path)
+
     with tqdm(total=total, desc=desc, unit="image", disable=rank != 0 or None) as bar:
         share = score_share(
             members, manifest, tilings=tilings, rank=rank, world_size=world_size,
-            device=device, cache_dir=cache_dir, progress=bar,
+            device=device, cache_dir=cache_dir, progress=bar, on_prediction=check_finite,
         )  # fmt: skip
     for model, _ in members:
         model.to("cpu")  # free the GPU

@@ -667,11 +667,13 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
 
 def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry, dict, PackageInfo]:
     """Write every file the package holds into ``folder``; returns what describes them."""
+    from aeatrain.runs import finite_output
+
     geometry = geometry_of(model)
     lr, label, split = cut_test_input(run, args.data, geometry)
     depth = run.bit_depths[0]
     network = PackagedNetwork(model, geometry.pad_multiple).eval()
-    sr = predict_tensor(network, lr, depth)
+    sr = finite_output(predict_tensor(network, lr, depth), run.path)
     files = {
         "test_input": folder / "test_input.npy",
         "test_output": folder / "test_output.npy",

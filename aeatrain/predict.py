@@ -67,7 +67,7 @@ from aeatrain.inference import (
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.microscope import Calibration, cut_data_bar, read_calibration
 from aeatrain.outputs import check_replaceable_file, record_outputs
-from aeatrain.runs import add_loading_arguments
+from aeatrain.runs import add_loading_arguments, finite_output
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,11 @@ def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: flo
         tta=args.tta,
     )
     out_bands = (  # converted OUTPUT_ROWS at a time: to_output's float64 stays small
-        to_output(band[i : i + OUTPUT_ROWS], source.bit_depth, float32=args.float32)
+        to_output(
+            finite_output(band[i : i + OUTPUT_ROWS], args.run),
+            source.bit_depth,
+            float32=args.float32,
+        )
         for band in bands
         for i in range(0, len(band), OUTPUT_ROWS)
     )

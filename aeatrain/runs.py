@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
@@ -249,6 +250,23 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> N
         raise RunError(f"{path}: weights do not match the model: " + "; ".join(problems))
     check_finite(state, path)
     model.load_state_dict(state, strict=True)
+
+
+def finite_output(prediction: np.ndarray, run_dir: str | Path) -> np.ndarray:
+    """``prediction`` if every value is finite, else :class:`RunError` naming the run.
+
+    The one check of a network's output for every tool that writes or scores one (predict,
+    evaluate, export): finite weights (:func:`check_finite`) can still give nan or inf,
+    from weights that overflow or damaged BatchNorm statistics (a negative variance), and
+    a prediction with them would be written as a blank image or scored as NaN."""
+    bad = int(np.count_nonzero(~np.isfinite(prediction)))
+    if bad:
+        raise RunError(
+            f"{run_dir}: the network's output holds {bad} nan or inf values (of "
+            f"{prediction.size}) although its weights are finite: they overflow, or the "
+            f"BatchNorm statistics are damaged; use weights of an earlier checkpoint"
+        )
+    return prediction
 
 
 def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -524,7 +524,7 @@ def test_a_4096x4096_16_bit_prediction_streams_in_bounded_memory(tmp_path):
     side = 4096
     image = np.random.default_rng(7).integers(0, 65536, (side, side), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "big.tif", image)
-    args = Namespace(tile=1024, overlap=128, device=torch.device("cpu"), tta="none",
+    args = Namespace(tile=1024, overlap=128, device=torch.device("cpu"), tta="none", run="RUN",
                      float32=False, overwrite=False, page=None, bar_row=None, no_bar=False)  # fmt: skip
     job = predict.Job(tmp_path / "big.tif", tmp_path / "out" / "big.tif")
     tracemalloc.start()
