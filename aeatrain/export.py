@@ -45,7 +45,6 @@ import copy
 import getpass
 import json
 import logging
-import os
 import re
 import tempfile
 import warnings
@@ -69,7 +68,7 @@ from aeatrain.imageio import (
     unit_scale,
 )
 from aeatrain.inference import padding_multiple
-from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file
+from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +184,7 @@ def check_target(out: Path, *, overwrite: bool) -> None:
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; --out must name a .zip file")
     check_replaceable_file(out, overwrite=overwrite, kind=AEATRAIN_PACKAGE)
-    folder = _existing_ancestor(out.parent)
-    if not folder.is_dir():
-        raise ExportError(f"{out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"{out}: cannot write into {folder} (permission denied)")
-
-
-def _existing_ancestor(folder: Path) -> Path:
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
+    check_writable(out.parent, "--out")  # the folder the zip goes into
 
 
 def load_network(run_dir: str, weights: str):
