@@ -377,7 +377,6 @@ def test_overwrite_replaces_only_a_package_aeatrain_wrote(small_run, tmp_path):
 def test_bad_license_or_name_is_one_short_line_before_any_work(
     small_run, tmp_path, monkeypatch, option, value, match
 ):
-
     def no_work(*args, **kwargs):
         raise AssertionError("the run was loaded before the options were checked")
 
