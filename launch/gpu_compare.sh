@@ -35,9 +35,10 @@
 # exit status, every model's steps, training seconds and scores) and gpu_compare.log.
 # Exit 0 when every stage passed, 1 when one failed (the JSON says which), 2 (one line)
 # for bad arguments or a machine without CUDA.
-# --smoke: the CPU, float32, tiny data (one 256 x 192 pair per family), tiny networks (8
-# base channels, 8 references), batch 4 of 32 x 32, at most 3 steps per model: a
-# rehearsal of every stage (tests/launch/test_gpu_compare.py), no figure worth reading.
+# --smoke: the CPU, float32, tiny data (one 256 x 192 pair per family, one process), tiny
+# networks (8 base channels, 8 references), batch 4 of 32 x 32, at most 3 steps per
+# model: a rehearsal of every stage (tests/launch/test_gpu_compare.py), no figure worth
+# reading.
 set -uo pipefail
 die() { echo "gpu_compare.sh: error: $*" >&2; exit 2; }
 usage="usage: launch/gpu_compare.sh OUT [--bench BENCH_JSON] [--setting S] [--minutes M] [--lr LR] [--smoke]"
@@ -86,7 +87,7 @@ fi
 mkdir -p "$OUT" || die "$OUT: cannot create it"
 exec > >(tee -a "$OUT/gpu_compare.log") 2>&1
 echo "gpu_compare.sh: $CARD; setting $SETTING; $MINUTES minutes; output in $OUT"
-CORES=$(nproc)
+CORES=$([ $SMOKE = 1 ] && echo 1 || nproc)  # --smoke: 4 tiny pairs, no worker processes to start
 STAGES=()  # name:exit status:seconds
 stage() {  # stage NAME COMMAND...: run it, note its status and seconds
     local name=$1 start=$SECONDS rc

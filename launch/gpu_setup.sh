@@ -9,7 +9,8 @@
 # install is offline (--no-index --no-deps; aeatrain built with the machine's setuptools).
 # The GPU machines' python3 is itself a virtual environment (/opt/torch/.venv), and a
 # virtual environment made from another sees only the base interpreter's packages through
-# --system-site-packages, so VENV also names PYTHON's own site-packages in a .pth file.
+# --system-site-packages, so a .pth file of VENV adds PYTHON's own site-packages (and runs
+# the .pth files there) after VENV's.
 # Then the check, printed: every requirement of aeatrain (pyproject.toml) and the
 # bundle's versions are met by what VENV imports (onnx and onnxruntime: the machine's
 # versions are kept, said so; only CPU prediction uses them), aeatrain imports from this
@@ -76,7 +77,9 @@ EOF
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv --without-pip --system-site-packages "$VENV"  # pip: PYTHON's
     purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
-    "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
+    # addsitedir, not a bare path: the .pth files in those folders count too, as there
+    "$PYTHON" -c 'import site
+for path in site.getsitepackages(): print(f"import site; site.addsitedir({path!r})")' \
         > "$purelib/_gpu_setup_python_site.pth"
 fi
 if check quiet 2>/dev/null; then
