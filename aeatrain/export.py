@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import getpass
+import importlib.util
 import json
 import logging
 import re
@@ -165,12 +166,15 @@ class PackagedNetwork(nn.Module):
 
 
 def _require_export_packages() -> None:
-    """bioimageio.spec and onnx, or one line saying how to get them."""
+    """bioimageio.spec and onnx, or one line saying how to get them (found, not imported:
+    onnx is imported when the weights are written, after every check)."""
     missing = []
     for module in ("bioimageio.spec", "onnx"):
         try:
-            __import__(module)
-        except ImportError:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a parent package is missing
+            found = False
+        if not found:
             missing.append(module)
     if missing:
         raise ExportError(f"export needs {', '.join(missing)}: {EXPORT_EXTRA}")
@@ -751,7 +755,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--license", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing bioimage.io package"
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is a package this command wrote (never any other file)",
     )
     return parser.parse_args(argv)
 
