@@ -639,7 +639,8 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
             f"{GLOBAL_CONTEXT_MODELS[run.model_name]} is global: every output pixel depends "
             "on a summary of the whole input tensor, which the halo cannot cover. Predicting "
             "the whole image in one piece matches aeatrain's whole-image prediction; a tool "
-            "that tiles uses each tile's own summary, which changes the output slightly. "
+            "that tiles uses each tile's own summary, which changes the output, most near "
+            "the image's edges. "
             "Give the whole image where memory allows.",
             "",
         ]
