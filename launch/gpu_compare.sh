@@ -18,7 +18,8 @@
 #    models; each trains for the steps that fit its share. U-Net, GVTNet and AEANet always;
 #    AEANet references-only and batch-aware-only too when each of the five still gets
 #    2000 steps (their step time is taken as AEANet's, an upper bound). Exit 1 before any
-#    training when a model would get fewer than 200 steps.
+#    training when a model would get fewer than 200 steps. A training run still going 60 s
+#    past its share is stopped (a failed stage; the others go on).
 # 4. Training, pooled, one process, seed 0: the shipped configs' networks at the paper's
 #    batch (8 random 256 x 256 crops) with the L1 loss and Adam, trained with the cpu
 #    profile of launch/paper_suite.sh otherwise (docs/results.md): Adam at LR (default
@@ -225,9 +226,9 @@ if not fits:
 EOF
 mapfile -t PLAN < <("${RUN[@]}" -c 'import json, sys
 plan = json.load(open(sys.argv[1]))
-print(plan["setting"])
+print(plan["setting"], max(round(plan["seconds_per_model"]), 60) + 60)
 for model, p in plan["models"].items(): print(model, p["steps"])' "$OUT/plan.json")
-SETTING=${PLAN[0]}
+read -r SETTING TRAIN_LIMIT <<< "${PLAN[0]}"  # a run past its share + 60 s is stopped
 read -r -a SETTING_ARGS <<< "$(setting_args "$SETTING")"
 
 if [ $SMOKE = 1 ]; then
@@ -242,7 +243,8 @@ for line in "${PLAN[@]:1}"; do
     refs=()
     [ $SMOKE = 1 ] && [ "$model" != unet ] && [ "$model" != gvtnet ] \
         && [ "$model" != aeanet_batch_only ] && refs=(--model.num_refs 8)
-    stage "train $model" "${RUN[@]}" aeatrain/train.py --config "configs/$model.yaml" \
+    stage "train $model" timeout --kill-after=10 "$TRAIN_LIMIT" "${RUN[@]}" aeatrain/train.py \
+        --config "configs/$model.yaml" \
         --data.root "$OUT/DATA" --train.run_dir "$OUT/runs/$model" --train.seed 0 \
         --train.steps "$steps" --optim.loss l1 --optim.lr "$LR" --optim.schedule cosine \
         --optim.warmup_steps $((steps < 500 ? steps / 10 : 50)) --optim.grad_clip_norm 1.0 \
