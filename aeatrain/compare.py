@@ -103,7 +103,8 @@ def read_evaluation(folder: Path) -> Evaluation:
         raise UserError(f"{path}: holds {len(rows)} rows; compare takes one evaluation per folder")
     row = rows[0]
     summary = row.get("summary") if isinstance(row, dict) else None
-    missing = [k for k, _, _ in COLUMNS if not isinstance((summary or {}).get(k), (int, float))]
+    summary = summary if isinstance(summary, dict) else {}
+    missing = [k for k, _, _ in COLUMNS if not isinstance(summary.get(k), (int, float))]
     if missing:
         raise UserError(f"{path}: its row has no summary figure {missing[0]!r}")
     try:

@@ -99,6 +99,7 @@ def test_the_same_folder_twice_is_refused(tmp_path):
         ({"rows": [{"label": "x"}], "data": {"manifest_sha256": "a"}},
          r"metrics.json: its row has no summary figure 'dpsnr'"),
         ({"rows": ["x"]}, r"metrics.json: its row has no summary figure 'dpsnr'"),
+        ({"rows": [{"summary": [1, 2]}]}, r"metrics.json: its row has no summary figure 'dpsnr'"),
         ({"rows": [{"summary": {"dpsnr": 1, "dssim": 1, "fg_dpsnr": 1, "bg_dpsnr": 1}}]},
          r"metrics.json: says nothing of the data it scored"),
         ("{", r"metrics.json: not readable JSON"),
