@@ -67,6 +67,7 @@ NOT_THE_SETUP = (
     "train.keep_checkpoints", "train.max_skipped_steps", "data.root", "data.cache_dir",
     "data.num_workers", "data.verify", "logging",
 )  # fmt: skip
+# (an LB-NLM run's seed is lbnlm.seed: see _setup_config)
 
 
 @dataclass
@@ -117,7 +118,10 @@ def read_evaluation(folder: Path) -> Evaluation:
     runs = [_recorded_run(run, path) for run in row.get("runs") or []]
     if not runs:
         raise UserError(f"{path}: its row lists no runs; evaluate it again")
-    seeds = {(run["config"].get("train") or {}).get("seed") for run in runs}
+    seeds = {
+        _section(run["config"], "train").get("seed", _section(run["config"], "lbnlm").get("seed"))
+        for run in runs
+    }
     seed = str(seeds.pop()) if len(seeds) == 1 and None not in seeds else folder_seed or "-"
     selftrain = row.get("kind") == "selftrain"  # one run per pair, alike but for data.pairs
     distinct = {
@@ -162,16 +166,27 @@ def _read_run_folder(run_dir: Path, path: Path) -> tuple[dict, str | None]:
 
 
 def _setup_config(config: dict, selftrain: bool) -> dict:
-    """``config`` without :data:`NOT_THE_SETUP` (and data.pairs in a self-training row)."""
+    """``config`` without :data:`NOT_THE_SETUP` (and data.pairs in a self-training row).
+
+    LB-NLM (``python -m aeatrain.lbnlm``) records in its model section and its ``lbnlm``
+    section what its seeded search chose and measured, not what was asked of it: of those
+    only the model's name is its setup."""
     ignored = set(NOT_THE_SETUP) | ({"data.pairs"} if selftrain else set())
     setup = {}
     for section, values in config.items():
-        if section in ignored:
+        if section in ignored or section == "lbnlm":
             continue
         if isinstance(values, dict):
             values = {k: v for k, v in values.items() if f"{section}.{k}" not in ignored}
         setup[section] = values
+    if _section(config, "model").get("name") == "lbnlm":
+        setup["model"] = {"name": "lbnlm"}
     return setup
+
+
+def _section(config: dict, name: str) -> dict:
+    values = config.get(name)
+    return values if isinstance(values, dict) else {}
 
 
 def _first_difference(a, b, where: str = "") -> str:

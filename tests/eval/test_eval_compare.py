@@ -86,6 +86,24 @@ def test_one_name_for_two_setups_or_one_run_twice_is_refused(tmp_path, second, e
         main([str(first), str(other)])
 
 
+def test_lbnlm_seeds_are_one_setup_whatever_their_search_chose(tmp_path, capsys):
+    """lbnlm records the settings its seeded search chose: results, not the setup."""
+    folders = []
+    for seed, h in ((0, 0.05), (1, 0.08)):
+        folder = _evaluation(tmp_path / f"lbnlm-pooled-seed{seed}", 1.0 + seed)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["rows"][0]["runs"][0]["config"] = {
+            "model": {"name": "lbnlm", "h": h}, "data": {"root": "D", "pairs": None},
+            "lbnlm": {"seed": seed, "build_seconds": 3.0 + seed, "search": [[h, 1.0]]},
+        }  # fmt: skip
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        folders.append(str(folder))
+    main(folders)
+    assert "| lbnlm-pooled | 2 | +1.50 ± 0.71 |" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"the same setup and seed 0"):
+        main([folders[0], str(shutil.copytree(folders[0], tmp_path / "lbnlm-pooled-seed5"))])
+
+
 def test_the_same_folder_twice_is_refused(tmp_path):
     folder = _evaluation(tmp_path / "unet-pooled-seed0", 1.0)
     with pytest.raises(UserError, match=r"unet-pooled-seed0/?: given twice"):
