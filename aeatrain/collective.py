@@ -1,6 +1,6 @@
 """The batch-aware collective: how AEANet's batch-aware branch spans the GLOBAL batch.
 
-The batch-aware branch (DESIGN.md section 2) lets every batch-aware image attend to the
+The batch-aware branch (docs/method.md section 2) lets every batch-aware image attend to the
 keys and values of every batch-aware image of the global batch: the batch-aware halves of
 all ranks. The attention module (``aeatrain.models.attention``) knows nothing of ranks; it
 asks its ``batch_group`` three things: which local images are batch-aware (``split``), the

@@ -243,7 +243,7 @@ def group_evaluations(folders: list[Path]) -> tuple[list[Group], dict]:
     return list(groups.values()), {"summary": reference.summary, "pairs": reference.pairs}
 
 
-# Xie et al., IEEE TMI 2022, Table 1 (real SEM data), as far as DESIGN.md section 5 gives
+# Xie et al., IEEE TMI 2022, Table 1 (real SEM data), as far as docs/method.md section 5 gives
 # it: pooled dPSNR (dB) and dSSIM, AEANet's foreground/background dPSNR. The figures of
 # VDSR, EDSR, RCAN, LB-NLM and of the self-training column are not in our sources: they are
 # left out rather than guessed.

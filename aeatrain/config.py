@@ -8,7 +8,7 @@ clipping), ``train`` (steps, run folder, checkpoints, precision, EMA, speed opti
 docs/training.md is generated from them (``python -m aeatrain.config docs/training.md``)
 and a test keeps it current.
 
-The defaults are the paper-faithful values of DESIGN.md section 4; improvements (EMA,
+The defaults are the paper-faithful values of docs/method.md section 4; improvements (EMA,
 bf16, full-resolution crops, ...) are options switched on by their own configs.
 """
 
@@ -301,7 +301,7 @@ class LoggingConfig(_Section):
         description="Validate every this many steps (and at the end) exactly as "
         "`python -m aeatrain.evaluate` scores the run: each pair's whole registered image "
         "predicted at once (`full` split), its test tiles scored, averaged over tiles then "
-        "pairs, the images split over the processes; logs dPSNR, dSSIM (DESIGN.md "
+        "pairs, the images split over the processes; logs dPSNR, dSSIM (docs/method.md "
         "section 5), image grids, reference heatmaps.",
     )
     eval_max_pairs: int | None = Field(

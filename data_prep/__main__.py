@@ -7,7 +7,7 @@ python -m data_prep synth-mix --out RAW --pairs-per-family 4 --seed 0  (then bui
 python -m data_prep build --raw RAW --out DATA --workers 2
 python -m data_prep build --raw RAW --out DATA --pairs-file PAIRS.csv
 python -m data_prep summary DATA
-python -m data_prep stats RAW [RAW2 ...]  (REAL-SEM-STATS.md's statistics of HR test tiles)
+python -m data_prep stats RAW [RAW2 ...]  (real SEM tiles' statistics of HR test tiles)
 python -m data_prep pairs DATA        (usable pair names, one a line: for job arrays)
 python -m data_prep verify DATA       (hash every shard, index and member once)
 python -m data_prep index DATA        (add shard indexes to a format_version 1 dataset)
@@ -180,7 +180,7 @@ def _add_build(commands) -> None:
 def _add_stats(commands) -> None:
     p = commands.add_parser(
         "stats",
-        help="statistics of REAL-SEM-STATS.md on the HR test tiles of raw folders",
+        help="the statistics of real SEM tiles (docs/data_prep.md) on the HR test tiles of raw folders",
         description="Render each HR test tile as the published figures do (per-tile "
         "min/max, 256 levels, 274x269 nearest neighbour), measure it, and print a markdown "
         "table: one column per raw folder, then the real tiles' figures.",

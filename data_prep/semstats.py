@@ -1,4 +1,4 @@
-"""``data_prep stats``: the statistics of ``/work/shared/REAL-SEM-STATS.md`` for any raw folder.
+"""``data_prep stats``: the statistics of real SEM tiles (docs/data_prep.md) for any raw folder.
 
 Why: the only real SEM tiles reachable here are the published result figures, HR test
 tiles of 320 x 314 shown as 274 x 269 viridis renders. A statistic of generated tiles is
@@ -24,8 +24,9 @@ sum of products over background pixel pairs k apart, mean of rows and columns; c
 share of tile pixels at the top LUT entry; banding = std of the background noise's row
 means / std of its column means, > 1.5.
 
-REAL-SEM-STATS.md does not spell out every definition. These reproduce its column
-"synthetic HR today" (8 pairs of ``synth --seed 0``) to within 10 % on every row but the
+The reference measurement of the real tiles (``REAL`` below) does not spell out every
+definition. These reproduce its measurement of the default generator through the same
+pipeline (8 pairs of ``synth --seed 0``) to within 10 % on every row but the
 autocorrelation, whose lags 1/2/3 read 0.067/0.048/0.029 here against its 0.08/0.05/0.04
 (with noise = image - ``median`` instead they would read -0.03/-0.05/0.02, so the
 published figures did not use that one).
@@ -198,7 +199,8 @@ def summarise(stats: list[TileStats]) -> Summary:
     return Summary(len(stats), rows)
 
 
-# The real HR tiles' figures of REAL-SEM-STATS.md (69 tiles), for the table's last column
+# The real HR tiles' figures (69 tiles of the published result figures, measured through the
+# same render -> invert -> measure pipeline), for the table's last column
 REAL = {
     "foreground fraction": (0.081, 0.039, 0.122),
     "clusters per tile": (26, 17, 40),

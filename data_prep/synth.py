@@ -122,7 +122,7 @@ class SynthConfig:
 
 # Presets: SynthConfig values and the specimen family. ``default`` is the generator as it
 # was first written (byte for byte); ``realistic`` matches the statistics of real SEM
-# tiles (docs/data_prep.md, "Measured statistics"; REAL-SEM-STATS.md's near variant).
+# tiles (docs/data_prep.md, "Measured statistics").
 PRESETS: dict[str, dict] = {
     "default": {},
     "realistic": {

@@ -43,7 +43,7 @@ def test_flops_scale_with_pixels(report):
     flops = report["flops_per_step"]
     paper, full = (2 * 32 * 32), (1 * 48 * 64)
     assert flops["unet/paper"] / flops["unet/full"] == pytest.approx(paper / full, rel=1e-9)
-    # AEANet's attention is linear in the tokens too (DESIGN.md section 2), up to the
+    # AEANet's attention is linear in the tokens too (docs/method.md section 2), up to the
     # references' keys and values, computed once per step whatever the image size
     assert flops["aeanet/paper"] / flops["aeanet/full"] == pytest.approx(paper / full, rel=0.02)
 

@@ -1,4 +1,4 @@
-"""The augmented attention operator of AEANet (DESIGN.md section 2).
+"""The augmented attention operator of AEANet (docs/method.md section 2).
 
 Tokens are the pixels of a feature map. With X_i the n = h*w tokens of image i, q, k, v 1x1
 projections with bias, d the channels per head and queries scaled by d^-1/2:

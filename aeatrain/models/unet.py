@@ -1,4 +1,4 @@
-"""The U-Net shared by "unet", "gvtnet" and "aeanet" (DESIGN.md section 2).
+"""The U-Net shared by "unet", "gvtnet" and "aeanet" (docs/method.md section 2).
 
 Depth 3, as the published TensorFlow code (divelab/AEANets, ``network.py`` with
 ``network_configure.py``), channels c = base_channels:

@@ -1,5 +1,5 @@
 """Adam, the learning-rate schedule (the paper's staircase, or cosine; optional warm-up) and
-the pixel loss (DESIGN.md section 4)."""
+the pixel loss (docs/method.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""synth's presets, specimen families and acquisition effects; the REAL-SEM-STATS measure."""
+"""synth's presets, specimen families and acquisition effects; the statistics of real SEM tiles."""
 
 import json
 import os
@@ -150,7 +150,7 @@ def test_bad_effect_values_are_user_errors():
         preset_config("glossy")
 
 
-# --- the statistics of REAL-SEM-STATS.md -------------------------------------------------
+# --- the statistics of real SEM tiles (data_prep stats) -----------------------------------
 
 
 def test_render_like_figures_quantises_and_resamples():

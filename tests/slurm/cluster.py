@@ -1,7 +1,7 @@
 """A real SLURM cluster on 127.0.0.1 for the launcher tests.
 
 Starts munge, one ``slurmctld`` and one ``slurmd -N nodeK`` per logical node, all on this
-host with distinct ports (see ../shared/SLURM-LOCAL.md for what was seen working). The
+host with distinct ports (docs/scaling.md says what the launcher tests check). The
 Debian packages are installed on first use when missing and we are root; otherwise the
 tests that need the cluster skip with the reason.
 """
