@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -44,6 +46,8 @@ from torch import nn
 from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
 from aeatrain.models import EDSR, RCAN, VDSR, UNet
+
+log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 16  # the published code pads to 2 ** (depth + 1) = 16
 DEFAULT_BATCH = 4  # tiles per forward pass (tiled_rows: on GPUs)
@@ -177,6 +181,7 @@ def cpu_session(model: nn.Module, pixels: int):
     cached = _sessions.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
+    start = time.perf_counter()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -185,6 +190,12 @@ def cpu_session(model: nn.Module, pixels: int):
         _onnx_bytes(model), options, providers=["CPUExecutionProvider"]
     )
     _sessions[model] = (key, session)
+    log.info(
+        "%s runs in onnxruntime on %d CPU thread(s) (exported in %.1f s)",
+        type(model).__name__,
+        options.intra_op_num_threads,
+        time.perf_counter() - start,
+    )
     return session
 
 

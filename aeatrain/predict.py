@@ -86,7 +86,7 @@ def upsample(image: np.ndarray, scale: float) -> np.ndarray:
     h, w = image.shape
     size = output_shape(image.shape, scale)[::-1]  # (width, height)
     if size == (w, h):
-        return image.copy()
+        return image  # not a copy: a 16-bit 8192 x 8192 input is 128 MiB
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
 
 
@@ -174,6 +174,7 @@ def super_resolve_rows(
     whole image.
     """
     upsampled = upsample(image, scale)  # integer: converted to float a tile at a time
+    del image  # the caller lets go of the input too: only its upsampling is held
     if tile is None:
         tile = AUTO_TILE if upsampled.size > AUTO_TILE_PIXELS else 0
         if tile:
@@ -277,6 +278,7 @@ def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
 def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: float) -> tuple:
     """Read, super-resolve and write one image; returns (input shape, output shape)."""
     source = read_input(job.source, args)
+    in_shape, bit_depth, calibration = source.image.shape, source.bit_depth, source.calibration
     bands = super_resolve_rows(
         model,
         source.image,
@@ -286,21 +288,20 @@ def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: flo
         device=args.device,
         tta=args.tta,
     )
+    del source  # the input is freed once upsampled (super_resolve_rows holds it till then)
     out_bands = (  # converted OUTPUT_ROWS at a time: to_output's float64 stays small
         to_output(
-            finite_output(band[i : i + OUTPUT_ROWS], args.run),
-            source.bit_depth,
-            float32=args.float32,
+            finite_output(band[i : i + OUTPUT_ROWS], args.run), bit_depth, float32=args.float32
         )
         for band in bands
         for i in range(0, len(band), OUTPUT_ROWS)
     )
-    shape = output_shape(source.image.shape, scale)
-    dtype = np.float32 if args.float32 else np.uint8 if source.bit_depth == 8 else np.uint16
+    shape = output_shape(in_shape, scale)
+    dtype = np.float32 if args.float32 else np.uint8 if bit_depth == 8 else np.uint16
     write_calibrated(
-        job.target, out_bands, shape, dtype, job.source, source.calibration, scale, args.overwrite
+        job.target, out_bands, shape, dtype, job.source, calibration, scale, args.overwrite
     )
-    return source.image.shape, shape
+    return in_shape, shape
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

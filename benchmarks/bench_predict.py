@@ -1,15 +1,16 @@
 """Prediction on the CPU: aeatrain's path against onnxruntime on the same weights and threads.
 
     python benchmarks/bench_predict.py [--models aeanet,unet,edsr,rcan] [--size 944x1280]
-        [--threads 1,2] [--repeats 2] [--big 4096] [--big-model unet --big-channels 8]
+        [--threads 1,2] [--repeats 3] [--no-memory] [--big 4096] [--big-model unet --big-channels 8]
 
 Part 1, per model (published sizes, seeded weights with BatchNorm statistics away from the
 identity) and thread count: ``aeatrain.inference.predict_full`` on one ``--size`` image
 ("ours": whatever backend it picks, onnxruntime for these sizes) against the same network
-exported plainly (``torch.onnx.export``, opset 17, the image's static shape) and run in an
-onnxruntime session with the same number of threads ("ort"). Each side runs in its own
-process (so its peak RSS is its own), the two sides interleaved, ``--repeats`` times; each
-process times its setup (export + session) and then one prediction. Medians are printed.
+exported plainly (``torch.onnx.export``, opset 17, the image's static shape: see
+:func:`ort_session`) and run in an onnxruntime session with the same number of threads
+("ort"). Times: both sides in one process, run after run, ``--repeats`` times each,
+medians (wall, and the ratio of CPU seconds). Setup (export + session) and peak RSS: each
+side once more in a process of its own (``--no-memory`` skips these).
 
 Part 2, ``--big`` (0 skips it): ``python -m aeatrain.predict`` on a 16-bit ``--big`` x
 ``--big`` input at scale 1 (tiles of 1024, overlap 128, the output streamed into a TIFF)
@@ -54,22 +55,32 @@ def build(name: str, channels: int | None = None):
     return model.eval()
 
 
-def ort_session(model, example, threads: int):
-    """The plain network in an onnxruntime session: static shape, default optimisation."""
+def ort_session(model, shape: tuple[int, ...], threads: int):
+    """The plain network in an onnxruntime session (default optimisation) for inputs of
+    ``shape``: traced on a 64 x 64 image (tracing runs the model once: at the full size
+    that is minutes for RCAN), its input and output then declared of ``shape``, so
+    onnxruntime optimises a static-shape graph."""
+    import onnx
     import onnxruntime
     import torch
 
     buffer = io.BytesIO()
+    axes = {name: {0: "n", 2: "h", 3: "w"} for name in ("image", "prediction")}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["prediction"])  # fmt: skip
+        torch.onnx.export(model, (torch.zeros(1, 1, 64, 64),), buffer, dynamo=False,
+                          opset_version=17, input_names=["image"], output_names=["prediction"],
+                          dynamic_axes=axes)  # fmt: skip
+    graph = onnx.load_from_string(buffer.getvalue())
+    for value in (graph.graph.input[0], graph.graph.output[0]):
+        for dim, size in zip(value.type.tensor_type.shape.dim, shape):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(
-        buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-    )
+    return onnxruntime.InferenceSession(graph.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])  # fmt: skip
 
 
 def worker(side: str, name: str, threads: int, height: int, width: int) -> dict:
@@ -90,13 +101,43 @@ def worker(side: str, name: str, threads: int, height: int, width: int) -> dict:
         start = time.perf_counter()
         inference.predict_full(model, image)
     else:
-        session = ort_session(model, torch.from_numpy(image)[None, None], threads)
+        session = ort_session(model, (1, 1, height, width), threads)
         setup = time.perf_counter() - start
         start = time.perf_counter()
         session.run(None, {"image": image[None, None]})
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     return {"setup_s": setup, "seconds": seconds, "peak_mib": peak}
+
+
+def pair_worker(name: str, threads: int, height: int, width: int, repeats: int) -> dict:
+    """Both sides in one process, run after run (ours, ort, ours, ort...): load that
+    comes and goes on a shared machine hits both alike. Median wall and CPU seconds."""
+    import numpy as np
+    import torch
+
+    from aeatrain import inference
+
+    torch.set_num_threads(threads)
+    model = build(name)
+    image = np.random.default_rng(0).random((height, width), dtype=np.float32)
+    session = ort_session(model, (1, 1, height, width), threads)
+    with inference.eval_mode(model):
+        inference.cpu_session(model, image.size)
+    runs = {
+        "ours": lambda: inference.predict_full(model, image),
+        "ort": lambda: session.run(None, {"image": image[None, None]}),
+    }
+    wall: dict[str, list[float]] = {side: [] for side in runs}
+    cpu: dict[str, list[float]] = {side: [] for side in runs}
+    for _ in range(repeats):
+        for side, run in runs.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            wall[side].append(time.perf_counter() - start_wall)
+            cpu[side].append(time.process_time() - start_cpu)
+    return {f"{side}_{kind}": statistics.median(values[side]) for kind, values in
+            (("s", wall), ("cpu_s", cpu)) for side in runs}  # fmt: skip
 
 
 def tiles_worker(channels: int, side: int, threads: int) -> dict:
@@ -109,7 +150,7 @@ def tiles_worker(channels: int, side: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     model = build("unet", channels)
     spans = tile_spans(side, tile=1024, overlap=128)
-    session = ort_session(model, torch.zeros(1, 1, 1024, 1024), threads)
+    session = ort_session(model, (1, 1, 1024, 1024), threads)
     image = np.random.default_rng(0).random((side, side), dtype=np.float32)
     start = time.perf_counter()
     for r0, _ in spans:
@@ -144,23 +185,21 @@ def timed_command(command: list[str], threads: int) -> tuple[float, float]:
 def compare_models(args) -> None:
     height, width = (int(v) for v in args.size.split("x"))
     print(f"## {height} x {width}, one image, medians of {args.repeats} interleaved runs\n")
-    print("| model | threads | ours s | ort s | ours / ort | ours setup s | ort setup s "
-          "| ours peak MiB | ort peak MiB |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | threads | ours s | ort s | ours / ort | ours / ort, CPU s | ours setup s "
+          "| ort setup s | ours peak MiB | ort peak MiB |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for threads in args.threads:
         for name in args.models:
-            runs: dict[str, list[dict]] = {"ours": [], "ort": []}
-            for _ in range(args.repeats):
-                for side in runs:
-                    argv = [side, name, str(threads), str(height), str(width)]
-                    runs[side].append(run_worker(argv))
-            med = {side: {key: statistics.median(r[key] for r in got) for key in got[0]}
-                   for side, got in runs.items()}  # fmt: skip
-            ours, ort = med["ours"], med["ort"]
-            print(f"| {name} | {threads} | {ours['seconds']:.2f} | {ort['seconds']:.2f} "
-                  f"| {ours['seconds'] / ort['seconds']:.2f} | {ours['setup_s']:.1f} "
-                  f"| {ort['setup_s']:.1f} | {ours['peak_mib']:.0f} | {ort['peak_mib']:.0f} |",
-                  flush=True)  # fmt: skip
+            size = [str(threads), str(height), str(width)]
+            pair = run_worker(["pair", name, *size, str(args.repeats)])
+            alone = {side: run_worker([side, name, *size]) if args.memory else None
+                     for side in ("ours", "ort")}  # fmt: skip
+            cells = [f"{pair['ours_s']:.2f}", f"{pair['ort_s']:.2f}",
+                     f"{pair['ours_s'] / pair['ort_s']:.2f}",
+                     f"{pair['ours_cpu_s'] / pair['ort_cpu_s']:.2f}"]  # fmt: skip
+            for key, form in (("setup_s", "{:.1f}"), ("peak_mib", "{:.0f}")):
+                cells += [form.format(alone[s][key]) if alone[s] else "-" for s in alone]
+            print(f"| {name} | {threads} | " + " | ".join(cells) + " |", flush=True)
 
 
 def compare_big(args) -> None:
@@ -202,6 +241,9 @@ def main() -> None:
         kind, *rest = sys.argv[2:]
         if kind == "tiles":
             answer = tiles_worker(*(int(v) for v in rest))
+        elif kind == "pair":
+            name, *numbers = rest
+            answer = pair_worker(name, *(int(v) for v in numbers))
         else:
             name, threads, height, width = rest
             answer = worker(kind, name, int(threads), int(height), int(width))
@@ -211,7 +253,9 @@ def main() -> None:
     parser.add_argument("--models", default="aeanet,unet,edsr,rcan")
     parser.add_argument("--size", default="944x1280", help="HxW of part 1's image")
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the one-side processes that give setup times and peak RSS")  # fmt: skip
     parser.add_argument("--big", type=int, default=4096, help="part 2's smaller side; 0: skip")
     parser.add_argument("--big-model", default="unet")
     parser.add_argument("--big-channels", type=int, default=8)
