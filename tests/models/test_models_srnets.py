@@ -1,4 +1,4 @@
-"""VDSR, EDSR and RCAN: published sizes, the README's table, shapes, keywords."""
+"""VDSR, EDSR and RCAN: published sizes, docs/models.md's table, shapes, keywords."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from aeatrain.models import SR_NETWORKS, build_model
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+MODELS_DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 PUBLISHED = {"vdsr": 665_921, "edsr": 1_219_841, "rcan": 15_294_625}
 
 
@@ -18,26 +18,28 @@ def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def readme_counts() -> dict[str, int]:
-    """``| `name` | ... | 1,234 | ...`` rows of the README's model tables."""
+def documented_counts() -> dict[str, int]:
+    """``| `name` | ... | 1,234 | ...`` rows of docs/models.md's model tables."""
     counts = {}
-    for name, count in re.findall(r"^\| `(\w+)` \|[^|\n]*\| ([\d,]+) \|", README.read_text(), re.M):
+    for name, count in re.findall(
+        r"^\| `(\w+)` \|[^|\n]*\| ([\d,]+) \|", MODELS_DOC.read_text(), re.M
+    ):
         counts[name] = int(count.replace(",", ""))
     return counts
 
 
 @pytest.mark.parametrize("name", SR_NETWORKS)
-def test_published_size_and_readme(name):
+def test_published_size_and_documented(name):
     count = parameters(build_model(name))
     assert count == PUBLISHED[name]
-    assert readme_counts()[name] == count
+    assert documented_counts()[name] == count
 
 
-def test_readme_counts_of_the_unet_family_too():
-    counts = readme_counts()
+def test_documented_counts_of_the_unet_family_too():
+    counts = documented_counts()
     for name in ("unet", "gvtnet", "aeanet"):
         assert re.search(
-            rf"\| `{name}` \|[^\n]*\| {parameters(build_model(name)):,}", README.read_text()
+            rf"\| `{name}` \|[^\n]*\| {parameters(build_model(name)):,}", MODELS_DOC.read_text()
         )
     assert set(PUBLISHED) <= set(counts)
 
