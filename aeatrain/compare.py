@@ -32,6 +32,7 @@ from pathlib import Path
 from aeatrain.config import load_yaml
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
+from aeatrain.models import MODELS
 from aeatrain.outputs import check_replaceable_file, record_outputs
 
 SEED_SUFFIX = re.compile(r"[-_]seed(\d+)$")
@@ -253,8 +254,7 @@ PAPER_TABLE_1: dict[str, dict[str, float]] = {
     "aeanet": {"pooled:dpsnr": 2.10, "pooled:dssim": 0.087, "pooled:fg_dpsnr": 1.15,
                "pooled:bg_dpsnr": 2.42},
 }  # fmt: skip
-TABLE_1_METHODS = {"vdsr": "VDSR", "edsr": "EDSR", "rcan": "RCAN", "lbnlm": "LB-NLM (ours)",
-                   "unet": "U-Net", "gvtnet": "GVTNet", "aeanet": "AEANet"}  # fmt: skip
+TABLE_1_ROWS = ("vdsr", "edsr", "rcan", "lbnlm", "unet", "gvtnet", "aeanet")  # the paper's order
 TABLE_1_COLUMNS = (("pooled", "dpsnr", "pooled dPSNR", 2), ("pooled", "dssim", "pooled dSSIM", 3),
                    ("self", "dpsnr", "self dPSNR", 2), ("self", "dssim", "self dSSIM", 3),
                    ("pooled", "fg_dpsnr", "fg dPSNR", 2), ("pooled", "bg_dpsnr", "bg dPSNR", 2))  # fmt: skip
@@ -300,8 +300,8 @@ def table_1(groups: list[Group]) -> str:
         method, kind = split_label(group.label)
         if kind is not None:
             by_method.setdefault(method, {})[kind] = group
-    known = [m for m in TABLE_1_METHODS if m in by_method]
-    methods = known + [m for m in by_method if m not in TABLE_1_METHODS]
+    known = [m for m in TABLE_1_ROWS if m in by_method]
+    methods = known + [m for m in by_method if m not in TABLE_1_ROWS]
     header = ["method", "seeds"]
     for _, _, title, _ in TABLE_1_COLUMNS:
         header += [f"{title} (ours)", f"{title} (paper)"]
@@ -311,7 +311,7 @@ def table_1(groups: list[Group]) -> str:
         seeds = "/".join(
             str(len(kinds[k].seeds)) if k in kinds else "-" for k in ("pooled", "self")
         )
-        cells = [TABLE_1_METHODS.get(method, method), seeds]
+        cells = [MODELS[method].label if method in MODELS else method, seeds]
         for kind, key, _, digits in TABLE_1_COLUMNS:
             ours = _cell(kinds[kind], key, digits) if kind in kinds else "-"
             paper = PAPER_TABLE_1.get(method, {}).get(f"{kind}:{key}")

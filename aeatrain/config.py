@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aeatrain.errors import UserError
+from aeatrain.models import DEFAULT_MODEL, DEFAULTS, MODELS, input_multiple, trainable_names
 
 SECTIONS = ("model", "data", "optim", "train", "logging")
 
@@ -42,34 +43,35 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which network to build; every field but ``name`` is a keyword of ``build_model``."""
 
-    name: Literal["unet", "gvtnet", "aeanet", "vdsr", "edsr", "rcan"] = Field(
-        "aeanet",
-        description="Network: `aeanet` (the paper's), the baselines `unet` (residual "
-        "bottom block) and `gvtnet` (plain self-attention bottom block), or the classic SR "
-        "networks of the paper's Table 1 `vdsr`, `edsr`, `rcan` (scale-1 bodies at the HR "
-        "frame). Options that do not apply to the chosen network must keep their defaults.",
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="Network, one of the trainable models of `aeatrain.models.MODELS`: "
+        + "; ".join(f"`{name}`: {MODELS[name].summary}" for name in trainable_names())
+        + ". Options that do not apply to the chosen network must keep their defaults.",
     )
-    base_channels: int = Field(32, ge=1, description="Channels of the first level (32, 64, 128).")
-    heads: int = Field(2, ge=1, description="Attention heads (aeanet, gvtnet).")
+    base_channels: int = Field(
+        DEFAULTS["base_channels"], ge=1, description="Channels of the first level (32, 64, 128)."
+    )
+    heads: int = Field(DEFAULTS["heads"], ge=1, description="Attention heads (aeanet, gvtnet).")
     num_refs: int = Field(
-        64,
+        DEFAULTS["num_refs"],
         ge=0,
         description="Shared learned references of aeanet (paper 64; ablations 16, 32; 0 = "
         "batch-aware branch only).",
     )
     batch_aware: bool = Field(
-        True,
+        DEFAULTS["batch_aware"],
         description="aeanet: send the first half of each per-device batch through the "
         "batch-aware branch, whose keys/values span the GLOBAL batch (all processes). "
         "False = references only (ablation).",
     )
     normalize: Literal["linear", "softmax"] = Field(
-        "linear",
+        DEFAULTS["normalize"],
         description="Attention normalisation: `linear` divides by the number of keys (the "
         "paper's Eq. 2, linear in the token count); `softmax` is the usual softmax.",
     )
     bn_momentum: float = Field(
-        0.003,
+        DEFAULTS["bn_momentum"],
         gt=0,
         le=1,
         description="BatchNorm momentum in PyTorch's convention (paper 0.003 = TensorFlow's "
@@ -77,24 +79,40 @@ class ModelConfig(_Section):
         "short runs (debug, demo) must use a larger value such as 0.1, or evaluation in "
         "eval mode uses unsettled statistics and scores garbage.",
     )
-    bn_eps: float = Field(1e-5, gt=0, description="BatchNorm epsilon.")
+    bn_eps: float = Field(DEFAULTS["bn_eps"], gt=0, description="BatchNorm epsilon.")
     residual: bool = Field(
-        False,
+        DEFAULTS["residual"],
         description="Add the input image to the network's output (predict the residual). "
         "Off in the published network; also for edsr and rcan (vdsr always adds it).",
     )
-    width: int = Field(64, ge=1, description="vdsr, edsr, rcan: feature channels (64).")
+    width: int = Field(
+        DEFAULTS["width"], ge=1, description="vdsr, edsr, rcan: feature channels (64)."
+    )
     depth: int | None = Field(
-        None,
+        DEFAULTS["depth"],
         ge=0,
         description="vdsr: conv layers (20, at least 2); edsr: residual blocks (16); rcan: "
         "blocks per residual group (20). null = the published depth.",
     )
-    groups: int = Field(10, ge=1, description="rcan: residual groups (10).")
-    reduction: int = Field(16, ge=1, description="rcan: channel-attention reduction (16).")
-    res_scale: float = Field(
-        1.0, gt=0, description="edsr: scale of each residual block's branch (1; 0.1 in big EDSR)."
+    groups: int = Field(DEFAULTS["groups"], ge=1, description="rcan: residual groups (10).")
+    reduction: int = Field(
+        DEFAULTS["reduction"], ge=1, description="rcan: channel-attention reduction (16)."
     )
+    res_scale: float = Field(
+        DEFAULTS["res_scale"],
+        gt=0,
+        description="edsr: scale of each residual block's branch (1; 0.1 in big EDSR).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _trainable(cls, name: str) -> str:
+        """The choices are read when validating, so a model added to ``MODELS`` is one."""
+        names = trainable_names()
+        if name not in names:
+            choices = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+            raise ValueError(f"Input should be {choices}")
+        return name
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``build_model(name, **kwargs)``; also written to run.json."""
@@ -583,9 +601,7 @@ def validate_tree(tree: dict, source: str) -> Config:
 
 def check_crop_multiple(config: Config, source: str) -> None:
     """``data.crop_size`` against the model's ``input_multiple`` (one source of it: the
-    model class, ``aeatrain.models.input_multiple``); ConfigError naming the key."""
-    from aeatrain.models import input_multiple
-
+    model's spec, ``aeatrain.models.MODELS``); ConfigError naming the key."""
     multiple = input_multiple(config.model.name)
     crop = config.data.crop_size
     if isinstance(crop, int) and crop % multiple:

@@ -69,6 +69,7 @@ from aeatrain.imageio import (
     unit_scale,
 )
 from aeatrain.inference import padding_multiple
+from aeatrain.models import model_spec
 from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,6 @@ OUTSIDE = -1.0  # the package's padding value: pixels are >= 0, so a frame of it
 STATE_DICT = "weights_state_dict.pt"  # an attachment, for train.init_from (not a weight format)
 MAX_TEST_SIZE = 128  # side of the test tensors (px), at most (or the minimum size if larger)
 INPUT_ID, OUTPUT_ID = "lr", "sr"
-GLOBAL_CONTEXT_MODELS = {  # models with an image-global part, and what it is
-    "aeanet": "The bottom attention block",
-    "gvtnet": "The bottom attention block",
-    "rcan": "The channel attention (a mean over all pixels)",
-}
 EXPORT_EXTRA = "pip install 'aeatrain[export]'"
 PAPER_CITE = (
     "Xie, Ding, Ji: Augmented Equivariant Attention Networks for Microscopy Image "
@@ -193,14 +189,14 @@ def check_target(out: Path, *, overwrite: bool) -> None:
 
 def load_network(run_dir: str, weights: str):
     """The run's float32 network in eval mode and its RunInfo; refuses non-networks."""
-    from aeatrain.models import TRAINABLE
+    from aeatrain.models import MODELS, trainable_names
     from aeatrain.runs import RUN_JSON, load_run, read_run_json
 
     name = (read_run_json(run_dir).get("model") or {}).get("name")
-    if name not in TRAINABLE:  # lbnlm is a library built from data, not network weights
+    if name not in MODELS or not MODELS[name].trainable:  # lbnlm: a library built from data
         raise ExportError(
             f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a trained neural network "
-            f"({', '.join(TRAINABLE)}); a bioimage.io package holds network weights"
+            f"({', '.join(trainable_names())}); a bioimage.io package holds network weights"
         )
     model, run = load_run(run_dir, weights=weights, device="cpu")
     if len(set(run.bit_depths)) != 1:
@@ -594,10 +590,12 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
     """The package's README.md: what goes in and out, why, how it was trained and scored."""
     top = max_value(run.bit_depths[0])
     scale = f"{run.scale:g}"
+    spec = model_spec(run.model_name)
     lines = [
         f"# {info.name}",
         "",
-        f"`{run.model_name}` ({run.model_kwargs}) trained with aeatrain on paired SEM images "
+        f"`{run.model_name}`, {spec.summary} ({run.model_kwargs}), trained with aeatrain on "
+        f"paired SEM images "
         f"(magnification M and {scale}M): it turns an LR image into an image of HR quality. "
         f"Exported from the run folder `{run.path.name}` ({info.weights_kind} weights, step "
         f"{run.step}) by `python -m aeatrain.export`.",
@@ -634,9 +632,9 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
         "OpenCV's bicubic that aeatrain's `predict` and training data use.",
         "",
     ]
-    if run.model_name in GLOBAL_CONTEXT_MODELS:
+    if spec.global_context:
         lines += [
-            f"{GLOBAL_CONTEXT_MODELS[run.model_name]} is global: every output pixel depends "
+            f"{spec.global_context} is global: every output pixel depends "
             "on a summary of the whole input tensor, which the halo cannot cover. Predicting "
             "the whole image in one piece matches aeatrain's whole-image prediction; a tool "
             "that tiles uses each tile's own summary, which changes the output, most near "

@@ -45,7 +45,8 @@ from torch import nn
 
 from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
-from aeatrain.models import EDSR, RCAN, VDSR, UNet
+from aeatrain.models.srnets import EDSR, RCAN, VDSR
+from aeatrain.models.unet import UNet
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import from_float, to_float, write_image
 from aeatrain.inference import choose_device, eval_mode, pad_to_multiple, padding_multiple
 from aeatrain.malloc import keep_freed_memory
+from aeatrain.models import shared_references
 from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.predict import (
     add_input_arguments,
@@ -57,8 +58,7 @@ REF_CHUNK = 16  # references per forward pass when ranking all of them
 
 def num_refs(model: nn.Module, run_path: Path) -> int:
     """The model's number of shared references; UserError for models without any."""
-    attention = getattr(model, "attention", None)
-    count = getattr(attention, "num_refs", 0) if attention is not None else 0
+    count = shared_references(model)
     if not count or not hasattr(model, "reference_maps"):
         raise UserError(
             f"{run_path}: this model has no shared references; reference maps need an "

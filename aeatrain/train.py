@@ -65,7 +65,7 @@ from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.evaluate import score_pairs, summarize_pairs
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.models import build_model, input_multiple
+from aeatrain.models import build_model, input_multiple, model_spec, shared_references
 from aeatrain.runfolder import ResumePoint, RunFolder, RunFolderError, dataset_record
 from aeatrain.runs import InitialWeights, load_into, read_initial_weights
 from aeatrain.training import lock as runlock
@@ -217,7 +217,7 @@ def per_device_batch(cfg: Config, num_processes: int) -> int:
     if batch % num_processes:
         raise ConfigError(f"{name}={batch} does not divide over {num_processes} processes")
     local = batch // num_processes
-    if cfg.model.name == "aeanet" and cfg.model.batch_aware and local < 2:
+    if model_spec(cfg.model.name).batch_aware and cfg.model.batch_aware and local < 2:
         raise ConfigError(
             f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
             f"least 2 (the first half of each process's batch trains the batch-aware "
@@ -802,11 +802,10 @@ class ShownTiles:
 
 
 def log_pictures(t: Trainer, model: nn.Module, prefix: str, shown: list) -> None:
-    """Main process: LR | prediction | HR grids of the shown tiles and, for aeanet, their
-    reference heatmaps."""
+    """Main process: LR | prediction | HR grids of the shown tiles and, for a model with
+    shared references (aeanet), their reference heatmaps."""
     writer = t.accelerator.get_tracker("tensorboard", unwrap=True)
-    num_refs = t.cfg.model.num_refs if t.cfg.model.name == "aeanet" else 0
-    refs = chosen_references(num_refs, t.cfg.logging.heatmap_refs)
+    refs = chosen_references(shared_references(model), t.cfg.logging.heatmap_refs)
     for tile, prediction in shown:
         name = f"{tile.pair}/{tile.tile_id}"
         grid = comparison_grid(tile, prediction)  # (1, H, 3W + gaps)
