@@ -40,6 +40,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def _input_multiples() -> str:
+    """``4 for unet, gvtnet, aeanet; 1 for vdsr, edsr, rcan``, from ``MODELS``."""
+    by_multiple: dict[int, list[str]] = {}
+    for name in trainable_names():
+        by_multiple.setdefault(MODELS[name].input_multiple, []).append(name)
+    return "; ".join(f"{m} for {', '.join(names)}" for m, names in by_multiple.items())
+
+
 class ModelConfig(_Section):
     """Which network to build; every field but ``name`` is a keyword of ``build_model``."""
 
@@ -138,9 +146,9 @@ class DataConfig(_Section):
     crop_size: Annotated[int, Field(ge=4)] | Literal["full"] = Field(
         256,
         description="Side of the square random crops in HR pixels, a multiple of the "
-        "model's input multiple (4 for unet, gvtnet, aeanet: two stride-2 downsamplings; 1 "
-        "for vdsr, edsr, rcan); `full` = the whole training region as one crop (floored to "
-        "that multiple; the smallest region's size where pairs differ).",
+        f"model's input multiple ({_input_multiples()}); `full` = the whole training region "
+        "as one crop (floored to that multiple; the smallest region's size where pairs "
+        "differ).",
     )
     global_batch_size: int = Field(
         8,
