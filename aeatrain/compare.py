@@ -29,9 +29,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aeatrain.config import load_yaml
+from aeatrain.config import read_saved_config
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
+from aeatrain.metrics import ScoredRun, read_metrics
 from aeatrain.models import MODELS
 from aeatrain.outputs import check_replaceable_file, record_outputs
 
@@ -90,33 +91,21 @@ def read_evaluation(folder: Path) -> Evaluation:
     path = folder / "metrics.json"
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: a file; compare takes the folders evaluate wrote (--out)")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (run python -m aeatrain.evaluate --out {folder})")
+    metrics = read_metrics(path)
+    if len(metrics.rows) != 1:
         raise UserError(
-            f"{path}: no such file (run python -m aeatrain.evaluate --out {folder})"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not readable JSON ({err})") from None
-    rows = metrics.get("rows") if isinstance(metrics, dict) else None
-    if not isinstance(rows, list):
-        raise UserError(f"{path}: not a metrics.json of aeatrain.evaluate (no list of rows)")
-    if len(rows) != 1:
-        raise UserError(f"{path}: holds {len(rows)} rows; compare takes one evaluation per folder")
-    row = rows[0]
-    summary = row.get("summary") if isinstance(row, dict) else None
-    summary = summary if isinstance(summary, dict) else {}
-    missing = [k for k, _, _ in COLUMNS if not isinstance(summary.get(k), (int, float))]
+            f"{path}: holds {len(metrics.rows)} rows; compare takes one evaluation per folder"
+        )
+    row = metrics.rows[0]
+    missing = [k for k, _, _ in COLUMNS if row.summary.get(k) is None]
     if missing:
         raise UserError(f"{path}: its row has no summary figure {missing[0]!r}")
-    try:
-        data = metrics["data"]["manifest_sha256"]
-    except (KeyError, TypeError):
-        raise UserError(
-            f"{path}: says nothing of the data it scored (data.manifest_sha256)"
-        ) from None
+    summary = {key: value for key, value in row.summary.items() if value is not None}
+    data = metrics.data.manifest_sha256
     label, folder_seed = _label(folder)
-    runs = [_recorded_run(run, path) for run in row.get("runs") or []]
+    runs = [_recorded_run(run, path) for run in row.runs]
     if not runs:
         raise UserError(f"{path}: its row lists no runs; evaluate it again")
     seeds = {
@@ -124,14 +113,14 @@ def read_evaluation(folder: Path) -> Evaluation:
         for run in runs
     }
     seed = str(seeds.pop()) if len(seeds) == 1 and None not in seeds else folder_seed or "-"
-    selftrain = row.get("kind") == "selftrain"  # one run per pair, alike but for data.pairs
+    selftrain = row.kind == "selftrain"  # one run per pair, alike but for data.pairs
     distinct = {
         json.dumps(setup, sort_keys=True): setup
         for setup in ({**run, "config": _setup_config(run["config"], selftrain)} for run in runs)
     }
-    setup = {"kind": row.get("kind"), "prediction": row.get("prediction"),
+    setup = {"kind": row.kind, "prediction": row.prediction,
              "runs": [distinct[key] for key in sorted(distinct)]}  # fmt: skip
-    return Evaluation(folder, label, seed, setup, summary, sorted(row.get("pairs") or {}), data)
+    return Evaluation(folder, label, seed, setup, summary, sorted(row.pairs), data)
 
 
 def _label(folder: Path) -> tuple[str, str | None]:
@@ -141,29 +130,28 @@ def _label(folder: Path) -> tuple[str, str | None]:
     return (name[: match.start()], match.group(1)) if match else (name, None)
 
 
-def _recorded_run(run: dict, path: Path) -> dict:
+def _recorded_run(run: ScoredRun, path: Path) -> dict:
     """What metrics.json says was run: model, weights, config, dataset trained on. A
     metrics.json of an aeatrain before they were recorded: read from the run folder."""
-    if not isinstance(run, dict):
-        raise UserError(f"{path}: a run of its row is not a mapping")
-    config, trained_on = run.get("config"), run.get("trained_on")
-    if not isinstance(config, dict):
-        config, trained_on = _read_run_folder(Path(str(run.get("path"))), path)
-    return {"model": run.get("model"), "weights": run.get("weights"), "config": config,
+    config, trained_on = run.config, run.trained_on
+    if config is None:
+        config, trained_on = _read_run_folder(Path(run.path), path)
+    return {"model": run.model, "weights": run.weights, "config": config,
             "trained_on": trained_on}  # fmt: skip
 
 
 def _read_run_folder(run_dir: Path, path: Path) -> tuple[dict, str | None]:
+    from aeatrain.runs import CONFIG_YAML, read_run_json  # imports torch: older files only
+
     try:
-        config = load_yaml((run_dir / "config.yaml").read_bytes(), run_dir / "config.yaml")
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        config = read_saved_config(run_dir / CONFIG_YAML)
+        info = read_run_json(run_dir)
+    except UserError as err:
         raise UserError(
             f"{path}: does not record what its run {run_dir} was (an older aeatrain wrote it) "
             f"and the run folder cannot be read ({err}); evaluate the run again"
         ) from None
-    dataset = info.get("dataset") if isinstance(info, dict) else None
-    return (config if isinstance(config, dict) else {}), (dataset or {}).get("identity")
+    return config, (info.dataset or {}).get("identity")
 
 
 def _setup_config(config: dict, selftrain: bool) -> dict:

@@ -481,6 +481,22 @@ def load_yaml(text: str | bytes, source: str | Path) -> Any:
         ) from None
 
 
+def read_saved_config(path: str | Path) -> dict[str, dict]:
+    """A run's ``config.yaml`` as :meth:`Config.to_yaml` saved it: section -> {key: value}.
+
+    The one reader of saved configs (runs, run folders, compare). It is not validated
+    against today's :class:`Config`: a run of an older aeatrain may hold keys since renamed
+    or removed, and its readers show or compare what ran. ConfigError names the file and
+    the section that is not a mapping."""
+    tree = read_yaml_tree(path)
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: section {section!r} is a {type(values).__name__}, not a mapping"
+            )
+    return tree
+
+
 def read_yaml_tree(path: str | Path) -> dict:
     """The mapping in a YAML config file; ConfigError naming the file if it is not one.
 

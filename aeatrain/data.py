@@ -74,10 +74,7 @@ from webdataset.shardlists import expand_urls
 
 from aeatrain import shardio
 from aeatrain.dataformat import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST_NAME,
-    PROTOCOLS,
     DatasetError,
     IndexedSample,
     Manifest,
@@ -86,9 +83,9 @@ from aeatrain.dataformat import (
     ShardIndex,
     index_name,
     index_tar,
+    manifest_from_json,
     parse_json,
     sha256_bytes,
-    validation_message,
     verify_shards,
 )
 from aeatrain.imageio import to_float
@@ -292,38 +289,9 @@ def _read_manifest(text: str) -> DatasetManifest:
                 f"{path}: no such manifest (expected a DATA folder from data_prep build)"
             )
     data = shardio.read_file(path)
-    try:
-        raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise DatasetError(f"{path}: not a dataset manifest (top level is not an object)")
-    model = _check_manifest_fields(path, raw)
+    model = manifest_from_json(data, path)
     root = path.rpartition("/")[0] if "://" in path else str(Path(path).parent)
-    return DatasetManifest(root, path, sha256_bytes(data), raw, model)
-
-
-def _check_manifest_fields(path: str, raw: dict) -> Manifest:
-    if raw.get("format") != FORMAT:
-        raise DatasetError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
-    version = raw.get("format_version")
-    if version == 1:
-        raise DatasetError(
-            f"{path}: format_version 1 has no shard indexes; add them once with "
-            f"`python -m data_prep index DATA` (or rebuild the dataset)"
-        )
-    if version != FORMAT_VERSION:
-        raise DatasetError(
-            f"{path}: format_version is {version!r}; this aeatrain reads version {FORMAT_VERSION}"
-        )
-    protocol = raw.get("protocol")
-    name = protocol.get("name") if isinstance(protocol, dict) else None
-    if name not in PROTOCOLS:
-        raise DatasetError(f"{path}: protocol.name is {name!r}, expected one of {list(PROTOCOLS)}")
-    try:
-        return Manifest.model_validate(raw)
-    except ValueError as err:
-        raise DatasetError(f"{path}: {validation_message(err)}") from None
+    return DatasetManifest(root, path, sha256_bytes(data), model.as_dict(), model)
 
 
 def _check_files(manifest: DatasetManifest, root: Path) -> None:

@@ -165,6 +165,7 @@ class PairInfo(_Open):
     train_region: Region
     pixel_size_nm: PixelSizes | None = None  # None: a dataset built before they were kept
     bar_rows: BarRows | None = None
+    bar_sources: dict[str, str | None] | None = None  # why each row was cut (None: older)
 
 
 class ShardEntry(_Open):
@@ -205,6 +206,26 @@ class Manifest(_Open):
         """The document as read or built: fields with defaults that it did not have (an
         older dataset's missing ``bar_from_metadata``, a pair's ``pixel_size_nm``) stay out."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+class ShardEntryV1(_Open):
+    file: str
+    samples: int = Field(ge=0)
+    sha256: str
+
+
+class SplitEntryV1(_Open):
+    samples: int = Field(ge=0)
+    shards: list[ShardEntryV1]
+
+
+class ManifestV1(_Open):
+    """A ``format_version`` 1 manifest (no shard indexes), read only to upgrade it
+    (``data_prep index``); the keys of :class:`Manifest` besides its splits are kept."""
+
+    format: Literal["aeatrain-dataset"]
+    format_version: Literal[1]
+    splits: dict[str, SplitEntryV1]
 
 
 class Member(_Strict):
@@ -336,6 +357,85 @@ def parse_json(data: bytes, model: type[BaseModel]):
         return model.model_validate(raw)
     except ValidationError as err:
         raise ValueError(validation_message(err)) from None
+
+
+def read_document(path: str | Path, model: type[BaseModel], what: str):
+    """``model`` from the JSON file ``path``, the one way aeatrain reads back its own JSON
+    formats; UserError in one line naming the file and, for a wrong field, its dotted key
+    (``what``: the document, as "a manifest of data_prep build")."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: unreadable ({err.strerror or err})") from None
+    try:
+        return parse_json(data, model)
+    except ValueError as err:
+        raise UserError(f"{path}: not {what} ({err})") from None
+
+
+def manifest_from_json(data: bytes, path: str) -> Manifest:
+    """``manifest.json``'s bytes (read from ``path``, a file or URL) checked: format,
+    format_version, protocol, then every field; :class:`DatasetError` naming the file and
+    the field. The one reader of the manifest (``aeatrain.data``, ``data_prep``)."""
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: not a dataset manifest (top level is not an object)")
+    if raw.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
+    version = raw.get("format_version")
+    if version == 1:
+        raise DatasetError(
+            f"{path}: format_version 1 has no shard indexes; add them once with "
+            f"`python -m data_prep index DATA` (or rebuild the dataset)"
+        )
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version is {version!r}; this aeatrain reads version {FORMAT_VERSION}"
+        )
+    protocol = raw.get("protocol")
+    name = protocol.get("name") if isinstance(protocol, dict) else None
+    if name not in PROTOCOLS:
+        raise DatasetError(f"{path}: protocol.name is {name!r}, expected one of {list(PROTOCOLS)}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as err:
+        raise DatasetError(f"{path}: {validation_message(err)}") from None
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """A local ``manifest.json`` (:func:`manifest_from_json`)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{path}: not found (expected a DATA folder from data_prep build)"
+        ) from None
+    except OSError as err:
+        raise DatasetError(f"{path}: unreadable ({err.strerror or err})") from None
+    return manifest_from_json(data, str(path))
+
+
+class _ManifestHeader(_Open):
+    format: Literal["aeatrain-dataset"]
+    format_version: int
+
+
+def read_manifest_to_upgrade(path: str | Path) -> ManifestV1 | None:
+    """The version 1 manifest ``data_prep index`` upgrades; None when ``path`` is a
+    version 2 one already (checked as :func:`read_manifest` does). UserError for any
+    other document, naming the file and the field."""
+    what = "an aeatrain dataset manifest of format_version 1 or 2"
+    header = read_document(path, _ManifestHeader, what)
+    if header.format_version == FORMAT_VERSION:
+        read_manifest(path)
+        return None
+    return read_document(path, ManifestV1, what)
 
 
 # ----------------------------------------------------------------------------- hashing

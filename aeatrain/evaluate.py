@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import json
 import logging
 import math
 import os
@@ -71,7 +70,13 @@ from aeatrain.inference import (
     self_ensemble,
 )
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.metrics import TileScores, average_pairs, mean_scores, score_regions
+from aeatrain.metrics import (
+    TileScores,
+    average_pairs,
+    mean_scores,
+    metrics_json_text,
+    score_regions,
+)
 from aeatrain.outputs import METRICS, check_replaceable_file
 from aeatrain.runs import add_loading_arguments, finite_output
 
@@ -677,17 +682,6 @@ def markdown_report(results: list[RowResult], *, data: str, device: str, seconds
     )
 
 
-def _finite(value):
-    """JSON has no NaN: NaN -> null, recursively."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def result_json(result: RowResult) -> dict:
     pairs = {}
     for run in result.runs:
@@ -735,7 +729,7 @@ def metrics_json(results: list[RowResult], *, data: str, manifest_sha256: str, d
         },
         "rows": [result_json(r) for r in results],
     }
-    return json.dumps(_finite(document), indent=1) + "\n"
+    return metrics_json_text(document)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,6 @@ import argparse
 import copy
 import getpass
 import importlib.util
-import json
 import logging
 import re
 import tempfile
@@ -69,6 +68,7 @@ from aeatrain.imageio import (
     unit_scale,
 )
 from aeatrain.inference import padding_multiple
+from aeatrain.metrics import read_metrics
 from aeatrain.models import model_spec
 from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
 
@@ -192,7 +192,7 @@ def load_network(run_dir: str, weights: str):
     from aeatrain.models import MODELS, trainable_names
     from aeatrain.runs import RUN_JSON, load_run, read_run_json
 
-    name = (read_run_json(run_dir).get("model") or {}).get("name")
+    name = read_run_json(run_dir).model.name
     if name not in MODELS or not MODELS[name].trainable:  # lbnlm: a library built from data
         raise ExportError(
             f"{Path(run_dir) / RUN_JSON}: model {name!r} is not a trained neural network "
@@ -558,7 +558,7 @@ def _origin(run) -> str:
     """A sentence naming the weights a fine-tuned run started from (train.init_from); or ''."""
     from aeatrain.runs import read_run_json
 
-    source = read_run_json(run.path).get("init_from")
+    source = read_run_json(run.path).init_from
     if not source:
         return ""
     step = f" at step {source['step']}" if source.get("step") is not None else ""
@@ -572,14 +572,16 @@ def _evaluation_summary(path: Path, run_dir: Path) -> dict | None:
     """The summary of ``run_dir``'s row in an aeatrain metrics.json, with its tile count;
     None when the file is absent, unreadable or scores other runs only."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        for row in document["rows"]:
-            if any(Path(r["path"]).resolve() == run_dir.resolve() for r in row["runs"]):
-                summary = {key: float(row["summary"][key]) for key in _SUMMARY_KEYS}
-                summary["tiles"] = sum(len(pair["tiles"]) for pair in row["pairs"].values())
-                return summary
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = read_metrics(path).rows
+    except UserError:
         return None
+    for row in rows:
+        if any(Path(r.path).resolve() == run_dir.resolve() for r in row.runs):
+            if any(row.summary.get(key) is None for key in _SUMMARY_KEYS):
+                return None
+            summary = {key: float(row.summary[key]) for key in _SUMMARY_KEYS}
+            summary["tiles"] = sum(len(pair.tiles) for pair in row.pairs.values())
+            return summary
     return None
 
 
@@ -777,7 +779,7 @@ def check_metadata(args: argparse.Namespace) -> None:
     from aeatrain.runs import read_run_json
 
     if args.name is None:
-        model_name = (read_run_json(args.run).get("model") or {}).get("name")
+        model_name = read_run_json(args.run).model.name
         args.name = default_name(str(model_name), args.run)
     for option, value in (("--name", args.name), ("--license", args.license)):
         field = ModelDescr.model_fields[option[2:]]

@@ -234,7 +234,7 @@ def check_out(out: Path, overwrite: bool) -> None:
         return
     if not (out / RUN_JSON).is_file():
         raise UserError(f"{out}: not empty and holds no aeatrain run; choose another --out")
-    name = (read_run_json(out).get("model") or {}).get("name")
+    name = read_run_json(out).model.name
     if name != "lbnlm":
         raise UserError(f"{out}: holds a {name!r} run, not an lbnlm one; choose another --out")
     if not overwrite:

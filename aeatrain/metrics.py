@@ -25,15 +25,20 @@ Aggregation is the paper's: average over the tiles of a pair, then over pairs.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
 
+from aeatrain.dataformat import read_document
 from aeatrain.imageio import max_value
 
 # cv2.PSNR computes 20*log10(R / (sqrt(mse) + DBL_EPSILON)); the masked PSNR copies it.
@@ -232,3 +237,81 @@ def _with_gains(means: dict[str, float]) -> dict[str, float]:
         "fg_dpsnr": means["fg_psnr"] - means["fg_input_psnr"],
         "bg_dpsnr": means["bg_psnr"] - means["bg_input_psnr"],
     }
+
+
+# --- metrics.json: the file python -m aeatrain.evaluate writes -------------------------
+
+
+class _Open(BaseModel):
+    """Keys a newer aeatrain adds are kept; those an older one did not write default."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ScoredRun(_Open):
+    """A run scored in a row: where it is and what it was (``config``, ``trained_on``:
+    None in a file of an aeatrain before they were recorded; read the run folder)."""
+
+    path: str
+    model: str | None = None
+    step: int | None = None
+    weights: str | None = None
+    pairs: list[str] = []
+    config: dict | None = None
+    trained_on: str | None = None
+
+
+class ScoredPair(_Open):
+    run: str | None = None
+    mean: dict[str, float | None] = {}  # :func:`mean_scores` of the pair's tiles
+    tiles: dict[str, dict[str, float | None]] = {}  # tile -> :meth:`TileScores.as_dict`
+
+
+class MetricsRow(_Open):
+    """One row of the table: a run, a seed group or a self-training set of runs."""
+
+    label: str | None = None
+    kind: str | None = None  # "run" or "selftrain"
+    runs: list[ScoredRun] = []
+    prediction: dict | None = None  # the tiling the predictions were made with
+    summary: dict[str, float | None] = {}  # :func:`average_pairs`: the row's figures
+    pairs: dict[str, ScoredPair] = {}
+
+
+class ScoredData(_Open):
+    path: str | None = None
+    manifest_sha256: str
+
+
+class MetricsFile(_Open):
+    """``metrics.json`` (docs/formats.md): the data scored, the protocol, the rows; NaN
+    (a tile without foreground) is written as null."""
+
+    format: Literal["aeatrain-metrics"] = "aeatrain-metrics"
+    format_version: Literal[1] = 1
+    data: ScoredData
+    rows: list[MetricsRow]
+
+
+def _finite(value):
+    """JSON has no NaN: NaN -> null, recursively."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def metrics_json_text(document: dict) -> str:
+    """The text of ``metrics.json`` for ``document``; checked against :class:`MetricsFile`
+    first, so the writer cannot drift from the reader."""
+    document = _finite(document)
+    MetricsFile.model_validate(document)
+    return json.dumps(document, indent=1) + "\n"
+
+
+def read_metrics(path: str | Path) -> MetricsFile:
+    """A ``metrics.json``; UserError naming the file and the field that is wrong."""
+    return read_document(path, MetricsFile, "a metrics.json of aeatrain.evaluate")

@@ -31,7 +31,7 @@ from pathlib import Path
 from torch import nn
 
 from aeatrain import checkpoint as ckpt
-from aeatrain.config import Config, load_yaml
+from aeatrain.config import Config, read_saved_config
 from aeatrain.data import DatasetManifest, dataset_identity
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_text
@@ -261,7 +261,7 @@ class RunFolder:
 
 def _check_same_run(saved_path: Path, cfg: Config) -> None:
     """Refuse a change of anything but :data:`RESUMABLE_CHANGES` against RUN/config.yaml."""
-    saved = load_yaml(saved_path.read_bytes(), saved_path) or {}
+    saved = read_saved_config(saved_path)
     current = cfg.model_dump(mode="json")
     for section, values in current.items():
         if section == "logging":

@@ -24,15 +24,18 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from aeatrain import __version__
-from aeatrain.config import load_yaml
+from aeatrain.config import load_yaml, read_saved_config
+from aeatrain.dataformat import parse_json
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_bytes, atomic_write_text
 from aeatrain.inference import choose_device
@@ -155,11 +158,40 @@ def write_run_files(
         "weights": weights,
         "init_from": init_from,
     }
+    RunJson.model_validate(run_json)  # the writer cannot drift from the reader
     atomic_write_text(run_dir / RUN_JSON, json.dumps(run_json, indent=2) + "\n", overwrite=True)
     log.info("wrote run files to %s (step %d, ema: %s)", run_dir, step, ema_model is not None)
 
 
-def read_run_json(run_dir: str | Path) -> dict:
+class RunModelEntry(BaseModel):
+    """run.json's ``model``: ``build_model(name, **kwargs)`` rebuilds the network."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kwargs: dict = {}
+
+
+class RunJson(BaseModel):
+    """``run.json`` (docs/formats.md section 3), as :func:`write_run_files` writes it.
+    Keys a newer aeatrain adds are kept (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["aeatrain-run"]
+    format_version: int
+    tool_version: str | None = None
+    written: str | None = None
+    scale: float = Field(gt=0)
+    bit_depths: list[int]
+    dataset: dict | None = None  # {"path", "manifest_sha256", "identity", ...}
+    model: RunModelEntry
+    step: int = Field(ge=0)
+    weights: dict[str, str | None]  # "raw"/"ema" -> file name in the run folder (None: none)
+    init_from: dict | None = None  # train.init_from: the weights the run started from
+
+
+def read_run_json(run_dir: str | Path) -> RunJson:
     """``run.json`` of a run folder, checked; :class:`RunError` naming what is wrong."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -169,38 +201,36 @@ def read_run_json(run_dir: str | Path) -> dict:
         hint = " (training has not finished yet?)" if (run_dir / "checkpoints").is_dir() else ""
         raise RunError(f"{run_dir}: not a finished run folder, {RUN_JSON} is missing{hint}")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
-        raise RunError(f"{path}: not an aeatrain run file (format is not {RUN_FORMAT!r})")
-    if info.get("format_version") != RUN_FORMAT_VERSION:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RunError(f"{path}: not readable ({err.strerror or err})") from None
+    try:
+        header = parse_json(data, _RunHeader)
+    except ValueError as err:
+        raise RunError(f"{path}: not an aeatrain run file ({err})") from None
+    if header.format_version != RUN_FORMAT_VERSION:
         raise RunError(
-            f"{path}: format_version {info.get('format_version')!r} is not supported "
+            f"{path}: format_version {header.format_version!r} is not supported "
             f"(this aeatrain reads {RUN_FORMAT_VERSION})"
         )
-    for key in ("scale", "bit_depths", "model", "step", "weights"):
-        if key not in info:
-            raise RunError(f"{path}: key {key!r} is missing")
-    return info
-
-
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / CONFIG_YAML
-    if not path.is_file():
-        raise RunError(f"{path}: missing (a run folder holds the config it ran with)")
     try:
-        config = load_yaml(path.read_bytes(), path)
-    except OSError as err:
-        raise RunError(f"{path}: not readable ({err.strerror})") from None
-    return config if isinstance(config, dict) else {}
+        return parse_json(data, RunJson)
+    except ValueError as err:
+        raise RunError(f"{path}: {err}") from None
 
 
-def _choose_weights(run_dir: Path, info: dict, weights: str) -> str:
+class _RunHeader(BaseModel):
+    """What tells a run.json from another file, checked before its fields."""
+
+    format: Literal["aeatrain-run"]
+    format_version: int | str | None = None
+
+
+def _choose_weights(run_dir: Path, info: RunJson, weights: str) -> str:
     """ "auto" -> "ema" if the run has EMA weights else "raw"; checks the file exists."""
     if weights not in ("auto", "ema", "raw"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'raw', not {weights!r}")
-    listed = info["weights"] or {}
+    listed = info.weights
     kind = weights
     if weights == "auto":
         kind = "ema" if listed.get("ema") else "raw"
@@ -315,27 +345,26 @@ def load_run(
 
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
-    config = _read_config(run_dir)
+    config = read_saved_config(run_dir / CONFIG_YAML)
     kind = _choose_weights(run_dir, info, weights)
-    model_info = info["model"]
-    name, kwargs = model_info.get("name"), dict(model_info.get("kwargs") or {})
+    name, kwargs = info.model.name, dict(info.model.kwargs)
     try:
         model = build_model(name, **kwargs)
     except (KeyError, TypeError, ValueError) as err:
         raise RunError(f"{run_dir / RUN_JSON}: cannot build model {name!r} ({err})") from None
-    path = run_dir / info["weights"][kind]
+    path = run_dir / info.weights[kind]
     load_into(model, _load_state(path, name), path)
     model.to(device).eval()
     run = RunInfo(
         path=run_dir,
-        scale=float(info["scale"]),
-        bit_depths=[int(b) for b in info["bit_depths"]],
+        scale=info.scale,
+        bit_depths=list(info.bit_depths),
         model_name=name,
         model_kwargs=kwargs,
-        step=int(info["step"]),
+        step=info.step,
         weights_kind=kind,
         config=config,
-        dataset=dict(info.get("dataset") or {}),
+        dataset=dict(info.dataset or {}),
     )
     log.info("loaded %s (%s, step %d, %s weights)", run_dir, name, run.step, kind)
     return model, run
@@ -375,16 +404,16 @@ def read_initial_weights(source: str | Path) -> InitialWeights:
 def _run_weights(run_dir: Path) -> InitialWeights:
     info = read_run_json(run_dir)
     kind = _choose_weights(run_dir, info, "auto")
-    name = info["model"].get("name")
-    file = run_dir / info["weights"][kind]
+    name = info.model.name
+    file = run_dir / info.weights[kind]
     record = {
         "path": str(run_dir.resolve()),
         "kind": "run",
         "weights": kind,
-        "step": int(info["step"]),
+        "step": info.step,
         "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
     }
-    kwargs = dict(info["model"].get("kwargs") or {})
+    kwargs = dict(info.model.kwargs)
     return InitialWeights(run_dir, name, kwargs, _load_state(file, name), record)
 
 

@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def snapshot(run: Path, step: int, folder: Path, out: Path) -> Path:
     """A run folder holding checkpoint ``folder``'s weights (and EMA weights, if any)."""
     info = read_run_json(run)
-    name, kwargs = info["model"]["name"], info["model"]["kwargs"]
+    name, kwargs = info.model.name, info.model.kwargs
     raw = build_model(name, **kwargs)
     load_into(raw, load_file(str(folder / CHECKPOINT_MODEL)), folder / CHECKPOINT_MODEL)
     averaged, ema = None, ema_parameters(folder)
@@ -92,8 +92,8 @@ def snapshot(run: Path, step: int, folder: Path, out: Path) -> Path:
         state.update(ema)  # ... with the EMA parameters
         load_into(averaged, state, folder)
     write_run_files(
-        out, model=raw, model_name=name, model_kwargs=kwargs, scale=info["scale"],
-        bit_depths=info["bit_depths"], dataset=info.get("dataset") or {}, step=step,
+        out, model=raw, model_name=name, model_kwargs=kwargs, scale=info.scale,
+        bit_depths=info.bit_depths, dataset=info.dataset or {}, step=step,
         config_yaml=(run / CONFIG_YAML).read_text(encoding="utf-8"), ema_model=averaged,
     )  # fmt: skip
     return out

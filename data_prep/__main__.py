@@ -32,6 +32,7 @@ from data_prep import semstats
 from data_prep.build import build_dataset
 from data_prep.families import FAMILIES, MIX, synthesize_mix
 from data_prep.qc import pair_table, summary_text
+from data_prep.registration import read_registration
 from data_prep.shards import add_indexes
 from data_prep.synth import FORMATS, PRESET_FAMILY, PRESETS, SynthConfig, preset_config, synthesize
 from data_prep.truth import check_truth, truth_table
@@ -295,7 +296,7 @@ def _build(args) -> int:
         overwrite=args.overwrite,
         command=command,
     )
-    print(pair_table({o.name: o.record for o in outcomes}))
+    print(pair_table(read_registration(args.out)))  # as written
     ok = sum(o.ok for o in outcomes)
     print(
         f"build: {ok} of {len(outcomes)} pairs usable, dataset in {args.out} "

@@ -20,7 +20,6 @@ fails only when no pair is usable.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -37,7 +36,13 @@ from data_prep.pairs import RawPair, find_pairs, load_pair_images
 from data_prep.pairs_file import read_pairs_file
 from data_prep.parallel import parallel_map
 from data_prep.qc import write_qc
-from data_prep.registration import RegistrationConfig, register, warp_lr_to_hr
+from data_prep.registration import (
+    REGISTRATION_JSON,
+    RegistrationConfig,
+    register,
+    registration_json,
+    warp_lr_to_hr,
+)
 from data_prep.shards import Sample, build_manifest, write_manifest, write_split
 from data_prep.split import PROTOCOL, paper_split
 
@@ -295,9 +300,8 @@ def build_dataset(
                 log.warning("%s: rejected: %s", o.name, o.record["reason"])
         if not any(o.ok for o in outcomes):
             raise _no_usable_pair(raw, outcomes)
-        records = {o.name: o.record for o in outcomes}
-        text = json.dumps(records, indent=2, sort_keys=True) + "\n"
-        (staging / "registration.json").write_text(text, encoding="utf-8")
+        text = registration_json({o.name: o.record for o in outcomes})
+        (staging / REGISTRATION_JSON).write_text(text, encoding="utf-8")
         _write_dataset(staging, outcomes, bar_row, no_bar, command)
         shutil.rmtree(staging / _SCRATCH)
     return outcomes

@@ -9,16 +9,14 @@ run straight across the squares), and above them the registration figures. ``sum
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
-from pydantic import ValidationError
 
-from aeatrain.dataformat import MANIFEST_NAME, Manifest, validation_message
-from aeatrain.errors import UserError
-from data_prep.registration import flatten_background
+from aeatrain.dataformat import MANIFEST_NAME, BarRows, Manifest, read_manifest
+from data_prep.registration import RegistrationRecord, flatten_background, read_registration
 
 _CHECKER_PX = 32
 _BACKGROUND_PX = 40.0  # sigma of the brightness variation removed for display
@@ -121,42 +119,32 @@ def write_qc(path: Path, name: str, lr_warped: np.ndarray, hr: np.ndarray, recor
 # --- dataset summary ---------------------------------------------------------------------
 
 
-def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: not found (is {path.parent} a dataset built by data_prep build?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-
-
-def pair_table(records: dict[str, dict]) -> str:
+def pair_table(records: Mapping[str, RegistrationRecord]) -> str:
     """One line per pair: status, registration figures, reason."""
     lines = [
         f"{'pair':<20} {'status':<8} {'inliers':>11} {'rmse_px':>8} {'ncc':>6} "
         f"{'scale':>7} {'rot_deg':>8}  reason"
     ]
     for name, r in sorted(records.items()):
-        inliers = f"{r.get('inliers', 0)}/{r.get('matches', 0)}"
         lines.append(
-            f"{name:<20} {r['status']:<8} {inliers:>11} {_fmt(r.get('rmse_px')):>8} "
-            f"{_fmt(r.get('ncc')):>6} {_fmt(r.get('scale'), 4):>7} "
-            f"{_fmt(r.get('rotation_deg'), 3):>8}  {r.get('reason') or ''}"
+            f"{name:<20} {r.status:<8} {f'{r.inliers}/{r.matches}':>11} {_fmt(r.rmse_px):>8} "
+            f"{_fmt(r.ncc):>6} {_fmt(r.scale, 4):>7} "
+            f"{_fmt(r.rotation_deg, 3):>8}  {r.reason or ''}"
         )
     return "\n".join(lines)
 
 
-def _bar_rows_text(manifest: dict) -> str:
+def _bar_rows_text(manifest: Manifest) -> str:
     """Where the data bars were cut and why: each distinct row of the pairs' files (the
     vendor's rows can differ per file) with its reason, or the manifest's ``bar_row`` for
     datasets built before the rows and reasons were kept."""
-    pairs = manifest["pairs"].values()
-    if not any("bar_rows" in pair for pair in pairs):
-        return f"cut at row {manifest['bar_row']}" if manifest["bar_row"] is not None else "none"
+    pairs = manifest.pairs.values()
+    if all(pair.bar_rows is None for pair in pairs):
+        return f"cut at row {manifest.bar_row}" if manifest.bar_row is not None else "none"
     cuts = set()
     for pair in pairs:
-        sources = pair.get("bar_sources") or {}
-        for key, row in (pair.get("bar_rows") or {}).items():
+        sources = pair.bar_sources or {}
+        for key, row in (pair.bar_rows or BarRows()).model_dump().items():
             cuts.add((-1 if row is None else row, sources.get(key)))
     texts = []
     for row, source in sorted(cuts, key=lambda cut: (cut[0], cut[1] or "")):
@@ -166,7 +154,7 @@ def _bar_rows_text(manifest: dict) -> str:
     return ", ".join(texts)
 
 
-def _pixel_sizes_text(records: dict) -> str:
+def _pixel_sizes_text(records: Mapping[str, RegistrationRecord]) -> str:
     """The pixel sizes the files recorded, LR and HR, by the field they came from (range
     and file count): an old dataset (no field recorded) says so, so that a Zeiss size
     read the old way shows."""
@@ -174,13 +162,14 @@ def _pixel_sizes_text(records: dict) -> str:
     for key, label in (("lr", "LR"), ("hr", "HR")):
         by_source: dict[str, list[float]] = {}
         for record in records.values():
-            nm = (record.get("pixel_size_nm") or {}).get(key)
-            micro = (record.get("microscope") or {}).get(key) or {}
+            nm = getattr(record.pixel_size_nm, key, None)
+            micro = getattr(record.microscope, key, None)
             if nm is None:
                 by_source.setdefault("none recorded", [])
                 continue
-            source = micro.get("pixel_size_from") or (
-                f"{micro.get('vendor', '?')}, field not recorded: an older build, which read "
+            vendor = micro.vendor if micro is not None else "?"
+            source = getattr(micro, "pixel_size_from", None) or (
+                f"{vendor}, field not recorded: an older build, which read "
                 "Zeiss files not 1024 wide wrong by width/1024 (AP_PIXEL_SIZE)"
             )
             by_source.setdefault(source, []).append(nm)
@@ -199,49 +188,28 @@ def _pixel_sizes_text(records: dict) -> str:
 def summary_text(data_dir: str | Path) -> str:
     """Short summary of a built dataset: pairs ok/rejected, figures, samples per split."""
     data_dir = Path(data_dir)
-    manifest = _load_json(data_dir / MANIFEST_NAME)
-    if isinstance(manifest, dict) and manifest.get("format_version") == 1:
-        raise UserError(
-            f"{data_dir / MANIFEST_NAME}: format_version 1 has no shard indexes; add them "
-            "once with `python -m data_prep index DATA` (or rebuild the dataset)"
-        )
-    try:
-        Manifest.model_validate(manifest)
-    except ValidationError as err:
-        raise UserError(
-            f"{data_dir / MANIFEST_NAME}: not a manifest of data_prep build "
-            f"({validation_message(err)})"
-        ) from None
-    records = _load_json(data_dir / "registration.json")
-    if not isinstance(records, dict) or not all(
-        isinstance(r, dict) and isinstance(r.get("status"), str) for r in records.values()
-    ):
-        raise UserError(
-            f"{data_dir / 'registration.json'}: not a registration record of data_prep build "
-            "(an object of pair name -> record with a status)"
-        )
-    ok = [r for r in records.values() if r["status"] == "ok"]
+    manifest = read_manifest(data_dir / MANIFEST_NAME)
+    records = read_registration(data_dir)
+    ok = [r for r in records.values() if r.status == "ok"]
     lines = [
-        f"dataset {data_dir}: protocol {manifest['protocol']['name']}, scale "
-        f"{manifest['scale']:g}, bit depth {', '.join(map(str, manifest['bit_depths']))}, "
+        f"dataset {data_dir}: protocol {manifest.protocol.name}, scale "
+        f"{manifest.scale:g}, bit depth {', '.join(map(str, manifest.bit_depths))}, "
         f"data bar: {_bar_rows_text(manifest)}",
         f"pixel sizes: {_pixel_sizes_text(records)}",
         f"pairs: {len(ok)} ok, {len(records) - len(ok)} rejected",
         pair_table(records),
     ]
-    ncc = [r["ncc"] for r in ok if isinstance(r.get("ncc"), (int, float))]
+    ncc = [r.ncc for r in ok if r.ncc is not None]
     if ncc:
-        rmse = [r["rmse_px"] for r in ok if isinstance(r.get("rmse_px"), (int, float))]
+        rmse = [r.rmse_px for r in ok if r.rmse_px is not None]
         figures = f"registration: ncc min {min(ncc):.3f} median {np.median(ncc):.3f}"
         if rmse:
             figures += f"; feature rmse_px median {np.median(rmse):.2f} max {max(rmse):.2f}"
         lines.append(figures)
-    splits = manifest["splits"]
+    splits = manifest.splits
     order = [s for s in ("train", "test", "full") if s in splits]
     lines.append(
         "samples: "
-        + ", ".join(
-            f"{s} {splits[s]['samples']} in {len(splits[s]['shards'])} shard(s)" for s in order
-        )
+        + ", ".join(f"{s} {splits[s].samples} in {len(splits[s].shards)} shard(s)" for s in order)
     )
     return "\n".join(lines)

@@ -23,13 +23,18 @@ half-pixel slip.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, RootModel
 
+from aeatrain.dataformat import Microscope, PixelSizes, read_document
 from aeatrain.imageio import opencv_message
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,53 @@ class Registration:
             "rotation_deg": _round(self.rotation_deg, 4),
             "coarse": self.coarse,
         }
+
+
+REGISTRATION_JSON = "registration.json"
+
+_Row = Annotated[list[FiniteFloat], Field(min_length=3, max_length=3)]
+Homography = Annotated[list[_Row], Field(min_length=3, max_length=3)]
+"""A 3x3 matrix of finite numbers, row by row (LR pixel (x, y, 1) -> HR pixel)."""
+
+
+class RegistrationRecord(BaseModel):
+    """One pair's entry of a DATA folder's ``registration.json`` (docs/formats.md): what
+    :meth:`Registration.as_record` says, the files and what their microscope recorded.
+    Keys a newer build adds are kept (``extra="allow"``); those an older build lacked
+    take their defaults."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "rejected"]
+    reason: str | None = None
+    homography: Homography | None = None
+    inliers: int = 0
+    matches: int = 0
+    rmse_px: float | None = None
+    ncc: float | None = None
+    scale: float | None = None
+    rotation_deg: float | None = None
+    pixel_size_nm: PixelSizes | None = None
+    microscope: Microscope | None = None
+    qc: str | None = None
+
+
+class Registrations(RootModel[dict[str, RegistrationRecord]]):
+    """``registration.json``: pair name -> :class:`RegistrationRecord`, rejected pairs too."""
+
+
+def registration_json(records: dict[str, dict]) -> str:
+    """The text of ``registration.json`` (``data_prep build`` writes it); each record is
+    checked against :class:`RegistrationRecord` first, so the writer cannot drift from
+    the reader."""
+    Registrations.model_validate(records)
+    return json.dumps(records, indent=2, sort_keys=True) + "\n"
+
+
+def read_registration(data: str | Path) -> dict[str, RegistrationRecord]:
+    """``DATA/registration.json`` of a built dataset; UserError naming the file and field."""
+    path = Path(data) / REGISTRATION_JSON
+    return read_document(path, Registrations, "a registration.json of data_prep build").root
 
 
 class _Failed(Exception):

@@ -34,7 +34,6 @@ published figures did not use that one).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
 from data_prep.pairs import find_pairs, load_pair_images
 from data_prep.split import paper_split
+from data_prep.synth import TRUTH_JSON, read_truth
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +259,9 @@ def stats_table(columns: dict[str, Summary]) -> str:
 
 def synthetic_bar_row(raw: str | Path) -> int | None:
     """The bar row recorded in ``raw/truth.json`` (a ``data_prep synth`` folder), else None."""
-    path = Path(raw) / "truth.json"
-    if not path.is_file():
+    if not (Path(raw) / TRUTH_JSON).is_file():
         return None
-    try:
-        return int(json.loads(path.read_text(encoding="utf-8"))["bar_row"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise UserError(f"{path}: not a data_prep synth truth file (no bar_row)") from None
+    return read_truth(raw).bar_row
 
 
 def measure_folder(raw: str | Path, *, pairs: int | None, bar_row: int | None) -> Summary:

@@ -28,6 +28,7 @@ from aeatrain.dataformat import (
     SampleMeta,
     ShardEntry,
     index_tar,
+    read_manifest_to_upgrade,
     sample_key,
     save_index,
     write_index,
@@ -176,33 +177,27 @@ def add_indexes(root: str | Path) -> int:
     or a shard whose sha256 is no longer the manifest's."""
     root = Path(root)
     path = root / MANIFEST_NAME
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable manifest ({err})") from None
-    version = raw.get("format_version") if isinstance(raw, dict) else None
-    if raw.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
-        raise UserError(f"{path}: not an aeatrain dataset of format_version 1 or 2")
-    if version == FORMAT_VERSION:
+    old = read_manifest_to_upgrade(path)
+    if old is None:
         return 0
-    shards = [shard for split in raw["splits"].values() for shard in split["shards"]]
+    shards = [shard for split in old.splits.values() for shard in split.shards]
     indexes = []  # every shard indexed and checked before the first index is written
     for shard in shards:
         try:
-            index = index_tar(root / shard["file"])
+            index = index_tar(root / shard.file)
         except (OSError, ValueError, tarfile.TarError) as err:
-            raise UserError(f"{root / shard['file']}: cannot index ({err})") from None
-        if index.shard_sha256 != shard["sha256"]:
-            raise UserError(f"{root / shard['file']}: sha256 differs from {path}; rebuild")
+            raise UserError(f"{root / shard.file}: cannot index ({err})") from None
+        if index.shard_sha256 != shard.sha256:
+            raise UserError(f"{root / shard.file}: sha256 differs from {path}; rebuild")
         indexes.append(index)
     written = []
     try:
         with reporting_write_errors(root):
             for shard, index in zip(shards, indexes):
-                index_path, index_sha256 = save_index(index, root / shard["file"])
+                index_path, index_sha256 = save_index(index, root / shard.file)
                 written.append(index_path)
-                shard.update(index=index_path.name, index_sha256=index_sha256)
-            raw["format_version"] = FORMAT_VERSION
+                shard.index, shard.index_sha256 = index_path.name, index_sha256
+            raw = {**old.model_dump(mode="json"), "format_version": FORMAT_VERSION}
             try:
                 upgraded = Manifest.model_validate(raw).as_dict()
             except ValueError as err:

@@ -33,23 +33,27 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from scipy.signal import lfilter
 
+from aeatrain.dataformat import read_document
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
 from aeatrain.microscope import fei_tag_text, zeiss_tag_text
 from aeatrain.outputs import SYNTH_RAW, nearest_existing
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
+from data_prep.registration import Homography
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "aeatrain.synth"
 VERSION = 1
+TRUTH_JSON = "truth.json"
 # format -> (suffix, bit depth, vendor tags): fei-tif and zeiss-tif carry the metadata
 # those microscopes write (aeatrain/microscope.py), LZW-compressed like Fiji's TIFFs
 FORMATS = {
@@ -646,6 +650,38 @@ def synthesize(
             "specimen": asdict(spec),
             "pairs": dict(results),
         }
+        Truth.model_validate(truth)  # the writer cannot drift from the reader
         text = json.dumps(truth, indent=2) + "\n"
-        (staging / "truth.json").write_text(text, encoding="utf-8")
+        (staging / TRUTH_JSON).write_text(text, encoding="utf-8")
     return truth
+
+
+class TruthPair(BaseModel):
+    """One pair of ``truth.json``: its two files and the true LR->HR homography (the
+    rotation, scale error and offsets that made it are kept as further keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    lr_file: str
+    hr_file: str
+    homography: Homography
+
+
+class Truth(BaseModel):
+    """``RAW/truth.json`` of ``data_prep synth`` (docs/formats.md): how the folder was
+    made (generator, seed, config, specimen as further keys) and each pair's truth."""
+
+    model_config = ConfigDict(extra="allow")
+
+    generator: Literal["aeatrain.synth"]
+    version: int
+    seed: int
+    scale: float
+    bar_row: int  # the images' height: the data bar starts here
+    family: str | None = None  # None: written before the families
+    pairs: dict[str, TruthPair]
+
+
+def read_truth(raw: str | Path) -> Truth:
+    """``raw/truth.json`` checked; UserError naming the file and the field."""
+    return read_document(Path(raw) / TRUTH_JSON, Truth, "a truth.json of data_prep synth")

@@ -7,16 +7,16 @@ registered pair: the figure behind the accuracy claims, reproducible by anyone.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aeatrain.dataformat import MANIFEST_NAME, Manifest, parse_json, sha256_file
+from aeatrain.dataformat import MANIFEST_NAME, read_manifest, sha256_file
 from aeatrain.errors import UserError
-from data_prep.registration import corner_error
+from data_prep.registration import REGISTRATION_JSON, corner_error, read_registration
+from data_prep.synth import TRUTH_JSON, read_truth
 
 
 @dataclass(frozen=True)
@@ -33,36 +33,6 @@ class TruthCheck:
         return float(np.median(list(self.errors_px.values())))
 
 
-def _read(path: Path, what: str) -> dict:
-    """A JSON object from ``path``; UserError (one line) when it is missing or not one."""
-    if not path.is_file():
-        raise UserError(f"{path}: not found")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: not {what} (a JSON {type(value).__name__}, not an object)")
-    return value
-
-
-def _object(value, path: Path, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: {where} is not a JSON object")
-    return value
-
-
-def _homography(entry: dict, path: Path, name: str) -> np.ndarray:
-    """The 3x3 matrix of finite numbers under ``entry["homography"]``, else UserError."""
-    try:
-        matrix = np.array(entry.get("homography"), dtype=float)
-    except (TypeError, ValueError):
-        matrix = None
-    if matrix is None or matrix.shape != (3, 3) or not np.isfinite(matrix).all():
-        raise UserError(f"{path}: pair {name}: 'homography' is not a 3x3 matrix of numbers")
-    return matrix
-
-
 def _corner_error(truth_path: Path, name: str, true, estimated, size) -> float:
     try:
         error = corner_error(true, estimated, size)
@@ -77,31 +47,29 @@ def check_truth(raw: str | Path, data: str | Path) -> TruthCheck:
     """Corner error of every registered pair of ``data`` against ``raw/truth.json``; a
     file that is not what synth and build write raises UserError naming it."""
     raw, data = Path(raw), Path(data)
-    truth_path, records_path = raw / "truth.json", data / "registration.json"
-    truth = _read(truth_path, "a truth.json of data_prep synth")
-    truth_pairs = _object(truth.get("pairs"), truth_path, "'pairs'")
-    records = _read(records_path, "a registration.json of data_prep build")
-    manifest_path = data / MANIFEST_NAME
-    try:
-        manifest = parse_json(manifest_path.read_bytes(), Manifest)
-    except OSError as err:
-        raise UserError(f"{manifest_path}: unreadable ({err.strerror or err})") from None
-    except ValueError as err:
-        raise UserError(f"{manifest_path}: not a manifest of data_prep build ({err})") from None
+    truth_path = raw / TRUTH_JSON
+    truth = read_truth(raw)
+    records = read_registration(data)
+    manifest = read_manifest(data / MANIFEST_NAME)
     errors, rejected = {}, []
-    for name, pair_truth in sorted(truth_pairs.items()):
-        record = _object(records.get(name, {}), records_path, f"pair {name}")
-        if record.get("status") != "ok":
+    for name, pair_truth in sorted(truth.pairs.items()):
+        record = records.get(name)
+        if record is None or record.status != "ok":
             rejected.append(name)
             continue
         size = manifest.pairs.get(name)
         if size is None:
-            raise UserError(f"{manifest_path}: has no pair {name}, which {records_path} registered")
+            raise UserError(
+                f"{data / MANIFEST_NAME}: has no pair {name}, which "
+                f"{data / REGISTRATION_JSON} registered"
+            )
+        if record.homography is None:
+            raise UserError(f"{data / REGISTRATION_JSON}: pair {name} is ok but has no homography")
         errors[name] = _corner_error(
             truth_path,
             name,
-            _homography(_object(pair_truth, truth_path, f"pair {name}"), truth_path, name),
-            _homography(record, records_path, name),
+            np.array(pair_truth.homography),
+            np.array(record.homography),
             (size.width, size.height),
         )
     if not errors:

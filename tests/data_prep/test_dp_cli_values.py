@@ -77,17 +77,19 @@ def _copy_raw(small_raw, raw):
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
-        (lambda t: [], r"truth\.json: not a truth\.json of data_prep synth \(a JSON list"),
-        (lambda t: {**t, "pairs": []}, r"truth\.json: 'pairs' is not a JSON object"),
-        (lambda t: {**t, "pairs": {"syn000": "x"}}, r"truth\.json: pair syn000 is not a JSON"),
-        (lambda t: {**t, "pairs": {"syn000": {"homography": [[1, 0], [0, 1]]}}},
-         r"truth\.json: pair syn000: 'homography' is not a 3x3 matrix of numbers"),
-        (lambda t: {**t, "pairs": {"syn000": {"homography": "eye"}}},
-         r"truth\.json: pair syn000: 'homography' is not a 3x3 matrix of numbers"),
-        (lambda t: {**t, "pairs": {"syn000": {"homography": [[0] * 3] * 3}}},
+        (lambda t: [], r"truth\.json: not a truth\.json of data_prep synth \(\(top level\): Input"),
+        (lambda t: {**t, "pairs": []}, r"truth\.json: not a .* \(pairs: Input should be a valid dict"),
+        (lambda t: {**t, "pairs": {"syn000": "x"}}, r"truth\.json: not a .* \(pairs\.syn000: Input"),
+        (lambda t: {**t, "pairs": {"syn000": {**t["pairs"]["syn000"], "homography": [[1, 0], [0, 1]]}}},
+         r"truth\.json: not a .* \(pairs\.syn000\.homography\.0: List should have at least 3"),
+        (lambda t: {**t, "pairs": {"syn000": {**t["pairs"]["syn000"], "homography": "eye"}}},
+         r"truth\.json: not a .* \(pairs\.syn000\.homography: Input should be a valid list"),
+        (lambda t: {**t, "pairs": {"syn000": {**t["pairs"]["syn000"], "homography": [[1, 0, 0], [0, 1, 0], [0, 0, "nan"]]}}},
+         r"truth\.json: not a .* \(pairs\.syn000\.homography\.2\.2: Input should be a finite"),
+        (lambda t: {**t, "pairs": {"syn000": {**t["pairs"]["syn000"], "homography": [[0] * 3] * 3}}},
          r"truth\.json: pair syn000: the true homography is not invertible"),
     ],
-    ids=["list", "pairs-list", "pair-string", "2x2", "string", "singular"],
+    ids=["list", "pairs-list", "pair-string", "2x2", "string", "nan", "singular"],
 )  # fmt: skip
 def test_check_truth_on_a_corrupt_truth_json_is_one_line(
     small_raw, small_data, tmp_path, capsys, corrupt, message
@@ -102,8 +104,8 @@ def test_check_truth_on_a_corrupt_truth_json_is_one_line(
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
-        ("[]", r"manifest\.json: not a manifest of data_prep build \(\(top level\): Input should"),
-        ('{"format": "aeatrain-dataset"}', r"manifest\.json: not a manifest .*format_version"),
+        ("[]", r"manifest\.json: not a dataset manifest \(top level is not an object\)"),
+        ('{"format": "aeatrain-dataset"}', r"manifest\.json: format_version is None; this aeatrain"),
         ('{"format": "aeatrain-dataset", "format_version": 1}',
          r"manifest\.json: format_version 1 has no shard indexes; add them once with"),
     ],
@@ -113,3 +115,27 @@ def test_summary_of_a_manifest_that_is_not_one_is_one_line(tmp_path, capsys, man
     (tmp_path / "manifest.json").write_text(manifest)
     (tmp_path / "registration.json").write_text("{}")
     assert re.search(message, _refused(["summary", str(tmp_path)], capsys))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("ncc", "high", r"ncc: Input should be a valid number"),
+     ("status", None, r"status: Input should be 'ok' or 'rejected'")],
+    ids=["ncc-text", "no-status"],
+)  # fmt: skip
+def test_summary_and_check_truth_of_a_wrong_registration_record_are_one_line(
+    small_raw, small_data, tmp_path, capsys, key, value, message
+):
+    """registration.json is read by one typed reader: a wrong field is named, not a traceback
+    (a text ncc crashed the summary's formatting; check-truth did not look at it)."""
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    records = json.loads((data / "registration.json").read_text())
+    name = sorted(records)[0]
+    records[name][key] = value
+    (data / "registration.json").write_text(json.dumps(records))
+    expected = (
+        rf"registration\.json: not a registration\.json of data_prep build \({name}\.{message}"
+    )
+    assert re.search(expected, _refused(["summary", str(data)], capsys))
+    assert re.search(expected, _refused(["check-truth", str(small_raw), str(data)], capsys))

@@ -113,14 +113,18 @@ def test_the_same_folder_twice_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("metrics", "expected"),
     [
-        ([], r"metrics.json: not a metrics.json of aeatrain.evaluate \(no list of rows\)"),
+        ([], r"metrics.json: not a metrics.json of aeatrain.evaluate \(\(top level\): Input"),
         ({"rows": [{"label": "x"}], "data": {"manifest_sha256": "a"}},
          r"metrics.json: its row has no summary figure 'dpsnr'"),
-        ({"rows": ["x"]}, r"metrics.json: its row has no summary figure 'dpsnr'"),
-        ({"rows": [{"summary": [1, 2]}]}, r"metrics.json: its row has no summary figure 'dpsnr'"),
+        ({"rows": ["x"], "data": {"manifest_sha256": "a"}},
+         r"metrics.json: not a metrics.json .* \(rows.0: Input should be a valid dictionary"),
+        ({"rows": [{"summary": [1, 2]}], "data": {"manifest_sha256": "a"}},
+         r"metrics.json: not a metrics.json .* \(rows.0.summary: Input should be a valid dict"),
         ({"rows": [{"summary": {"dpsnr": 1, "dssim": 1, "fg_dpsnr": 1, "bg_dpsnr": 1}}]},
-         r"metrics.json: says nothing of the data it scored"),
-        ("{", r"metrics.json: not readable JSON"),
+         r"metrics.json: not a metrics.json .* \(data: Field required"),
+        ({"rows": [], "data": {"manifest_sha256": "a"}},
+         r"metrics.json: holds 0 rows; compare takes one evaluation per folder"),
+        ("{", r"metrics.json: not a metrics.json .* \(not valid JSON"),
     ],
 )  # fmt: skip
 def test_a_metrics_file_compare_cannot_read_is_one_line(tmp_path, metrics, expected):
@@ -145,7 +149,10 @@ def test_an_older_metrics_file_is_read_with_its_run_folder(tmp_path, capsys):
         run = tmp_path / "runs" / f"x-seed{seed}"
         run.mkdir(parents=True)
         (run / "config.yaml").write_text(f"model: {{name: {model}}}\ntrain: {{seed: {seed}}}\n")
-        (run / "run.json").write_text(json.dumps({"dataset": {"identity": "i"}}))
+        (run / "run.json").write_text(json.dumps({
+            "format": "aeatrain-run", "format_version": 1, "scale": 2.0, "bit_depths": [8],
+            "dataset": {"identity": "i"}, "model": {"name": model, "kwargs": {}}, "step": 10,
+            "weights": {"raw": "model.safetensors", "ema": None}}))  # fmt: skip
         folder = _evaluation(tmp_path / f"x-seed{seed}", 1.0)
         metrics = json.loads((folder / "metrics.json").read_text())
         metrics["rows"][0]["runs"] = [{"path": str(run), "model": model, "weights": "raw"}]

@@ -116,7 +116,7 @@ def test_corrupt_weights_and_run_json(tmp_path):
     with pytest.raises(RunError, match="not a readable safetensors file"):
         load_run(run)
     (run / "run.json").write_text("{not json")
-    with pytest.raises(RunError, match=r"run\.json: not readable JSON"):
+    with pytest.raises(RunError, match=r"run\.json: not an aeatrain run file \(not valid JSON"):
         load_run(run)
 
 
