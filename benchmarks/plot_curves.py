@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from aeatrain import checkpoint as ckpt  # noqa: E402
 from aeatrain.errors import UserError, run_cli  # noqa: E402
 from aeatrain.imageio import atomic_write_text  # noqa: E402
+from aeatrain.metrics import read_metrics  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
 from aeatrain.runs import CONFIG_YAML, load_into, read_run_json, write_run_files  # noqa: E402
 
@@ -111,8 +112,7 @@ def checkpoints_of(run: Path, every: int = 1) -> list[tuple[int, Path]]:
 def evaluated_steps(metrics: Path) -> list[int] | None:
     if not metrics.is_file():
         return None
-    rows = json.loads(metrics.read_text(encoding="utf-8"))["rows"]
-    return [row["runs"][0]["step"] for row in rows]
+    return [row.runs[0].step for row in read_metrics(metrics).rows]
 
 
 def curve(run: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
@@ -134,8 +134,7 @@ def curve(run: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
         for snap in snaps:
             command += ["--run", str(snap)]
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    rows = json.loads(metrics.read_text(encoding="utf-8"))["rows"]
-    return {row["runs"][0]["step"]: row["summary"] for row in rows}
+    return {row.runs[0].step: row.summary for row in read_metrics(metrics).rows}
 
 
 def fall(points: dict[int, float]) -> tuple[int, float, float]:
