@@ -143,7 +143,7 @@ def _run_batch(
 
 
 # ------------------------------------------------------------ the CPU backend
-ONNX_MIN_WORK = 2 * 10**11  # parameters x pixels of a forward pass from which onnxruntime pays
+ONNX_MIN_WORK = 5 * 10**10  # parameters x pixels of a forward pass from which onnxruntime pays
 _ONNX_MODELS = (UNet, VDSR, EDSR, RCAN)
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (key, session)
 
@@ -154,10 +154,10 @@ def cpu_session(model: nn.Module, pixels: int):
 
     onnxruntime fuses what eager PyTorch runs op by op (BatchNorm folded into the
     convolutions, activations into them, NCHWc blocked layouts) and ran our networks
-    2-5x faster on the same threads (docs/benchmarks.md). Its outputs equal PyTorch's to
-    float32 rounding (about 1e-7). Exporting and optimising the graph costs about a
-    second per million parameters, so a forward pass of fewer than :data:`ONNX_MIN_WORK`
-    parameters x pixels (tests' small models, small crops) stays in PyTorch, as do
+    faster on the same threads (docs/benchmarks.md). Its outputs equal PyTorch's to
+    float32 rounding (about 1e-7). Exporting and optimising the graph takes seconds, so a
+    forward pass of fewer than :data:`ONNX_MIN_WORK` parameters x pixels (tests' small
+    models, a published-size network on less than 252 x 252 px) stays in PyTorch, as do
     models other than the U-Net family, VDSR, EDSR and RCAN, 16-bit weights, passes under
     autocast, and everything when onnx/onnxruntime are not installed or
     ``AEATRAIN_ONNXRUNTIME=0``. The session is kept

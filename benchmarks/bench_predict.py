@@ -1,7 +1,7 @@
 """Prediction on the CPU: aeatrain's path against onnxruntime on the same weights and threads.
 
     python benchmarks/bench_predict.py [--models aeanet,unet,edsr,rcan] [--size 944x1280]
-        [--threads 1,2] [--repeats 3] [--no-memory] [--big 4096] [--big-model unet --big-channels 8]
+        [--threads 1,2] [--repeats 3] [--eager] [--no-memory] [--big 4096] [--big-model unet --big-channels 8]
 
 Part 1, per model (published sizes, seeded weights with BatchNorm statistics away from the
 identity) and thread count: ``aeatrain.inference.predict_full`` on one ``--size`` image
@@ -9,7 +9,8 @@ identity) and thread count: ``aeatrain.inference.predict_full`` on one ``--size`
 exported plainly (``torch.onnx.export``, opset 17, the image's static shape: see
 :func:`ort_session`) and run in an onnxruntime session with the same number of threads
 ("ort"). Times: both sides in one process, run after run, ``--repeats`` times each,
-medians (wall, and the ratio of CPU seconds). Setup (export + session) and peak RSS: each
+medians (wall, and the ratio of CPU seconds); ``--eager`` adds eager PyTorch (the
+onnxruntime backend off) to the rotation. Setup (export + session) and peak RSS: each
 side once more in a process of its own (``--no-memory`` skips these).
 
 Part 2, ``--big`` (0 skips it): ``python -m aeatrain.predict`` on a 16-bit ``--big`` x
@@ -110,9 +111,12 @@ def worker(side: str, name: str, threads: int, height: int, width: int) -> dict:
     return {"setup_s": setup, "seconds": seconds, "peak_mib": peak}
 
 
-def pair_worker(name: str, threads: int, height: int, width: int, repeats: int) -> dict:
+def pair_worker(
+    name: str, threads: int, height: int, width: int, repeats: int, eager: int = 0
+) -> dict:
     """Both sides in one process, run after run (ours, ort, ours, ort...): load that
-    comes and goes on a shared machine hits both alike. Median wall and CPU seconds."""
+    comes and goes on a shared machine hits both alike. Median wall and CPU seconds.
+    ``eager``: eager PyTorch too (``predict_full`` with the onnxruntime backend off)."""
     import numpy as np
     import torch
 
@@ -128,6 +132,16 @@ def pair_worker(name: str, threads: int, height: int, width: int, repeats: int) 
         "ours": lambda: inference.predict_full(model, image),
         "ort": lambda: session.run(None, {"image": image[None, None]}),
     }
+    if eager:
+
+        def eager_run() -> None:
+            saved, inference.ONNX_MIN_WORK = inference.ONNX_MIN_WORK, float("inf")
+            try:
+                inference.predict_full(model, image)
+            finally:
+                inference.ONNX_MIN_WORK = saved
+
+        runs["eager"] = eager_run
     wall: dict[str, list[float]] = {side: [] for side in runs}
     cpu: dict[str, list[float]] = {side: [] for side in runs}
     for _ in range(repeats):
@@ -185,18 +199,21 @@ def timed_command(command: list[str], threads: int) -> tuple[float, float]:
 def compare_models(args) -> None:
     height, width = (int(v) for v in args.size.split("x"))
     print(f"## {height} x {width}, one image, medians of {args.repeats} interleaved runs\n")
-    print("| model | threads | ours s | ort s | ours / ort | ours / ort, CPU s | ours setup s "
-          "| ort setup s | ours peak MiB | ort peak MiB |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    eager = "eager s | eager / ort | " if args.eager else ""
+    print("| model | threads | ours s | ort s | ours / ort | ours / ort, CPU s | " + eager +
+          "ours setup s | ort setup s | ours peak MiB | ort peak MiB |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (2 * args.eager))
     for threads in args.threads:
         for name in args.models:
             size = [str(threads), str(height), str(width)]
-            pair = run_worker(["pair", name, *size, str(args.repeats)])
+            pair = run_worker(["pair", name, *size, str(args.repeats), str(int(args.eager))])
             alone = {side: run_worker([side, name, *size]) if args.memory else None
                      for side in ("ours", "ort")}  # fmt: skip
             cells = [f"{pair['ours_s']:.2f}", f"{pair['ort_s']:.2f}",
                      f"{pair['ours_s'] / pair['ort_s']:.2f}",
                      f"{pair['ours_cpu_s'] / pair['ort_cpu_s']:.2f}"]  # fmt: skip
+            if args.eager:
+                cells += [f"{pair['eager_s']:.2f}", f"{pair['eager_s'] / pair['ort_s']:.2f}"]
             for key, form in (("setup_s", "{:.1f}"), ("peak_mib", "{:.0f}")):
                 cells += [form.format(alone[s][key]) if alone[s] else "-" for s in alone]
             print(f"| {name} | {threads} | " + " | ".join(cells) + " |", flush=True)
@@ -254,6 +271,8 @@ def main() -> None:
     parser.add_argument("--size", default="944x1280", help="HxW of part 1's image")
     parser.add_argument("--threads", default=f"1,{os.cpu_count()}")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eager", action="store_true",
+                        help="time eager PyTorch too (the path before the onnxruntime backend)")  # fmt: skip
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip the one-side processes that give setup times and peak RSS")  # fmt: skip
     parser.add_argument("--big", type=int, default=4096, help="part 2's smaller side; 0: skip")
