@@ -4,8 +4,9 @@ Three ways to predict an image (float (H, W) in [0, 1], the registered/upsampled
 
 - :func:`predict_full`: the whole image at once, reflect-padded to a multiple of 16 and
   cropped back (the published ``PadAndCropResizer``). This is the paper's evaluation.
-- :func:`predict_tiled`: overlapping tiles blended with a smooth window, for images too
-  large for memory. The window ignores the outer quarter of each overlap (where a tile's
+- :func:`predict_tiled` (:func:`tiled_rows` streams it in row bands, so memory does not
+  grow with the image's height): overlapping tiles blended with a smooth window, for
+  images too large for memory. The window ignores the outer quarter of each overlap (where a tile's
   cut edge corrupts its prediction) and crossfades with a raised cosine over the middle
   half, so no seams show; for a convolutional network whose receptive-field radius is at
   most ``overlap // 4`` the result equals :func:`predict_full` to float rounding.
@@ -24,7 +25,9 @@ every image and every tile is what makes tiles agree with the whole image. On th
 
 Models are plain ``nn.Module``s mapping (N, 1, H, W) in [0, 1] to the same shape, H and W
 multiples of the model's ``input_multiple`` (padding reaches it: :func:`padding_multiple`). Every function here runs the model in eval mode without gradients, then
-restores the mode it found (the trainer calls these during training).
+restores the mode it found (the trainer calls these during training). On the CPU, large
+enough forward passes run in onnxruntime (:func:`cpu_session`), to float32 rounding the
+same numbers, several times faster than eager PyTorch.
 """
 
 from __future__ import annotations
