@@ -12,8 +12,7 @@
 # --system-site-packages, so a .pth file of VENV adds PYTHON's own site-packages (and runs
 # the .pth files there) after VENV's.
 # Then the check, printed: every requirement of aeatrain (pyproject.toml) and the
-# bundle's versions are met by what VENV imports (onnx and onnxruntime: the machine's
-# versions are kept, said so; only CPU prediction uses them), aeatrain imports from this
+# bundle's versions are met by what VENV imports, aeatrain imports from this
 # checkout, and with --require-cuda torch sees a GPU. A VENV that already passes the check is left
 # as it is (a second run takes seconds). Exit 0 when the check passes, 1 when it fails,
 # 2 (one line) for bad arguments.
@@ -36,10 +35,6 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 bundle, quiet, require_cuda = Path(sys.argv[1]), sys.argv[2] == "quiet", sys.argv[3] == "1"
-# onnx and onnxruntime: the machine has 1.23.1 and 1.30.0, aeatrain pins 1.23.2 and 1.32.0
-# for its CPU prediction (aeatrain.inference.cpu_session; a GPU predicts with PyTorch);
-# their wheels would take 35 MB of the 64 MiB a call carries
-MACHINE_KEPT = {"onnx", "onnxruntime"}
 wanted = [Requirement(line) for line in bundle.read_text().split()]
 wanted += map(Requirement, tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"])
 problems, shown = [], set()
@@ -49,12 +44,7 @@ for requirement in wanted:
     except metadata.PackageNotFoundError:
         problems.append(f"{requirement.name}: not installed (wanted {requirement})")
         continue
-    if requirement.name in MACHINE_KEPT and not requirement.specifier.contains(version):
-        if not quiet:
-            print(f"  {requirement.name} {version}: the machine's, kept (aeatrain pins "
-                  f"{requirement.specifier}; only CPU prediction uses it)")
-        shown.add(requirement.name)
-    elif not requirement.specifier.contains(version, prereleases=True):
+    if not requirement.specifier.contains(version, prereleases=True):
         problems.append(f"{requirement.name} {version}: not {requirement}")
     elif not quiet and requirement.name not in shown:
         shown.add(requirement.name)
