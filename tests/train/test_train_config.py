@@ -140,9 +140,7 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("x: " + "y" * (1 << 20) + "\n", r"c.yaml: 1,048,580 bytes, over the 1,048,576"),
     ],
 )  # fmt: skip
-def test_config_files_that_say_something_else_than_they_seem_are_refused(
-    tmp_path, text, expected
-):
+def test_config_files_that_say_something_else_than_they_seem_are_refused(tmp_path, text, expected):
     """Issue 23 items 8, 19, 24: a key given twice (PyYAML keeps the last), an alias bomb
     (refused before it is expanded), an empty file (every default), UTF-16 text, a huge file."""
     path = tmp_path / "c.yaml"
