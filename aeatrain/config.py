@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aeatrain.errors import UserError
+from aeatrain.errors import MAX_SEED, UserError
 from aeatrain.models import DEFAULT_MODEL, DEFAULTS, MODELS, input_multiple, trainable_names
 
 SECTIONS = ("model", "data", "optim", "train", "logging")
@@ -273,7 +273,7 @@ class TrainConfig(_Section):
     seed: int = Field(
         0,
         ge=0,
-        le=2**32 - 1,  # NumPy's global seed, which accelerate's set_seed sets, is 32-bit
+        le=MAX_SEED,  # NumPy's global seed, which accelerate's set_seed sets, is 32-bit
         description="Seed of the weights' initialisation and of the crops: the batch "
         "of a step is a pure function of (seed, step, rank). 0 to 2^32 - 1.",
     )
