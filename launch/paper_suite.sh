@@ -4,7 +4,7 @@
 # spread over seeds).
 #
 #   launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--rows "ROW ..."]
-#                         [--dry-run]
+#                         [--steps N] [--dry-run]
 #
 # Pooled training (one model on every pair of DATA): unet, gvtnet, aeanet (64 references),
 # aeanet_refs32, aeanet_refs16, aeanet_refs_only, aeanet_batch_only, vdsr, edsr, rcan, and
@@ -33,6 +33,9 @@
 #          channels, 2 groups of 5 blocks. The references (64/32/16) and branches stay
 #          as each config has them.
 #          lbnlm is the same in both profiles (it has no training budget).
+# --steps N (cpu profile only) stretches the cpu recipe to N steps: the same warm-up, the
+#          cosine reaching 0 at step N, a checkpoint every N/10 steps (all 10 kept), the
+#          validation at step N; for instance --steps 5000 for 5x the budget.
 #
 # Runs go to OUT/runs/<config>-<pooled|self>-seed<k>[/<pair>], evaluations to
 # OUT/eval/<config>-<pooled|self>-seed<k>/, the gathered table to OUT/results.md. Finished
@@ -41,16 +44,17 @@
 # "$PYTHON aeatrain/train.py", one process).
 set -euo pipefail
 die() { echo "paper_suite.sh: error: $*" >&2; exit 2; }
-usage='usage: launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--rows "ROW ..."] [--dry-run]'
+usage='usage: launch/paper_suite.sh DATA OUT [--profile cpu|paper] [--seeds "0 1"] [--rows "ROW ..."] [--steps N] [--dry-run]'
 [ $# -ge 2 ] || die "$usage"
 DATA=$(realpath -m "$1") OUT=$(realpath -m "$2")
 shift 2
-PROFILE=cpu SEEDS="0 1" DRY_RUN=0 ROWS=""
+PROFILE=cpu SEEDS="0 1" DRY_RUN=0 ROWS="" STEPS=""
 while [ $# -gt 0 ]; do
     case $1 in
         --profile) PROFILE=$2; shift 2 ;;
         --seeds) SEEDS=$2; shift 2 ;;
         --rows) ROWS=$2; shift 2 ;;
+        --steps) STEPS=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         *) die "unknown option $1; $usage" ;;
     esac
@@ -68,13 +72,18 @@ for row in $ROWS; do
     case $kind in pooled) known=("${POOLED[@]}") ;; self) known=("${SELF[@]}") ;; *) known=() ;; esac
     [[ " ${known[*]} " == *" $config "* ]] || die "--rows: unknown row $row (rows are <config>-pooled or <config>-self)"
 done
+if [ -n "$STEPS" ]; then
+    [ "$PROFILE" = cpu ] || die "--steps: only the cpu profile's budget can be stretched"
+    [[ $STEPS =~ ^[1-9][0-9]*0$ ]] || die "--steps $STEPS: expected a positive multiple of 10"
+fi
+STEPS=${STEPS:-1000}
 case $PROFILE in
     paper) BUDGET=() ;;
-    cpu) BUDGET=(--train.steps 1000 --data.global_batch_size 8 --data.crop_size 64
+    cpu) BUDGET=(--train.steps "$STEPS" --data.global_batch_size 8 --data.crop_size 64
                  --optim.lr 1.0e-3 --optim.schedule cosine --optim.warmup_steps 50
                  --optim.grad_clip_norm 1.0 --train.mixed_precision no
-                 --train.checkpoint_every 100 --train.keep_checkpoints 10
-                 --logging.eval_every 1000 --logging.progress_bar false) ;;
+                 --train.checkpoint_every $((STEPS / 10)) --train.keep_checkpoints 10
+                 --logging.eval_every "$STEPS" --logging.progress_bar false) ;;
     *) die "--profile $PROFILE: expected cpu or paper" ;;
 esac
 shape() {  # the cpu profile's shrunken network for CONFIG (empty for the paper profile)
