@@ -32,9 +32,9 @@ from pathlib import Path
 from aeatrain.config import read_saved_config
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import atomic_write_text
-from aeatrain.metrics import ScoredRun, read_metrics
 from aeatrain.models import MODELS
 from aeatrain.outputs import check_replaceable_file, record_outputs
+from aeatrain.protocol.metrics import ScoredRun, read_metrics
 
 SEED_SUFFIX = re.compile(r"[-_]seed(\d+)$")
 COLUMNS = (("dpsnr", "dPSNR (dB)", 2), ("dssim", "dSSIM", 4),

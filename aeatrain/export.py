@@ -68,9 +68,9 @@ from aeatrain.imageio import (
     unit_scale,
 )
 from aeatrain.inference import padding_multiple
-from aeatrain.metrics import read_metrics
 from aeatrain.models import model_spec
 from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
+from aeatrain.protocol.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 

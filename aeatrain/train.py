@@ -63,9 +63,9 @@ from aeatrain.data import (
 )
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
-from aeatrain.evaluate import score_pairs, summarize_pairs
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model, input_multiple, model_spec, shared_references
+from aeatrain.protocol.scoring import score_pairs, summarize_pairs
 from aeatrain.runfolder import ResumePoint, RunFolder, RunFolderError, dataset_record
 from aeatrain.runs import InitialWeights, load_into, read_initial_weights
 from aeatrain.training import lock as runlock
@@ -101,7 +101,7 @@ class Trainer:
     manifest: DatasetManifest
     run_folder: RunFolder
     batches: Iterator[dict]  # this rank's training stream, from the resumed step
-    val_pairs: list[str]  # the pairs validation scores (aeatrain.evaluate's protocol)
+    val_pairs: list[str]  # the pairs validation scores (aeatrain.protocol.scoring)
     ema: WeightEMA | None
     skipped: SkippedSteps
     step: int = 0
@@ -761,7 +761,7 @@ VAL_FIGURES = ("dpsnr", "dssim", "psnr", "ssim", "input_psnr", "input_ssim")
 
 def log_validation(t: Trainer, model: nn.Module, prefix: str) -> None:
     """Every rank predicts its share of the whole images (image i to rank i % world) with
-    ``aeatrain.evaluate.score_pairs``; the gathered scores are averaged as evaluate's
+    ``aeatrain.protocol.scoring.score_pairs``; the gathered scores are averaged as evaluate's
     table is (tiles, then pairs) and logged by the main process."""
     accelerator = t.accelerator
     shown = ShownTiles(t.cfg.logging.image_tiles if accelerator.is_main_process else 0)

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from aeatrain import checkpoint as ckpt  # noqa: E402
 from aeatrain.errors import UserError, run_cli  # noqa: E402
 from aeatrain.imageio import atomic_write_text  # noqa: E402
-from aeatrain.metrics import read_metrics  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
+from aeatrain.protocol.metrics import read_metrics  # noqa: E402
 from aeatrain.runs import CONFIG_YAML, load_into, read_run_json, write_run_files  # noqa: E402
 
 SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")

@@ -31,6 +31,7 @@ import numpy as np
 from aeatrain.dataformat import SPLITS, pair_key, sha256_file
 from aeatrain.errors import UserError
 from aeatrain.outputs import DATASET
+from aeatrain.protocol.split import PROTOCOL, paper_split
 from data_prep.outdir import check_target, staged_output
 from data_prep.pairs import RawPair, find_pairs, load_pair_images
 from data_prep.pairs_file import read_pairs_file
@@ -44,7 +45,6 @@ from data_prep.registration import (
     warp_lr_to_hr,
 )
 from data_prep.shards import Sample, build_manifest, write_manifest, write_split
-from data_prep.split import PROTOCOL, paper_split
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from aeatrain.protocol.split import PROTOCOL, paper_split
 from data_prep.shards import Sample, build_manifest, write_manifest, write_split
-from data_prep.split import PROTOCOL, paper_split
 
 
 def split_regions(width: int, height: int) -> tuple[dict, dict[str, dict]]:

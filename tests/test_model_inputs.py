@@ -1,7 +1,7 @@
 """Training and evaluation feed the model bit-identical inputs for the same pixels.
 
 The training path is ``aeatrain.data.train_loader``'s batch (what the trainer hands the
-model); the evaluation path is what ``aeatrain.evaluate.predict_image`` hands the model
+model); the evaluation path is what ``aeatrain.protocol.scoring.predict_image`` hands the model
 for the whole registered image, caught by a model that records its input. Both go
 through ``aeatrain.imageio.to_float``; these tests fail if either path converts by itself.
 """
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from aeatrain.data import full_images, load_manifest, train_loader
-from aeatrain.evaluate import Tiling, predict_image
 from aeatrain.imageio import to_float, unit_scale
+from aeatrain.protocol.scoring import Tiling, predict_image
 from tests.datasets import make_dataset, split_regions, write_dataset
 
 WIDTH, HEIGHT = 320, 280  # train region 240 x 280 = 67,200 pixels: every 16-bit value fits

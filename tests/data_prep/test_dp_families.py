@@ -11,11 +11,11 @@ import pytest
 from scipy import ndimage
 
 from aeatrain.errors import UserError, run_cli
+from aeatrain.protocol.split import paper_split
 from data_prep import semstats
 from data_prep.__main__ import main
 from data_prep.families import FAMILIES
 from data_prep.registration import corner_error, register
-from data_prep.split import paper_split
 from data_prep.synth import (
     SynthConfig,
     _charging_trails,

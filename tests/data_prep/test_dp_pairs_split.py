@@ -6,8 +6,8 @@ import pytest
 from aeatrain.errors import UserError
 from aeatrain.imageio import write_image
 from aeatrain.microscope import cut_bar
+from aeatrain.protocol.split import PROTOCOL, Region, paper_split
 from data_prep.pairs import find_pairs
-from data_prep.split import PROTOCOL, Region, paper_split
 
 
 def _touch_images(folder, *names):

@@ -1,5 +1,5 @@
 """Trainer parts that need no accelerator: checkpoint folders, EMA, schedule, preemption flag,
-skipped-step guard, validation's scoring (aeatrain.evaluate's), TensorBoard pictures."""
+skipped-step guard, validation's scoring (aeatrain.protocol.scoring), TensorBoard pictures."""
 
 import itertools
 import json
@@ -16,10 +16,10 @@ from aeatrain import checkpoint as ckpt
 from aeatrain import refmaps
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
-from aeatrain.evaluate import merge_shares, summarize_pairs
 from aeatrain.imageio import to_float
-from aeatrain.metrics import score_tile
 from aeatrain.models import build_model
+from aeatrain.protocol.metrics import score_tile
+from aeatrain.protocol.scoring import merge_shares, summarize_pairs
 from aeatrain.training.images import (
     chosen_references,
     colorize,

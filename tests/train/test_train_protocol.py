@@ -1,6 +1,6 @@
 """One protocol: the validation a run logs IS what ``python -m aeatrain.evaluate`` reports.
 
-Training's validation scores through aeatrain.evaluate's scorer (whole images of the
+Training's validation scores through evaluate's scorer, aeatrain.protocol.scoring (whole images of the
 ``full`` split, the test regions, tiles then pairs, image i on rank i % N), so the last
 logged val/dpsnr and val/dssim equal evaluate's figures for the run's final weights to
 float32 precision (TensorBoard stores float32), on one process and on two.

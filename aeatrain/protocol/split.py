@@ -1,5 +1,10 @@
 """The paper's split of a registered pair (protocol ``paper-split-v1``, docs/formats.md).
 
+The one home of the split's rules: data_prep build cuts datasets with :func:`paper_split`,
+export finds a package's test input with it; evaluation and training read the regions it
+recorded in each sample. The manifest's reader checks the name it records
+(``aeatrain.dataformat.PROTOCOL_NAME``, imported here).
+
 The published code trains on random crops from columns ``[0, 960)`` of each 1280 x 944
 registered pair and tests on three tiles of the remaining columns. Generalised to any
 size ``W x H``: the training width is the largest multiple of 16 not above ``0.75 W``
@@ -11,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aeatrain.dataformat import Region
+from aeatrain.dataformat import PROTOCOL_NAME, Region
 
-PROTOCOL_NAME = "paper-split-v1"
 TRAIN_FRACTION = 0.75
 TEST_TILES = 3
 PROTOCOL = {"name": PROTOCOL_NAME, "train_fraction": TRAIN_FRACTION, "test_tiles": TEST_TILES}

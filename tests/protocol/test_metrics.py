@@ -1,4 +1,4 @@
-"""aeatrain.metrics against direct OpenCV / scikit-image calls and hand-computed figures."""
+"""aeatrain.protocol.metrics against direct OpenCV / scikit-image calls and hand-computed figures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from aeatrain import metrics
+from aeatrain.protocol import metrics
 
 C1 = (0.01 * 255) ** 2  # SSIM's stabilisers for data_range 255
 
