@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from aeatrain.imageio import to_float
-from aeatrain.refmaps import heatmap, reference_maps
+from aeatrain.protocol.heatmaps import heatmap, reference_maps
 
 GAP_PX = 4  # white bar between panels
 
@@ -43,7 +43,7 @@ def chosen_references(num_refs: int, count: int) -> list[int]:
 
 
 def colorize(relevance: np.ndarray) -> np.ndarray:
-    """(H, W) relevance -> (3, H, W) RGB in [0, 1]: ``aeatrain.refmaps.heatmap``'s picture."""
+    """(H, W) relevance -> (3, H, W) RGB in [0, 1]: ``aeatrain.protocol.heatmaps.heatmap``'s picture."""
     rgb = heatmap(relevance)[..., ::-1]  # (H, W, 3) uint8, BGR -> RGB
     return to_float(rgb.transpose(2, 0, 1), 8)  # (3, H, W)
 
@@ -51,7 +51,7 @@ def colorize(relevance: np.ndarray) -> np.ndarray:
 def reference_heatmaps(model: nn.Module, tile, refs: list[int]) -> np.ndarray:
     """(3, H, W') row: the LR tile, then the relevance map of each chosen reference.
 
-    The maps are ``aeatrain.refmaps``'s (the tile reflect-padded like a prediction and
+    The maps are ``aeatrain.protocol.heatmaps``'s (the tile reflect-padded like a prediction and
     cropped back, eval mode, the mode restored after), drawn by its :func:`heatmap`, each
     scaled to its own range: the pictures ``python -m aeatrain.refmaps`` writes.
     """

@@ -11,6 +11,7 @@ import torch
 from aeatrain import refmaps
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.imageio import read_image, to_float, write_image
+from aeatrain.protocol import heatmaps
 from aeatrain.runs import load_run
 from tests.eval.helpers import make_run
 
@@ -90,10 +91,10 @@ def test_default_picks_the_most_varying_references(aeanet_run, picture, tmp_path
     assert raw.shape == (3, 50, 60)  # --registered: not upsampled
     model, _ = load_run(aeanet_run)
     image = to_float(read_image(picture)[0])
-    every = refmaps.reference_maps(model, image, list(range(8)))
+    every = heatmaps.reference_maps(model, image, list(range(8)))
     spread = every.reshape(8, -1).std(axis=1)
     chosen = sorted(np.argsort(spread)[::-1][:3].tolist())
-    assert refmaps.most_varying_refs(model, image, 8, 3) == chosen
+    assert heatmaps.most_varying_refs(model, image, 8, 3) == chosen
     assert sorted(p.name for p in (tmp_path / "o").glob("sem_ref?.png")) == [
         f"sem_ref{k}.png" for k in chosen
     ]
@@ -205,11 +206,11 @@ def test_huge_image_header_is_one_line(aeanet_run, tmp_path, capsys):
 
 def test_heatmap_spans_the_colour_map_from_minimum_to_maximum():
     values = np.array([[0.0, 1.0], [2.0, 4.0]], dtype=np.float32)
-    bgr = refmaps.heatmap(values)  # (2, 2, 3) uint8
+    bgr = heatmaps.heatmap(values)  # (2, 2, 3) uint8
     turbo = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_TURBO)[0]
     assert np.array_equal(bgr[0, 0], turbo[0]) and np.array_equal(bgr[1, 1], turbo[1])
     assert not np.array_equal(bgr[0, 1], bgr[1, 0])  # 1/4 and 1/2 of the range differ
-    flat = refmaps.heatmap(np.full((3, 3), 7.0, np.float32))
+    flat = heatmaps.heatmap(np.full((3, 3), 7.0, np.float32))
     assert (flat == turbo[0]).all()  # a constant map is all minimum, not NaN
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from aeatrain import checkpoint as ckpt
-from aeatrain import refmaps
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
 from aeatrain.imageio import to_float
 from aeatrain.models import build_model
+from aeatrain.protocol import heatmaps
 from aeatrain.protocol.metrics import score_tile
 from aeatrain.protocol.scoring import merge_shares, summarize_pairs
 from aeatrain.training.images import (
@@ -227,10 +227,10 @@ def test_training_heatmaps_are_the_refmaps_pictures():
     tile = _tile(rng, "a", "test0", 0, size=(22, 30))
     model = build_model("aeanet", base_channels=8, num_refs=6, bn_momentum=0.1)
     row = reference_heatmaps(model, tile, [1, 4])  # (3, 22, 3 * 30 + 2 gaps)
-    maps = refmaps.reference_maps(model, to_float(tile.lr, 8), [1, 4])  # (2, 22, 30)
+    maps = heatmaps.reference_maps(model, to_float(tile.lr, 8), [1, 4])  # (2, 22, 30)
     for panel, values in zip((1, 2), maps):
         start = panel * (30 + 4)
         drawn = np.rint(row[:, :, start : start + 30] * 255).astype(np.uint8)  # (3, H, W) RGB
-        expected = refmaps.heatmap(values)[..., ::-1].transpose(2, 0, 1)
+        expected = heatmaps.heatmap(values)[..., ::-1].transpose(2, 0, 1)
         assert np.array_equal(drawn, expected)
     np.testing.assert_array_equal(row[:, :, :30], np.repeat(to_float(tile.lr, 8)[None], 3, 0))
