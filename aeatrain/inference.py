@@ -362,7 +362,9 @@ def tiled_rows(
     float32 row bands, top to bottom, that put together are the (H, W) prediction.
 
     ``image``: float in [0, 1], or an integer image (cut and converted with
-    :func:`~aeatrain.imageio.to_float` a tile at a time, so no float copy of it exists).
+    :func:`~aeatrain.imageio.to_float` a tile at a time, so no float copy of it exists),
+    which may be a :class:`~aeatrain.imageio.LazyRows`: its rows are then read one row of
+    tiles at a time.
     ``tile`` and ``overlap`` are multiples of 16, ``overlap <= tile / 2``. Each tile is
     predicted on its own (padded like :func:`predict_full` where it meets the image's
     bottom/right edge) and added, weighted by :func:`_window_1d`, into a float32 band one
@@ -398,9 +400,10 @@ def tiled_rows(
     with eval_mode(model):
         for index, ((r0, r1), wy) in enumerate(zip(rows, row_windows)):
             band[carried : r1 - r0] = 0  # band[i] holds row r0 + i
+            rows_in = np.asarray(image[r0:r1])  # a view; a LazyRows image reads it here
             for start in range(0, len(cols), batch_size):
                 chunk = cols[start : start + batch_size]
-                tiles = [_float_tile(image[r0:r1, c0:c1]) for c0, c1 in chunk]
+                tiles = [_float_tile(rows_in[:, c0:c1]) for c0, c1 in chunk]
                 preds = _predict_many(
                     model, tiles, device=device, multiple=PAD_MULTIPLE, batch_size=batch_size
                 )

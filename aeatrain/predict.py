@@ -49,8 +49,10 @@ from tqdm import tqdm
 from aeatrain.errors import UserError, run_cli
 from aeatrain.imageio import (
     IMAGE_SUFFIXES,
+    LazyRows,
     from_float,
     max_value,
+    open_image_rows,
     read_image,
     to_float,
     write_image_rows,
@@ -73,21 +75,49 @@ log = logging.getLogger(__name__)
 
 AUTO_TILE_PIXELS = 2_500_000  # above this (upsampled) size, tile: ~2 GB peak for the U-Net
 AUTO_TILE, AUTO_OVERLAP = 1024, 128
+LAZY_INPUT_PIXELS = 4 * 2**20  # inputs this large (8 MiB at 16 bits) are read a band at a time
 OUTPUT_ROWS = 256  # rows of the prediction converted to the output type at a time
 
 
-def upsample(image: np.ndarray, scale: float) -> np.ndarray:
+def upsample(image: np.ndarray | LazyRows, scale: float) -> np.ndarray | LazyRows:
     """Bicubic upsampling of an integer (H, W) image by ``scale`` (OpenCV INTER_CUBIC).
 
     Done on the integer image, like data_prep's bicubic warp, so the model sees the
     same kind of input (saturated, rounded) it was trained on. Fields of view align at
-    the outer pixel edges. The output is ``round(W * scale) x round(H * scale)``.
+    the outer pixel edges. The output is ``round(W * scale) x round(H * scale)``. A
+    :class:`~aeatrain.imageio.LazyRows` input stays lazy at a whole-number scale
+    (:class:`BicubicRows`, the same pixels computed a band at a time); at other scales
+    it is read whole first.
     """
     h, w = image.shape
     size = output_shape(image.shape, scale)[::-1]  # (width, height)
     if size == (w, h):
         return image  # not a copy: a 16-bit 8192 x 8192 input is 128 MiB
+    if isinstance(image, LazyRows):
+        if size[0] % w == 0 and size == (w * (size[0] // w), h * (size[0] // w)):
+            return BicubicRows(image, size[0] // w)
+        image = np.asarray(image)
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+
+class BicubicRows(LazyRows):
+    """``cv2.resize(source, (k W, k H), INTER_CUBIC)`` of a lazy (H, W) source, computed a
+    band at a time: the rows of a band come from the source rows they need plus
+    ``MARGIN`` on each side, which at a whole-number scale ``k`` gives the very pixels
+    of resizing the whole image (bicubic reaches 2 source rows; tested bit for bit)."""
+
+    MARGIN = 3
+
+    def __init__(self, source: LazyRows, k: int) -> None:
+        super().__init__((source.shape[0] * k, source.shape[1] * k), source.dtype)
+        self._source, self._k = source, k
+
+    def _rows(self, r0: int, r1: int) -> np.ndarray:
+        k, height = self._k, self._source.shape[0]
+        s0, s1 = max(0, r0 // k - self.MARGIN), min(height, -(-r1 // k) + self.MARGIN)
+        band = np.asarray(self._source[s0:s1])
+        size = (band.shape[1] * k, band.shape[0] * k)
+        return cv2.resize(band, size, interpolation=cv2.INTER_CUBIC)[r0 - s0 * k : r1 - s0 * k]
 
 
 def output_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -98,18 +128,27 @@ def output_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class InputImage:
-    """An input read and cut: ``image`` (H, W) integer, its bit depth and calibration."""
+    """An input read and cut: ``image`` (H, W) integer (read, or lazy: ``read_input``),
+    its bit depth and calibration."""
 
-    image: np.ndarray
+    image: np.ndarray | LazyRows
     bit_depth: int
     calibration: Calibration | None
 
 
-def read_input(path: Path, args: argparse.Namespace) -> InputImage:
+def read_input(path: Path, args: argparse.Namespace, *, lazy: bool = False) -> InputImage:
     """Read an input (``--page``), cut its data bar as data_prep build does
     (aeatrain.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the vendor's row, the
-    public layout's, a detected bar, or none; a cut is logged naming the file)."""
-    image, bit_depth = read_image(path, page=args.page)
+    public layout's, a detected bar, or none; a cut is logged naming the file).
+
+    ``lazy``: an input large enough to be tiled and stored as raw strips comes as a
+    :class:`~aeatrain.imageio.LazyRows`, read a band at a time as the tiles need it
+    (:func:`~aeatrain.imageio.open_image_rows`); the same pixels as a whole read.
+    """
+    if lazy:
+        image, bit_depth = open_image_rows(path, page=args.page, min_pixels=LAZY_INPUT_PIXELS)
+    else:
+        image, bit_depth = read_image(path, page=args.page)
     calibration = read_calibration(path)
     image, _ = cut_data_bar(image, path, calibration, bar_row=args.bar_row, no_bar=args.no_bar)
     return InputImage(image, bit_depth, calibration)
@@ -155,7 +194,7 @@ def write_calibrated(
 
 def super_resolve_rows(
     model: nn.Module,
-    image: np.ndarray,
+    image: np.ndarray | LazyRows,
     *,
     scale: float,
     tile: int | None = None,
@@ -169,9 +208,10 @@ def super_resolve_rows(
     ``tile`` None: the whole image at once unless it exceeds ``AUTO_TILE_PIXELS`` once
     upsampled, then tiles of 1024 with ``overlap``; 0: always whole; S: tiles of S.
     Tiled without ``tta``, the bands come as the tiles finish them (``tiled_rows``), so
-    memory is bounded by the tile size and the image width; whole, or with ``tta`` "d4"
-    (the mean over the image's 8 flips/rotations, ``self_ensemble``), one band is the
-    whole image.
+    memory is bounded by the tile size and the image width (with a lazy ``image``, the
+    input too is read and upsampled a band of tiles at a time); whole, or with ``tta``
+    "d4" (the mean over the image's 8 flips/rotations, ``self_ensemble``), one band is
+    the whole image.
     """
     upsampled = upsample(image, scale)  # integer: converted to float a tile at a time
     del image  # the caller lets go of the input too: only its upsampling is held
@@ -194,7 +234,7 @@ def super_resolve_rows(
             return predict_full(model, lr, device=device)
         return predict_tiled(model, lr, tile=tile, overlap=overlap, device=device)
 
-    yield self_ensemble(predict, to_float(upsampled), tta)
+    yield self_ensemble(predict, to_float(np.asarray(upsampled)), tta)
 
 
 @dataclass(frozen=True)
@@ -265,7 +305,7 @@ def check_inputs(jobs: list[Job], args: argparse.Namespace) -> None:
     wrong --page, an absurd header) stops the run with one line naming it before any
     output is written, instead of after the outputs of the files before it."""
     for job in jobs:
-        read_input(job.source, args)
+        read_input(job.source, args, lazy=True)  # large raw TIFFs: the header and the bar rows
 
 
 def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
@@ -277,7 +317,7 @@ def to_output(pred: np.ndarray, bit_depth: int, *, float32: bool) -> np.ndarray:
 
 def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: float) -> tuple:
     """Read, super-resolve and write one image; returns (input shape, output shape)."""
-    source = read_input(job.source, args)
+    source = read_input(job.source, args, lazy=True)
     in_shape, bit_depth, calibration = source.image.shape, source.bit_depth, source.calibration
     bands = super_resolve_rows(
         model,
@@ -288,7 +328,7 @@ def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: flo
         device=args.device,
         tta=args.tta,
     )
-    del source  # the input is freed once upsampled (super_resolve_rows holds it till then)
+    del source  # a read input is freed once upsampled (super_resolve_rows holds it till then)
     out_bands = (  # converted OUTPUT_ROWS at a time: to_output's float64 stays small
         to_output(
             finite_output(band[i : i + OUTPUT_ROWS], args.run), bit_depth, float32=args.float32

@@ -249,3 +249,61 @@ def test_rows_written_as_they_come_equal_the_image_written_whole(tmp_path, monke
     with pytest.raises(ValueError, match="bands hold 100 rows, the image 150"):
         imageio.write_image_rows(tmp_path / "short.tif", iter(bands[:2]), image.shape, np.uint16)
     assert not (tmp_path / "short.tif").exists()
+
+
+_ROWS_IMAGE = np.random.default_rng(3).integers(0, 65536, (45, 31)).astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options"),
+    [
+        (np.uint16, {}),  # one strip: tifffile's default
+        (np.uint16, {"rowsperstrip": 7}),  # strips, the last one short
+        (np.uint16, {"byteorder": ">", "rowsperstrip": 8}),
+        (np.uint8, {"rowsperstrip": 5}),
+        (np.uint8, {"photometric": "miniswhite"}),
+    ],
+)
+def test_tiff_rows_are_the_pixels_of_a_whole_read(tmp_path, dtype, options):
+    whole = (_ROWS_IMAGE >> 8).astype(np.uint8) if dtype == np.uint8 else _ROWS_IMAGE
+    tifffile.imwrite(tmp_path / "x.tif", whole, **options)
+    rows, bit_depth = imageio.open_image_rows(tmp_path / "x.tif")
+    assert isinstance(rows, imageio.TiffRows) and bit_depth == 8 * np.dtype(dtype).itemsize
+    np.testing.assert_array_equal(read_image(tmp_path / "x.tif")[0], whole)
+    assert rows.shape == whole.shape and rows.dtype == whole.dtype and rows.size == whole.size
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    view = rows[5:40]  # a view: nothing read
+    assert isinstance(view, imageio.TiffRows) and view.shape == (35, 31)
+    np.testing.assert_array_equal(view[3], whole[8])
+    np.testing.assert_array_equal(view[-1], whole[39])
+    np.testing.assert_array_equal(view[2:30][4:9, 3:11], whole[11:16, 3:11])
+    np.testing.assert_array_equal(np.asarray(view[10:]), whole[15:40])
+    with pytest.raises(IndexError):
+        view[35]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"compression": "zlib"}, {"tile": (16, 16)}, {"photometric": "rgb"}, {"min_pixels": 10**6}],
+)
+def test_other_tiffs_are_read_whole(tmp_path, options):
+    min_pixels = options.pop("min_pixels", 0)
+    whole = _ROWS_IMAGE[:32, :16]
+    if options.get("photometric") == "rgb":
+        whole = np.repeat(whole[..., None], 3, axis=2)
+    tifffile.imwrite(tmp_path / "x.tif", whole, **options)
+    rows, bit_depth = imageio.open_image_rows(tmp_path / "x.tif", min_pixels=min_pixels)
+    assert isinstance(rows, np.ndarray) and bit_depth == 16
+    np.testing.assert_array_equal(rows, read_image(tmp_path / "x.tif")[0])
+
+
+def test_a_truncated_tiff_is_refused_read_whole_or_in_rows(tmp_path):
+    tifffile.imwrite(tmp_path / "x.tif", _ROWS_IMAGE, rowsperstrip=8)
+    data = (tmp_path / "x.tif").read_bytes()
+    rows, _ = imageio.open_image_rows(tmp_path / "x.tif")
+    (tmp_path / "x.tif").write_bytes(data[: len(data) // 2])  # cut after it was opened
+    np.testing.assert_array_equal(rows[:3], _ROWS_IMAGE[:3])  # strip 0 is still whole
+    with pytest.raises(ImageError, match=r"x\.tif: not a readable TIFF image \(truncated\)"):
+        np.asarray(rows)
+    with pytest.raises(ImageError, match="not a readable TIFF image"):
+        imageio.open_image_rows(tmp_path / "x.tif")  # cut before: read_image's error
