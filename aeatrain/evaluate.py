@@ -331,10 +331,10 @@ def evaluate_rows(
     scores only image i % world_size == rank of the needed pairs, and ``gather`` (every
     process's scores -> the list of all of them, a collective) merges the shares, so each
     process returns the same table as a one-process run. ``cache_dir``: a node-local
-    folder each shard is staged into whole (aeatrain.shardio.stage), as training's
+    folder each shard is staged into whole (aeatrain.data.shardio.stage), as training's
     ``data.cache_dir``.
     """
-    from aeatrain.data import load_manifest
+    from aeatrain.data.manifest import load_manifest
 
     manifest = load_manifest(data)
     known = manifest.pair_names
@@ -573,7 +573,7 @@ def metrics_json(results: list[RowResult], *, data: str, manifest_sha256: str, d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aeatrain.data import load_manifest
+    from aeatrain.data.manifest import load_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

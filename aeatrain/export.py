@@ -271,7 +271,8 @@ def geometry_of(model: nn.Module) -> Geometry:
 def cut_test_input(run, data: str | None, geometry: Geometry) -> tuple[np.ndarray, str, str]:
     """The top-left square of the run's first test tile: (S, S) uint8|uint16, a label, and
     the dataset's split in words (for the README)."""
-    from aeatrain.data import full_images, load_manifest, test_tiles
+    from aeatrain.data.manifest import load_manifest
+    from aeatrain.data.streams import full_images, test_tiles
 
     root = data or run.dataset.get("path")
     if not root:

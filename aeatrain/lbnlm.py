@@ -71,7 +71,8 @@ class Settings:
 
 def load_regions(data: str | Path, pairs: list[str] | None) -> tuple[list[Region], object]:
     """The training regions of ``pairs`` (None: every pair) and the DATA manifest."""
-    from aeatrain.data import full_images, load_manifest
+    from aeatrain.data.manifest import load_manifest
+    from aeatrain.data.streams import full_images
 
     manifest = load_manifest(data)
     if pairs is not None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from aeatrain import checkpoint as ckpt
 from aeatrain.config import Config, read_saved_config
-from aeatrain.data import DatasetManifest, dataset_identity
+from aeatrain.data.manifest import DatasetManifest, dataset_identity
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_text
 from aeatrain.runs import CONFIG_YAML, write_run_files

@@ -35,7 +35,7 @@ from torch import nn
 
 from aeatrain import __version__
 from aeatrain.config import load_yaml, read_saved_config
-from aeatrain.dataformat import parse_json
+from aeatrain.data.format import parse_json
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_bytes, atomic_write_text
 from aeatrain.inference import choose_device

@@ -53,14 +53,9 @@ from tqdm.auto import tqdm
 from aeatrain.collective import span_global_batch
 from aeatrain.config import Config, ConfigError, ModelConfig, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
-from aeatrain.data import (
-    DatasetManifest,
-    FullImage,
-    TestTile,
-    load_manifest,
-    region_window,
-    train_loader,
-)
+from aeatrain.data.loader import train_loader
+from aeatrain.data.manifest import DatasetManifest, load_manifest
+from aeatrain.data.streams import FullImage, TestTile, region_window
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.malloc import keep_freed_memory

@@ -54,8 +54,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aeatrain import data  # noqa: E402
 from aeatrain.config import load_config  # noqa: E402
+from aeatrain.data import loader  # noqa: E402
 from aeatrain.imageio import atomic_write_text  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
 from aeatrain.training.optim import build_optimizer  # noqa: E402
@@ -276,15 +276,15 @@ def loader_batches(least: int, crop: int | None, batch: int, workers: int) -> in
     """Batches to time, after as many untimed ones: at least twice what ``workers`` threads
     can hold ready (each keeps one finished pool epoch and makes the next), so that the
     rate is what they make, not what they had made before the clock started."""
-    crops_per_region = data.MAX_CROPS_PER_REGION if crop is not None else 1  # at most
-    per_epoch = math.ceil(data.DEFAULT_POOL_SIZE * crops_per_region / batch)
+    crops_per_region = loader.MAX_CROPS_PER_REGION if crop is not None else 1  # at most
+    per_epoch = math.ceil(loader.DEFAULT_POOL_SIZE * crops_per_region / batch)
     return max(least, 4 * max(1, workers) * per_epoch)
 
 
 def loss_curve(name, quick, setting, device, root, crop, batch, steps) -> list[float]:
     _, optimizer, forward = build(name, quick, setting, device)
-    stream = data.train_loader(root, crop_size=crop, batch_size=batch, seed=0,
-                               num_workers=2, pin_memory=device.type == "cuda")  # fmt: skip
+    stream = loader.train_loader(root, crop_size=crop, batch_size=batch, seed=0,
+                                 num_workers=2, pin_memory=device.type == "cuda")  # fmt: skip
     losses = []
     try:
         memory = torch.channels_last if setting.channels_last else torch.contiguous_format

@@ -1,6 +1,6 @@
 """Training-stream throughput on ONE CPU core (figures in docs/benchmarks.md, "Loader").
 
-Measures what ``aeatrain.data.train_loader`` delivers to a trainer, decode included:
+Measures what ``aeatrain.data.loader.train_loader`` delivers to a trainer, decode included:
 random 256x256 crops per second and whole-training-region ("full-resolution", 944x960)
 crops per second, with ``torch.set_num_threads(1)``, OpenCV on one thread and
 ``num_workers=0``, so every figure is one core's work. Also the cost of decoding one
@@ -33,7 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aeatrain import data  # noqa: E402
+from aeatrain.data import loader, sources  # noqa: E402
+from aeatrain.data.manifest import load_manifest  # noqa: E402
 from tests.datasets import make_dataset  # noqa: E402
 
 ACCEPTANCE_CROPS_PER_SECOND = 500  # issue 2: random 256x256 crops/s on one core
@@ -49,7 +50,9 @@ def crops_per_second(
     include every later pool's decoding. CPU seconds count this process's work only, so
     on a shared machine they say what one free core would do.
     """
-    stream = data.train_loader(root, crop_size=crop_size, batch_size=batch_size, seed=0, **options)
+    stream = loader.train_loader(
+        root, crop_size=crop_size, batch_size=batch_size, seed=0, **options
+    )
     for _ in range(warmup):
         next(stream)
     wall, cpu, mine = time.perf_counter(), time.process_time(), time.thread_time()
@@ -67,11 +70,11 @@ def crops_per_second(
 
 def region_decode_ms(root: Path, repeats: int = 10) -> float:
     """CPU milliseconds to decode one training region's LR and HR PNGs (the unit cost)."""
-    manifest = data.load_manifest(root, verify_checksums=False)
-    regions = data._scan(manifest.shards("train"))
+    manifest = load_manifest(root, verify_checksums=False)
+    regions = sources.scan(manifest.shards("train"))
     start = time.process_time()
     for i in range(repeats):
-        data._decode_regions(regions, [i % len(regions)])
+        loader._decode_regions(regions, [i % len(regions)])
     return 1000 * (time.process_time() - start) / repeats
 
 
@@ -109,7 +112,7 @@ def measure(root: Path, args) -> tuple[dict[str, list[tuple[float, float, float]
 
 def region_size(root: Path) -> tuple[int, int]:
     """(height, width) of the first pair's training region."""
-    region = data.load_manifest(root, verify_checksums=False).pairs
+    region = load_manifest(root, verify_checksums=False).pairs
     box = next(iter(region.values()))["train_region"]
     return box["y1"] - box["y0"], box["x1"] - box["x0"]
 
@@ -118,7 +121,7 @@ def report(
     root: Path, rates: dict[str, list[tuple[float, float, float]]], decode: list[float]
 ) -> None:
     height, width = region_size(root)
-    pairs = len(data.pair_names(root))
+    pairs = len(sources.pair_names(root))
     print(f"dataset: {root} ({pairs} pairs, train regions {width}x{height})")
     print("torch threads 1, OpenCV threads 1, num_workers 0 unless said, batch 8, default pool\n")
     print("| stream | crops/s (wall) | crops per CPU-second | trainer-thread CPU per crop |")

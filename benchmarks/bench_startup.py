@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aeatrain import data, shardio  # noqa: E402
+from aeatrain.data import loader, shardio  # noqa: E402
 from tests.datasets import make_dataset  # noqa: E402
 from tests.http_range import RangeServer  # noqa: E402
 
@@ -88,7 +88,7 @@ def bench_train(work: Path) -> None:
 
 _COLD_RANK = """
 import sys
-from aeatrain.data import train_loader
+from aeatrain.data.loader import train_loader
 stream = train_loader(sys.argv[1], crop_size=32, batch_size=8, seed=0, rank=1, world_size=4)
 next(stream)
 print("FIRST", flush=True)
@@ -116,7 +116,7 @@ def first_batch(source: str, rank: int, cache_dir: str | None = None) -> tuple[f
     """(seconds, bytes read by this process) to the first batch of a fresh loader."""
     shardio._staged.clear()
     before, start = rchar(), time.perf_counter()
-    stream = data.train_loader(
+    stream = loader.train_loader(
         source, crop_size=32, batch_size=8, seed=0, rank=rank, world_size=4, cache_dir=cache_dir
     )
     next(stream)
@@ -169,7 +169,7 @@ def bench_first(work: Path, repeats: int) -> None:
 
 def crops_per_second(source: str, batches: int, cache_dir: str | None = None) -> float:
     shardio._staged.clear()
-    stream = data.train_loader(
+    stream = loader.train_loader(
         source, crop_size=128, batch_size=8, seed=0, cache_mib=0, cache_dir=cache_dir
     )
     next(stream)  # the first pool (and, with a cache folder, the staging) not counted

@@ -306,8 +306,8 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    from aeatrain.data import load_manifest  # reads and checks the manifest
-    from aeatrain.dataformat import verify_shards
+    from aeatrain.data.format import verify_shards
+    from aeatrain.data.manifest import load_manifest  # reads and checks the manifest
 
     start = time.perf_counter()
     manifest = load_manifest(args.data)
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_text(args.data))
         return 0
     if args.command == "pairs":
-        from aeatrain.data import pair_names  # reads and checks the manifest
+        from aeatrain.data.sources import pair_names  # reads and checks the manifest
 
         print("\n".join(pair_names(args.data)))
         return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aeatrain.dataformat import SPLITS, pair_key, sha256_file
+from aeatrain.data.format import SPLITS, pair_key, sha256_file
 from aeatrain.errors import UserError
 from aeatrain.outputs import DATASET
 from aeatrain.protocol.split import PROTOCOL, paper_split

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aeatrain.dataformat import pair_name_problem
+from aeatrain.data.format import pair_name_problem
 from aeatrain.errors import UserError
 from aeatrain.imageio import IMAGE_SUFFIXES, read_image
 from aeatrain.microscope import BarCut, Calibration, cut_data_bar, read_calibration

@@ -19,7 +19,7 @@ import csv
 import io
 from pathlib import Path
 
-from aeatrain.dataformat import control_character, pair_name_problem
+from aeatrain.data.format import control_character, pair_name_problem
 from aeatrain.errors import UserError
 from data_prep.pairs import RawPair, check_one_scale, name_magnification, raw_pair
 
@@ -86,7 +86,7 @@ def read_pairs_file(
     Refused: a file over MAX_PAIRS_FILE_BYTES, a row csv cannot read (a field over its
     128 KiB limit), a header other than ``name,lr,hr``, a row without three fields, an
     empty name, a name with a control character or too long for a file name
-    (aeatrain.dataformat.pair_name_problem), a missing file, a file outside ``raw`` (unless ``outside_raw``), a name used
+    (aeatrain.data.format.pair_name_problem), a missing file, a file outside ``raw`` (unless ``outside_raw``), a name used
     twice, a file listed twice (in one pair or two), pixel sizes that contradict the
     names' magnifications, pairs of different scales.
     """

@@ -1,6 +1,6 @@
 """Pictures and tables for a human to judge a registration and a dataset.
 
-``qc/<key>.png`` per pair (``aeatrain.dataformat.pair_key``): on the left the whole
+``qc/<key>.png`` per pair (``aeatrain.data.format.pair_key``): on the left the whole
 registered pair as a colour overlay (HR in green, warped LR in magenta: aligned
 structure turns grey/white, a shift shows as coloured fringes), on the right a
 full-resolution centre crop as a checkerboard of warped LR and HR squares (edges must
@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from aeatrain.dataformat import MANIFEST_NAME, BarRows, Manifest, read_manifest
+from aeatrain.data.format import MANIFEST_NAME, BarRows, Manifest, read_manifest
 from data_prep.registration import RegistrationRecord, flatten_background, read_registration
 
 _CHECKER_PX = 32

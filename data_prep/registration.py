@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, RootModel
 
-from aeatrain.dataformat import Microscope, PixelSizes, read_document
+from aeatrain.data.format import Microscope, PixelSizes, read_document
 from aeatrain.imageio import opencv_message
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The one place that writes a registered region as a WebDataset sample; the layout of the
 sample json, the shard index and ``manifest.json`` (models, constants, hashing) lives in
-``aeatrain/dataformat.py``, shared with ``aeatrain/data.py``, the one place that reads them.
+``aeatrain/data/format.py``, shared with the readers in ``aeatrain/data/``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from aeatrain import __version__
-from aeatrain.dataformat import (
+from aeatrain.data.format import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -137,7 +137,7 @@ def build_manifest(
 ) -> dict:
     """The manifest dict of docs/formats.md; ``pairs`` maps name -> size, bit depth, region.
 
-    Checked against :class:`aeatrain.dataformat.Manifest` (keys it does not know, such as
+    Checked against :class:`aeatrain.data.format.Manifest` (keys it does not know, such as
     per-pair metadata, are kept)."""
     manifest = {
         "format": FORMAT,

@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.signal import lfilter
 
-from aeatrain.dataformat import read_document
+from aeatrain.data.format import read_document
 from aeatrain.errors import UserError
 from aeatrain.imageio import encode_image, from_float
 from aeatrain.microscope import fei_tag_text, zeiss_tag_text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aeatrain.dataformat import MANIFEST_NAME, read_manifest, sha256_file
+from aeatrain.data.format import MANIFEST_NAME, read_manifest, sha256_file
 from aeatrain.errors import UserError
 from data_prep.registration import REGISTRATION_JSON, corner_error, read_registration
 from data_prep.synth import TRUTH_JSON, read_truth
@@ -81,7 +81,8 @@ def check_truth(raw: str | Path, data: str | Path) -> TruthCheck:
 def check_built_from(raw: Path, data: Path, pairs: list[str]) -> None:
     """Refuse unless each of ``pairs`` was built from the very files in ``raw``: the
     samples record every source file's sha256 (another RAW's truth means nothing)."""
-    from aeatrain.data import full_images  # imports torch (seconds): not at data_prep's start
+    # imports torch (seconds): not at data_prep's start
+    from aeatrain.data.streams import full_images
 
     for image in full_images(data, pairs=pairs):
         for source in image.meta["sources"].values():

@@ -162,3 +162,11 @@ def make_dataset(
     rng = np.random.default_rng(seed)
     images = {f"pair{i:02d}": specimen_pair(rng, width, height, bit_depth) for i in range(pairs)}
     return write_dataset(root, images, max_samples_per_shard=max_samples_per_shard)
+
+
+def coded_pair(k: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinate-coded 16-bit (lr, hr): HR pixel (y, x) of pair k holds
+    ``((y + 17 k) % 256) * 256 + x % 256`` and LR holds ``65535 - HR``."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    hr = (((yy + 17 * k) % 256) * 256 + xx % 256).astype(np.uint16)
+    return (65535 - hr).astype(np.uint16), hr

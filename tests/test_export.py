@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from aeatrain import export
-from aeatrain.data import load_manifest, test_tiles
+from aeatrain.data.manifest import load_manifest
+from aeatrain.data.streams import test_tiles
 from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full

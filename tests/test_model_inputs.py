@@ -1,6 +1,6 @@
 """Training and evaluation feed the model bit-identical inputs for the same pixels.
 
-The training path is ``aeatrain.data.train_loader``'s batch (what the trainer hands the
+The training path is ``aeatrain.data.loader.train_loader``'s batch (what the trainer hands the
 model); the evaluation path is what ``aeatrain.protocol.scoring.predict_image`` hands the model
 for the whole registered image, caught by a model that records its input. Both go
 through ``aeatrain.imageio.to_float``; these tests fail if either path converts by itself.
@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from aeatrain.data import full_images, load_manifest, train_loader
+from aeatrain.data.loader import train_loader
+from aeatrain.data.manifest import load_manifest
+from aeatrain.data.streams import full_images
 from aeatrain.imageio import to_float, unit_scale
 from aeatrain.protocol.scoring import Tiling, predict_image
 from tests.datasets import make_dataset, split_regions, write_dataset

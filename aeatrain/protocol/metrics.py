@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
 
-from aeatrain.dataformat import read_document
+from aeatrain.data.format import read_document
 from aeatrain.imageio import max_value
 
 # cv2.PSNR computes 20*log10(R / (sqrt(mse) + DBL_EPSILON)); the masked PSNR copies it.

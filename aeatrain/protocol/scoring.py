@@ -95,7 +95,7 @@ def score_share(
 
     ``members`` are (model, pairs it is scored on). The whole images of all their pairs
     are streamed from the manifest's ``full`` split in pair-name order, one in memory at a
-    time, image i to process ``i % world_size`` (aeatrain.data.full_images); each is
+    time, image i to process ``i % world_size`` (aeatrain.data.streams.full_images); each is
     predicted whole (or as ``tilings`` say) by every member scored on it and its test
     regions scored (aeatrain.protocol.metrics.score_regions). ``device`` None predicts where each
     model is. ``progress.update(1)`` (a tqdm bar) after each prediction;
@@ -103,7 +103,7 @@ def score_share(
     Merge the processes' shares with :func:`merge_shares`; ``python -m aeatrain.evaluate``
     and training's validation both score through here.
     """
-    from aeatrain.data import full_images
+    from aeatrain.data.streams import full_images
 
     users: dict[str, list[int]] = {}  # pair -> the members scored on it
     for member, (_, pairs) in enumerate(members):

@@ -3,7 +3,7 @@
 The one home of the split's rules: data_prep build cuts datasets with :func:`paper_split`,
 export finds a package's test input with it; evaluation and training read the regions it
 recorded in each sample. The manifest's reader checks the name it records
-(``aeatrain.dataformat.PROTOCOL_NAME``, imported here).
+(``aeatrain.data.format.PROTOCOL_NAME``, imported here).
 
 The published code trains on random crops from columns ``[0, 960)`` of each 1280 x 944
 registered pair and tests on three tiles of the remaining columns. Generalised to any
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aeatrain.dataformat import PROTOCOL_NAME, Region
+from aeatrain.data.format import PROTOCOL_NAME, Region
 
 TRAIN_FRACTION = 0.75
 TEST_TILES = 3
@@ -26,7 +26,7 @@ PROTOCOL = {"name": PROTOCOL_NAME, "train_fraction": TRAIN_FRACTION, "test_tiles
 @dataclass(frozen=True)
 class PairSplit:
     """Where each region of a registered ``width x height`` pair lies (regions are
-    :class:`aeatrain.dataformat.Region`, the format module's own)."""
+    :class:`aeatrain.data.format.Region`, the format module's own)."""
 
     width: int
     height: int

@@ -5,8 +5,8 @@ killing it. The handler only sets a flag: nothing unsafe happens inside a signal
 The trainer all-reduces the flag at every step boundary so all ranks agree on the same
 step, saves a checkpoint there and exits with :data:`EXIT_PREEMPTED`, on which the SLURM
 launcher requeues the job; the requeued job resumes from that checkpoint. The loader's
-workers are threads (aeatrain/data.py): Python delivers signals to the main thread only, so
-the handler here is the one that acts. SIGINT (Ctrl-C) stops the same way; a second
+workers are threads (aeatrain/data/loader.py): Python delivers signals to the main thread
+only, so the handler here is the one that acts. SIGINT (Ctrl-C) stops the same way; a second
 SIGINT gives up on the checkpoint and interrupts at once.
 """
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from aeatrain.dataformat import sha256_file
+from aeatrain.data.format import sha256_file
 from aeatrain.errors import UserError
 from aeatrain.imageio import read_image, write_image
 from aeatrain.microscope import cut_bar

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from aeatrain.dataformat import sha256_file
+from aeatrain.data.format import sha256_file
 from aeatrain.errors import EXIT_USER_ERROR
 from data_prep.build import build_dataset
 from tests.data_prep.conftest import SMALL
@@ -115,7 +115,7 @@ def test_sources_are_recorded_relative_to_raw_not_by_basename(tmp_path):
         ("session 1/img 1.tif", "session 1/img 2.tif"),
         ("session 2/img 1.tif", "session 2/img 2.tif"),
     ]
-    from aeatrain.data import full_images
+    from aeatrain.data.streams import full_images
 
     sources = {image.pair: image.meta["sources"] for image in full_images(data)}
     assert sources["two"]["hr"] == {

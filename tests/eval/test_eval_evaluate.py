@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aeatrain import compare, evaluate
-from aeatrain.data import full_images
+from aeatrain.data.streams import full_images
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full, predict_paper_tiles

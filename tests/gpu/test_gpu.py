@@ -94,7 +94,7 @@ def test_bf16_training_run_on_gpu(tmp_path):
 
 
 def test_pinned_batches_reach_the_gpu_unchanged(tmp_path):
-    from aeatrain.data import train_loader
+    from aeatrain.data.loader import train_loader
 
     data = make_dataset(tmp_path / "DATA", pairs=2)
     options = {"crop_size": 32, "batch_size": 4, "seed": 0, "num_workers": 2}

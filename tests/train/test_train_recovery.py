@@ -23,7 +23,7 @@ from accelerate import Accelerator
 
 from aeatrain import checkpoint as ckpt
 from aeatrain import runfolder as runfolder_module
-from aeatrain.data import dataset_identity, load_manifest
+from aeatrain.data.manifest import dataset_identity, load_manifest
 from aeatrain.errors import UserError
 from aeatrain.training import lock as runlock
 from tests.datasets import make_dataset

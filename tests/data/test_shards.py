@@ -6,7 +6,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from aeatrain.dataformat import FORMAT_VERSION, ShardIndex, pair_key, sha256_file
+from aeatrain.data.format import FORMAT_VERSION, ShardIndex, pair_key, sha256_file
 from data_prep.shards import Sample, build_manifest, sample_key, write_split
 
 

@@ -1,8 +1,8 @@
 """The dataset format of docs/formats.md §2 in one place: constants, typed models, hashing.
 
-``data_prep`` writes DATA folders through these models and ``aeatrain.data`` reads them
-through the same ones, so the writer and the reader cannot drift apart. This module
-imports neither torch nor OpenCV: data_prep's worker processes import it.
+``data_prep`` writes DATA folders through these models and the rest of ``aeatrain.data``
+reads them through the same ones, so the writer and the reader cannot drift apart. This
+module imports neither torch nor OpenCV: data_prep's worker processes import it.
 
 Three documents, each a pydantic model:
 
@@ -380,7 +380,7 @@ def read_document(path: str | Path, model: type[BaseModel], what: str):
 def manifest_from_json(data: bytes, path: str) -> Manifest:
     """``manifest.json``'s bytes (read from ``path``, a file or URL) checked: format,
     format_version, protocol, then every field; :class:`DatasetError` naming the file and
-    the field. The one reader of the manifest (``aeatrain.data``, ``data_prep``)."""
+    the field. The one reader of the manifest (``aeatrain.data.manifest``, ``data_prep``)."""
     try:
         raw = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

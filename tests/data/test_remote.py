@@ -1,4 +1,4 @@
-"""Shards over HTTP (aeatrain/shardio.py): range reads through the index, staging into a
+"""Shards over HTTP (aeatrain/data/shardio.py): range reads through the index, staging into a
 cache folder, and every failure one line naming the shard, against a real server on
 127.0.0.1 (tests/http_range.py) that counts the bytes it sends."""
 
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from aeatrain import data, shardio
-from aeatrain.data import DatasetError, train_loader
+from aeatrain.data import loader, shardio
+from aeatrain.data.format import DatasetError
+from aeatrain.data.loader import train_loader
+from aeatrain.data.manifest import load_manifest
+from aeatrain.data.streams import full_images, test_tiles
 from tests.datasets import make_dataset
 from tests.http_range import RangeServer
 from tests.train.helpers import DEBUG_CONFIG, TRAIN_SCRIPT, train_env
@@ -50,13 +53,13 @@ def same_batches(first, second):
 
 def count_decoded(monkeypatch) -> list[int]:
     """Bytes of the PNG members the loader decodes, as it decodes them."""
-    decoded, decode = [], data._decode_pair
+    decoded, decode = [], loader.decode_pair
 
     def counting(url, key, files):
         decoded.append(len(files["lr.png"]) + len(files["hr.png"]))
         return decode(url, key, files)
 
-    monkeypatch.setattr(data, "_decode_pair", counting)
+    monkeypatch.setattr(loader, "decode_pair", counting)
     return decoded
 
 
@@ -75,13 +78,10 @@ def test_training_over_http_reads_about_what_it_decodes(served, monkeypatch):
 def test_evaluation_streams_over_http_read_only_their_share(served):
     with RangeServer(served) as server:
         url = f"{server.url}/DATA"
-        remote = [
-            (t.pair, t.tile_id, t.lr.sum()) for t in data.test_tiles(url, rank=1, world_size=2)
-        ]
+        remote = [(t.pair, t.tile_id, t.lr.sum()) for t in test_tiles(url, rank=1, world_size=2)]
         assert server.sent("test-000000.tar") == 9  # one range request per tile of rank 1
     local = [
-        (t.pair, t.tile_id, t.lr.sum())
-        for t in data.test_tiles(served / "DATA", rank=1, world_size=2)
+        (t.pair, t.tile_id, t.lr.sum()) for t in test_tiles(served / "DATA", rank=1, world_size=2)
     ]
     assert remote == local and len(local) == 9
 
@@ -123,14 +123,14 @@ def _closed_port() -> int:
 def test_an_unreachable_or_silent_server_is_named_within_a_timeout(monkeypatch):
     url = f"http://127.0.0.1:{_closed_port()}/DATA"
     with pytest.raises(DatasetError, match=f"{url}/manifest.json: cannot reach"):
-        data.load_manifest(url)
+        load_manifest(url)
     monkeypatch.setattr(shardio, "TIMEOUT_SECONDS", 0.5)
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         start = time.monotonic()
         with pytest.raises(DatasetError, match=r"cannot reach .*timed out"):
-            data.load_manifest(f"http://127.0.0.1:{silent.getsockname()[1]}/DATA")
+            load_manifest(f"http://127.0.0.1:{silent.getsockname()[1]}/DATA")
         assert time.monotonic() - start < 5
 
 
@@ -151,7 +151,7 @@ def test_bad_remote_shards_are_one_line_naming_the_shard(own_served):
         shutil.copy(root / "test-000000.tar", own_served / "saved.tar")
         corrupt_member(root, "test", 4, "hr.png")
         with pytest.raises(DatasetError) as caught:
-            list(data.test_tiles(url))
+            list(test_tiles(url))
         assert str(caught.value).startswith(
             f"{url}/test-000000.tar: sample pair01__test1: hr.png differs from the shard's index"
         )
@@ -159,10 +159,10 @@ def test_bad_remote_shards_are_one_line_naming_the_shard(own_served):
         with pytest.raises(
             DatasetError, match=r"test-000000\.tar: the shard is \d+ bytes, its index says"
         ):
-            list(data.test_tiles(url))
+            list(test_tiles(url))
         (root / "full-000000.index.json").unlink()
         with pytest.raises(DatasetError) as caught:
-            list(data.full_images(url))
+            list(full_images(url))
         assert str(caught.value).startswith(f"{url}/full-000000.tar: its index cannot be read")
         assert "HTTP 404" in str(caught.value) and "\n" not in str(caught.value)
 

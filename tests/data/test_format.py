@@ -1,4 +1,4 @@
-"""The dataset format module (aeatrain/dataformat.py) and the commands built on it:
+"""The dataset format module (aeatrain/data/format.py) and the commands built on it:
 ``data_prep verify`` (every byte checked once), ``data_prep index`` (old datasets), and
 readers tolerating keys a newer writer added."""
 
@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from aeatrain import data
-from aeatrain.dataformat import (
+from aeatrain.data.format import (
     DatasetError,
     Manifest,
     SampleMeta,
@@ -16,6 +15,8 @@ from aeatrain.dataformat import (
     sha256_file,
     split_member_name,
 )
+from aeatrain.data.manifest import load_manifest
+from aeatrain.data.streams import full_images, test_tiles
 from aeatrain.errors import UserError
 from data_prep.__main__ import main as data_prep
 from tests.datasets import make_dataset
@@ -39,7 +40,7 @@ def test_newer_keys_are_kept_by_every_open_document(dataset):
     manifest = Manifest.model_validate(raw)
     assert manifest.pairs["pair00"].model_extra == {"stage_tilt_deg": 2.5}
     assert manifest.as_dict() == raw  # nothing lost on the way through
-    meta = next(iter(data.full_images(dataset))).meta
+    meta = next(iter(full_images(dataset))).meta
     typed = SampleMeta.model_validate({**meta, "vendor": {"detector": "TLD"}})
     assert typed.as_dict()["vendor"] == {"detector": "TLD"}
     with pytest.raises(ValueError, match="extra"):  # the index is ours alone: strict
@@ -73,13 +74,13 @@ def test_index_upgrades_a_version_1_dataset_to_the_same_bytes(dataset, capsys):
             shard.pop("index_sha256")
     manifest_path.write_text(json.dumps(old))
     with pytest.raises(DatasetError, match="format_version 1 has no shard indexes"):
-        data.load_manifest(dataset)
+        load_manifest(dataset)
     assert data_prep(["index", str(dataset)]) == 0
     assert "wrote 3 shard indexes" in capsys.readouterr().out
     assert json.loads(manifest_path.read_text()) == json.loads(current)  # as a fresh build
     assert data_prep(["index", str(dataset)]) == 0  # twice: nothing to do
     assert "already" in capsys.readouterr().out
-    assert [t.pair for t in data.test_tiles(dataset)] == ["pair00"] * 3 + ["pair01"] * 3
+    assert [t.pair for t in test_tiles(dataset)] == ["pair00"] * 3 + ["pair01"] * 3
 
 
 def _tamper_index(dataset, split: str, change) -> None:
@@ -134,7 +135,7 @@ def test_verify_refuses_an_index_that_misplaces_samples(
         data_prep(["verify", str(dataset)])
     assert re.search(problem, capsys.readouterr().err)
     if loading is not None:  # a test tile left out: only verify (reading the tar) sees it
-        read = data.test_tiles if split == "test" else data.full_images
+        read = test_tiles if split == "test" else full_images
         with pytest.raises(DatasetError, match=problem if loading is True else loading):
             list(read(dataset))
 

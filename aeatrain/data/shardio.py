@@ -1,7 +1,7 @@
 """Bytes of dataset files wherever they are: local paths, ``http(s)://`` URLs, ``pipe:``.
 
-The readers in aeatrain/data.py ask for exactly the members they decode, by the byte
-offsets of the shard index (aeatrain/dataformat.py), through :func:`open_shard`:
+The readers (aeatrain/data/sources.py) ask for exactly the members they decode, by the
+byte offsets of the shard index (aeatrain/data/format.py), through :func:`open_shard`:
 
 - a local shard is opened and read at those offsets;
 - an ``http(s)://`` shard gets one range request per sample (its members lie next to
@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from aeatrain.dataformat import DatasetError, sha256_file
+from aeatrain.data.format import DatasetError, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from aeatrain.data import load_manifest, train_loader
+from aeatrain.data.loader import train_loader
+from aeatrain.data.manifest import load_manifest
 from tests.datasets import make_dataset
 from tests.ports import free_port
 

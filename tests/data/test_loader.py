@@ -1,9 +1,9 @@
-"""aeatrain/data.py: manifest checks, the training crop stream, the test and full streams.
+"""aeatrain/data/loader.py (the training crop stream) and aeatrain/data/sources.py.
 
-Fixtures are tiny DATA folders from tests/datasets.py. Where a test must know what every
-pixel holds, it writes coordinate-coded images: HR pixel (y, x) of pair k holds
-``((y + 17 k) % 256) * 256 + x % 256`` and LR holds ``65535 - HR``, so a crop tells where
-it was cut from, from which pair, and whether LR and HR match.
+Fixtures are tiny DATA folders from tests/datasets.py (tests/data/conftest.py). Where a
+test must know what every pixel holds, it uses coordinate-coded images
+(tests.datasets.coded_pair), so a crop tells where it was cut from, from which pair, and
+whether LR and HR match.
 """
 
 import json
@@ -21,32 +21,15 @@ import numpy as np
 import pytest
 import torch
 
-from aeatrain import data, dataformat
-from aeatrain.data import DatasetError, d4_inverse, d4_transform, load_manifest, train_loader
+from aeatrain.data import d4, loader
+from aeatrain.data.format import DatasetError
+from aeatrain.data.loader import train_loader
+from aeatrain.data.manifest import load_manifest
+from aeatrain.data.sources import pair_names
+from aeatrain.data.streams import test_tiles
 from data_prep import shards
 from tests import datasets
-from tests.datasets import make_dataset, split_regions, write_dataset
-
-# --------------------------------------------------------------------------- fixtures
-
-
-def coded_pair(k: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:height, 0:width]
-    hr = (((yy + 17 * k) % 256) * 256 + xx % 256).astype(np.uint16)
-    return (65535 - hr).astype(np.uint16), hr
-
-
-@pytest.fixture(scope="module")
-def coded(tmp_path_factory) -> Path:
-    """Three coordinate-coded 16-bit pairs of 320x240 (train regions 240x240)."""
-    images = {f"pair{k:02d}": coded_pair(k, 240, 320) for k in range(3)}
-    return write_dataset(tmp_path_factory.mktemp("coded") / "DATA", images)
-
-
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory) -> Path:
-    """The default tests/datasets.py dataset, several shards per split."""
-    return make_dataset(tmp_path_factory.mktemp("plain") / "DATA", max_samples_per_shard=2)
+from tests.datasets import coded_pair, make_dataset, write_dataset
 
 
 def take(stream, n):
@@ -71,141 +54,9 @@ def check_coded_crops(batch):
         hr = np.rint(batch["hr"][i, 0].numpy() * 65535).astype(np.int64)
         source_hw = (width, height) if op % 2 else (height, width)
         want = hr_full[y0 : y0 + source_hw[0], x0 : x0 + source_hw[1]]
-        np.testing.assert_array_equal(hr, d4_transform(want, op))
-        np.testing.assert_array_equal(d4_transform(hr, d4_inverse(op)), want)
+        np.testing.assert_array_equal(hr, d4.transform(want, op))
+        np.testing.assert_array_equal(d4.transform(hr, d4.inverse(op)), want)
         np.testing.assert_array_equal(lr + hr, 65535)  # LR cut at the same place as HR
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def test_manifest_exposes_what_the_trainer_needs(plain):
-    manifest = load_manifest(plain)
-    assert manifest.root == str(plain) and manifest.path == str(plain / "manifest.json")
-    assert manifest.scale == 2.0 and manifest.bit_depths == [8]
-    assert manifest.pair_names == ["pair00", "pair01", "pair02"]
-    assert manifest.pairs["pair01"]["train_region"] == {"x0": 0, "y0": 0, "x1": 240, "y1": 240}
-    assert [Path(u).name for u in manifest.shard_urls("train")] == [
-        "train-000000.tar",
-        "train-000001.tar",
-    ]
-    assert (manifest.samples("train"), manifest.samples("test"), manifest.samples("full")) == (
-        3,
-        9,
-        3,
-    )
-    assert manifest.sha256 == dataformat.sha256_file(plain / "manifest.json")
-    assert load_manifest(plain / "manifest.json").sha256 == manifest.sha256
-
-
-@pytest.fixture
-def own_copy(tmp_path):
-    return make_dataset(tmp_path / "DATA", pairs=2, width=160, height=120)
-
-
-def edit_manifest(root: Path, **changes) -> Path:
-    path = root / "manifest.json"
-    raw = json.loads(path.read_text())
-    raw.update(changes)
-    path.write_text(json.dumps(raw))
-    return path
-
-
-def test_missing_shard_is_named(own_copy):
-    (own_copy / "test-000000.tar").unlink()
-    with pytest.raises(DatasetError, match=r"test-000000\.tar: test shard .* is missing"):
-        load_manifest(own_copy)
-
-
-def test_a_changed_shard_is_found_by_verify_and_by_the_reader(own_copy):
-    shard = own_copy / "train-000000.tar"
-    content = bytearray(shard.read_bytes())
-    index = json.loads((own_copy / "train-000000.index.json").read_text())
-    content[index["samples"][0]["members"]["hr.png"]["offset"] + 100] ^= 0xFF  # pair00's HR
-    shard.write_bytes(bytes(content))
-    with pytest.raises(DatasetError, match=r"train-000000\.tar: sha256 differs"):
-        load_manifest(own_copy, verify_checksums=True)
-    assert load_manifest(own_copy).pair_names == ["pair00", "pair01"]  # hashes nothing
-    with pytest.raises(DatasetError) as caught:
-        next(train_loader(own_copy, crop_size=16, batch_size=1, seed=0))
-    assert str(caught.value) == (
-        f"{shard}: sample pair00__train: hr.png differs from the shard's index (corrupt "
-        f"shard or stale index; run python -m data_prep verify)"
-    )
-
-
-def test_a_missing_or_foreign_index_is_named(own_copy):
-    index = own_copy / "train-000000.index.json"
-    saved = index.read_bytes()
-    index.unlink()
-    with pytest.raises(DatasetError, match=r"train-000000\.index\.json: train index .* missing"):
-        load_manifest(own_copy)
-    index.write_bytes(saved)
-    shard = own_copy / "train-000000.tar"
-    shard.write_bytes(shard.read_bytes() + bytes(512))  # another shard under the same name
-    with pytest.raises(DatasetError) as caught:
-        next(train_loader(own_copy, crop_size=16, batch_size=1, seed=0))
-    assert str(caught.value).startswith(f"{shard}: the shard is {len(shard.read_bytes())} bytes")
-    assert "the index does not match its shard" in str(caught.value)
-
-
-def test_shard_entry_without_sha256_is_named(own_copy):
-    path = own_copy / "manifest.json"
-    raw = json.loads(path.read_text())
-    del raw["splits"]["test"]["shards"][0]["sha256"]  # was a KeyError traceback
-    path.write_text(json.dumps(raw))
-    with pytest.raises(
-        DatasetError, match=r"manifest\.json: splits\.test\.shards\.0\.sha256: Field required"
-    ):
-        load_manifest(own_copy)
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"protocol": {"name": "random-split"}}, "protocol.name is 'random-split'"),
-        ({"format": "something-else"}, "format is 'something-else'"),
-        ({"format_version": 3}, "format_version is 3"),
-        ({"format_version": 1}, "format_version 1 has no shard indexes; add them once with"),
-        ({"bit_depths": "8"}, r"bit_depths: Input should be a valid list"),
-    ],
-)
-def test_wrong_manifest_fields_name_the_manifest(own_copy, changes, message):
-    path = edit_manifest(own_copy, **changes)
-    with pytest.raises(DatasetError, match=message) as caught:
-        load_manifest(own_copy)
-    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
-
-
-def test_not_a_dataset(tmp_path):
-    with pytest.raises(DatasetError, match="no such manifest"):
-        load_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(DatasetError, match=r"manifest\.json: not valid JSON"):
-        train_loader(tmp_path, crop_size=16, batch_size=1, seed=0)
-
-
-# --------------------------------------------------------------------------- D4
-
-
-def test_d4_ops_are_the_eight_distinct_symmetries_and_invert():
-    image = np.arange(12).reshape(3, 4)
-    results = [d4_transform(image, op) for op in range(8)]
-    assert len({(r.shape, r.tobytes()) for r in (np.ascontiguousarray(x) for x in results)}) == 8
-    for op in range(8):
-        np.testing.assert_array_equal(d4_transform(results[op], d4_inverse(op)), image)
-    np.testing.assert_array_equal(d4_transform(image, 4), image[:, ::-1])
-    np.testing.assert_array_equal(d4_transform(image, 2), image[::-1, ::-1])
-    for op in range(8):  # the non-square subset keeps the shape
-        assert d4_transform(image, data.shape_preserving_op(op)).shape == (3, 4)
-
-
-def test_d4_is_paired_on_a_batch_axis():
-    lr = np.random.default_rng(0).random((2, 1, 5, 5))
-    for op in range(8):
-        both = d4_transform(np.stack([lr, 1 - lr]), op)
-        np.testing.assert_allclose(both[0] + both[1], 1.0)
-        np.testing.assert_array_equal(both[0], d4_transform(lr, op))
 
 
 # --------------------------------------------------------------------------- training stream
@@ -263,13 +114,13 @@ def test_each_decoded_region_serves_crops_per_region_crops(coded):
 
 def test_the_cache_saves_decodes_and_changes_no_pixel(coded, monkeypatch):
     decoded = []
-    real = data._decode_regions
+    real = loader._decode_regions
 
     def counting(regions, wanted):
         decoded.append(len(wanted))
         return real(regions, wanted)
 
-    monkeypatch.setattr(data, "_decode_regions", counting)
+    monkeypatch.setattr(loader, "_decode_regions", counting)
     settings = {"crop_size": 32, "batch_size": 4, "seed": 0, "pool_size": 2, "crops_per_region": 2}
     cached = take(train_loader(coded, **settings), 12)  # a new pool of 2 draws every step
     assert sum(decoded) == 3  # each of the 3 regions decoded once, then served from memory
@@ -281,10 +132,10 @@ def test_the_cache_saves_decodes_and_changes_no_pixel(coded, monkeypatch):
 
 def test_default_crops_per_region_uses_a_decode_about_once():
     region = [SimpleNamespace(height=944, width=960)]
-    assert data.default_crops_per_region(region, (256, 256)) == 14
-    assert data.default_crops_per_region(region, (512, 512)) == 3
-    assert data.default_crops_per_region(region, (944, 960)) == 1
-    assert data.default_crops_per_region(region, (32, 32)) == 16  # capped
+    assert loader.default_crops_per_region(region, (256, 256)) == 14
+    assert loader.default_crops_per_region(region, (512, 512)) == 3
+    assert loader.default_crops_per_region(region, (944, 960)) == 1
+    assert loader.default_crops_per_region(region, (32, 32)) == 16  # capped
 
 
 def test_whole_region_crops(coded):
@@ -370,18 +221,17 @@ def test_pipe_and_brace_urls_stream_the_same_batches(plain):
     assert_same_batches(local, take(train_loader(piped, **settings), 3))
     braces = str(plain / "train-{000000..000001}.tar")
     assert_same_batches(local, take(train_loader(braces, **settings), 3))
-    assert data.pair_names(piped) == data.pair_names(plain) == ["pair00", "pair01", "pair02"]
+    assert pair_names(piped) == pair_names(plain) == ["pair00", "pair01", "pair02"]
     tiles = [
-        (t.pair, t.tile_id)
-        for t in data.test_tiles(f"pipe:cat {plain}/test-{{000000..000004}}.tar")
+        (t.pair, t.tile_id) for t in test_tiles(f"pipe:cat {plain}/test-{{000000..000004}}.tar")
     ]
-    assert tiles == [(t.pair, t.tile_id) for t in data.test_tiles(plain)]
+    assert tiles == [(t.pair, t.tile_id) for t in test_tiles(plain)]
 
 
 def test_failing_pipe_is_named(tmp_path):
     url = f"pipe:cat {tmp_path}/absent.tar"
     with pytest.raises(DatasetError, match=f"{url}: cannot read shard"):
-        data.pair_names([url])
+        pair_names([url])
 
 
 def test_a_manifest_object_is_a_source(plain):
@@ -390,63 +240,6 @@ def test_a_manifest_object_is_a_source(plain):
     assert_same_batches(
         take(train_loader(manifest, **settings), 2), take(train_loader(plain, **settings), 2)
     )
-
-
-# --------------------------------------------------------------------------- evaluation streams
-
-
-def test_test_tiles_once_each_in_order_and_split_over_ranks(plain):
-    tiles = list(data.test_tiles(plain))
-    order = [(t.pair, t.tile_id) for t in tiles]
-    assert order == [(f"pair{k:02d}", f"test{i}") for k in range(3) for i in range(3)]
-    assert [t.index for t in tiles] == list(range(9))
-    fulls = {f.pair: f for f in data.full_images(plain)}
-    for tile in tiles:  # each tile is its region of the whole registered image
-        box = tile.region
-        assert tile.bit_depth == 8 and tile.meta["split"] == "test"
-        np.testing.assert_array_equal(
-            tile.lr, fulls[tile.pair].lr[box["y0"] : box["y1"], box["x0"] : box["x1"]]
-        )
-        np.testing.assert_array_equal(
-            tile.hr, fulls[tile.pair].hr[box["y0"] : box["y1"], box["x0"] : box["x1"]]
-        )
-    ranks = [[t.index for t in data.test_tiles(plain, rank=r, world_size=2)] for r in (0, 1)]
-    assert ranks == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
-    chosen = list(data.test_tiles(plain, pairs=["pair02", "pair00"]))
-    assert [(t.pair, t.index) for t in chosen] == [("pair00", i) for i in range(3)] + [
-        ("pair02", i) for i in range(3, 6)
-    ]
-    with pytest.raises(DatasetError, match="no pair named 'x'"):
-        data.test_tiles(plain, pairs=["x"])
-
-
-def test_full_images_carry_their_regions(plain):
-    fulls = list(data.full_images(plain, rank=1, world_size=2))
-    assert [(f.pair, f.index) for f in fulls] == [("pair01", 1)]
-    full = fulls[0]
-    assert full.lr.shape == full.hr.shape == (240, 320) and full.lr.dtype == np.uint8
-    train, tests = split_regions(320, 240)
-    assert full.train_region == train and full.test_regions == tests
-    cut = full.test_tile("test1")  # what validation shows: the test sample's pixels
-    stored = next(t for t in data.test_tiles(plain) if (t.pair, t.tile_id) == ("pair01", "test1"))
-    assert (cut.pair, cut.tile_id, cut.index, cut.region) == ("pair01", "test1", 4, tests["test1"])
-    assert cut.index == stored.index and cut.bit_depth == stored.bit_depth == 8
-    np.testing.assert_array_equal(cut.lr, stored.lr)
-    np.testing.assert_array_equal(cut.hr, stored.hr)
-
-
-def test_16_bit_tiles_keep_their_depth(tmp_path):
-    root = make_dataset(tmp_path / "D", pairs=1, width=160, height=120, bit_depth=16)
-    tile = next(iter(data.test_tiles(root)))
-    assert tile.bit_depth == 16 and tile.lr.dtype == np.uint16 and tile.hr.max() > 255
-
-
-def test_synthetic_pairs_are_learnable(plain):
-    """tests/datasets.py promises HR = f(LR) + detail: LR is a blurred, noisy HR."""
-    full = next(iter(data.full_images(plain)))
-    lr, hr = full.lr.astype(np.float64), full.hr.astype(np.float64)
-    assert np.corrcoef(lr.ravel(), hr.ravel())[0, 1] > 0.8
-    assert np.abs(lr - hr).mean() > 3  # but not the identity: something to learn
 
 
 # --------------------------------------------------------------------------- processes
@@ -492,7 +285,7 @@ def test_a_process_with_loader_workers_exits(plain):
     """Workers still making batches must not hold up the end of the process."""
     code = (
         "import sys\n"
-        "from aeatrain.data import train_loader\n"
+        "from aeatrain.data.loader import train_loader\n"
         f"stream = train_loader({str(plain)!r}, crop_size=32, batch_size=2, seed=0,\n"
         "                      num_workers=2)\n"
         "print(next(stream)['step'])\n"
@@ -502,6 +295,6 @@ def test_a_process_with_loader_workers_exits(plain):
         capture_output=True,
         text=True,
         timeout=90,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
