@@ -107,6 +107,8 @@ import json
 import sys
 from pathlib import Path
 
+from aeatrain.protocol.metrics import read_metrics
+
 out, card, setting, lr, seconds, stages = Path(sys.argv[1]), *sys.argv[2:6], sys.argv[6:]
 report = {"card": card, "setting": setting, "lr": float(lr), "wall_seconds": int(seconds),
           "stages": {}, "plan": None, "models": {}}  # fmt: skip
@@ -119,7 +121,7 @@ if (out / "plan.json").is_file():
         row = {"steps": planned["steps"], "train": report["stages"].get(f"train {model}")}
         metrics = out / "eval" / f"{model}-pooled-seed0" / "metrics.json"
         if metrics.is_file():
-            row["summary"] = json.loads(metrics.read_text())["rows"][0]["summary"]
+            row["summary"] = read_metrics(metrics).rows[0].summary
         report["models"][model] = row
 partial = out / ".gpu_compare.json.partial"  # renamed whole: never a half-written JSON
 partial.write_text(json.dumps(report, indent=1) + "\n")
