@@ -141,7 +141,7 @@ def _recorded_run(run: ScoredRun, path: Path) -> dict:
 
 
 def _read_run_folder(run_dir: Path, path: Path) -> tuple[dict, str | None]:
-    from aeatrain.runs import CONFIG_YAML, read_run_json  # imports torch: older files only
+    from aeatrain.run.final import CONFIG_YAML, read_run_json  # imports torch: older files only
 
     try:
         config = read_saved_config(run_dir / CONFIG_YAML)

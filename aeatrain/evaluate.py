@@ -68,7 +68,8 @@ from aeatrain.protocol.scoring import (
     score_share,
     summarize_pairs,
 )
-from aeatrain.runs import add_loading_arguments, finite_output
+from aeatrain.run.final import finite_output
+from aeatrain.run.options import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def load_rows(specs: list[RowSpec], *, weights: str, selected, known: list[str],
     """Load every run (on the CPU) and decide its pairs before any prediction: a bad run
     folder fails in seconds, not after an hour of scoring. Returns per spec
     ``[(model, run_info, pairs), ...]``."""
-    from aeatrain.runs import load_run
+    from aeatrain.run.final import load_run
 
     loaded = []
     for spec in specs:

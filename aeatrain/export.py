@@ -69,6 +69,7 @@ from aeatrain.imageio import (
 )
 from aeatrain.inference import padding_multiple
 from aeatrain.models import model_spec
+from aeatrain.modelzoo import STATE_DICT
 from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
 from aeatrain.protocol.metrics import read_metrics
 
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 ONNX_OPSET = 17  # onnxruntime 1.13 (deepImageJ's engine) reads opset <= 17 ...
 ONNX_IR_VERSION = 8  # ... and IR <= 8; torch's TorchScript-based exporter writes both
 OUTSIDE = -1.0  # the package's padding value: pixels are >= 0, so a frame of it is padding
-STATE_DICT = "weights_state_dict.pt"  # an attachment, for train.init_from (not a weight format)
 MAX_TEST_SIZE = 128  # side of the test tensors (px), at most (or the minimum size if larger)
 INPUT_ID, OUTPUT_ID = "lr", "sr"
 EXPORT_EXTRA = "pip install 'aeatrain[export]'"
@@ -190,7 +190,7 @@ def check_target(out: Path, *, overwrite: bool) -> None:
 def load_network(run_dir: str, weights: str):
     """The run's float32 network in eval mode and its RunInfo; refuses non-networks."""
     from aeatrain.models import MODELS, trainable_names
-    from aeatrain.runs import RUN_JSON, load_run, read_run_json
+    from aeatrain.run.final import RUN_JSON, load_run, read_run_json
 
     name = read_run_json(run_dir).model.name
     if name not in MODELS or not MODELS[name].trainable:  # lbnlm: a library built from data
@@ -557,7 +557,7 @@ def _validation_text(run, sample_label: str, split: str) -> list[str]:
 
 def _origin(run) -> str:
     """A sentence naming the weights a fine-tuned run started from (train.init_from); or ''."""
-    from aeatrain.runs import read_run_json
+    from aeatrain.run.final import read_run_json
 
     source = read_run_json(run.path).init_from
     if not source:
@@ -661,7 +661,7 @@ def readme_text(run, geometry: Geometry, info: PackageInfo) -> str:
 
 def package_pieces(model: nn.Module, run, args, folder: Path) -> tuple[Geometry, dict, PackageInfo]:
     """Write every file the package holds into ``folder``; returns what describes them."""
-    from aeatrain.runs import finite_output
+    from aeatrain.run.final import finite_output
 
     geometry = geometry_of(model)
     lr, label, split = cut_test_input(run, args.data, geometry)
@@ -777,7 +777,7 @@ def check_metadata(args: argparse.Namespace) -> None:
     from bioimageio.spec.model.v0_5 import ModelDescr
     from pydantic import TypeAdapter, ValidationError
 
-    from aeatrain.runs import read_run_json
+    from aeatrain.run.final import read_run_json
 
     if args.name is None:
         model_name = read_run_json(args.run).model.name

@@ -37,7 +37,7 @@ from aeatrain.errors import UserError, check_seed, reporting_write_errors, run_c
 from aeatrain.imageio import to_float
 from aeatrain.models.lbnlm import LBNLM, nlm_weights
 from aeatrain.outputs import check_writable
-from aeatrain.runs import RUN_JSON, read_run_json, write_run_files
+from aeatrain.run.final import RUN_JSON, read_run_json, write_run_files
 
 log = logging.getLogger(__name__)
 

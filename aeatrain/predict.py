@@ -69,7 +69,8 @@ from aeatrain.inference import (
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.microscope import Calibration, cut_data_bar, read_calibration
 from aeatrain.outputs import check_replaceable_file, record_outputs
-from aeatrain.runs import add_loading_arguments, finite_output
+from aeatrain.run.final import finite_output
+from aeatrain.run.options import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aeatrain.runs import load_run  # after argument parsing: --help stays fast
+    from aeatrain.run.final import load_run  # after argument parsing: --help stays fast
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

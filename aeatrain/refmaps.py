@@ -52,7 +52,7 @@ from aeatrain.protocol.heatmaps import (
     overlay,
     reference_maps,
 )
-from aeatrain.runs import add_loading_arguments
+from aeatrain.run.options import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aeatrain.runs import load_run
+    from aeatrain.run.final import load_run
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

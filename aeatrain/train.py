@@ -60,10 +60,11 @@ from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import build_model, input_multiple, model_spec, shared_references
+from aeatrain.modelzoo.read import read_initial_weights
 from aeatrain.protocol.scoring import score_pairs, summarize_pairs
-from aeatrain.runfolder import ResumePoint, RunFolder, RunFolderError, dataset_record
-from aeatrain.runs import InitialWeights, load_into, read_initial_weights
-from aeatrain.training import lock as runlock
+from aeatrain.run import lock as runlock
+from aeatrain.run.final import InitialWeights, load_into
+from aeatrain.run.folder import ResumePoint, RunFolder, RunFolderError, dataset_record
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import (
     build_optimizer,

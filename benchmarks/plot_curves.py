@@ -35,17 +35,17 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aeatrain import checkpoint as ckpt  # noqa: E402
 from aeatrain.errors import UserError, run_cli  # noqa: E402
 from aeatrain.imageio import atomic_write_text  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
 from aeatrain.protocol.metrics import read_metrics  # noqa: E402
-from aeatrain.runs import CONFIG_YAML, load_into, read_run_json, write_run_files  # noqa: E402
+from aeatrain.run import checkpoint as ckpt  # noqa: E402
+from aeatrain.run.final import CONFIG_YAML, load_into, read_run_json, write_run_files  # noqa: E402
 
 SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")
 CHECKPOINT_MODEL = "model.safetensors"  # accelerate's save_state: the model's state_dict
 # The EMA parameters: registered with accelerate (its save_state pickles WeightEMA's
-# state_dict, aeatrain/checkpoint.py), or, in checkpoints of version 1, a safetensors file.
+# state_dict, aeatrain/run/checkpoint.py), or, in checkpoints of version 1, a safetensors file.
 CHECKPOINT_EMA = "custom_checkpoint_1.pkl"
 CHECKPOINT_EMA_V1 = "ema.safetensors"
 

@@ -30,7 +30,7 @@ from aeatrain.data.streams import test_tiles
 from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full
-from aeatrain.runs import load_run
+from aeatrain.run.final import load_run
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run
 
@@ -242,7 +242,7 @@ def test_test_tensors_come_from_the_runs_data_and_readme_reports_its_evaluation(
 
 @pytest.mark.slow
 def test_package_state_dict_is_the_runs_network_for_init_from(exported):
-    from aeatrain.runs import read_initial_weights
+    from aeatrain.modelzoo.read import read_initial_weights
 
     package, run_dir, _ = exported
     model, _ = load_run(run_dir, weights="raw")
@@ -409,7 +409,7 @@ def test_test_data_of_another_bit_depth_is_refused(small_run, tmp_path):
 
 
 def test_readme_names_the_weights_a_fine_tuned_run_started_from(small_run):
-    from aeatrain.runs import load_run
+    from aeatrain.run.final import load_run
 
     _, run = load_run(small_run)
     assert export._origin(run) == ""

@@ -16,7 +16,7 @@ from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.imageio import read_image, write_image
 from aeatrain.models import build_model
 from aeatrain.models.lbnlm import LBNLM
-from aeatrain.runs import load_run
+from aeatrain.run.final import load_run
 from tests.datasets import make_dataset
 
 

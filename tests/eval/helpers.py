@@ -1,4 +1,4 @@
-"""Small run folders for the evaluation tests, written through aeatrain.runs."""
+"""Small run folders for the evaluation tests, written through aeatrain.run.final."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from aeatrain.models import build_model
-from aeatrain.runs import write_run_files
+from aeatrain.run.final import write_run_files
 
 
 def make_model(model_name: str = "unet", *, seed: int = 0, **model_kwargs) -> torch.nn.Module:

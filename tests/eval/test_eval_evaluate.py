@@ -16,7 +16,7 @@ from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full, predict_paper_tiles
 from aeatrain.protocol.metrics import average_pairs, mean_scores, score_regions
-from aeatrain.runs import load_run
+from aeatrain.run.final import load_run
 from tests.datasets import make_dataset, specimen_pair, write_dataset
 from tests.eval.helpers import make_run
 from tests.http_range import RangeServer

@@ -86,7 +86,7 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
     """The CLI is upsample -> model -> round: recompute that by hand."""
     from aeatrain.imageio import from_float, to_float
     from aeatrain.inference import predict_full
-    from aeatrain.runs import load_run
+    from aeatrain.run.final import load_run
 
     image = np.random.default_rng(2).integers(0, 256, (40, 52), dtype=np.uint8)
     write_image(tmp_path / "a.png", image)
@@ -115,7 +115,7 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
 def test_tta_d4_averages_the_eight_flips(run_dir, tmp_path, capsys):
     from aeatrain.imageio import to_float
     from aeatrain.inference import predict_full, self_ensemble
-    from aeatrain.runs import load_run
+    from aeatrain.run.final import load_run
 
     image = np.random.default_rng(5).integers(0, 256, (24, 36), dtype=np.uint8)
     write_image(tmp_path / "a.png", image)

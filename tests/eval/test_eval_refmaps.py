@@ -12,7 +12,7 @@ from aeatrain import refmaps
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.imageio import read_image, to_float, write_image
 from aeatrain.protocol import heatmaps
-from aeatrain.runs import load_run
+from aeatrain.run.final import load_run
 from tests.eval.helpers import make_run
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from aeatrain.config import ConfigError, load_config
 from aeatrain.models import DEFAULTS, MODELS, ModelSpec, build_model, input_multiple
-from aeatrain.runs import load_run
+from aeatrain.run.final import load_run
 from tests.datasets import make_dataset
 from tests.train.helpers import DEBUG_CONFIG, events, scalar, train_in_process
 

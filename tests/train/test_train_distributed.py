@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aeatrain import checkpoint as ckpt
 from aeatrain.models import build_model
+from aeatrain.run import checkpoint as ckpt
 from tests.datasets import make_dataset
 from tests.ports import free_port
 from tests.train.helpers import (

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aeatrain import checkpoint as ckpt
 from aeatrain import train as trainer_module
+from aeatrain.run import checkpoint as ckpt
 from tests.datasets import make_dataset
 from tests.train.helpers import DEBUG_CONFIG, check, run, train_command
 

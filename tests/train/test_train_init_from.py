@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 from aeatrain import export
 from aeatrain.config import ConfigError, load_config
 from aeatrain.errors import UserError
-from aeatrain.runs import write_run_files
+from aeatrain.run.final import write_run_files
 from aeatrain.train import build_trainer, make_accelerator
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_model

@@ -7,8 +7,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from aeatrain import checkpoint as ckpt
 from aeatrain.models import build_model
+from aeatrain.run import checkpoint as ckpt
 from tests.datasets import make_dataset
 from tests.train.helpers import DEBUG_CONFIG, check, events, run, scalar, train_command
 

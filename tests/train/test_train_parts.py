@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from aeatrain import checkpoint as ckpt
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
 from aeatrain.imageio import to_float
@@ -20,6 +19,7 @@ from aeatrain.models import build_model
 from aeatrain.protocol import heatmaps
 from aeatrain.protocol.metrics import score_tile
 from aeatrain.protocol.scoring import merge_shares, summarize_pairs
+from aeatrain.run import checkpoint as ckpt
 from aeatrain.training.images import (
     chosen_references,
     colorize,

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from accelerate import Accelerator
 
-from aeatrain import checkpoint as ckpt
-from aeatrain import runfolder as runfolder_module
 from aeatrain.data.manifest import dataset_identity, load_manifest
 from aeatrain.errors import UserError
-from aeatrain.training import lock as runlock
+from aeatrain.run import checkpoint as ckpt
+from aeatrain.run import folder as runfolder_module
+from aeatrain.run import lock as runlock
 from tests.datasets import make_dataset
 from tests.train.helpers import DEBUG_CONFIG, train_in_process
 

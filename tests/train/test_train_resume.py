@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from aeatrain import checkpoint as ckpt
+from aeatrain.run import checkpoint as ckpt
 from aeatrain.training.preemption import EXIT_PREEMPTED
 from tests.datasets import make_dataset
 from tests.train.helpers import (

@@ -1,4 +1,4 @@
-"""aeatrain.runs: weights holding nan or inf are refused wherever a run's weights are
+"""aeatrain.run.final: weights holding nan or inf are refused wherever a run's weights are
 loaded (issue 23 item 6: predict wrote an all-black image with exit 0)."""
 
 from __future__ import annotations

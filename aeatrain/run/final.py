@@ -17,11 +17,9 @@ A resumed run finishes into the same folder, so these four files are replaced on
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,11 +32,10 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from aeatrain import __version__
-from aeatrain.config import load_yaml, read_saved_config
+from aeatrain.config import read_saved_config
 from aeatrain.data.format import parse_json
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_bytes, atomic_write_text
-from aeatrain.inference import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -317,21 +314,6 @@ def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
         )
 
 
-def add_loading_arguments(parser) -> None:
-    """``--weights`` and ``--device``: how every tool that loads a run chooses them."""
-    parser.add_argument(
-        "--weights",
-        choices=("auto", *WEIGHT_FILES),
-        default="auto",
-        help="auto: EMA if the run has it",
-    )
-    parser.add_argument(
-        "--device",
-        type=choose_device,  # a bad or absent device: one line, exit 2, before any work
-        help="cpu, cuda, cuda:1 ...; default: GPU if any",
-    )
-
-
 def load_run(
     run_dir: str | Path, *, weights: str = "auto", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, RunInfo]:
@@ -341,7 +323,7 @@ def load_run(
     :class:`RunError` (a :class:`UserError`) for a missing or unfinished run folder, a
     run without the asked-for weights, or weights that do not fit the model.
     """
-    from aeatrain.models import build_model  # imported here: runs.py must not need models
+    from aeatrain.models import build_model  # imported here: final.py must not need models
 
     run_dir = Path(run_dir)
     info = read_run_json(run_dir)
@@ -384,24 +366,9 @@ class InitialWeights:
     record: dict  # what the new run's run.json keeps under "init_from"
 
 
-def read_initial_weights(source: str | Path) -> InitialWeights:
-    """A finished run folder (EMA weights if it has them, as predict chooses) or a
-    bioimage.io MODEL.zip written by ``python -m aeatrain.export`` (its pytorch_state_dict).
-
-    Raises :class:`RunError` naming the source when it is neither, or is damaged.
-    """
-    path = Path(source)
-    if path.is_dir():
-        return _run_weights(path)
-    if path.is_file() and zipfile.is_zipfile(path):
-        return _package_weights(path)
-    raise RunError(
-        f"{path}: train.init_from must name a finished run folder or a MODEL.zip written by "
-        f"python -m aeatrain.export"
-    )
-
-
-def _run_weights(run_dir: Path) -> InitialWeights:
+def run_weights(run_dir: Path) -> InitialWeights:
+    """The weights a new run starts from when ``train.init_from`` names a finished run
+    folder: its EMA weights if it has them (as predict chooses), else the raw ones."""
     info = read_run_json(run_dir)
     kind = _choose_weights(run_dir, info, "auto")
     name = info.model.name
@@ -415,44 +382,3 @@ def _run_weights(run_dir: Path) -> InitialWeights:
     }
     kwargs = dict(info.model.kwargs)
     return InitialWeights(run_dir, name, kwargs, _load_state(file, name), record)
-
-
-def _package_weights(package: Path) -> InitialWeights:
-    """The state dict of an aeatrain-exported bioimage.io package: the attachment its
-    ``config.aeatrain`` names (or, in a package of an earlier aeatrain, its
-    ``pytorch_state_dict`` weights built by ``aeatrain.models.build_model``)."""
-    try:
-        with zipfile.ZipFile(package) as archive:
-            rdf = load_yaml(archive.read("rdf.yaml"), f"{package}: rdf.yaml")
-            ours = ((rdf or {}).get("config") or {}).get("aeatrain") or {}
-            entry = ((rdf or {}).get("weights") or {}).get("pytorch_state_dict") or {}
-            architecture = entry.get("architecture") or {}
-            if ours.get("state_dict"):
-                source = str(ours["state_dict"])
-                kwargs = {"name": ours["model"]["name"], **(ours["model"].get("kwargs") or {})}
-            elif (architecture.get("import_from"), architecture.get("callable")) == (
-                "aeatrain.models",
-                "build_model",
-            ):
-                source, kwargs = str(entry["source"]), dict(architecture.get("kwargs") or {})
-            else:
-                raise RunError(
-                    f"{package}: not a package exported by aeatrain (no config.aeatrain "
-                    f"state_dict, and no pytorch_state_dict built by aeatrain.models)"
-                )
-            data = archive.read(source)
-    except (KeyError, TypeError, OSError, zipfile.BadZipFile) as err:
-        raise RunError(f"{package}: not a readable bioimage.io package ({err})") from None
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged or foreign files
-        raise RunError(f"{package}: {source} is not a readable state dict ({err})") from None
-    name = kwargs.pop("name", None)
-    record = {
-        "path": str(package.resolve()),
-        "kind": "bioimageio",
-        "weights": source,
-        "step": ((rdf.get("config") or {}).get("aeatrain") or {}).get("step"),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    return InitialWeights(package, name, kwargs, state, record)

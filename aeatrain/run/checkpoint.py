@@ -23,7 +23,7 @@ loaded:
 
 Version 1 (aeatrain before the trainer state and EMA were registered with accelerate:
 ``ema.safetensors``, the counters in this file) is not resumed; the trainer refuses it in
-one line (aeatrain/runfolder.py).
+one line (aeatrain/run/folder.py).
 
 ``data_position`` is the index of the next batch; the loader makes the batch of step s on
 rank r a pure function of (seed, s, r), so the data position is the step itself.

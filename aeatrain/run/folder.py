@@ -2,13 +2,13 @@
 
     RUN/config.yaml                the resolved config (written when the run starts, again
                                    with the final files)
-    RUN/trainer.lock               the live trainer (aeatrain/training/lock.py)
+    RUN/trainer.lock               the live trainer (aeatrain/run/lock.py)
     RUN/checkpoints/step_N/        complete checkpoints; .step_N.partial while one is
-                                   written (aeatrain/checkpoint.py)
+                                   written (aeatrain/run/checkpoint.py)
     RUN/preempted.json             left when the run stopped on a preemption signal
     RUN/logs/tensorboard/          TensorBoard events (written by accelerate's tracker)
     RUN/model.safetensors, RUN/model_ema.safetensors, RUN/run.json
-                                   the final files (aeatrain/runs.py, docs/formats.md)
+                                   the final files (aeatrain/run/final.py, docs/formats.md)
 
 The trainer (aeatrain/train.py) asks in two phases. Reading, which writes nothing and is
 what ``train.py --check`` runs: :meth:`RunFolder.resume_point` applies the same-run
@@ -27,16 +27,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from aeatrain import checkpoint as ckpt
 from aeatrain.config import Config, read_saved_config
-from aeatrain.data.manifest import DatasetManifest, dataset_identity
+from aeatrain.data.manifest import dataset_identity
 from aeatrain.errors import UserError
 from aeatrain.imageio import atomic_write_text
-from aeatrain.runs import CONFIG_YAML, write_run_files
-from aeatrain.training import lock as runlock
+from aeatrain.run import checkpoint as ckpt
+from aeatrain.run import lock as runlock
+from aeatrain.run.final import CONFIG_YAML, write_run_files
+
+if TYPE_CHECKING:  # annotations only
+    from torch import nn
+
+    from aeatrain.data.manifest import DatasetManifest
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +177,7 @@ class RunFolder:
         """Create and lock RUN, save the resolved config, drop an old preemption marker.
 
         The lock comes first: a folder another trainer took since the plan stays as it was
-        (:class:`aeatrain.training.lock.RunLockedError`).
+        (:class:`aeatrain.run.lock.RunLockedError`).
         """
         self.path.mkdir(parents=True, exist_ok=True)
         runlock.acquire(self.path)  # held by the main process for the whole run

@@ -1,4 +1,4 @@
-"""aeatrain.runs: write_run_files / load_run round trip, EMA choice and bad run folders."""
+"""aeatrain.run.final: write_run_files / load_run round trip, EMA choice and bad run folders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from safetensors import safe_open
 from torch.optim.swa_utils import AveragedModel
 
 from aeatrain.models import build_model
-from aeatrain.runs import RunError, load_run, unwrap_model, write_run_files
+from aeatrain.run.final import RunError, load_run, unwrap_model, write_run_files
 from tests.eval.helpers import make_model, make_run
 
 
