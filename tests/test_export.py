@@ -24,12 +24,13 @@ import pytest
 import torch
 import yaml
 
-from aeatrain import export
+from aeatrain import export, modelzoo
 from aeatrain.data.manifest import load_manifest
 from aeatrain.data.streams import test_tiles
 from aeatrain.errors import UserError
 from aeatrain.imageio import to_float
 from aeatrain.inference import predict_full
+from aeatrain.modelzoo import description, network
 from aeatrain.run.final import load_run
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run
@@ -250,7 +251,7 @@ def test_package_state_dict_is_the_runs_network_for_init_from(exported):
     assert weights.model_name == "aeanet" and weights.model_kwargs == MODEL_KWARGS
     assert weights.state.keys() == model.state_dict().keys()
     assert all(torch.equal(weights.state[k], v) for k, v in model.state_dict().items())
-    assert weights.record["step"] == 10 and weights.record["weights"] == export.STATE_DICT
+    assert weights.record["step"] == 10 and weights.record["weights"] == modelzoo.STATE_DICT
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -335,9 +336,9 @@ def test_halo_of_a_stride_1_network_is_its_conv_chain_and_the_probe_agrees():
     from aeatrain.models import build_model
 
     vdsr = build_model("vdsr", width=4, depth=5)
-    geometry = export.geometry_of(vdsr)
+    geometry = network.geometry_of(vdsr)
     assert (geometry.multiple, geometry.halo, geometry.min_size) == (1, 5, 26)
-    assert export._probed_radius(vdsr, multiple=1, size=64) == 5
+    assert network._probed_radius(vdsr, multiple=1, size=64) == 5
 
 
 def _zip(path: Path, members: dict[str, str]) -> str:
@@ -412,8 +413,8 @@ def test_readme_names_the_weights_a_fine_tuned_run_started_from(small_run):
     from aeatrain.run.final import load_run
 
     _, run = load_run(small_run)
-    assert export._origin(run) == ""
+    assert description._origin(run) == ""
     info = json.loads((small_run / "run.json").read_text())
     info["init_from"] = {"path": "/runs/pooled", "kind": "run", "weights": "ema", "step": 7}
     (small_run / "run.json").write_text(json.dumps(info))
-    assert "the ema weights of `/runs/pooled` at step 7" in export._origin(run)
+    assert "the ema weights of `/runs/pooled` at step 7" in description._origin(run)
