@@ -31,9 +31,9 @@ from pathlib import Path
 
 from aeatrain.config import read_saved_config
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import atomic_write_text
+from aeatrain.files.atomic import atomic_write_text
+from aeatrain.files.outputs import check_replaceable_file, record_outputs
 from aeatrain.models import MODELS
-from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.protocol.metrics import ScoredRun, read_metrics
 
 SEED_SUFFIX = re.compile(r"[-_]seed(\d+)$")
@@ -316,7 +316,7 @@ def table_1(groups: list[Group]) -> str:
 
 def write_table(out: Path, text: str, *, overwrite: bool) -> None:
     """Write ``out`` atomically; an existing file is replaced only with ``overwrite`` and
-    only when its folder's ledger (aeatrain/outputs.py) says aeatrain wrote it."""
+    only when its folder's ledger (aeatrain/files/outputs.py) says aeatrain wrote it."""
     check_replaceable_file(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     record_outputs(out.parent, [out.name], tool="aeatrain.compare")

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aeatrain.errors import MAX_SEED, UserError
+from aeatrain.files.atomic import atomic_write_text
 from aeatrain.models import DEFAULT_MODEL, DEFAULTS, MODELS, input_multiple, trainable_names
 
 SECTIONS = ("model", "data", "optim", "train", "logging")
@@ -733,9 +734,7 @@ def update_reference(doc_path: str | Path) -> bool:
     new = f"{head}{DOC_START}\n\n{reference_markdown()}\n{DOC_END}{tail}"
     if new == text:
         return False
-    tmp = doc_path.with_name(f".{doc_path.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(doc_path)
+    atomic_write_text(doc_path, new, overwrite=True)
     return True
 
 

@@ -56,10 +56,10 @@ from tqdm import tqdm
 
 from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import atomic_write_text
+from aeatrain.files.atomic import atomic_write_text
+from aeatrain.files.outputs import METRICS, check_replaceable_file
 from aeatrain.inference import TTA_MODES, check_paper_tiling, choose_device
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.outputs import METRICS, check_replaceable_file
 from aeatrain.protocol.metrics import TileScores, mean_scores, metrics_json_text
 from aeatrain.protocol.scoring import (
     PAPER_MARGIN,

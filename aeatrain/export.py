@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Annotated
 
 from aeatrain.errors import run_cli
-from aeatrain.imageio import atomic_path
+from aeatrain.files.atomic import atomic_path
+from aeatrain.files.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
 from aeatrain.modelzoo import ExportError
 from aeatrain.modelzoo.contents import package_pieces
 from aeatrain.modelzoo.description import describe
-from aeatrain.outputs import AEATRAIN_PACKAGE, check_replaceable_file, check_writable
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.models.srnets import EDSR, RCAN, VDSR
 from aeatrain.models.unet import UNet
 
@@ -362,8 +362,8 @@ def tiled_rows(
     float32 row bands, top to bottom, that put together are the (H, W) prediction.
 
     ``image``: float in [0, 1], or an integer image (cut and converted with
-    :func:`~aeatrain.imageio.to_float` a tile at a time, so no float copy of it exists),
-    which may be a :class:`~aeatrain.imageio.LazyRows`: its rows are then read one row of
+    :func:`~aeatrain.files.images.to_float` a tile at a time, so no float copy of it exists),
+    which may be a :class:`~aeatrain.files.images.LazyRows`: its rows are then read one row of
     tiles at a time.
     ``tile`` and ``overlap`` are multiples of 16, ``overlap <= tile / 2``. Each tile is
     predicted on its own (padded like :func:`predict_full` where it meets the image's

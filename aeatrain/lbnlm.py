@@ -34,9 +34,9 @@ import yaml
 from scipy.spatial import cKDTree
 
 from aeatrain.errors import UserError, check_seed, reporting_write_errors, run_cli
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
+from aeatrain.files.outputs import check_writable
 from aeatrain.models.lbnlm import LBNLM, nlm_weights
-from aeatrain.outputs import check_writable
 from aeatrain.run.final import RUN_JSON, read_run_json, write_run_files
 
 log = logging.getLogger(__name__)

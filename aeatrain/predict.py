@@ -18,9 +18,9 @@ predicted, so a bad file in a folder (unreadable, truncated, an absurd header) s
 run with one line naming it and exit 2, and nothing is written. Inputs are never
 overwritten; existing outputs only with ``--overwrite``, and only files aeatrain wrote
 (listed in ``DIR/aeatrain-outputs.json``, which predict updates last, with the outputs
-it wrote, also those written before a failure; aeatrain.outputs).
+it wrote, also those written before a failure; aeatrain.files.outputs).
 
-Files from microscopes (aeatrain/microscope.py): the data bar is cut as ``data_prep
+Files from microscopes (aeatrain/files/microscope.py): the data bar is cut as ``data_prep
 build`` cuts it (``--bar-row``/``--no-bar``, else the row the vendor metadata records,
 FEI ``ResolutionY``, TESCAN ``ImageStripSize``, JEOL ``$CM_FULL_SIZE``; else row 944 of
 a 1280 x 1024 image, the public dataset's layout; else a detected vendor data bar; else
@@ -47,7 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import (
+from aeatrain.files.images import (
     IMAGE_SUFFIXES,
     LazyRows,
     from_float,
@@ -57,6 +57,8 @@ from aeatrain.imageio import (
     to_float,
     write_image_rows,
 )
+from aeatrain.files.microscope import Calibration, cut_data_bar, read_calibration
+from aeatrain.files.outputs import check_replaceable_file, record_outputs
 from aeatrain.inference import (
     TTA_MODES,
     check_tiling,
@@ -67,8 +69,6 @@ from aeatrain.inference import (
     tiled_rows,
 )
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.microscope import Calibration, cut_data_bar, read_calibration
-from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.run.final import finite_output
 from aeatrain.run.options import add_loading_arguments
 
@@ -86,7 +86,7 @@ def upsample(image: np.ndarray | LazyRows, scale: float) -> np.ndarray | LazyRow
     Done on the integer image, like data_prep's bicubic warp, so the model sees the
     same kind of input (saturated, rounded) it was trained on. Fields of view align at
     the outer pixel edges. The output is ``round(W * scale) x round(H * scale)``. A
-    :class:`~aeatrain.imageio.LazyRows` input stays lazy at a whole-number scale
+    :class:`~aeatrain.files.images.LazyRows` input stays lazy at a whole-number scale
     (:class:`BicubicRows`, the same pixels computed a band at a time); at other scales
     it is read whole first.
     """
@@ -139,12 +139,12 @@ class InputImage:
 
 def read_input(path: Path, args: argparse.Namespace, *, lazy: bool = False) -> InputImage:
     """Read an input (``--page``), cut its data bar as data_prep build does
-    (aeatrain.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the vendor's row, the
+    (aeatrain.files.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the vendor's row, the
     public layout's, a detected bar, or none; a cut is logged naming the file).
 
     ``lazy``: an input large enough to be tiled and stored as raw strips comes as a
-    :class:`~aeatrain.imageio.LazyRows`, read a band at a time as the tiles need it
-    (:func:`~aeatrain.imageio.open_image_rows`); the same pixels as a whole read.
+    :class:`~aeatrain.files.images.LazyRows`, read a band at a time as the tiles need it
+    (:func:`~aeatrain.files.images.open_image_rows`); the same pixels as a whole read.
     """
     if lazy:
         image, bit_depth = open_image_rows(path, page=args.page, min_pixels=LAZY_INPUT_PIXELS)
@@ -282,7 +282,7 @@ def plan_jobs(inputs: list[Path], output: Path, *, float32: bool, overwrite: boo
 
     Refused: an output that IS an input (even with --overwrite), two inputs with one
     output name, an existing output without --overwrite or (with it) one that aeatrain
-    did not write (aeatrain.outputs), an output folder that is a file.
+    did not write (aeatrain.files.outputs), an output folder that is a file.
     """
     if output.exists() and not output.is_dir():
         raise UserError(f"{output}: --output must be a folder, this is a file")

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from aeatrain.errors import UserError, run_cli
-from aeatrain.imageio import from_float, to_float, write_image
+from aeatrain.files.images import from_float, to_float, write_image
+from aeatrain.files.outputs import check_replaceable_file, record_outputs
 from aeatrain.inference import choose_device
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.outputs import check_replaceable_file, record_outputs
 from aeatrain.predict import (
     add_input_arguments,
     check_input_arguments,
@@ -66,7 +66,7 @@ def output_paths(source: Path, output: Path, refs: list[int]) -> dict[str, Path]
 
 def check_outputs(source: Path, paths: dict[str, Path], overwrite: bool) -> None:
     """Before any work: no output may be the input, none may exist without --overwrite,
-    and --overwrite replaces only figures aeatrain wrote (aeatrain.outputs' ledger)."""
+    and --overwrite replaces only figures aeatrain wrote (aeatrain.files.outputs' ledger)."""
     for path in paths.values():
         if path.resolve() == source.resolve():
             raise UserError(f"{path}: output path equals the input; choose another --output")

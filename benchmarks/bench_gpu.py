@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from aeatrain.config import load_config  # noqa: E402
 from aeatrain.data import loader  # noqa: E402
-from aeatrain.imageio import atomic_write_text  # noqa: E402
+from aeatrain.files.atomic import atomic_write_text  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
 from aeatrain.training.optim import build_optimizer  # noqa: E402
 from benchmarks.bench_loader import crops_per_second  # noqa: E402

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from aeatrain.data.manifest import load_manifest  # noqa: E402
 from aeatrain.data.streams import full_images  # noqa: E402
-from aeatrain.imageio import to_float  # noqa: E402
+from aeatrain.files.images import to_float  # noqa: E402
 from aeatrain.inference import predict_full  # noqa: E402
 from aeatrain.lbnlm import build, load_regions  # noqa: E402
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aeatrain.errors import UserError, run_cli  # noqa: E402
-from aeatrain.imageio import atomic_write_text  # noqa: E402
+from aeatrain.files.atomic import atomic_write_text  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402
 from aeatrain.protocol.metrics import read_metrics  # noqa: E402
 from aeatrain.run import checkpoint as ckpt  # noqa: E402

@@ -26,7 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aeatrain.imageio import atomic_write_bytes, encode_image  # noqa: E402
+from aeatrain.files.atomic import atomic_write_bytes  # noqa: E402
+from aeatrain.files.images import encode_image  # noqa: E402
 from data_prep.families import FAMILIES  # noqa: E402
 from data_prep.semstats import render_like_figures  # noqa: E402
 from data_prep.synth import make_pair, preset_config  # noqa: E402

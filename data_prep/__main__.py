@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aeatrain.errors import UserError, check_finite_options, check_seed, run_cli
-from aeatrain.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
+from aeatrain.files.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
 from data_prep import semstats
 from data_prep.build import build_dataset
 from data_prep.families import FAMILIES, MIX, synthesize_mix

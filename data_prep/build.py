@@ -2,7 +2,7 @@
 
 Reads ``RAW/<name>_<mag>.<ext>`` or the pairs a ``--pairs-file`` lists (docs/formats.md
 section 1), writes ``DATA/`` (section 2). Per pair, in worker processes: read both
-images, cut the data bar (aeatrain.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the
+images, cut the data bar (aeatrain.files.microscope.cut_data_bar: ``--no-bar``, ``--bar-row``, the
 vendor's row, the public layout's row 944, a detected bar, or none; each file's cut and
 its reason go into registration.json, the manifest and the summary), register
 LR onto HR (data_prep/registration.py), warp LR into the HR frame (bicubic, source bit
@@ -30,7 +30,7 @@ import numpy as np
 
 from aeatrain.data.format import SPLITS, pair_key, sha256_file
 from aeatrain.errors import UserError
-from aeatrain.outputs import DATASET
+from aeatrain.files.outputs import DATASET
 from aeatrain.protocol.split import PROTOCOL, paper_split
 from data_prep.outdir import check_target, staged_output
 from data_prep.pairs import RawPair, find_pairs, load_pair_images
@@ -275,7 +275,7 @@ def build_dataset(
 
     Pairs: by name, or as ``pairs_file`` lists them. The data bar: none with
     ``no_bar``, else at ``bar_row`` in every file, else (None) each file's as
-    aeatrain.microscope.cut_data_bar finds it. ``page``: the page of multi-page TIFFs
+    aeatrain.files.microscope.cut_data_bar finds it. ``page``: the page of multi-page TIFFs
     (refused without it). ``outside_raw``: the pairs file may list files outside
     ``raw``. Raises UserError (nothing written, nothing deleted) for a bad raw folder,
     pairs file or output folder, a source image inside ``out``, an unreadable image, or

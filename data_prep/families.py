@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from aeatrain.errors import UserError
-from aeatrain.outputs import SYNTH_RAW
+from aeatrain.files.outputs import SYNTH_RAW
 from data_prep.outdir import check_target, staged_output
 from data_prep.synth import (
     _CANVAS_MARGIN_LR_PX,

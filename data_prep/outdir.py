@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aeatrain.errors import UserError, reporting_write_errors
-from aeatrain.imageio import current_umask
-from aeatrain.outputs import Marker, check_replaceable_folder
+from aeatrain.files.atomic import current_umask
+from aeatrain.files.outputs import Marker, check_replaceable_folder
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ the file before any work is done. Files that are not images (the ``.txt`` sideca
 software writes, ``truth.json``) are skipped.
 
 The scale of a pair (:func:`pair_scale`): the ratio of the pixel sizes the microscope
-recorded (aeatrain/microscope.py) when both files carry one, else the ratio of the
+recorded (aeatrain/files/microscope.py) when both files carry one, else the ratio of the
 magnifications (recorded, else from the names). Where both are known they must agree
 within 5 %; every pair of a dataset must have the same scale.
 """
@@ -24,8 +24,8 @@ import numpy as np
 
 from aeatrain.data.format import pair_name_problem
 from aeatrain.errors import UserError
-from aeatrain.imageio import IMAGE_SUFFIXES, read_image
-from aeatrain.microscope import BarCut, Calibration, cut_data_bar, read_calibration
+from aeatrain.files.images import IMAGE_SUFFIXES, read_image
+from aeatrain.files.microscope import BarCut, Calibration, cut_data_bar, read_calibration
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def load_pair_images(
 ) -> tuple[np.ndarray, np.ndarray, int, int, dict[str, BarCut]]:
     """Read both images and cut their bars: ``(lr, hr, lr_depth, hr_depth, bars)``.
 
-    The data bar of each file as aeatrain.microscope.cut_data_bar decides (``no_bar``,
+    The data bar of each file as aeatrain.files.microscope.cut_data_bar decides (``no_bar``,
     else ``bar_row``, else the vendor's row, else the public layout's, else a detected
     bar, else none); ``bars`` (``{"lr": BarCut, "hr": BarCut}``) says where and why. An
     unreadable file (not an image, truncated) raises ImageError naming it.

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, RootModel
 
 from aeatrain.data.format import Microscope, PixelSizes, read_document
-from aeatrain.imageio import opencv_message
+from aeatrain.files.images import opencv_message
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from skimage.measure import regionprops
 from skimage.morphology import skeletonize
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.protocol.split import paper_split
 from data_prep.pairs import find_pairs, load_pair_images
 from data_prep.synth import TRUTH_JSON, read_truth

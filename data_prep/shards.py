@@ -34,7 +34,7 @@ from aeatrain.data.format import (
     write_index,
 )
 from aeatrain.errors import UserError, reporting_write_errors
-from aeatrain.imageio import atomic_write_text
+from aeatrain.files.atomic import atomic_write_text
 
 
 @dataclass

@@ -42,9 +42,9 @@ from scipy.signal import lfilter
 
 from aeatrain.data.format import read_document
 from aeatrain.errors import UserError
-from aeatrain.imageio import encode_image, from_float
-from aeatrain.microscope import fei_tag_text, zeiss_tag_text
-from aeatrain.outputs import SYNTH_RAW, nearest_existing
+from aeatrain.files.images import encode_image, from_float
+from aeatrain.files.microscope import fei_tag_text, zeiss_tag_text
+from aeatrain.files.outputs import SYNTH_RAW, nearest_existing
 from data_prep.outdir import check_target, staged_output
 from data_prep.parallel import parallel_map
 from data_prep.registration import Homography
@@ -55,7 +55,7 @@ GENERATOR = "aeatrain.synth"
 VERSION = 1
 TRUTH_JSON = "truth.json"
 # format -> (suffix, bit depth, vendor tags): fei-tif and zeiss-tif carry the metadata
-# those microscopes write (aeatrain/microscope.py), LZW-compressed like Fiji's TIFFs
+# those microscopes write (aeatrain/files/microscope.py), LZW-compressed like Fiji's TIFFs
 FORMATS = {
     "bmp": (".bmp", 8, None),
     "tif16": (".tif", 16, None),

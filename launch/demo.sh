@@ -45,13 +45,14 @@ WORKERS_ARG=()
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 CONFIG=${CONFIG:-configs/demo.yaml}
 [ -f "$CONFIG" ] || die "$CONFIG: no such config"
-if [ ${#OVERWRITE[@]} -gt 0 ]; then  # only folders an earlier demo wrote (aeatrain.outputs)
+if [ ${#OVERWRITE[@]} -gt 0 ]; then  # only folders an earlier demo wrote (aeatrain.files.outputs)
     "$PYTHON" - "$OUT" <<'PY' || exit 2
 import sys
 from pathlib import Path
 
 from aeatrain.errors import run_cli
-from aeatrain.outputs import METRICS, OUTPUTS, RUN, check_replaceable_folder
+from aeatrain.files.outputs import METRICS, OUTPUTS, check_replaceable_folder
+from aeatrain.run import RUN
 
 
 

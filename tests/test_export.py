@@ -28,7 +28,7 @@ from aeatrain import export, modelzoo
 from aeatrain.data.manifest import load_manifest
 from aeatrain.data.streams import test_tiles
 from aeatrain.errors import UserError
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.inference import predict_full
 from aeatrain.modelzoo import description, network
 from aeatrain.run.final import load_run
@@ -212,7 +212,7 @@ def test_package_reloads_with_its_declared_format_version(exported):
 @pytest.mark.slow
 def test_declared_preprocessing_is_the_training_conversion_bit_for_bit(exported):
     """scale_linear with the rdf's gain, computed in float32 as a consumer does, gives
-    exactly aeatrain.imageio.to_float of every 8-bit value: the inputs training saw."""
+    exactly aeatrain.files.images.to_float of every 8-bit value: the inputs training saw."""
     package, _, _ = exported
     (scale,) = [p for p in rdf(package)["inputs"][0]["preprocessing"] if p["id"] == "scale_linear"]
     values = np.arange(256, dtype=np.uint8)

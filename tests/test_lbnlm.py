@@ -13,7 +13,7 @@ import yaml
 
 from aeatrain import evaluate, lbnlm, predict
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
-from aeatrain.imageio import read_image, write_image
+from aeatrain.files.images import read_image, write_image
 from aeatrain.models import build_model
 from aeatrain.models.lbnlm import LBNLM
 from aeatrain.run.final import load_run

@@ -3,7 +3,7 @@
 The training path is ``aeatrain.data.loader.train_loader``'s batch (what the trainer hands the
 model); the evaluation path is what ``aeatrain.protocol.scoring.predict_image`` hands the model
 for the whole registered image, caught by a model that records its input. Both go
-through ``aeatrain.imageio.to_float``; these tests fail if either path converts by itself.
+through ``aeatrain.files.images.to_float``; these tests fail if either path converts by itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from aeatrain.data.loader import train_loader
 from aeatrain.data.manifest import load_manifest
 from aeatrain.data.streams import full_images
-from aeatrain.imageio import to_float, unit_scale
+from aeatrain.files.images import to_float, unit_scale
 from aeatrain.protocol.scoring import Tiling, predict_image
 from tests.datasets import make_dataset, split_regions, write_dataset
 

@@ -1,5 +1,5 @@
 """Files as each vendor's SEM software writes them, made by tifffile with the vendors'
-tag layouts (the layouts RosettaSciIO's TIFF reader and aeatrain.microscope read):
+tag layouts (the layouts RosettaSciIO's TIFF reader and aeatrain.files.microscope read):
 FEI/Thermo, Zeiss SmartSEM, TESCAN, JEOL (``.txt`` sidecar) and ImageJ. Each writer
 returns the true pixel size of the file in nm."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from aeatrain.microscope import zeiss_tag_text
+from aeatrain.files.microscope import zeiss_tag_text
 
 # FEI INI text (tag 34682) as a Helios writes it, trimmed: the pixel size in metres,
 # ResolutionY = the rows above the data bar

@@ -107,7 +107,7 @@ class ImageSize(_Open):
 
 class PixelSizes(_Strict):
     """Nanometres per pixel that each raw file's microscope recorded (None: it did not;
-    aeatrain/microscope.py). The registered pair is in the HR frame: ``hr`` wide pixels."""
+    aeatrain/files/microscope.py). The registered pair is in the HR frame: ``hr`` wide pixels."""
 
     lr: float | None = Field(default=None, gt=0)
     hr: float | None = Field(default=None, gt=0)
@@ -121,7 +121,7 @@ class BarRows(_Strict):
 
 
 class MicroscopeRecord(_Open):
-    """One file's vendor metadata (aeatrain.microscope.Calibration.as_record); ``hv_kv``,
+    """One file's vendor metadata (aeatrain.files.microscope.Calibration.as_record); ``hv_kv``,
     ``detector`` and ``system`` come as extra keys where the vendor records them."""
 
     vendor: Literal["fei", "zeiss", "tescan", "jeol", "imagej"]

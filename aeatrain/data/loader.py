@@ -50,7 +50,7 @@ from aeatrain.data import d4
 from aeatrain.data.format import DatasetError
 from aeatrain.data.manifest import check_pairs
 from aeatrain.data.sources import DataSource, IndexedRegion, decode_pair, resolve, scan
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def train_loader(
     - ``cache_dir``: a node-local folder into which each shard used is staged once
       (aeatrain/data/shardio.py); None reads shards where they are. Speed, never data.
     - 8- and 16-bit pairs both map to [0, 1] by their own maximum, through
-      ``aeatrain.imageio.to_float`` (the conversion evaluation and prediction use).
+      ``aeatrain.files.images.to_float`` (the conversion evaluation and prediction use).
     - The batch at step s on this rank is a pure function of (dataset, seed, s, rank,
       crop/augment/pool settings), whatever ``start_step`` and ``num_workers``; see the
       module docstring for the design.

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from aeatrain.imageio import encode_image, from_float, max_value
+from aeatrain.files.images import encode_image, from_float, max_value
 from aeatrain.modelzoo import ExportError
 from aeatrain.modelzoo.description import PackageInfo, readme_text
 from aeatrain.modelzoo.network import (

@@ -10,7 +10,7 @@ import torch
 
 from aeatrain import __version__
 from aeatrain.errors import UserError
-from aeatrain.imageio import max_value, unit_scale
+from aeatrain.files.images import max_value, unit_scale
 from aeatrain.models import model_spec
 from aeatrain.modelzoo import (
     INPUT_ID,

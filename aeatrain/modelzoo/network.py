@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeatrain.imageio import max_value, to_float
+from aeatrain.files.images import max_value, to_float
 from aeatrain.inference import padding_multiple
 from aeatrain.modelzoo import (
     INPUT_ID,
@@ -142,7 +142,7 @@ def geometry_of(model: nn.Module) -> Geometry:
 
 
 def model_input(lr: np.ndarray, bit_depth: int) -> torch.Tensor:
-    """(1, 1, S, S) float32: ``aeatrain.imageio.to_float``, the conversion training used,
+    """(1, 1, S, S) float32: ``aeatrain.files.images.to_float``, the conversion training used,
     which is what the package's ``scale_linear`` by ``unit_scale(bits)`` computes."""
     return torch.from_numpy(to_float(lr, bit_depth))[None, None]
 

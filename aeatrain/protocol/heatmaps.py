@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import from_float
+from aeatrain.files.images import from_float
 from aeatrain.inference import eval_mode, pad_to_multiple, padding_multiple
 from aeatrain.models import shared_references
 

@@ -39,7 +39,7 @@ from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
 
 from aeatrain.data.format import read_document
-from aeatrain.imageio import max_value
+from aeatrain.files.images import max_value
 
 # cv2.PSNR computes 20*log10(R / (sqrt(mse) + DBL_EPSILON)); the masked PSNR copies it.
 _DBL_EPSILON = float(np.finfo(np.float64).eps)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.inference import PAD_MULTIPLE, predict_full, predict_paper_tiles, self_ensemble
 from aeatrain.protocol.metrics import TileScores, average_pairs, mean_scores, score_regions
 

@@ -35,15 +35,12 @@ from aeatrain import __version__
 from aeatrain.config import read_saved_config
 from aeatrain.data.format import parse_json
 from aeatrain.errors import UserError
-from aeatrain.imageio import atomic_write_bytes, atomic_write_text
+from aeatrain.files.atomic import atomic_write_bytes, atomic_write_text
+from aeatrain.run import CONFIG_YAML, RUN_FORMAT, RUN_JSON, WEIGHT_FILES
 
 log = logging.getLogger(__name__)
 
-RUN_FORMAT = "aeatrain-run"
 RUN_FORMAT_VERSION = 1
-RUN_JSON = "run.json"
-CONFIG_YAML = "config.yaml"
-WEIGHT_FILES = {"raw": "model.safetensors", "ema": "model_ema.safetensors"}
 
 
 class RunError(UserError):

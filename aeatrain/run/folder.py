@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from aeatrain.config import Config, read_saved_config
 from aeatrain.data.manifest import dataset_identity
 from aeatrain.errors import UserError
-from aeatrain.imageio import atomic_write_text
+from aeatrain.files.atomic import atomic_write_text
 from aeatrain.run import checkpoint as ckpt
 from aeatrain.run import lock as runlock
 from aeatrain.run.final import CONFIG_YAML, write_run_files

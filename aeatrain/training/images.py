@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.protocol.heatmaps import heatmap, reference_maps
 
 GAP_PX = 4  # white bar between panels

@@ -11,8 +11,8 @@ import pytest
 
 from aeatrain.data.format import sha256_file
 from aeatrain.errors import UserError
-from aeatrain.imageio import read_image, write_image
-from aeatrain.microscope import cut_bar
+from aeatrain.files.images import read_image, write_image
+from aeatrain.files.microscope import cut_bar
 from data_prep import build as build_module
 from data_prep.build import build_dataset
 from data_prep.registration import warp_lr_to_hr

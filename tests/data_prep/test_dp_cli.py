@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aeatrain.errors import run_cli
-from aeatrain.microscope import read_calibration
+from aeatrain.files.microscope import read_calibration
 from data_prep.__main__ import main
 from data_prep.outdir import _remove_stale_staging
 from data_prep.synth import synthesize

@@ -15,8 +15,8 @@ import pytest
 import tifffile
 
 from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
-from aeatrain.imageio import ImageError, read_image, write_image
-from aeatrain.microscope import BarCut, read_calibration
+from aeatrain.files.images import ImageError, read_image, write_image
+from aeatrain.files.microscope import BarCut, read_calibration
 from data_prep.__main__ import main as data_prep_main
 from data_prep.build import build_dataset
 from data_prep.pairs import find_pairs, load_pair_images

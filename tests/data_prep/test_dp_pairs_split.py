@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import write_image
-from aeatrain.microscope import cut_bar
+from aeatrain.files.images import write_image
+from aeatrain.files.microscope import cut_bar
 from aeatrain.protocol.split import PROTOCOL, Region, paper_split
 from data_prep.pairs import find_pairs
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import read_image
+from aeatrain.files.images import read_image
 from data_prep.registration import apply_homography, smoothed_ncc, warp_lr_to_hr
 from data_prep.synth import SynthConfig, draw_specimen, make_pair, synthesize
 

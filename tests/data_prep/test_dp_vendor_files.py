@@ -15,8 +15,8 @@ import pytest
 import tifffile
 
 from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
-from aeatrain.imageio import read_image
-from aeatrain.microscope import BarCut, cut_data_bar, detect_data_bar, read_calibration
+from aeatrain.files.images import read_image
+from aeatrain.files.microscope import BarCut, cut_data_bar, detect_data_bar, read_calibration
 from data_prep.__main__ import main as data_prep_main
 from data_prep.build import build_dataset
 from data_prep.synth import SynthConfig, data_bar

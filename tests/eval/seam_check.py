@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from aeatrain.imageio import from_float, to_float
+from aeatrain.files.images import from_float, to_float
 from aeatrain.inference import predict_full, predict_tiled, tile_spans
 from aeatrain.models import build_model
 from tests.datasets import specimen_pair

@@ -13,7 +13,7 @@ import pytest
 from aeatrain import compare, evaluate
 from aeatrain.data.streams import full_images
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.inference import predict_full, predict_paper_tiles
 from aeatrain.protocol.metrics import average_pairs, mean_scores, score_regions
 from aeatrain.run.final import load_run

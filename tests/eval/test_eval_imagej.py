@@ -22,8 +22,8 @@ import pytest
 import tifffile
 import torch
 
-from aeatrain.imageio import write_image_rows
-from aeatrain.microscope import read_calibration
+from aeatrain.files.images import write_image_rows
+from aeatrain.files.microscope import read_calibration
 from aeatrain.predict import main as predict_main
 from aeatrain.refmaps import main as refmaps_main
 from tests.eval.helpers import make_run

@@ -19,7 +19,7 @@ import torch
 
 from aeatrain import predict
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
-from aeatrain.imageio import read_image, write_image
+from aeatrain.files.images import read_image, write_image
 from tests.eval.helpers import make_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_16_bit_tiff_doubles_in_size_and_stays_16_bit(run_dir, tmp_path, capsys)
 
 def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_path, capsys):
     """The CLI is upsample -> model -> round: recompute that by hand."""
-    from aeatrain.imageio import from_float, to_float
+    from aeatrain.files.images import from_float, to_float
     from aeatrain.inference import predict_full
     from aeatrain.run.final import load_run
 
@@ -113,7 +113,7 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
 
 
 def test_tta_d4_averages_the_eight_flips(run_dir, tmp_path, capsys):
-    from aeatrain.imageio import to_float
+    from aeatrain.files.images import to_float
     from aeatrain.inference import predict_full, self_ensemble
     from aeatrain.run.final import load_run
 
@@ -449,7 +449,7 @@ def test_huge_header_read_only_output_and_full_disk_are_one_line(
         def refuse(*args, code_=code_, **kwargs):
             raise OSError(code_, os.strerror(code_))
 
-        monkeypatch.setattr("aeatrain.imageio.tempfile.mkstemp", refuse)
+        monkeypatch.setattr("aeatrain.files.atomic.tempfile.mkstemp", refuse)
         code, err = _cli([*argv, str(tmp_path / "a.png"), "--output", str(tmp_path / "o")], capsys)
         assert code == EXIT_USER_ERROR and err.count("\n") == 1, err
         assert "cannot write: " in err and ("read-only" in err or "disk full" in err)

@@ -10,7 +10,7 @@ import torch
 
 from aeatrain import refmaps
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
-from aeatrain.imageio import read_image, to_float, write_image
+from aeatrain.files.images import read_image, to_float, write_image
 from aeatrain.protocol import heatmaps
 from aeatrain.run.final import load_run
 from tests.eval.helpers import make_run

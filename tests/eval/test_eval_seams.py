@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from tests.datasets import specimen_pair
 from tests.eval.helpers import make_model
 from tests.eval.seam_check import cut_lines, figures

@@ -14,7 +14,7 @@ import torch
 
 from aeatrain.config import OptimConfig
 from aeatrain.ema import WeightEMA
-from aeatrain.imageio import to_float
+from aeatrain.files.images import to_float
 from aeatrain.models import build_model
 from aeatrain.protocol import heatmaps
 from aeatrain.protocol.metrics import score_tile

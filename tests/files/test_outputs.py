@@ -1,11 +1,11 @@
-"""aeatrain.outputs: --overwrite replaces only folders and files aeatrain wrote."""
+"""aeatrain.files.outputs: --overwrite replaces only folders and files aeatrain wrote."""
 
 import json
 
 import pytest
 
 from aeatrain.errors import UserError
-from aeatrain.outputs import (
+from aeatrain.files.outputs import (
     DATASET,
     LEDGER_NAME,
     check_replaceable_file,

@@ -1,8 +1,9 @@
 """Reading and writing microscopy images: 8/16-bit greyscale BMP, PNG and TIFF.
 
 The one place that touches image files. Arrays are ``(H, W)`` ``uint8`` or ``uint16``;
-the bit depth travels with them. Every write is atomic (a temporary file beside the
-target, renamed when complete) and refuses to replace an existing file unless asked.
+the bit depth travels with them. Every write is atomic (aeatrain/files/atomic.py: a
+temporary file beside the target, renamed when complete) and refuses to replace an
+existing file unless asked.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from aeatrain.errors import UserError, reporting_write_errors
+from aeatrain.errors import UserError
+from aeatrain.files.atomic import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 # OpenCV's own log lines ("[ERROR:0@0.1] global loadsave.cpp ...") would come before, and
@@ -501,57 +502,6 @@ def from_float(image: np.ndarray, bit_depth: int) -> np.ndarray:
     top = max_value(bit_depth)
     scaled = np.clip(np.rint(np.asarray(image, dtype=np.float64) * top), 0, top)
     return scaled.astype(np.uint8 if bit_depth == 8 else np.uint16)
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode a plain ``open(..., "w")`` would give."""
-    return 0o666 & ~current_umask()
-
-
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
-
-    Nothing is left behind on failure, and an existing ``target`` is refused unless
-    ``overwrite`` (raises :class:`UserError` naming it). A full disk or a read-only
-    folder raises :class:`UserError` naming ``target``.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise UserError(f"{target}: already exists (use --overwrite to replace it)")
-    with reporting_write_errors(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
-        )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with reporting_write_errors(target):
-            yield tmp
-            tmp.chmod(_default_file_mode())  # mkstemp makes 0600; give the usual umask mode
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> None:
-    """Write ``data`` to ``target`` atomically."""
-    with atomic_path(target, overwrite=overwrite) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(target: str | os.PathLike, text: str, *, overwrite: bool = False) -> None:
-    """Write ``text`` (UTF-8) to ``target`` atomically."""
-    atomic_write_bytes(target, text.encode("utf-8"), overwrite=overwrite)
 
 
 def encode_image(

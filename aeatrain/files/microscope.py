@@ -52,7 +52,7 @@ import numpy as np
 import tifffile
 
 from aeatrain.errors import UserError
-from aeatrain.imageio import image_size
+from aeatrain.files.images import image_size
 
 log = logging.getLogger(__name__)
 

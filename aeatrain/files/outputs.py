@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aeatrain.config import load_yaml
 from aeatrain.errors import UserError
-from aeatrain.imageio import atomic_write_text
+from aeatrain.files.atomic import atomic_write_text
 
 LEDGER_NAME = "aeatrain-outputs.json"
 LEDGER_FORMAT = "aeatrain-outputs"
@@ -46,7 +46,6 @@ class Marker:
 DATASET = Marker("manifest.json", "format", "aeatrain-dataset", "a dataset of data_prep build")
 SYNTH_RAW = Marker("truth.json", "generator", "aeatrain.synth", "a raw folder of data_prep synth")
 METRICS = Marker("metrics.json", "format", "aeatrain-metrics", "an aeatrain.evaluate report")
-RUN = Marker("run.json", "format", "aeatrain-run", "a run folder of aeatrain.train")
 OUTPUTS = Marker(LEDGER_NAME, "format", LEDGER_FORMAT, "a folder of predict/refmaps outputs")
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from aeatrain import imageio
 from aeatrain.errors import UserError
-from aeatrain.imageio import (
+from aeatrain.files import atomic, images
+from aeatrain.files.atomic import atomic_path
+from aeatrain.files.images import (
     ImageError,
-    atomic_path,
     from_float,
     opencv_message,
     read_image,
@@ -180,7 +180,7 @@ def test_atomic_write_on_a_full_disk_or_read_only_folder_is_one_line(tmp_path, m
     def refuse(*args):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(imageio.os, "replace", refuse)
+    monkeypatch.setattr(atomic.os, "replace", refuse)
     with pytest.raises(
         UserError, match=r"out\.png: cannot write: (disk full|read-only|permission)"
     ) as caught:
@@ -191,7 +191,7 @@ def test_atomic_write_on_a_full_disk_or_read_only_folder_is_one_line(tmp_path, m
 
 def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, monkeypatch):
     write_image(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
-    monkeypatch.setattr(imageio.os, "access", lambda path, mode: False)  # root reads anything
+    monkeypatch.setattr(images.os, "access", lambda path, mode: False)  # root reads anything
     with pytest.raises(ImageError, match=r"a\.png: cannot read it \(permission denied\)"):
         read_image(tmp_path / "a.png")
 
@@ -233,21 +233,21 @@ def test_rows_written_as_they_come_equal_the_image_written_whole(tmp_path, monke
     calibration, said in a warning."""
     image = np.random.default_rng(3).integers(0, 65536, (150, 70), dtype=np.uint16)
     bands = [image[:1], image[1:100], image[100:]]
-    imageio.write_image_rows(tmp_path / "rows.tif", iter(bands), image.shape, np.uint16,
+    images.write_image_rows(tmp_path / "rows.tif", iter(bands), image.shape, np.uint16,
                              pixel_size_nm=2.5, info="x")  # fmt: skip
     with tifffile.TiffFile(tmp_path / "rows.tif") as tif:
         assert np.array_equal(tif.asarray(), image) and tif.is_imagej and not tif.is_bigtiff
         assert tif.pages[0].tags["XResolution"].value == (2, 5)  # 1 / 2.5 nm
-    monkeypatch.setattr(imageio, "_TIFF_LIMIT", image.nbytes - 1)
-    imageio.write_image_rows(tmp_path / "big.tif", iter(bands), image.shape, np.uint16,
+    monkeypatch.setattr(images, "_TIFF_LIMIT", image.nbytes - 1)
+    images.write_image_rows(tmp_path / "big.tif", iter(bands), image.shape, np.uint16,
                              pixel_size_nm=2.5, info="x")  # fmt: skip
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
         assert np.array_equal(tif.asarray(), image) and tif.is_bigtiff and not tif.is_imagej
     assert "over 4 GiB, written as BigTIFF without its calibration" in caplog.text
-    imageio.write_image_rows(tmp_path / "rows.png", iter(bands), image.shape, np.uint16)
-    assert np.array_equal(imageio.read_image(tmp_path / "rows.png")[0], image)
+    images.write_image_rows(tmp_path / "rows.png", iter(bands), image.shape, np.uint16)
+    assert np.array_equal(images.read_image(tmp_path / "rows.png")[0], image)
     with pytest.raises(ValueError, match="bands hold 100 rows, the image 150"):
-        imageio.write_image_rows(tmp_path / "short.tif", iter(bands[:2]), image.shape, np.uint16)
+        images.write_image_rows(tmp_path / "short.tif", iter(bands[:2]), image.shape, np.uint16)
     assert not (tmp_path / "short.tif").exists()
 
 
@@ -267,13 +267,13 @@ _ROWS_IMAGE = np.random.default_rng(3).integers(0, 65536, (45, 31)).astype(np.ui
 def test_tiff_rows_are_the_pixels_of_a_whole_read(tmp_path, dtype, options):
     whole = (_ROWS_IMAGE >> 8).astype(np.uint8) if dtype == np.uint8 else _ROWS_IMAGE
     tifffile.imwrite(tmp_path / "x.tif", whole, **options)
-    rows, bit_depth = imageio.open_image_rows(tmp_path / "x.tif")
-    assert isinstance(rows, imageio.TiffRows) and bit_depth == 8 * np.dtype(dtype).itemsize
+    rows, bit_depth = images.open_image_rows(tmp_path / "x.tif")
+    assert isinstance(rows, images.TiffRows) and bit_depth == 8 * np.dtype(dtype).itemsize
     np.testing.assert_array_equal(read_image(tmp_path / "x.tif")[0], whole)
     assert rows.shape == whole.shape and rows.dtype == whole.dtype and rows.size == whole.size
     np.testing.assert_array_equal(np.asarray(rows), whole)
     view = rows[5:40]  # a view: nothing read
-    assert isinstance(view, imageio.TiffRows) and view.shape == (35, 31)
+    assert isinstance(view, images.TiffRows) and view.shape == (35, 31)
     np.testing.assert_array_equal(view[3], whole[8])
     np.testing.assert_array_equal(view[-1], whole[39])
     np.testing.assert_array_equal(view[2:30][4:9, 3:11], whole[11:16, 3:11])
@@ -292,7 +292,7 @@ def test_other_tiffs_are_read_whole(tmp_path, options):
     if options.get("photometric") == "rgb":
         whole = np.repeat(whole[..., None], 3, axis=2)
     tifffile.imwrite(tmp_path / "x.tif", whole, **options)
-    rows, bit_depth = imageio.open_image_rows(tmp_path / "x.tif", min_pixels=min_pixels)
+    rows, bit_depth = images.open_image_rows(tmp_path / "x.tif", min_pixels=min_pixels)
     assert isinstance(rows, np.ndarray) and bit_depth == 16
     np.testing.assert_array_equal(rows, read_image(tmp_path / "x.tif")[0])
 
@@ -300,10 +300,10 @@ def test_other_tiffs_are_read_whole(tmp_path, options):
 def test_a_truncated_tiff_is_refused_read_whole_or_in_rows(tmp_path):
     tifffile.imwrite(tmp_path / "x.tif", _ROWS_IMAGE, rowsperstrip=8)
     data = (tmp_path / "x.tif").read_bytes()
-    rows, _ = imageio.open_image_rows(tmp_path / "x.tif")
+    rows, _ = images.open_image_rows(tmp_path / "x.tif")
     (tmp_path / "x.tif").write_bytes(data[: len(data) // 2])  # cut after it was opened
     np.testing.assert_array_equal(rows[:3], _ROWS_IMAGE[:3])  # strip 0 is still whole
     with pytest.raises(ImageError, match=r"x\.tif: not a readable TIFF image \(truncated\)"):
         np.asarray(rows)
     with pytest.raises(ImageError, match="not a readable TIFF image"):
-        imageio.open_image_rows(tmp_path / "x.tif")  # cut before: read_image's error
+        images.open_image_rows(tmp_path / "x.tif")  # cut before: read_image's error
