@@ -241,10 +241,10 @@ class OptimConfig(_Section):
     )
     fused: bool | None = Field(
         None,
-        description="Fused Adam (one kernel for all parameters); null = on CUDA only. With "
-        "it (and bf16 or float32, no DeepSpeed) a step never waits for the device: skipping a "
-        "non-finite step is decided on the device and the host reads losses, norms and "
-        "skipped steps at log steps and checkpoints only (docs/training.md).",
+        description="Fused Adam (one kernel for all parameters), which skips a non-finite "
+        "step on the device; null = on CUDA only. With it (bf16 or float32, no DeepSpeed) a "
+        "step never waits for the device; plain Adam's skip is a read by the host, free on "
+        "the CPU (docs/training.md).",
     )
 
     @field_validator("betas")

@@ -78,7 +78,6 @@ from aeatrain.training.stability import (
     SkippedSteps,
     TrainingDiverged,
     all_finite,
-    is_finite,
     restore_buffers,
     snapshot_buffers,
 )
@@ -102,9 +101,9 @@ class Trainer:
     skipped: SkippedSteps
     step: int = 0
     preemption: PreemptionFlag = field(default_factory=PreemptionFlag)
-    # Fused Adam without a loss scaler or DeepSpeed: the step never waits for the device
-    # (see device_side_step); its skip verdicts wait in pending_skips, as (step, 0-dim bool).
-    sync_free: bool = False
+    deepspeed: bool = False  # DeepSpeed steps inside accelerator.backward
+    fused_adam: bool = False  # the optimizer skips a step on the device (see step_unless)
+    # train_step's skip verdicts until settle_skips counts them, as (step, 0-dim bool)
     pending_skips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     init_from: dict | None = None  # run.json's record of the weights the run started from
 
@@ -377,7 +376,7 @@ def act(plan: RunPlan, accelerator: Accelerator) -> Trainer:
         cfg, accelerator, model, optimizer, plan.manifest, plan.run_folder, batches, val_pairs,
         ema=ema, skipped=SkippedSteps(limit=cfg.train.max_skipped_steps),
         init_from=plan.init.record if plan.init else None,
-        sync_free=fused and accelerator.scaler is None,
+        deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED, fused_adam=fused,
     )  # fmt: skip
     # save_state/load_state keep them: custom_checkpoint_0.pkl, _1.pkl (docs/training.md)
     accelerator.register_for_checkpointing(trainer, *([ema] if ema is not None else []))
@@ -498,12 +497,13 @@ def restore(t: Trainer, resume: ResumePoint) -> None:
 
 @dataclass
 class StepOutcome:
-    """Tensors stay on the device: the host reads them at log steps (:meth:`Meter.read`)."""
+    """One step's figures, left on the device: the host reads them at log steps
+    (:meth:`Meter.read`) and :func:`settle_skips` counts the skips."""
 
     loss: torch.Tensor  # 0-dim; non-finite when the step was skipped for its loss
-    grad_norm: torch.Tensor | float | None  # None where DeepSpeed had none to report
-    skipped: torch.Tensor | bool  # a 0-dim bool tensor on the sync-free path
-    stop: bool  # some rank received a preemption signal
+    grad_norm: torch.Tensor  # 0-dim; NaN where DeepSpeed had none to report
+    skipped: torch.Tensor  # 0-dim bool, the same on every rank
+    stop: bool  # every rank stops after this step (a preemption signal)
 
 
 @dataclass
@@ -528,14 +528,16 @@ class Meter:
         """(mean finite loss, last gradient norm of a step taken): the log step's one read
         of the device. The time it waits for the device is charged to these steps."""
         waited = time.perf_counter()
-        losses = torch.stack([o.loss.detach().float() for o in self.outcomes]).tolist()
-        skipped = [bool(o.skipped) for o in self.outcomes]
-        norms = [o.grad_norm for o, s in zip(self.outcomes, skipped) if not s]
-        norms = [norm for norm in norms if norm is not None]
+        losses = torch.stack([o.loss.float() for o in self.outcomes]).tolist()
+        norms = torch.stack([o.grad_norm.float() for o in self.outcomes]).tolist()
+        skipped = torch.stack([o.skipped for o in self.outcomes]).tolist()
         self.seconds += time.perf_counter() - waited
         finite = [loss for loss in losses if math.isfinite(loss)]
         mean = sum(finite) / len(finite) if finite else math.nan
-        return mean, None if not norms else float(norms[-1])
+        taken = [
+            norm for norm, s in zip(norms, skipped, strict=True) if not s and math.isfinite(norm)
+        ]
+        return mean, taken[-1] if taken else None
 
 
 def train(t: Trainer) -> int:
@@ -575,7 +577,13 @@ def train(t: Trainer) -> int:
 
 
 def train_step(t: Trainer, batch: dict) -> StepOutcome:
-    """One optimizer step; every rank agrees on skipping (non-finite loss) and on stopping."""
+    """One optimizer step without one read of the device by the host (but see
+    :func:`step_unless`). Whether to skip (a non-finite loss on any rank, or a non-finite
+    gradient norm) stays a 0-dim tensor, the same on every rank: the optimizer leaves
+    weights and moments untouched where it is true, BatchNorm's statistics and the EMA are
+    selected on the device, and :func:`settle_skips` counts the verdicts at the next log
+    step or checkpoint (a diverged run stops there, naming the steps; skipped steps change
+    nothing meanwhile)."""
     accelerator = t.accelerator
     set_learning_rate(t.optimizer, learning_rate(t.step, t.cfg.optim, t.cfg.train.steps))
     lr, hr = to_device(t, batch)
@@ -583,55 +591,60 @@ def train_step(t: Trainer, batch: dict) -> StepOutcome:
     with accelerator.autocast():
         prediction = t.model(lr)  # (B, 1, h, w)
     loss = pixel_loss(t.cfg.optim.loss)(prediction.float(), hr)
-    if t.sync_free:
-        return device_side_step(t, loss, buffers)
-    flags = torch.tensor(
-        [float(not torch.isfinite(loss)), float(t.preemption.requested)], device=lr.device
-    )
-    flags = accelerator.reduce(flags, reduction="sum")  # collective: the same verdict everywhere
-    stop = bool(flags[1] > 0)
-    if flags[0] > 0:
-        restore_buffers(t.module, buffers)  # no NaN left in BatchNorm's running statistics
-        t.optimizer.zero_grad(set_to_none=True)
-        t.skipped.record(t.step, True, "non-finite loss")
-        return StepOutcome(loss.detach().new_tensor(math.nan), None, True, stop)
-    accelerator.backward(loss)
-    grad_norm, skipped = clip_and_step(t)
-    t.skipped.record(t.step, skipped, "non-finite gradients or fp16 overflow")
-    if t.ema is not None and not skipped:
-        t.ema.update(t.module)
-    return StepOutcome(loss.detach(), grad_norm, skipped, stop)
-
-
-def device_side_step(t: Trainer, loss: torch.Tensor, buffers: list[torch.Tensor]) -> StepOutcome:
-    """The step of :func:`train_step` without one read of the device by the host.
-
-    Whether to skip (a non-finite loss on any rank, or a non-finite gradient norm) stays a
-    tensor: fused Adam leaves weights and moments untouched where it is true, BatchNorm's
-    statistics and the EMA are selected on the device, and :func:`settle_skips` counts the
-    verdicts at the next log step or checkpoint (a diverged run stops there, naming the
-    same steps; skipped steps change nothing meanwhile). One process acts on a preemption
-    signal at once; several agree on it at log steps (a collective read).
-    """
-    accelerator = t.accelerator
-    bad = (~torch.isfinite(loss)).float()
-    accelerator.backward(loss)
-    max_norm = t.cfg.optim.grad_clip_norm or math.inf
-    norm = accelerator.clip_grad_norm_(t.model.parameters(), max_norm)
-    bad = accelerator.reduce(bad + (~torch.isfinite(norm)).float(), reduction="sum")
-    skipped = bad > 0  # (), the same on every rank
-    skip_next_step_if(t.optimizer.optimizer, skipped)
-    t.optimizer.step()
+    if t.deepspeed:
+        norm, skipped = deepspeed_step(t, loss)
+    else:
+        accelerator.backward(loss)
+        max_norm = t.cfg.optim.grad_clip_norm or math.inf  # inf: measure only (scales by 1.0)
+        norm = accelerator.clip_grad_norm_(t.model.parameters(), max_norm)  # (), unscaled
+        bad = (~torch.isfinite(loss)).float() + (~torch.isfinite(norm)).float()
+        skipped = accelerator.reduce(bad, reduction="sum") > 0  # (), the same on every rank
+        step_unless(t, skipped)
     t.optimizer.zero_grad(set_to_none=True)
-    restore_buffers(t.module, buffers, where=skipped)
+    restore_buffers(t.module, buffers, where=skipped)  # no NaN left in running statistics
     if t.ema is not None:
         t.ema.update(t.module, taken=~skipped)
     t.pending_skips.append((t.step, skipped))
     return StepOutcome(loss.detach(), norm.detach(), skipped, agreed_stop(t))
 
 
+def step_unless(t: Trainer, skipped: torch.Tensor) -> None:
+    """Step the optimizer unless ``skipped`` (0-dim bool on the device).
+
+    Fused Adam skips on the device (:func:`skip_next_step_if`). fp16's loss scaler skips a
+    step whose gradients overflowed, which are the steps with a non-finite norm, and
+    lowers its scale; it reads the device itself (PyTorch's and accelerate's code). The
+    default Adam has no such hook: the host reads ``skipped``, which costs nothing on the
+    CPU, where it is the default (no queue of kernels to wait for).
+    """
+    if t.accelerator.scaler is not None:
+        t.optimizer.step()
+    elif t.fused_adam:
+        skip_next_step_if(t.optimizer.optimizer, skipped)
+        t.optimizer.step()
+    elif not skipped:
+        t.optimizer.step()
+
+
+def deepspeed_step(t: Trainer, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient norm, skipped) of a DeepSpeed step. DeepSpeed clips (its config's
+    gradient_clipping) and steps inside ``accelerator.backward``, with no hook to skip on
+    the device: a non-finite loss on any rank is caught on the host before, and its step
+    is not taken (nor does fp16's scaler see it)."""
+    accelerator = t.accelerator
+    bad = accelerator.reduce((~torch.isfinite(loss)).float(), reduction="sum")  # collective
+    if bad > 0:
+        return loss.new_tensor(math.nan), torch.tensor(True, device=loss.device)
+    accelerator.backward(loss)
+    norm = t.model.get_global_grad_norm()  # None when DeepSpeed has none to report
+    norm = math.nan if norm is None else float(norm)
+    skipped = accelerator.optimizer_step_was_skipped
+    return loss.new_tensor(norm), torch.tensor(skipped, device=loss.device)
+
+
 def agreed_stop(t: Trainer) -> bool:
-    """Whether every rank stops after this step (sync-free path; see device_side_step)."""
+    """Whether every rank stops after this step: one process acts on a preemption signal
+    at once; several agree on it at log steps (a collective read)."""
     if t.accelerator.num_processes == 1:
         return t.preemption.requested
     if (t.step + 1) % t.cfg.logging.log_every != 0:
@@ -641,7 +654,7 @@ def agreed_stop(t: Trainer) -> bool:
 
 
 def settle_skips(t: Trainer) -> None:
-    """Count the sync-free steps' skip verdicts, in order (raises if the run diverged)."""
+    """Count the steps' skip verdicts, in order (raises if the run diverged)."""
     if not t.pending_skips:
         return
     verdicts = torch.stack([skipped for _, skipped in t.pending_skips]).tolist()
@@ -660,31 +673,6 @@ def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     lr = batch["lr"].to(device, dtype=dtype, memory_format=memory_format, non_blocking=True)
     hr = batch["hr"].to(device, non_blocking=True)  # (B, 1, h, w) float32
     return lr, hr
-
-
-def clip_and_step(t: Trainer) -> tuple[float | None, bool]:
-    """Clip, step, zero the gradients; returns (gradient norm, whether the step was skipped).
-
-    A non-finite norm skips the step (bf16/fp32); with fp16 the loss scaler decides and
-    lowers its scale. Under DeepSpeed ``accelerator.backward`` has already clipped (its
-    config's gradient_clipping) and stepped.
-    """
-    accelerator = t.accelerator
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        norm = t.model.get_global_grad_norm()
-        return _as_float(norm), accelerator.optimizer_step_was_skipped
-    max_norm = t.cfg.optim.grad_clip_norm or math.inf  # inf: measure only (scales by 1.0)
-    norm = accelerator.clip_grad_norm_(t.model.parameters(), max_norm)
-    if accelerator.scaler is None and not is_finite(norm):
-        t.optimizer.zero_grad(set_to_none=True)
-        return _as_float(norm), True
-    t.optimizer.step()
-    t.optimizer.zero_grad(set_to_none=True)
-    return _as_float(norm), accelerator.optimizer_step_was_skipped
-
-
-def _as_float(value: torch.Tensor | float | None) -> float | None:
-    return None if value is None else float(value)
 
 
 def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:

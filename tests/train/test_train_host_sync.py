@@ -4,9 +4,10 @@ On a GPU every ``.item()``, ``float(t)``, ``bool(t)`` or ``.cpu()`` of a device 
 stalls the host until the queued kernels are done, so the next step cannot be queued
 behind the current one. Counted here on the CPU: the methods that read a tensor's value
 into Python are wrapped, and a run of the trainer (in this process) counts the reads made
-in its steps, outside logging, validation and checkpoints. The fused-Adam path (the
-default on CUDA, ``--optim.fused true`` here) must make none; the default CPU path, which
-decides on skipping on the host, makes several per step (the counter's own check).
+in its steps, outside logging, validation and checkpoints. With fused Adam (the default
+on CUDA, ``--optim.fused true`` here) a step makes none; plain Adam (the CPU's default)
+has no skip hook, so the host reads the skip verdict, and plain Adam reads its own step
+counts (the counter's own check).
 """
 
 import pytest
@@ -92,9 +93,7 @@ def _train_here(data, run_dir, fused: str, steps: int = STEPS) -> None:
         torch.set_num_threads(threads)
 
 
-def test_fused_adam_steps_make_no_host_sync_and_the_default_cpu_path_does(
-    data, tmp_path, monkeypatch
-):
+def test_fused_adam_steps_make_no_host_sync_and_plain_adam_steps_one(data, tmp_path, monkeypatch):
     counter = SyncCounter(monkeypatch)
     _train_here(data, tmp_path / "fused", "true")
     assert len(counter.per_step) == STEPS
@@ -104,7 +103,8 @@ def test_fused_adam_steps_make_no_host_sync_and_the_default_cpu_path_does(
     counter.per_step.clear()
     _train_here(data, tmp_path / "default", "false")
     assert len(counter.per_step) == STEPS
-    assert min(counter.per_step) >= 2, counter.per_step  # skip verdict + gradient norm
+    # the skip verdict, and plain Adam's own reads (on the CPU its step counts)
+    assert min(counter.per_step) >= 1, counter.per_step
 
 
 def test_fused_and_default_adam_take_the_same_first_step(data, tmp_path):
@@ -126,7 +126,7 @@ def test_fused_and_default_adam_take_the_same_first_step(data, tmp_path):
 
 def test_fused_path_skips_diverged_steps_and_stops_naming_them(data, tmp_path):
     """Skip verdicts are counted at the checkpoint after each step here: the message and
-    the finite checkpoints are those of the host-side path (test_train_options)."""
+    the finite checkpoints are those of plain Adam (test_train_options)."""
     run_dir = tmp_path / "diverged"
     result = run(
         train_command(

@@ -93,7 +93,7 @@ def test_ema_is_the_exponential_average_and_round_trips():
 
 
 def test_ema_counts_device_side_updates_and_its_state_dict_round_trips():
-    """The sync-free step folds under a device-side verdict; only taken steps count, and
+    """The training step folds under a device-side verdict; only taken steps count, and
     state_dict (what accelerate's save_state keeps) restores average and count."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
