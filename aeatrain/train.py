@@ -21,7 +21,6 @@ a failing worker with their own exit status, so the trainer also leaves
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import math
 import os
@@ -172,18 +171,19 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def make_accelerator(cfg: Config) -> Accelerator:
     """The accelerator; TensorBoard logs under RUN/logs. Creating it writes nothing."""
-    handlers = []
-    if _deepspeed_launched() and not torch.cuda.is_available():
-        # accelerate picks no backend for DeepSpeed without an accelerator; gloo runs on CPU.
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    handlers, deepspeed = [], None
     if _deepspeed_launched():
-        _allow_deepspeed_without_transformers()
+        deepspeed = DeepSpeedWithoutTransformers()  # the launch config's, read as accelerate does
+        if not torch.cuda.is_available():
+            # accelerate picks no backend for DeepSpeed without an accelerator; gloo runs on CPU.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
     folder = RunFolder(cfg.train.run_dir)
     project = ProjectConfiguration(project_dir=str(folder.path), logging_dir=str(folder.logs))
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
         project_config=project,
+        deepspeed_plugin=deepspeed,
         kwargs_handlers=handlers,
         dynamo_backend="inductor" if cfg.train.compile else None,
     )
@@ -193,12 +193,17 @@ def _deepspeed_launched() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def _allow_deepspeed_without_transformers() -> None:
-    """accelerate 1.x imports transformers whenever it selects a DeepSpeed plugin, only to
-    hand the config to transformers' ZeRO-3 model-init hook. aeatrain's models are not
-    transformers models, so when transformers is absent there is nothing to hand over."""
-    if importlib.util.find_spec("transformers") is None:
-        DeepSpeedPlugin.set_deepspeed_weakref = lambda self: None
+class DeepSpeedWithoutTransformers(DeepSpeedPlugin):
+    """accelerate's DeepSpeed plugin, minus its hand-over to transformers.
+
+    Selecting a plugin, accelerate 1.x imports transformers only to give the DeepSpeed
+    config to transformers' ZeRO-3 model-init hook (``set_deepspeed_weakref``), and fails
+    where transformers is not installed. aeatrain's models are not transformers models:
+    there is nothing to hand over, with transformers installed or not.
+    """
+
+    def set_deepspeed_weakref(self) -> None:
+        pass
 
 
 def setup_logging(accelerator: Accelerator) -> None:
