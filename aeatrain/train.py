@@ -3,17 +3,17 @@
     accelerate launch [--config_file launch/deepspeed_zero2.yaml] aeatrain/train.py \\
         --config configs/aeanet.yaml [--section.key VALUE ...] [--resume]
 
-(or ``python aeatrain/train.py ...`` for one process). The only module that knows about
+(or ``python aeatrain/train.py ...`` for one process). The only module that builds the
 ``Accelerator``: topology, DDP/DeepSpeed and mixed precision come from the launch config;
 everything else from the config tree (aeatrain/config.py, docs/training.md). The loop reads
-batch -> forward/backward -> clip -> step -> log -> validate -> checkpoint.
+batch -> step (forward/backward -> clip -> optimizer, aeatrain/training/step.py) -> log ->
+validate -> checkpoint; the checks before the first write are aeatrain/training/plan.py's.
 
 Exit codes: 0 finished; 2 a user error, one line on stderr naming the file or key (bad
 config or data, a run folder holding another run or another dataset's checkpoints, a run
 folder in use by another trainer, a diverged run, a checkpoint that could not be
-written); 75
-(:data:`EXIT_PREEMPTED`) stopped by SIGUSR1/SIGTERM after writing a checkpoint: run the
-same command with ``--resume`` to continue. ``accelerate launch`` and ``torchrun`` report
+written); 75 (:data:`EXIT_PREEMPTED`) stopped by SIGUSR1/SIGTERM after writing a
+checkpoint: run the same command with ``--resume`` to continue. ``accelerate launch`` and ``torchrun`` report
 a failing worker with their own exit status, so the trainer also leaves
 ``RUN/preempted.json`` for a job script to test.
 """
@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import resource
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,95 +42,36 @@ from accelerate.utils import (
     gather_object,
     set_seed,
 )
-from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
 from aeatrain.collective import span_global_batch
-from aeatrain.config import Config, ConfigError, ModelConfig, load_config
+from aeatrain.config import Config, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
-from aeatrain.data.loader import train_loader
-from aeatrain.data.manifest import DatasetManifest, load_manifest
 from aeatrain.data.streams import FullImage, TestTile, region_window
 from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.models import build_model, input_multiple, model_spec, shared_references
-from aeatrain.modelzoo.read import read_initial_weights
+from aeatrain.models import shared_references
 from aeatrain.protocol.scoring import score_pairs, summarize_pairs
 from aeatrain.run import lock as runlock
 from aeatrain.run.final import InitialWeights, load_into
 from aeatrain.run.folder import ResumePoint, RunFolder, RunFolderError, dataset_record
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
-from aeatrain.training.optim import (
-    build_optimizer,
-    learning_rate,
-    pixel_loss,
-    set_learning_rate,
-    skip_next_step_if,
+from aeatrain.training.optim import build_optimizer, learning_rate
+from aeatrain.training.plan import (
+    RunPlan,
+    make_model,
+    open_batches,
+    plan_run,
+    this_machines_device,
+    validation_pairs,
 )
-from aeatrain.training.preemption import EXIT_PREEMPTED, PreemptionFlag
-from aeatrain.training.stability import (
-    SkippedSteps,
-    TrainingDiverged,
-    all_finite,
-    restore_buffers,
-    snapshot_buffers,
-)
+from aeatrain.training.preemption import EXIT_PREEMPTED
+from aeatrain.training.stability import SkippedSteps, TrainingDiverged, all_finite
+from aeatrain.training.step import Meter, Trainer, peak_memory_mib, settle_skips, train_step
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Trainer:
-    """Everything the loop touches; built once by :func:`build_trainer`."""
-
-    cfg: Config
-    accelerator: Accelerator
-    model: nn.Module  # as prepared (DDP / DeepSpeed engine / plain)
-    optimizer: torch.optim.Optimizer
-    manifest: DatasetManifest
-    run_folder: RunFolder
-    batches: Iterator[dict]  # this rank's training stream, from the resumed step
-    val_pairs: list[str]  # the pairs validation scores (aeatrain.protocol.scoring)
-    ema: WeightEMA | None
-    skipped: SkippedSteps
-    step: int = 0
-    preemption: PreemptionFlag = field(default_factory=PreemptionFlag)
-    deepspeed: bool = False  # DeepSpeed steps inside accelerator.backward
-    fused_adam: bool = False  # the optimizer skips a step on the device (see step_unless)
-    # train_step's skip verdicts until settle_skips counts them, as (step, 0-dim bool)
-    pending_skips: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    init_from: dict | None = None  # run.json's record of the weights the run started from
-
-    def state_dict(self) -> dict:
-        """The trainer's own counters; registered with accelerate's checkpointing, they are
-        saved by ``save_state`` (custom_checkpoint_0.pkl) and restored by ``load_state``."""
-        return {"step": self.step, "init_from": self.init_from, **self.skipped.state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-        self.init_from = state["init_from"]
-        limit = self.cfg.train.max_skipped_steps
-        self.skipped = SkippedSteps(limit, state["skipped_steps"], state["consecutive_skipped"])
-
-    @property
-    def module(self) -> nn.Module:
-        """The plain network under DDP/DeepSpeed/torch.compile wrappers."""
-        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-
-    def float32_copy(self, *, averaged: bool = False) -> nn.Module:
-        """A fresh float32 network holding the live (or, ``averaged``, the EMA) weights.
-
-        Built anew rather than deep-copied: the live module may carry DeepSpeed hooks and
-        16-bit weights. Validation of EMA weights and the exported weight files use it.
-        """
-        fresh = build_model(self.cfg.model.name, **self.cfg.model.build_kwargs())
-        fresh.load_state_dict(self.module.state_dict())
-        fresh.to(self.accelerator.device)
-        if averaged:
-            self.ema.copy_to(fresh)
-        return fresh
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -209,140 +147,6 @@ class DeepSpeedWithoutTransformers(DeepSpeedPlugin):
 def setup_logging(accelerator: Accelerator) -> None:
     level = logging.INFO if accelerator.is_main_process else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def per_device_batch(cfg: Config, num_processes: int) -> int:
-    """The global batch split over the processes; refuses what cannot train as configured."""
-    batch, name = cfg.data.global_batch_size, "data.global_batch_size"
-    if batch % num_processes:
-        raise ConfigError(f"{name}={batch} does not divide over {num_processes} processes")
-    local = batch // num_processes
-    if model_spec(cfg.model.name).batch_aware and cfg.model.batch_aware and local < 2:
-        raise ConfigError(
-            f"{name}={batch} gives {local} image per process, but model.batch_aware needs at "
-            f"least 2 (the first half of each process's batch trains the batch-aware "
-            f"branch, the second the references; with 1 the references get no gradient)"
-        )
-    return local
-
-
-def make_model(cfg: Config) -> nn.Module:
-    """``build_model`` from the model section; a bad combination is the user's error."""
-    try:
-        return build_model(cfg.model.name, **cfg.model.build_kwargs())
-    except ValueError as err:
-        raise ConfigError(f"model: {err}") from None
-
-
-def initial_weights(cfg: Config) -> InitialWeights | None:
-    """``train.init_from`` read and checked against the model section (None when unset)."""
-    if cfg.train.init_from is None:
-        return None
-    source = read_initial_weights(cfg.train.init_from)
-    here = {"name": cfg.model.name, **cfg.model.build_kwargs()}
-    try:  # the source's model section, defaults filled in as this aeatrain fills them
-        theirs = ModelConfig(name=source.model_name, **source.model_kwargs)
-    except ValidationError:
-        raise ConfigError(
-            f"train.init_from {source.source}: its model {source.model_name!r} "
-            f"{source.model_kwargs} is not one this aeatrain builds"
-        ) from None
-    there = {"name": theirs.name, **theirs.build_kwargs()}
-    different = [key for key in here if here[key] != there[key]]
-    if different:
-        key = different[0]
-        raise ConfigError(
-            f"train.init_from {source.source}: model.{key} is {there[key]!r} there and "
-            f"{here[key]!r} here; a run starts only from the weights of the same model "
-            f"(set the model section to the source's)"
-        )
-    return source
-
-
-# ---------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """A run every check has passed: what :func:`plan_run` found, nothing written yet."""
-
-    cfg: Config
-    num_processes: int
-    local_batch: int
-    manifest: DatasetManifest
-    run_folder: RunFolder
-    resume: ResumePoint | None  # None: the run starts at step 0
-    init: InitialWeights | None  # train.init_from's weights, for a run that starts
-
-    @property
-    def start_step(self) -> int:
-        return self.resume.step if self.resume else 0
-
-    def summary(self) -> str:
-        """The line ``--check`` prints."""
-        cfg, manifest = self.cfg, self.manifest
-        start = f"resumes from {self.resume.checkpoint}" if self.resume else "starts at step 0"
-        if self.init is not None:
-            start += f" from the weights of {self.init.source}"
-        return (
-            f"check: ok: {cfg.model.name} on {len(cfg.data.pairs or manifest.pair_names)} "
-            f"pair(s) of {manifest.root}, {self.num_processes} process(es) x "
-            f"{self.local_batch} images, {cfg.train.steps} steps into {cfg.train.run_dir} "
-            f"({start})"
-        )
-
-
-def plan_run(
-    cfg: Config, num_processes: int, device_type: str, *, verify_checksums: bool = False
-) -> RunPlan:
-    """Every check a user's mistake can fail, in one place and writing nothing: the batch
-    split, the device options, the data, the run folder (same run, same dataset, intact
-    checkpoint), the lock, the loader's pairs and crop, the model and ``train.init_from``.
-
-    ``train.py --check`` runs exactly this and prints :meth:`RunPlan.summary`; training
-    runs it on every rank, then :func:`build_trainer` acts on it. ``verify_checksums``
-    (``--check`` with ``data.verify``) also hashes every shard; training never does.
-    """
-    local_batch = per_device_batch(cfg, num_processes)
-    check_device_options(cfg, num_processes, device_type)
-    manifest = load_manifest(cfg.data.root, verify_checksums=verify_checksums)
-    run_folder = RunFolder(cfg.train.run_dir)
-    resume = run_folder.resume_point(cfg, manifest)
-    run_folder.check_unlocked()
-    check_batches(cfg, manifest, local_batch, resume.step if resume else 0)
-    # A resumed run has its weights (and its init_from record) in the checkpoint.
-    init = initial_weights(cfg) if resume is None else None
-    check_model(cfg, init)
-    return RunPlan(cfg, num_processes, local_batch, manifest, run_folder, resume, init)
-
-
-def check_device_options(cfg: Config, num_processes: int, device_type: str) -> None:
-    """Options that need a kind of device: PyTorch's SyncBatchNorm needs GPUs."""
-    if cfg.train.sync_batchnorm and num_processes > 1 and device_type != "cuda":
-        raise ConfigError(
-            f"train.sync_batchnorm: PyTorch's SyncBatchNorm needs GPUs; this run is on "
-            f"{device_type}"
-        )
-
-
-def check_batches(cfg: Config, manifest: DatasetManifest, local_batch: int, step: int) -> None:
-    """Open the training stream once, which checks the pair names and the crop size
-    against the data; nothing is decoded or staged (the shard indexes it reads stay cached
-    in ``manifest`` for the stream :func:`act` opens)."""
-    open_batches(cfg, manifest, local_batch, start_step=step).close()
-
-
-def check_model(cfg: Config, init: InitialWeights | None) -> None:
-    """The model section builds, and ``init``'s tensors fit it (every name and shape)."""
-    model = make_model(cfg)
-    if init is not None:
-        load_into(model, init.state, init.source)
-
-
-def this_machines_device() -> str:
-    """The device type ``--check`` plans for: the one accelerate would pick here."""
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true"
-    return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
 
 
 # ---------------------------------------------------------------------------- acting
@@ -424,42 +228,6 @@ def use_fused_adam(cfg: Config, accelerator: Accelerator) -> bool:
     return accelerator.device.type == "cuda"
 
 
-def open_batches(
-    cfg: Config,
-    manifest: DatasetManifest,
-    local_batch: int,
-    *,
-    start_step: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-):
-    """A rank's endless batch stream from ``start_step``. Opening it checks the pair names
-    and the crop size against the data; nothing is decoded before the first batch."""
-    return train_loader(
-        manifest,
-        crop_size=None if cfg.data.crop_size == "full" else cfg.data.crop_size,
-        batch_size=local_batch,
-        seed=cfg.train.seed,
-        rank=rank,
-        world_size=world_size,
-        start_step=start_step,
-        augment=cfg.data.augment,
-        pairs=cfg.data.pairs,
-        num_workers=cfg.data.num_workers,
-        cache_dir=cfg.data.cache_dir,
-        pin_memory=torch.cuda.is_available(),  # page-locked: copies to the GPU overlap compute
-        input_multiple=input_multiple(cfg.model.name),
-    )
-
-
-def validation_pairs(cfg: Config, manifest: DatasetManifest) -> list[str]:
-    """The pairs validation scores: those trained on (``data.pairs``, else all), as
-    ``aeatrain.evaluate`` scores the run, the first ``logging.eval_max_pairs`` in
-    pair-name order. Pair names were checked when the batches were opened."""
-    pairs = sorted(cfg.data.pairs) if cfg.data.pairs else list(manifest.pair_names)
-    return pairs[: cfg.logging.eval_max_pairs]
-
-
 def open_run_folder(run_folder: RunFolder, cfg: Config, accelerator: Accelerator) -> None:
     """Main process: create and lock RUN, save the resolved config; trackers on every rank."""
     accelerator.wait_for_everyone()  # every rank's plan has read RUN before it changes
@@ -500,51 +268,6 @@ def restore(t: Trainer, resume: ResumePoint) -> None:
 # ---------------------------------------------------------------------------- the loop
 
 
-@dataclass
-class StepOutcome:
-    """One step's figures, left on the device: the host reads them at log steps
-    (:meth:`Meter.read`) and :func:`settle_skips` counts the skips."""
-
-    loss: torch.Tensor  # 0-dim; non-finite when the step was skipped for its loss
-    grad_norm: torch.Tensor  # 0-dim; NaN where DeepSpeed had none to report
-    skipped: torch.Tensor  # 0-dim bool, the same on every rank
-    stop: bool  # every rank stops after this step (a preemption signal)
-
-
-@dataclass
-class Meter:
-    """Figures of the steps since the last log line (validation and checkpoints excluded)."""
-
-    steps: int = 0
-    seconds: float = 0.0  # wall time of the steps: loading the batch + the optimizer step
-    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) in those steps
-    outcomes: list[StepOutcome] = field(default_factory=list)
-    pixels: int = 0  # HR pixels trained on by THIS process
-
-    def add(self, outcome: StepOutcome, batch: dict, started: tuple[float, float]) -> None:
-        """``started``: ``(time.perf_counter(), time.process_time())`` before the batch."""
-        self.seconds += time.perf_counter() - started[0]
-        self.cpu_seconds += time.process_time() - started[1]
-        self.steps += 1
-        self.outcomes.append(outcome)
-        self.pixels += batch["hr"].numel()
-
-    def read(self) -> tuple[float, float | None]:
-        """(mean finite loss, last gradient norm of a step taken): the log step's one read
-        of the device. The time it waits for the device is charged to these steps."""
-        waited = time.perf_counter()
-        losses = torch.stack([o.loss.float() for o in self.outcomes]).tolist()
-        norms = torch.stack([o.grad_norm.float() for o in self.outcomes]).tolist()
-        skipped = torch.stack([o.skipped for o in self.outcomes]).tolist()
-        self.seconds += time.perf_counter() - waited
-        finite = [loss for loss in losses if math.isfinite(loss)]
-        mean = sum(finite) / len(finite) if finite else math.nan
-        taken = [
-            norm for norm, s in zip(norms, skipped, strict=True) if not s and math.isfinite(norm)
-        ]
-        return mean, taken[-1] if taken else None
-
-
 def train(t: Trainer) -> int:
     """batch -> forward/backward -> clip -> step -> log -> validate -> checkpoint."""
     cfg, accelerator = t.cfg, t.accelerator
@@ -581,105 +304,6 @@ def train(t: Trainer) -> int:
     return 0
 
 
-def train_step(t: Trainer, batch: dict) -> StepOutcome:
-    """One optimizer step without one read of the device by the host (but see
-    :func:`step_unless`). Whether to skip (a non-finite loss on any rank, or a non-finite
-    gradient norm) stays a 0-dim tensor, the same on every rank: the optimizer leaves
-    weights and moments untouched where it is true, BatchNorm's statistics and the EMA are
-    selected on the device, and :func:`settle_skips` counts the verdicts at the next log
-    step or checkpoint (a diverged run stops there, naming the steps; skipped steps change
-    nothing meanwhile)."""
-    accelerator = t.accelerator
-    set_learning_rate(t.optimizer, learning_rate(t.step, t.cfg.optim, t.cfg.train.steps))
-    lr, hr = to_device(t, batch)
-    buffers = snapshot_buffers(t.module)
-    with accelerator.autocast():
-        prediction = t.model(lr)  # (B, 1, h, w)
-    loss = pixel_loss(t.cfg.optim.loss)(prediction.float(), hr)
-    if t.deepspeed:
-        norm, skipped = deepspeed_step(t, loss)
-    else:
-        accelerator.backward(loss)
-        max_norm = t.cfg.optim.grad_clip_norm or math.inf  # inf: measure only (scales by 1.0)
-        norm = accelerator.clip_grad_norm_(t.model.parameters(), max_norm)  # (), unscaled
-        bad = (~torch.isfinite(loss)).float() + (~torch.isfinite(norm)).float()
-        skipped = accelerator.reduce(bad, reduction="sum") > 0  # (), the same on every rank
-        step_unless(t, skipped)
-    t.optimizer.zero_grad(set_to_none=True)
-    restore_buffers(t.module, buffers, where=skipped)  # no NaN left in running statistics
-    if t.ema is not None:
-        t.ema.update(t.module, taken=~skipped)
-    t.pending_skips.append((t.step, skipped))
-    return StepOutcome(loss.detach(), norm.detach(), skipped, agreed_stop(t))
-
-
-def step_unless(t: Trainer, skipped: torch.Tensor) -> None:
-    """Step the optimizer unless ``skipped`` (0-dim bool on the device).
-
-    Fused Adam skips on the device (:func:`skip_next_step_if`). fp16's loss scaler skips a
-    step whose gradients overflowed, which are the steps with a non-finite norm, and
-    lowers its scale; it reads the device itself (PyTorch's and accelerate's code). The
-    default Adam has no such hook: the host reads ``skipped``, which costs nothing on the
-    CPU, where it is the default (no queue of kernels to wait for).
-    """
-    if t.accelerator.scaler is not None:
-        t.optimizer.step()
-    elif t.fused_adam:
-        skip_next_step_if(t.optimizer.optimizer, skipped)
-        t.optimizer.step()
-    elif not skipped:
-        t.optimizer.step()
-
-
-def deepspeed_step(t: Trainer, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient norm, skipped) of a DeepSpeed step. DeepSpeed clips (its config's
-    gradient_clipping) and steps inside ``accelerator.backward``, with no hook to skip on
-    the device: a non-finite loss on any rank is caught on the host before, and its step
-    is not taken (nor does fp16's scaler see it)."""
-    accelerator = t.accelerator
-    bad = accelerator.reduce((~torch.isfinite(loss)).float(), reduction="sum")  # collective
-    if bad > 0:
-        return loss.new_tensor(math.nan), torch.tensor(True, device=loss.device)
-    accelerator.backward(loss)
-    norm = t.model.get_global_grad_norm()  # None when DeepSpeed has none to report
-    norm = math.nan if norm is None else float(norm)
-    skipped = accelerator.optimizer_step_was_skipped
-    return loss.new_tensor(norm), torch.tensor(skipped, device=loss.device)
-
-
-def agreed_stop(t: Trainer) -> bool:
-    """Whether every rank stops after this step: one process acts on a preemption signal
-    at once; several agree on it at log steps (a collective read)."""
-    if t.accelerator.num_processes == 1:
-        return t.preemption.requested
-    if (t.step + 1) % t.cfg.logging.log_every != 0:
-        return False
-    flag = torch.tensor(float(t.preemption.requested), device=t.accelerator.device)
-    return bool(t.accelerator.reduce(flag, reduction="sum") > 0)  # collective
-
-
-def settle_skips(t: Trainer) -> None:
-    """Count the steps' skip verdicts, in order (raises if the run diverged)."""
-    if not t.pending_skips:
-        return
-    verdicts = torch.stack([skipped for _, skipped in t.pending_skips]).tolist()
-    steps = [step for step, _ in t.pending_skips]
-    t.pending_skips = []
-    for step, skipped in zip(steps, verdicts, strict=True):
-        t.skipped.record(step, skipped, "non-finite loss or gradients")
-
-
-def to_device(t: Trainer, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a loader batch to this process's device (the loader is never prepared)."""
-    device = t.accelerator.device
-    memory_format = torch.channels_last if t.cfg.train.channels_last else torch.contiguous_format
-    # DeepSpeed keeps bf16/fp16 module weights and does not autocast: feed its dtype.
-    dtype = next(t.module.parameters()).dtype
-    lr = batch["lr"].to(device, dtype=dtype, memory_format=memory_format, non_blocking=True)
-    hr = batch["hr"].to(device, non_blocking=True)  # (B, 1, h, w) float32
-    return lr, hr
-
-
 def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
     """Train and speed scalars to TensorBoard; the loss is averaged over ranks (collective)."""
     accelerator = t.accelerator
@@ -708,13 +332,6 @@ def log_train(t: Trainer, meter: Meter, bar: tqdm) -> None:
         t.step, loss, values["train/learning_rate"], values.get("train/grad_norm", "n/a"), seconds,
         t.skipped.total, main_process_only=True,
     )  # fmt: skip
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak GPU memory allocated on CUDA; on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # ---------------------------------------------------------------------------- validation
