@@ -49,7 +49,6 @@ from aeatrain.collective import span_global_batch
 from aeatrain.config import Config, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data.streams import FullImage, TestTile, region_window
-from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import shared_references
@@ -57,6 +56,7 @@ from aeatrain.protocol.scoring import score_pairs, summarize_pairs
 from aeatrain.run import lock as runlock
 from aeatrain.run.final import InitialWeights, load_into
 from aeatrain.run.folder import ResumePoint, RunFolder, RunFolderError, dataset_record
+from aeatrain.training.ema import WeightEMA
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import build_optimizer, learning_rate
 from aeatrain.training.plan import (
@@ -175,7 +175,8 @@ def act(plan: RunPlan, accelerator: Accelerator) -> Trainer:
         accelerator.mixed_precision, plan.local_batch, main_process_only=True,
     )  # fmt: skip
     configure_deepspeed(cfg, accelerator, plan.local_batch)
-    ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema else None  # float32 start
+    # float32 start, on the device accelerate is about to move the model to
+    ema = WeightEMA(model, cfg.train.ema_decay, accelerator.device) if cfg.train.ema else None
     fused = use_fused_adam(cfg, accelerator)
     optimizer = build_optimizer(model.parameters(), cfg.optim, fused=fused)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from aeatrain.ema import WeightEMA
 from aeatrain.errors import UserError
 from aeatrain.models import build_model
 from aeatrain.run import checkpoint as ckpt
 from aeatrain.run.final import load_run, write_run_files
+from aeatrain.training.ema import WeightEMA
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("plot_curves", REPO / "benchmarks" / "plot_curves.py")

@@ -9,8 +9,6 @@ before, with finite weights) is the place to restart from, e.g. with a lower lea
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from aeatrain.errors import UserError
@@ -45,15 +43,6 @@ class SkippedSteps:
 
     def state(self) -> dict[str, int]:
         return {"skipped_steps": self.total, "consecutive_skipped": self.consecutive}
-
-
-def is_finite(value: float | torch.Tensor | None) -> bool:
-    """True for a finite number; None (no norm available, e.g. DeepSpeed) counts as finite."""
-    if value is None:
-        return True
-    if isinstance(value, torch.Tensor):
-        return bool(torch.isfinite(value).all())
-    return math.isfinite(value)
 
 
 def all_finite(module: torch.nn.Module) -> bool:

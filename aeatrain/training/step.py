@@ -23,9 +23,9 @@ from torch import nn
 
 from aeatrain.config import Config
 from aeatrain.data.manifest import DatasetManifest
-from aeatrain.ema import WeightEMA
 from aeatrain.models import build_model
 from aeatrain.run.folder import RunFolder
+from aeatrain.training.ema import WeightEMA
 from aeatrain.training.optim import learning_rate, pixel_loss, set_learning_rate, skip_next_step_if
 from aeatrain.training.preemption import PreemptionFlag
 from aeatrain.training.stability import SkippedSteps, restore_buffers, snapshot_buffers

@@ -18,36 +18,34 @@ from torch import nn
 class WeightEMA:
     """``ema = decay * ema + (1 - decay) * weight`` after each optimizer step that was taken."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, device: torch.device | None = None):
+        """The average starts at ``model``'s weights, in float32 on ``device`` (default:
+        where they are): the trainer builds it before accelerate moves the model to the
+        training device (and DeepSpeed makes 16-bit weights of it)."""
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
-        self._counted = 0  # steps folded in, counted on the host
-        self._taken: torch.Tensor | None = None  # steps folded in under `taken`, on the device
+        self._restored = 0  # steps folded in before load_state_dict, counted on the host
+        self._taken: torch.Tensor | None = None  # steps folded in since, on the device
         self.shadow = {
-            name: param.detach().float().clone() for name, param in model.named_parameters()
+            name: param.detach().to(device, torch.float32, copy=True)
+            for name, param in model.named_parameters()
         }
 
     @torch.no_grad()
-    def update(self, model: nn.Module, taken: torch.Tensor | None = None) -> None:
-        """Fold the current weights of ``model`` (the unwrapped module) into the average.
-
-        ``taken`` (0-dim bool on the device): fold only where it is true, without the host
-        reading it; it is counted on the device too, read by :attr:`updates`.
-        """
-        weight = 1.0 - self.decay
-        if taken is not None:
-            weight = taken.float() * weight  # 0 leaves the average as it is
-            self._taken = taken.long() if self._taken is None else self._taken + taken.long()
-        else:
-            self._counted += 1
+    def update(self, model: nn.Module, taken: torch.Tensor) -> None:
+        """Fold the current weights of ``model`` (the unwrapped module) into the average
+        where ``taken`` (0-dim bool on the device) is true, without the host reading it;
+        the steps folded in are counted on the device too, read by :attr:`updates`."""
+        weight = taken.float() * (1.0 - self.decay)  # 0 leaves the average as it is
+        self._taken = taken.long() if self._taken is None else self._taken + taken.long()
         for name, param in model.named_parameters():
             self.shadow[name].lerp_(param.detach().float(), weight)
 
     @property
     def updates(self) -> int:
         """The number of steps folded into the average (reads the device's count)."""
-        return self._counted + (0 if self._taken is None else int(self._taken))
+        return self._restored + (0 if self._taken is None else int(self._taken))
 
     @torch.no_grad()
     def copy_to(self, target: nn.Module) -> nn.Module:
@@ -83,4 +81,4 @@ class WeightEMA:
             )
         for name, tensor in tensors.items():
             self.shadow[name].copy_(tensor)
-        self._counted, self._taken = updates, None
+        self._restored, self._taken = updates, None
