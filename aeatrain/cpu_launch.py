@@ -33,6 +33,12 @@ given ``-q``); ``launch/local.sh`` on CPUs starts the processes through
 status is the trainer's. A single machine with no ``--main_process_port`` rendezvouses
 on a free port (two CPU runs side by side no longer collide on 29500).
 
+Plain ``torchrun`` is no substitute. Without ``ACCELERATE_USE_CPU`` in the workers'
+environment each ``Accelerator`` finds no GPU and runs alone (N independent runs writing
+one RUN folder; ``accelerate launch --multi_gpu`` on a CPU machine does the same); with
+it they form a gloo group, but a worker's user error or preemption ends torchrun with its
+ChildFailedError traceback and exit 1 instead of the one line and exit 2 or 75.
+
 Nothing here knows about ``Accelerator``; train.py calls :func:`relaunch_cpu_multiprocess`
 first thing in ``main``.
 """
