@@ -301,18 +301,6 @@ def load_rows(specs: list[RowSpec], *, weights: str, selected, known: list[str],
     return loaded
 
 
-def check_pairs(selected: list[str] | None, known: list[str], manifest) -> list[str] | None:
-    if selected is None:
-        return None
-    unknown = [p for p in selected if p not in known]
-    if unknown:
-        raise UserError(
-            f"--pairs: no pair named {unknown[0]!r} in {manifest.path} "
-            f"(it has {len(known)}: {', '.join(known[:6])}{', ...' if len(known) > 6 else ''})"
-        )
-    return sorted(set(selected))
-
-
 def evaluate_rows(
     specs: list[RowSpec],
     tilings: list[Tiling],
@@ -335,11 +323,11 @@ def evaluate_rows(
     folder each shard is staged into whole (aeatrain.data.shardio.stage), as training's
     ``data.cache_dir``.
     """
-    from aeatrain.data.manifest import load_manifest
+    from aeatrain.data.manifest import check_pairs, load_manifest
 
     manifest = load_manifest(data)
     known = manifest.pair_names
-    selected = check_pairs(pairs, known, manifest)
+    selected = None if pairs is None else check_pairs(pairs, known, manifest.path, option="--pairs")
     loaded = load_rows(specs, weights=weights, selected=selected, known=known, manifest=manifest)
     flat = [(row, member) for row, members in enumerate(loaded) for member in range(len(members))]
     members = [(loaded[row][member][0], loaded[row][member][2]) for row, member in flat]

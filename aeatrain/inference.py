@@ -15,8 +15,8 @@ Three ways to predict an image (float (H, W) in [0, 1], the registered/upsampled
   (all but a margin of 32 px of context on inner sides) kept; no blending.
 
 Any of them can be wrapped in the D4 self-ensemble (:func:`self_ensemble`, ``--tta d4``;
-the "+" of EDSR): the image is predicted in each of its 8 flips/rotations, each
-prediction is transformed back, and the 8 are averaged.
+the "+" of EDSR): the image is predicted in each of its 8 flips/rotations (the D4 group,
+aeatrain/data/d4.py), each prediction is transformed back, and the 8 are averaged.
 
 Padding goes at the bottom and right only (the published code splits it over both
 sides). The network samples on a stride-4 grid; anchoring that grid at pixel (0, 0) for
@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aeatrain.data import d4
 from aeatrain.errors import UserError
 from aeatrain.files.images import to_float
 from aeatrain.models.srnets import EDSR, RCAN, VDSR
@@ -494,29 +495,14 @@ def predict_paper_tiles(
 
 
 # --------------------------------------------------------------- D4 self-ensemble
-def d4_elements() -> list[tuple[int, bool]]:
-    """The 8 elements of the dihedral group D4 as (quarter turns k, mirrored first)."""
-    return [(k, flip) for flip in (False, True) for k in range(4)]
-
-
-def d4_apply(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """Mirror left-right (when ``flip``), then rotate by k quarter turns (counter-clockwise)."""
-    return np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
-
-
-def d4_invert(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """The inverse of :func:`d4_apply`: rotate back, then undo the mirror."""
-    back = np.rot90(image, -k)
-    return np.ascontiguousarray(back[:, ::-1] if flip else back)
-
-
 def self_ensemble(
     predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tta: str = "none"
 ) -> np.ndarray:
     """``predict(image)`` (``tta`` "none"), or its D4 self-ensemble (``tta`` "d4").
 
-    d4: the mean of the 8 predictions ``d4_invert(predict(d4_apply(image, g)), g)`` over
-    :func:`d4_elements` in that order, summed in float64 and divided by 8; float32 out.
+    d4: the mean of the 8 predictions ``d4.transform(predict(d4.transform(image, op)),
+    d4.inverse(op))`` over the ops of aeatrain/data/d4.py in order, summed in float64 and
+    divided by 8; float32 out.
     One transformed prediction is held at a time (8x the compute, not 8x the memory).
     """
     if tta not in TTA_MODES:
@@ -524,6 +510,7 @@ def self_ensemble(
     if tta == "none":
         return predict(image)
     total = np.zeros(image.shape, dtype=np.float64)
-    for k, flip in d4_elements():
-        total += d4_invert(predict(d4_apply(image, k, flip)), k, flip)
-    return (total / len(d4_elements())).astype(np.float32)
+    for op in range(d4.ORDER):
+        moved = np.ascontiguousarray(d4.transform(image, op))  # a view otherwise
+        total += d4.transform(predict(moved), d4.inverse(op))
+    return (total / d4.ORDER).astype(np.float32)

@@ -71,22 +71,15 @@ class Settings:
 
 def load_regions(data: str | Path, pairs: list[str] | None) -> tuple[list[Region], object]:
     """The training regions of ``pairs`` (None: every pair) and the DATA manifest."""
-    from aeatrain.data.manifest import load_manifest
+    from aeatrain.data.manifest import check_pairs, load_manifest
     from aeatrain.data.streams import full_images
 
     manifest = load_manifest(data)
     if pairs is not None:
-        unknown = [p for p in pairs if p not in manifest.pair_names]
-        if unknown:
-            raise UserError(
-                f"--pairs: no pair named {unknown[0]!r} in {manifest.path} "
-                f"(it has {len(manifest.pair_names)}: {', '.join(manifest.pair_names[:6])}"
-                f"{', ...' if len(manifest.pair_names) > 6 else ''})"
-            )
+        check_pairs(pairs, manifest.pair_names, manifest.path, option="--pairs")
     regions = []
     for image in full_images(manifest, pairs=pairs):
-        box = image.train_region
-        rows, cols = slice(box["y0"], box["y1"]), slice(box["x0"], box["x1"])
+        rows, cols = image.train_region.window
         lr = to_float(image.lr, image.bit_depth)[rows, cols]
         hr = to_float(image.hr, image.bit_depth)[rows, cols]
         regions.append(Region(image.pair, np.ascontiguousarray(lr), np.ascontiguousarray(hr)))

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from aeatrain.collective import span_global_batch
 from aeatrain.config import Config, load_config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
-from aeatrain.data.streams import FullImage, TestTile, region_window
+from aeatrain.data.streams import FullImage, TestTile
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.malloc import keep_freed_memory
 from aeatrain.models import shared_references
@@ -405,7 +405,7 @@ class ShownTiles:
             if len(self.tiles) >= self.limit:
                 return
             tile = image.test_tile(tile_id)
-            self.tiles.append((tile, prediction[region_window(tile.region)]))
+            self.tiles.append((tile, prediction[tile.region.window]))
 
 
 def log_pictures(t: Trainer, model: nn.Module, prefix: str, shown: list) -> None:

@@ -112,9 +112,9 @@ def measure(root: Path, args) -> tuple[dict[str, list[tuple[float, float, float]
 
 def region_size(root: Path) -> tuple[int, int]:
     """(height, width) of the first pair's training region."""
-    region = load_manifest(root, verify_checksums=False).pairs
-    box = next(iter(region.values()))["train_region"]
-    return box["y1"] - box["y0"], box["x1"] - box["x0"]
+    pairs = load_manifest(root, verify_checksums=False).pairs
+    box = next(iter(pairs.values())).train_region
+    return box.height, box.width
 
 
 def report(

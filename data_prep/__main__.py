@@ -22,9 +22,6 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
-
-from tqdm import tqdm
 
 from aeatrain.errors import UserError, check_finite_options, check_seed, run_cli
 from aeatrain.files.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
@@ -306,18 +303,12 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    from aeatrain.data.format import verify_shards
-    from aeatrain.data.manifest import load_manifest  # reads and checks the manifest
+    from aeatrain.data.manifest import load_manifest, verify_dataset
 
     start = time.perf_counter()
-    manifest = load_manifest(args.data)
-    if "://" in manifest.root:
-        raise UserError(f"{args.data}: verify reads a local DATA folder (stage it first)")
-    entries = [s for split in manifest.model.splits.values() for s in split.shards]
-    with tqdm(total=len(entries), desc="verify", unit="shard") as bar:
-        problems = verify_shards(
-            Path(manifest.root), entries, workers=args.workers, progress=bar.update
-        )
+    manifest = load_manifest(args.data)  # reads and checks the manifest
+    problems = verify_dataset(manifest, workers=args.workers)
+    entries = manifest.all_entries()
     for problem in problems:
         print(f"verify: {problem}", file=sys.stderr)
     if problems:

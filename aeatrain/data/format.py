@@ -96,6 +96,11 @@ class Region(_Strict):
     def height(self) -> int:
         return self.y1 - self.y0
 
+    @property
+    def window(self) -> tuple[slice, slice]:
+        """The (rows, columns) slices that cut this region out of an (H, W) image."""
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
     def as_dict(self) -> dict[str, int]:
         return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1}
 

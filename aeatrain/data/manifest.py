@@ -27,6 +27,7 @@ from aeatrain.data.format import (
     DatasetError,
     IndexedSample,
     Manifest,
+    PairInfo,
     ShardEntry,
     ShardIndex,
     manifest_from_json,
@@ -86,27 +87,26 @@ class DatasetManifest:
     root: str  # the DATA folder or URL
     path: str  # its manifest.json
     sha256: str  # of manifest.json itself: runs record which dataset they trained on
-    raw: dict = field(repr=False)  # the whole manifest as read
-    model: Manifest = field(repr=False)  # the same, typed
+    typed: Manifest = field(repr=False)  # the whole manifest as read, checked
     _shards: dict = field(default_factory=dict, repr=False, compare=False)  # split -> [Shard]
 
     @property
     def scale(self) -> float:
-        return self.model.scale
+        return self.typed.scale
 
     @property
     def bit_depths(self) -> list[int]:
-        return list(self.model.bit_depths)
+        return list(self.typed.bit_depths)
 
     @property
-    def pairs(self) -> dict[str, dict]:
-        """Pair name -> ``{"width", "height", "bit_depth", "train_region"}`` (and any
-        further keys the writer added)."""
-        return self.raw["pairs"]
+    def pairs(self) -> dict[str, PairInfo]:
+        """Pair name -> its size, bit depth and training region (and any further keys the
+        writer added, in ``model_extra``)."""
+        return self.typed.pairs
 
     @property
     def pair_names(self) -> list[str]:
-        return sorted(self.model.pairs)
+        return sorted(self.typed.pairs)
 
     def shard_urls(self, split: str) -> list[str]:
         """Paths (or URLs) of the split's shards, in manifest order (pair-name order)."""
@@ -117,6 +117,10 @@ class DatasetManifest:
 
     def entries(self, split: str) -> list[ShardEntry]:
         return self._split(split).shards
+
+    def all_entries(self) -> list[ShardEntry]:
+        """Every split's shards, in manifest order."""
+        return [entry for split in self.typed.splits.values() for entry in split.shards]
 
     def shards(self, split: str, cache_dir: str | None = None) -> list[Shard]:
         """The split's shards with their indexes (read once per split and cache folder)."""
@@ -129,7 +133,7 @@ class DatasetManifest:
                 with ThreadPoolExecutor(max_workers=_INDEX_READERS) as pool:
                     indexes = list(pool.map(self._read_index, entries))
             held = {sample.pair for index in indexes for sample in index.samples}
-            missing = sorted(set(self.model.pairs) - held)
+            missing = sorted(set(self.typed.pairs) - held)
             if missing:
                 raise DatasetError(
                     f"{self.path}: the {split} split's indexes hold no sample of pair "
@@ -157,7 +161,7 @@ class DatasetManifest:
         return index
 
     def _split(self, split: str):
-        splits = self.model.splits
+        splits = self.typed.splits
         if split not in splits:
             raise DatasetError(f"{self.path}: has no {split!r} split (has {sorted(splits)})")
         return splits[split]
@@ -185,7 +189,10 @@ def load_manifest(
     if local is not None:
         _check_files(manifest, local)
     if verify_checksums:
-        verify_dataset(manifest, workers=workers)
+        problems = verify_dataset(manifest, workers=workers)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise DatasetError(problems[0] + more)
     return manifest
 
 
@@ -201,11 +208,11 @@ def dataset_identity(manifest: DatasetManifest) -> str:
         "scale": manifest.scale,
         "pairs": {
             name: [info.width, info.height, info.bit_depth, info.train_region.as_dict()]
-            for name, info in sorted(manifest.model.pairs.items())
+            for name, info in sorted(manifest.pairs.items())
         },
         "splits": {
             split: [[shard.sha256, shard.samples] for shard in manifest.entries(split)]
-            for split in sorted(manifest.model.splits)
+            for split in sorted(manifest.typed.splits)
         },
     }
     return sha256_bytes(json.dumps(content, sort_keys=True).encode())
@@ -222,15 +229,15 @@ def _read_manifest(text: str) -> DatasetManifest:
                 f"{path}: no such manifest (expected a DATA folder from data_prep build)"
             )
     data = shardio.read_file(path)
-    model = manifest_from_json(data, path)
+    typed = manifest_from_json(data, path)
     root = path.rpartition("/")[0] if "://" in path else str(Path(path).parent)
-    return DatasetManifest(root, path, sha256_bytes(data), model.as_dict(), model)
+    return DatasetManifest(root, path, sha256_bytes(data), typed)
 
 
 def _check_files(manifest: DatasetManifest, root: Path) -> None:
     """Every listed shard and index exists (a stat each; nothing is read)."""
     folder = str(root)
-    for split, entry in manifest.model.splits.items():
+    for split, entry in manifest.typed.splits.items():
         for shard in entry.shards:
             for name, what in ((shard.file, "shard"), (shard.index, "index of a shard")):
                 path = os.path.join(folder, name)
@@ -240,27 +247,45 @@ def _check_files(manifest: DatasetManifest, root: Path) -> None:
                     )
 
 
-def verify_dataset(manifest: DatasetManifest, *, workers: int = 4) -> None:
+def verify_dataset(manifest: DatasetManifest, *, workers: int = 4) -> list[str]:
     """Hash every shard, index and member of a local DATA folder against the manifest, on
-    ``workers`` threads with a progress bar; the first problem raises :class:`DatasetError`."""
+    ``workers`` threads with a progress bar: the problems found, one line each (none: the
+    data is sound). ``python -m data_prep verify`` and ``load_manifest(...,
+    verify_checksums=True)`` (``train.py`` with ``data.verify``) both verify through here."""
     root = shardio.local_path(manifest.root)
     if root is None:
-        raise DatasetError(f"{manifest.root}: only a local DATA folder can be verified")
-    entries = [s for split in manifest.model.splits.values() for s in split.shards]
+        raise DatasetError(
+            f"{manifest.root}: only a local DATA folder can be verified (stage it first)"
+        )
+    entries = manifest.all_entries()
     with tqdm(total=len(entries), desc="verify", unit="shard") as bar:
-        problems = verify_shards(root, entries, workers=workers, progress=bar.update)
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise DatasetError(problems[0] + more)
+        return verify_shards(root, entries, workers=workers, progress=bar.update)
 
 
-def check_pairs(wanted: Sequence[str] | None, known: Sequence[str], where: str) -> list[str]:
-    """The pairs to use; names not in the data raise :class:`DatasetError` naming them."""
+def check_pairs(
+    wanted: str | Sequence[str] | None,
+    known: Sequence[str],
+    where: str,
+    *,
+    option: str | None = None,
+) -> list[str]:
+    """The pairs to use (None: all ``known``), sorted, each once.
+
+    A name not in ``known`` raises :class:`DatasetError`: one line naming it, ``where`` the
+    pairs were looked for (a manifest or a shard) and the pairs there are, after the
+    ``option`` the names came from (``--pairs``) when one is given. The loader, the
+    evaluation streams and the ``--pairs`` of evaluate and lbnlm all check through here.
+    """
     if wanted is None:
         return sorted(known)
     if isinstance(wanted, str):
         wanted = [wanted]
     missing = sorted(set(wanted) - set(known))
     if missing:
-        raise DatasetError(f"{where}: no pair named {', '.join(map(repr, missing))}")
+        held = sorted(known)
+        listed = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "")
+        raise DatasetError(
+            f"{f'{option}: ' if option else ''}no pair named {', '.join(map(repr, missing))} "
+            f"in {where} (it has {len(held)}: {listed})"
+        )
     return sorted(set(wanted))

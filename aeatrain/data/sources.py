@@ -113,9 +113,9 @@ def decode_pair(url: str, key: str, files: dict) -> tuple[np.ndarray, np.ndarray
     return lr, hr
 
 
-def decode_meta(url: str, key: str, files: dict) -> dict:
+def decode_meta(url: str, key: str, files: dict) -> SampleMeta:
     try:
-        return parse_json(files["json"], SampleMeta).as_dict()
+        return parse_json(files["json"], SampleMeta)
     except (KeyError, ValueError) as err:
         raise DatasetError(f"{url}: sample {key} has no valid json ({err})") from None
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aeatrain.data.format import DatasetError
+from aeatrain.data.format import DatasetError, Region, SampleMeta
 from aeatrain.data.manifest import Shard, check_pairs
 from aeatrain.data.sources import DataSource, decode_meta, decode_pair, resolve, scan
 
@@ -34,7 +34,7 @@ class TestTile:
     lr: np.ndarray
     hr: np.ndarray
     bit_depth: int
-    region: dict  # x0, y0, x1, y1 in the registered image
+    region: Region  # in the registered image
     meta: dict  # the sample's json
 
 
@@ -47,15 +47,15 @@ class FullImage:
     lr: np.ndarray
     hr: np.ndarray
     bit_depth: int
-    test_regions: dict[str, dict]
-    train_region: dict
-    meta: dict
+    test_regions: dict[str, Region]  # "test0".."test2"
+    train_region: Region
+    meta: dict  # the sample's json
 
     def test_tile(self, tile_id: str) -> TestTile:
         """Test region ``tile_id`` cut out of the whole image: the pixels of the ``test``
         split's sample of that id (``meta`` stays the whole image's json)."""
         region = self.test_regions[tile_id]
-        window = region_window(region)
+        window = region.window
         index = self.index * len(self.test_regions) + sorted(self.test_regions).index(tile_id)
         return TestTile(
             self.pair, tile_id, index, self.lr[window], self.hr[window], self.bit_depth,
@@ -63,14 +63,9 @@ class FullImage:
         )  # fmt: skip
 
 
-def region_window(region: dict) -> tuple[slice, slice]:
-    """The (rows, columns) slices of a region ``{"x0", "y0", "x1", "y1"}`` (x1/y1 exclusive)."""
-    return slice(region["y0"], region["y1"]), slice(region["x0"], region["x1"])
-
-
 def _ordered_samples(
     shards: Sequence[Shard], wanted: set[str] | None, rank: int, world_size: int
-) -> Iterator[tuple[int, str, str, dict, dict]]:
+) -> Iterator[tuple[int, str, str, SampleMeta, dict]]:
     """(index, url, key, meta, files) of this rank's samples, in stream order.
 
     Index i counts the selected samples; sample i belongs to rank ``i % world_size``, and
@@ -139,9 +134,7 @@ def _tiles(shards, wanted, rank, world_size) -> Iterator[TestTile]:
     for index, url, key, meta, files in _ordered_samples(shards, wanted, rank, world_size):
         lr, hr = decode_pair(url, key, files)
         depth = 8 if lr.dtype == np.uint8 else 16
-        yield TestTile(
-            meta["pair"], meta.get("region_id", ""), index, lr, hr, depth, meta["region"], meta
-        )
+        yield TestTile(meta.pair, meta.region_id, index, lr, hr, depth, meta.region, meta.as_dict())
 
 
 def full_images(
@@ -161,9 +154,9 @@ def full_images(
 def _full(shards, wanted, rank, world_size) -> Iterator[FullImage]:
     for index, url, key, meta, files in _ordered_samples(shards, wanted, rank, world_size):
         lr, hr = decode_pair(url, key, files)
-        if "test_regions" not in meta or "train_region" not in meta:
+        if meta.test_regions is None or meta.train_region is None:
             raise DatasetError(f"{url}: sample {key} json lacks test_regions/train_region")
         depth = 8 if lr.dtype == np.uint8 else 16
         yield FullImage(
-            meta["pair"], index, lr, hr, depth, meta["test_regions"], meta["train_region"], meta
+            meta.pair, index, lr, hr, depth, meta.test_regions, meta.train_region, meta.as_dict()
         )

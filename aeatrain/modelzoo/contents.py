@@ -65,8 +65,8 @@ def split_text(manifest, pairs: list[str] | None) -> str:
     regions: dict[tuple, list[str]] = {}
     for name in pairs or manifest.pair_names:
         info = manifest.pairs[name]
-        box = info["train_region"]
-        key = (info["width"], info["height"], box["x0"], box["x1"], box["y0"], box["y1"])
+        box = info.train_region
+        key = (info.width, info.height, box.x0, box.x1, box.y0, box.y1)
         regions.setdefault(key, []).append(name)
     parts = []
     for (width, height, x0, x1, y0, y1), names in sorted(regions.items()):

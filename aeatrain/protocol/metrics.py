@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
 
-from aeatrain.data.format import read_document
+from aeatrain.data.format import Region, read_document
 from aeatrain.files.images import max_value
 
 # cv2.PSNR computes 20*log10(R / (sqrt(mse) + DBL_EPSILON)); the masked PSNR copies it.
@@ -190,19 +190,18 @@ def score_regions(
     pred: np.ndarray,
     lr: np.ndarray,
     hr: np.ndarray,
-    regions: Mapping[str, Mapping[str, int]],
+    regions: Mapping[str, Region],
     *,
     bit_depth: int,
 ) -> dict[str, TileScores]:
-    """Score each region ``{"x0", "y0", "x1", "y1"}`` (x1/y1 exclusive) of a whole image.
+    """Score each region (x1/y1 exclusive) of a whole image.
 
     ``pred``, ``lr``, ``hr`` are the whole (H, W) images; ``regions`` is a full sample's
     ``test_regions`` (docs/formats.md section 2), scored in name order.
     """
     scores = {}
     for name in sorted(regions):
-        r = regions[name]
-        window = (slice(r["y0"], r["y1"]), slice(r["x0"], r["x1"]))
+        window = regions[name].window
         scores[name] = score_tile(pred[window], lr[window], hr[window], bit_depth=bit_depth)
     return scores
 

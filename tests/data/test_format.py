@@ -4,6 +4,9 @@ readers tolerating keys a newer writer added."""
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +157,17 @@ def test_a_failed_index_writes_no_index_file(dataset):
     with pytest.raises(UserError, match=r"full-000000\.tar: sha256 differs"):
         data_prep(["index", str(dataset)])
     assert sorted(dataset.glob("*index.json")) == [] and manifest_path.read_bytes() == before
+
+
+def test_the_format_and_manifest_modules_import_no_torch():
+    """data_prep's worker processes import the format, the run folder the manifest: light."""
+    code = (
+        "import sys, aeatrain.data.format, aeatrain.data.manifest\n"
+        "print(sorted(m for m in ('torch', 'cv2', 'webdataset') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

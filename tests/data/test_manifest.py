@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from aeatrain.data.format import DatasetError, sha256_file
+from aeatrain.data.format import DatasetError, Region, sha256_file
 from aeatrain.data.loader import train_loader
-from aeatrain.data.manifest import load_manifest
+from aeatrain.data.manifest import check_pairs, load_manifest
 from tests.datasets import make_dataset
 
 
@@ -16,7 +16,7 @@ def test_manifest_exposes_what_the_trainer_needs(plain):
     assert manifest.root == str(plain) and manifest.path == str(plain / "manifest.json")
     assert manifest.scale == 2.0 and manifest.bit_depths == [8]
     assert manifest.pair_names == ["pair00", "pair01", "pair02"]
-    assert manifest.pairs["pair01"]["train_region"] == {"x0": 0, "y0": 0, "x1": 240, "y1": 240}
+    assert manifest.pairs["pair01"].train_region == Region(x0=0, y0=0, x1=240, y1=240)
     assert [Path(u).name for u in manifest.shard_urls("train")] == [
         "train-000000.tar",
         "train-000001.tar",
@@ -115,3 +115,17 @@ def test_not_a_dataset(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"manifest\.json: not valid JSON"):
         train_loader(tmp_path, crop_size=16, batch_size=1, seed=0)
+
+
+def test_pair_names_are_checked_in_one_place_and_one_line():
+    """The loader, the evaluation streams and evaluate's and lbnlm's --pairs all use it."""
+    known = [f"p{k}" for k in range(8)]
+    assert check_pairs(None, known, "M") == known
+    assert check_pairs("p2", known, "M") == ["p2"]
+    assert check_pairs(["p3", "p1", "p3"], known, "M") == ["p1", "p3"]
+    with pytest.raises(DatasetError) as caught:
+        check_pairs(["zz", "p1", "aa"], known, "/d/manifest.json", option="--pairs")
+    assert str(caught.value) == (
+        "--pairs: no pair named 'aa', 'zz' in /d/manifest.json (it has 8: p0, p1, p2, p3, p4, "
+        "p5, ...)"
+    )

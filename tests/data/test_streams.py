@@ -18,11 +18,12 @@ def test_test_tiles_once_each_in_order_and_split_over_ranks(plain):
         box = tile.region
         assert tile.bit_depth == 8 and tile.meta["split"] == "test"
         np.testing.assert_array_equal(
-            tile.lr, fulls[tile.pair].lr[box["y0"] : box["y1"], box["x0"] : box["x1"]]
+            tile.lr, fulls[tile.pair].lr[box.y0 : box.y1, box.x0 : box.x1]
         )
         np.testing.assert_array_equal(
-            tile.hr, fulls[tile.pair].hr[box["y0"] : box["y1"], box["x0"] : box["x1"]]
+            tile.hr, fulls[tile.pair].hr[box.y0 : box.y1, box.x0 : box.x1]
         )
+        assert tuple(box.window) == (slice(box.y0, box.y1), slice(box.x0, box.x1))
     ranks = [[t.index for t in test_tiles(plain, rank=r, world_size=2)] for r in (0, 1)]
     assert ranks == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
     chosen = list(test_tiles(plain, pairs=["pair02", "pair00"]))
@@ -39,10 +40,12 @@ def test_full_images_carry_their_regions(plain):
     full = fulls[0]
     assert full.lr.shape == full.hr.shape == (240, 320) and full.lr.dtype == np.uint8
     train, tests = split_regions(320, 240)
-    assert full.train_region == train and full.test_regions == tests
+    assert full.train_region.as_dict() == train
+    assert {name: region.as_dict() for name, region in full.test_regions.items()} == tests
     cut = full.test_tile("test1")  # what validation shows: the test sample's pixels
     stored = next(t for t in test_tiles(plain) if (t.pair, t.tile_id) == ("pair01", "test1"))
-    assert (cut.pair, cut.tile_id, cut.index, cut.region) == ("pair01", "test1", 4, tests["test1"])
+    assert (cut.pair, cut.tile_id, cut.index) == ("pair01", "test1", 4)
+    assert cut.region.as_dict() == tests["test1"]
     assert cut.index == stored.index and cut.bit_depth == stored.bit_depth == 8
     np.testing.assert_array_equal(cut.lr, stored.lr)
     np.testing.assert_array_equal(cut.hr, stored.hr)

@@ -3,6 +3,7 @@ the split the dataset recorded (aeatrain.protocol.split), whatever the pairs' si
 
 from types import SimpleNamespace
 
+from aeatrain.data.format import PairInfo
 from aeatrain.modelzoo.contents import split_text
 from aeatrain.protocol.split import paper_split
 
@@ -10,7 +11,7 @@ from aeatrain.protocol.split import paper_split
 def _manifest(sizes: dict[str, tuple[int, int]]) -> SimpleNamespace:
     """What split_text reads of a manifest: pair -> width, height, train_region."""
     pairs = {
-        name: {"width": w, "height": h, "train_region": paper_split(w, h).train.as_dict()}
+        name: PairInfo(width=w, height=h, bit_depth=8, train_region=paper_split(w, h).train)
         for name, (w, h) in sizes.items()
     }
     return SimpleNamespace(pairs=pairs, pair_names=sorted(pairs))

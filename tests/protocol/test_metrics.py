@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
+from aeatrain.data.format import Region
 from aeatrain.protocol import metrics
 
 C1 = (0.01 * 255) ** 2  # SSIM's stabilisers for data_range 255
@@ -164,8 +165,8 @@ def test_foreground_background_table_by_hand():
 def test_score_regions_uses_exclusive_bounds_and_name_order():
     pred, lr, hr = _tile_pair(seed=4, shape=(30, 40))
     regions = {
-        "test1": {"x0": 20, "y0": 10, "x1": 40, "y1": 30},
-        "test0": dict(x0=0, y0=0, x1=20, y1=10),
+        "test1": Region(x0=20, y0=10, x1=40, y1=30),
+        "test0": Region(x0=0, y0=0, x1=20, y1=10),
     }
     scores = metrics.score_regions(pred, lr, hr, regions, bit_depth=8)
     assert list(scores) == ["test0", "test1"]
