@@ -7,8 +7,8 @@
 
 Each registered LR image of DATA's ``full`` split is predicted whole (reflect-padded to a
 multiple of 16 and cropped back) or, with ``--tile``/``--tiles``, with the paper's tiles
-(tile S, margin 32: aeatrain.inference.predict_paper_tiles), and with ``--tta d4`` as the
-mean of its 8 flips/rotations (aeatrain.inference.self_ensemble). The three test tiles of each
+(tile S, margin 32: aeatrain.protocol.inference.predict_paper_tiles), and with ``--tta d4`` as the
+mean of its 8 flips/rotations (aeatrain.protocol.inference.self_ensemble). The three test tiles of each
 image are scored (aeatrain.protocol.metrics: cv2.PSNR and SSIM on the 0..255 scale, the prediction
 clipped; gains over the input; Otsu foreground/background on the HR tile), averaged over
 tiles, then over pairs.
@@ -58,8 +58,8 @@ from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.files.atomic import atomic_write_text
 from aeatrain.files.outputs import METRICS, check_replaceable_file
-from aeatrain.inference import TTA_MODES, check_paper_tiling, choose_device
 from aeatrain.malloc import keep_freed_memory
+from aeatrain.protocol.inference import TTA_MODES, check_paper_tiling, choose_device
 from aeatrain.protocol.metrics import TileScores, mean_scores, metrics_json_text
 from aeatrain.protocol.scoring import (
     PAPER_MARGIN,

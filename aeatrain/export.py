@@ -16,7 +16,7 @@ and it runs without aeatrain:
   was trained on the registered LR warped into the HR frame, and a same-size model is the
   one every consumer tiles and overlays without scale arithmetic (docs/export.md says why);
 - any size from ``2 * halo + 16`` px on: the network reflect-pads to its multiple and
-  crops back, as ``aeatrain.inference.predict_full`` does, so a whole image through
+  crops back, as ``aeatrain.protocol.inference.predict_full`` does, so a whole image through
   bioimageio.core gives aeatrain's prediction. The input's declared padding is the
   constant -1 (pixels are >= 0), which the network recognises and cuts off: the halo
   bioimageio.core pads around a whole image does not change the result. The output halo

@@ -36,21 +36,22 @@ import numpy as np
 from aeatrain.errors import UserError, run_cli
 from aeatrain.files.images import from_float, to_float, write_image
 from aeatrain.files.outputs import check_replaceable_file, record_outputs
-from aeatrain.inference import choose_device
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.predict import (
-    add_input_arguments,
-    check_input_arguments,
-    output_calibration,
-    read_input,
-    upsample,
-)
 from aeatrain.protocol.heatmaps import (
     montage,
     most_varying_refs,
     num_refs,
     overlay,
     reference_maps,
+)
+from aeatrain.protocol.inference import choose_device
+from aeatrain.protocol.superres import (
+    add_input_arguments,
+    check_input_arguments,
+    input_options,
+    output_calibration,
+    read_input,
+    upsample,
 )
 from aeatrain.run.options import add_loading_arguments
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{source}: --input is a folder; refmaps maps one image file (--input IMAGE), "
             "predict takes folders"
         )
-    source_image = read_input(source, args)
+    source_image = read_input(source, **input_options(args))
     model, run = load_run(args.run, weights=args.weights, device=choose_device(args.device))
     count = num_refs(model, run.path)
     bad = [k for k in args.refs or [] if not 0 <= k < count]

@@ -2,7 +2,7 @@
 
 For one 1280 x 944 image, self-trained (the library from that pair's training region) and
 pooled (from every pair's): the seconds to search the settings and build the library, the
-library's size, and the seconds to predict the whole image (``aeatrain.inference.
+library's size, and the seconds to predict the whole image (``aeatrain.protocol.inference.
 predict_full``), wall and CPU (the machine may be shared: CPU seconds are the steadier
 figure). One thread: OMP_NUM_THREADS=1 is set before NumPy loads, the kd-tree queries run
 with workers=1.
@@ -34,8 +34,8 @@ import torch  # noqa: E402
 from aeatrain.data.manifest import load_manifest  # noqa: E402
 from aeatrain.data.streams import full_images  # noqa: E402
 from aeatrain.files.images import to_float  # noqa: E402
-from aeatrain.inference import predict_full  # noqa: E402
 from aeatrain.lbnlm import build, load_regions  # noqa: E402
+from aeatrain.protocol.inference import predict_full  # noqa: E402
 
 
 def timed(function):

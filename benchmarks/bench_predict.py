@@ -4,7 +4,7 @@
         [--threads 1,2] [--repeats 3] [--eager] [--no-memory] [--big 4096] [--big-model unet --big-channels 8]
 
 Part 1, per model (published sizes, seeded weights with BatchNorm statistics away from the
-identity) and thread count: ``aeatrain.inference.predict_full`` on one ``--size`` image
+identity) and thread count: ``aeatrain.protocol.inference.predict_full`` on one ``--size`` image
 ("ours": whatever backend it picks, onnxruntime for these sizes) against the same network
 exported plainly (``torch.onnx.export``, opset 17, the image's static shape: see
 :func:`ort_session`) and run in an onnxruntime session with the same number of threads
@@ -89,7 +89,7 @@ def worker(side: str, name: str, threads: int, height: int, width: int) -> dict:
     import numpy as np
     import torch
 
-    from aeatrain import inference
+    from aeatrain.protocol import inference
 
     torch.set_num_threads(threads)
     model = build(name)
@@ -120,7 +120,7 @@ def pair_worker(
     import numpy as np
     import torch
 
-    from aeatrain import inference
+    from aeatrain.protocol import inference
 
     torch.set_num_threads(threads)
     model = build(name)
@@ -159,7 +159,7 @@ def tiles_worker(channels: int, side: int, threads: int) -> dict:
     import numpy as np
     import torch
 
-    from aeatrain.inference import tile_spans
+    from aeatrain.protocol.inference import tile_spans
 
     torch.set_num_threads(threads)
     model = build("unet", channels)

@@ -29,8 +29,8 @@ from aeatrain.data.manifest import load_manifest
 from aeatrain.data.streams import test_tiles
 from aeatrain.errors import UserError
 from aeatrain.files.images import to_float
-from aeatrain.inference import predict_full
 from aeatrain.modelzoo import description, network
+from aeatrain.protocol.inference import predict_full
 from aeatrain.run.final import load_run
 from tests.datasets import make_dataset
 from tests.eval.helpers import make_run

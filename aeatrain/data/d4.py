@@ -1,7 +1,7 @@
 """The D4 group: the 8 symmetries of the square (4 rotations, each with or without a mirror).
 
 One home for training's paired augmentation (aeatrain/data/loader.py applies the same op
-to LR and HR) and prediction's self-ensemble (aeatrain/inference.py). An element is an op
+to LR and HR) and prediction's self-ensemble (aeatrain/protocol/inference.py). An element is an op
 in ``0..ORDER - 1``: mirror left-right when ``op >= 4``, then rotate by ``op % 4`` quarter
 turns (numpy's ``rot90`` direction, counter-clockwise).
 """

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeatrain.files.images import max_value, to_float
-from aeatrain.inference import padding_multiple
 from aeatrain.modelzoo import (
     INPUT_ID,
     ONNX_IR_VERSION,
@@ -23,6 +22,7 @@ from aeatrain.modelzoo import (
     STATE_DICT,
     ExportError,
 )
+from aeatrain.protocol.inference import padding_multiple
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Geometry:
     whose inner size is a multiple of ``multiple`` stay on the grid."""
 
     multiple: int  # the network's input_multiple (4: U-Net family, 1: VDSR/EDSR/RCAN)
-    pad_multiple: int  # what the network pads to, as aeatrain.inference does (16)
+    pad_multiple: int  # what the network pads to, as aeatrain.protocol.inference does (16)
     halo: int
     radius: int  # the measured receptive radius the halo covers
 
@@ -55,7 +55,7 @@ class Geometry:
 
 
 class PackagedNetwork(nn.Module):
-    """The network as the package runs it: ``aeatrain.inference.predict_full`` in one module.
+    """The network as the package runs it: ``aeatrain.protocol.inference.predict_full`` in one module.
 
     The input may carry a frame of negative pixels (the package declares a constant
     padding of :data:`OUTSIDE`; its pixel values are >= 0): that frame is what a consumer

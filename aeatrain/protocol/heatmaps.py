@@ -14,8 +14,8 @@ from torch import nn
 
 from aeatrain.errors import UserError
 from aeatrain.files.images import from_float
-from aeatrain.inference import eval_mode, pad_to_multiple, padding_multiple
 from aeatrain.models import shared_references
+from aeatrain.protocol.inference import eval_mode, pad_to_multiple, padding_multiple
 
 PANEL_WIDTH = 512  # montage panels are scaled to this width at most
 REF_CHUNK = 16  # references per forward pass when ranking all of them

@@ -4,7 +4,7 @@ number in the report.
 
 Each registered LR image of the dataset's ``full`` split is predicted whole (reflect-padded
 to the model's multiple and cropped back) or in the paper's tiles (:class:`Tiling`), and
-with ``tta="d4"`` as the mean of its 8 flips/rotations (aeatrain.inference); the test
+with ``tta="d4"`` as the mean of its 8 flips/rotations (aeatrain.protocol.inference); the test
 regions the split recorded (aeatrain.protocol.split) are scored by
 :func:`aeatrain.protocol.metrics.score_regions`, averaged over tiles, then over pairs
 (:func:`summarize_pairs`).
@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from aeatrain.files.images import to_float
-from aeatrain.inference import PAD_MULTIPLE, predict_full, predict_paper_tiles, self_ensemble
+from aeatrain.protocol.inference import (
+    PAD_MULTIPLE,
+    predict_full,
+    predict_paper_tiles,
+    self_ensemble,
+)
 from aeatrain.protocol.metrics import TileScores, average_pairs, mean_scores, score_regions
 
 PAPER_MARGIN = 32

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from aeatrain.inference import choose_device
+from aeatrain.protocol.inference import choose_device
 from aeatrain.run.final import WEIGHT_FILES
 
 

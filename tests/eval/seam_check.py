@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aeatrain.files.images import from_float, to_float
-from aeatrain.inference import predict_full, predict_tiled, tile_spans
 from aeatrain.models import build_model
+from aeatrain.protocol.inference import predict_full, predict_tiled, tile_spans
 from tests.datasets import specimen_pair
 
 

@@ -14,7 +14,7 @@ from aeatrain import compare, evaluate
 from aeatrain.data.streams import full_images
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.files.images import to_float
-from aeatrain.inference import predict_full, predict_paper_tiles
+from aeatrain.protocol.inference import predict_full, predict_paper_tiles
 from aeatrain.protocol.metrics import average_pairs, mean_scores, score_regions
 from aeatrain.run.final import load_run
 from tests.datasets import make_dataset, specimen_pair, write_dataset
@@ -346,7 +346,7 @@ def test_pairs_whose_names_shared_a_key_are_both_scored(tmp_path, capsys):
 
 
 def test_tta_d4_row_matches_the_self_ensemble_by_hand(lab, tmp_path, capsys):
-    from aeatrain.inference import self_ensemble
+    from aeatrain.protocol.inference import self_ensemble
 
     argv = ["--run", str(lab / "pooled"), "--data", str(lab / "DATA"), "--pairs", "pair01",
             "--tta", "d4", "--out", str(tmp_path)]  # fmt: skip

@@ -20,6 +20,7 @@ import torch
 from aeatrain import predict
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.files.images import read_image, write_image
+from aeatrain.protocol import superres
 from tests.eval.helpers import make_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +86,7 @@ def test_16_bit_tiff_doubles_in_size_and_stays_16_bit(run_dir, tmp_path, capsys)
 def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_path, capsys):
     """The CLI is upsample -> model -> round: recompute that by hand."""
     from aeatrain.files.images import from_float, to_float
-    from aeatrain.inference import predict_full
+    from aeatrain.protocol.inference import predict_full
     from aeatrain.run.final import load_run
 
     image = np.random.default_rng(2).integers(0, 256, (40, 52), dtype=np.uint8)
@@ -114,7 +115,7 @@ def test_output_equals_the_model_on_the_bicubic_upsampled_input(run_dir, tmp_pat
 
 def test_tta_d4_averages_the_eight_flips(run_dir, tmp_path, capsys):
     from aeatrain.files.images import to_float
-    from aeatrain.inference import predict_full, self_ensemble
+    from aeatrain.protocol.inference import predict_full, self_ensemble
     from aeatrain.run.final import load_run
 
     image = np.random.default_rng(5).integers(0, 256, (24, 36), dtype=np.uint8)
@@ -518,15 +519,15 @@ class _Halve(torch.nn.Module):
 def test_bicubic_rows_are_the_pixels_of_resizing_the_whole_image(tmp_path, dtype, k):
     image = np.random.default_rng(5).integers(0, np.iinfo(dtype).max, (53, 29)).astype(dtype)
     tifffile.imwrite(tmp_path / "x.tif", image, rowsperstrip=6)
-    rows, _ = predict.open_image_rows(tmp_path / "x.tif")
-    upsampled = predict.upsample(rows, float(k))
-    assert isinstance(upsampled, predict.BicubicRows) and upsampled.shape == (53 * k, 29 * k)
+    rows, _ = superres.open_image_rows(tmp_path / "x.tif")
+    upsampled = superres.upsample(rows, float(k))
+    assert isinstance(upsampled, superres.BicubicRows) and upsampled.shape == (53 * k, 29 * k)
     whole = cv2.resize(image, (29 * k, 53 * k), interpolation=cv2.INTER_CUBIC)
     np.testing.assert_array_equal(np.asarray(upsampled), whole)
     for r0, r1 in ((0, 1), (5, 17), (40, 53 * k - 1), (53 * k - 4, 53 * k)):  # odd bands, edges
         np.testing.assert_array_equal(upsampled[r0:r1], whole[r0:r1])
     np.testing.assert_array_equal(  # a scale that is not whole: read whole, then resized
-        predict.upsample(rows, 1.5), cv2.resize(image, (44, 80), interpolation=cv2.INTER_CUBIC)
+        superres.upsample(rows, 1.5), cv2.resize(image, (44, 80), interpolation=cv2.INTER_CUBIC)
     )
 
 
@@ -544,9 +545,9 @@ def test_an_input_read_a_band_at_a_time_predicts_the_same_file(tmp_path, monkeyp
                      float32=False, overwrite=False, page=None, bar_row=None, no_bar=False)  # fmt: skip
     outputs = {}
     for name, threshold in (("lazy", 0), ("whole", 10**9)):
-        monkeypatch.setattr(predict, "LAZY_INPUT_PIXELS", threshold)
-        assert isinstance(predict.read_input(tmp_path / "in.tif", args, lazy=True).image,
-                          predict.LazyRows) == (name == "lazy")  # fmt: skip
+        monkeypatch.setattr(superres, "LAZY_INPUT_PIXELS", threshold)
+        assert isinstance(superres.read_input(tmp_path / "in.tif", lazy=True).image,
+                          superres.LazyRows) == (name == "lazy")  # fmt: skip
         job = predict.Job(tmp_path / "in.tif", tmp_path / name / "out.tif")
         assert predict.predict_one(_Halve(), job, args, scale=scale) == (
             (270, 200), (round(270 * scale), round(200 * scale)))  # fmt: skip

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from aeatrain.inference import predict_full
 from aeatrain.models import build_model
 from aeatrain.models.attention import AugmentedAttention
+from aeatrain.protocol.inference import predict_full
 from tests.datasets import make_dataset
 
 pytestmark = pytest.mark.gpu

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from aeatrain.collective import use_batch_group
-from aeatrain.inference import padding_multiple
 from aeatrain.models import DEFAULTS, MODEL_NAMES, build_model, input_multiple
 from aeatrain.models.attention import AugmentedAttention
 from aeatrain.models.unet import AttentionBlock, DownConv, ResBlock
+from aeatrain.protocol.inference import padding_multiple
 from tests.models.reference import FixedSplit
 
 UNET_FAMILY = ("unet", "gvtnet", "aeanet")

@@ -1,4 +1,4 @@
-"""aeatrain.inference: padding, tile layouts, and tiled == whole for a convolutional U-Net.
+"""aeatrain.protocol.inference: padding, tile layouts, and tiled == whole for a convolutional U-Net.
 
 Why tiles can equal the whole image exactly: the "unet" baseline is convolutions plus
 BatchNorm, and BatchNorm in eval mode is a fixed per-channel affine map, so the network is
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from aeatrain import inference
 from aeatrain.errors import UserError
 from aeatrain.models import build_model
+from aeatrain.protocol import inference
 
 
 def _unet(seed: int = 0, channels: int = 8) -> torch.nn.Module:
