@@ -6,8 +6,8 @@ reads nothing else. :meth:`DatasetManifest.shards` reads the build-time index of
 shard of a split (aeatrain/data/format.py) when a stream first asks for it; no tar header
 is scanned and no shard hashed at start-up, so start-up costs the same for 22 pairs as
 for 10,000. :func:`verify_dataset` hashes whole datasets (``python -m data_prep verify
-DATA``, ``train.py --check`` with ``data.verify``). Torch-free: the run folder and
-data_prep import it.
+DATA``, ``train.py --check`` with ``data.verify``); :func:`check_pairs` is the one check
+of pair names against a dataset. Torch-free: the run folder and data_prep import it.
 """
 
 from __future__ import annotations
