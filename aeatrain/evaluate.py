@@ -32,10 +32,11 @@ over the processes (image i to process i % N, each on its own GPU when there are
 streamed one at a time from the shards (local, http(s) or ``pipe:``), and the scores
 gathered into the one table a single process would write (the first process writes it).
 
-The scoring is aeatrain.protocol.scoring's; training's validation (aeatrain/train.py)
-scores through the same functions (``score_pairs`` -> ``score_share``, ``merge_shares``,
-``summarize_pairs``), so a run's last logged val/dpsnr and val/dssim are this
-command's figures for its final weights.
+This module is the command; its library is aeatrain/protocol/: the rows and their runs
+(evaluation.py), the report (report.py), the scoring (scoring.py). Training's validation
+(aeatrain/train.py) scores through the same functions (``score_pairs`` -> ``score_share``,
+``merge_shares``, ``summarize_pairs``), so a run's last logged val/dpsnr and val/dssim
+are this command's figures for its final weights.
 """
 
 from __future__ import annotations
@@ -43,81 +44,29 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from aeatrain import __version__
 from aeatrain.errors import UserError, run_cli
 from aeatrain.files.atomic import atomic_write_text
 from aeatrain.files.outputs import METRICS, check_replaceable_file
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.protocol.inference import TTA_MODES, check_paper_tiling, choose_device
-from aeatrain.protocol.metrics import TileScores, mean_scores, metrics_json_text
-from aeatrain.protocol.scoring import (
-    PAPER_MARGIN,
-    Tiling,
-    merge_shares,
-    score_share,
-    summarize_pairs,
+from aeatrain.protocol.evaluation import (
+    RowSpec,
+    evaluate_rows,
+    gather_scores,
+    process_device,
+    process_group,
 )
-from aeatrain.run.final import finite_output
+from aeatrain.protocol.inference import TTA_MODES, check_paper_tiling
+from aeatrain.protocol.report import markdown_report, markdown_table, metrics_json
+from aeatrain.protocol.scoring import PAPER_MARGIN, Tiling
 from aeatrain.run.options import add_loading_arguments
 
 log = logging.getLogger(__name__)
 
 REPORT_FILES = ("metrics.md", "metrics.json")
-
-
-@dataclass
-class RowSpec:
-    """One row: a run, or a group of self-training runs (``selftrain``)."""
-
-    label: str
-    runs: list[Path]
-    selftrain: bool = False
-
-
-@dataclass
-class RunScores:
-    """What one run scored on its pairs: per pair, per tile."""
-
-    path: Path
-    model_name: str
-    step: int
-    weights: str
-    tiles: dict[str, dict[str, TileScores]] = field(default_factory=dict)  # pair -> tile -> s
-    config: dict = field(default_factory=dict)  # the run's config.yaml: what was trained
-    trained_on: str | None = None  # identity of the dataset the run trained on (run.json)
-
-
-@dataclass
-class RowResult:
-    """One line of the table: a row's runs scored with one tiling."""
-
-    spec: RowSpec
-    tiling: Tiling
-    runs: list[RunScores]
-
-    @property
-    def tiles(self) -> dict[str, dict[str, TileScores]]:
-        """Pair -> tile id -> scores over the row's runs (a pair belongs to one run)."""
-        return {pair: tiles for run in self.runs for pair, tiles in run.tiles.items()}
-
-    @property
-    def pairs(self) -> list[str]:
-        return sorted(self.tiles)
-
-    @property
-    def summary(self) -> dict[str, float]:
-        return summarize_pairs(self.tiles)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -227,340 +176,6 @@ def row_specs(args: argparse.Namespace) -> list[RowSpec]:
     return specs
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-def pairs_for_run(
-    run, *, selected: list[str] | None, known: list[str], selftrain: bool
-) -> list[str]:
-    """The pairs a run is scored on (see the module docstring); may be empty."""
-    trained = run.train_pairs
-    single = trained is not None and len(trained) == 1
-    if selftrain and not single:
-        raise UserError(
-            f"{run.path}: --selftrain needs runs trained on ONE pair (config.yaml data.pairs: "
-            f"[name]); this run has data.pairs = {trained}"
-        )
-    if trained is not None:
-        unknown = sorted(set(trained) - set(known))
-        if unknown and (single or selected is None):
-            raise UserError(
-                f"{run.path}: trained on pair {unknown[0]!r}, which the data does not hold"
-            )
-    if single:
-        return [p for p in trained if selected is None or p in selected]
-    if selected is not None:
-        return sorted(selected)
-    return sorted(trained) if trained is not None else list(known)
-
-
-def check_run_against_data(run, manifest) -> None:
-    """Warnings, not errors: scoring a run on other data can be what the user wants."""
-    if abs(run.scale - manifest.scale) > 1e-6:
-        log.warning(
-            "%s: trained at scale %g, the data's scale is %g", run.path, run.scale, manifest.scale
-        )
-    if not set(manifest.bit_depths) <= set(run.bit_depths):
-        log.warning(
-            "%s: trained on %s-bit data, scoring %s-bit data",
-            run.path,
-            run.bit_depths,
-            manifest.bit_depths,
-        )
-    trained_on = run.dataset.get("manifest_sha256")
-    if trained_on and trained_on != manifest.sha256:
-        log.info("%s: scored on another dataset than it trained on (manifest differs)", run.path)
-
-
-def load_rows(specs: list[RowSpec], *, weights: str, selected, known: list[str], manifest) -> list:
-    """Load every run (on the CPU) and decide its pairs before any prediction: a bad run
-    folder fails in seconds, not after an hour of scoring. Returns per spec
-    ``[(model, run_info, pairs), ...]``."""
-    from aeatrain.run.final import load_run
-
-    loaded = []
-    for spec in specs:
-        members, seen = [], {}
-        for path in spec.runs:
-            model, run = load_run(path, weights=weights, device="cpu")
-            check_run_against_data(run, manifest)
-            pairs = pairs_for_run(run, selected=selected, known=known, selftrain=spec.selftrain)
-            for pair in pairs if spec.selftrain else ():
-                if pair in seen:
-                    raise UserError(
-                        f"--selftrain: {seen[pair]} and {path} both trained on {pair!r}"
-                    )
-                seen[pair] = path
-            if pairs:
-                members.append((model, run, pairs))
-            else:
-                log.warning("%s: none of its pairs is among --pairs; left out", path)
-        if not members:
-            raise UserError(f"row {spec.label!r}: no pair left to score (check --pairs)")
-        loaded.append(members)
-    return loaded
-
-
-def evaluate_rows(
-    specs: list[RowSpec],
-    tilings: list[Tiling],
-    *,
-    data: str | Path,
-    pairs: list[str] | None = None,
-    weights: str = "auto",
-    device=None,
-    rank: int = 0,
-    world_size: int = 1,
-    gather=None,
-    cache_dir: str | None = None,
-) -> list[RowResult]:
-    """Score every row for every tiling; rows in order, tilings inner.
-
-    The images are streamed, one in memory at a time. With ``world_size`` > 1 this process
-    scores only image i % world_size == rank of the needed pairs, and ``gather`` (every
-    process's scores -> the list of all of them, a collective) merges the shares, so each
-    process returns the same table as a one-process run. ``cache_dir``: a node-local
-    folder each shard is staged into whole (aeatrain.data.shardio.stage), as training's
-    ``data.cache_dir``.
-    """
-    from aeatrain.data.manifest import check_pairs, load_manifest
-
-    manifest = load_manifest(data)
-    known = manifest.pair_names
-    selected = None if pairs is None else check_pairs(pairs, known, manifest.path, option="--pairs")
-    loaded = load_rows(specs, weights=weights, selected=selected, known=known, manifest=manifest)
-    flat = [(row, member) for row, members in enumerate(loaded) for member in range(len(members))]
-    members = [(loaded[row][member][0], loaded[row][member][2]) for row, member in flat]
-    needed = sorted({pair for _, run_pairs in members for pair in run_pairs})
-    device = choose_device(device)
-    mine = set(needed[rank::world_size])
-    total = sum(pair in mine for _, run_pairs in members for pair in run_pairs) * len(tilings)
-    desc = "evaluate" if world_size == 1 else f"evaluate ({len(mine)} of {len(needed)} images)"
-
-    def check_finite(image, member: int, tiling: int, prediction: np.ndarray) -> None:
-        row, index = flat[member]
-        finite_output(prediction, loaded[row][index][1].path)
-
-    with tqdm(total=total, desc=desc, unit="image", disable=rank != 0 or None) as bar:
-        share = score_share(
-            members, manifest, tilings=tilings, rank=rank, world_size=world_size,
-            device=device, cache_dir=cache_dir, progress=bar, on_prediction=check_finite,
-        )  # fmt: skip
-    for model, _ in members:
-        model.to("cpu")  # free the GPU
-    scores = merge_shares(gather(share) if gather is not None else [share])
-    by_run = {
-        (*flat[member], tiling, pair): tiles for (member, tiling, pair), tiles in scores.items()
-    }
-    return _rows(specs, tilings, loaded, by_run)
-
-
-def _rows(specs, tilings, loaded, scores: dict) -> list[RowResult]:
-    """The table's results from every (row, member, tiling, pair) score, in the order a
-    one-process run makes them (rows, then tilings; each run's pairs in its own order)."""
-    results = []
-    for row, (spec, members) in enumerate(zip(specs, loaded)):
-        for t, tiling in enumerate(tilings):
-            runs = []
-            for member, (_, run, run_pairs) in enumerate(members):
-                tiles = {pair: scores[(row, member, t, pair)] for pair in run_pairs}
-                runs.append(RunScores(
-                    run.path, run.model_name, run.step, run.weights_kind, tiles, run.config,
-                    run.dataset.get("identity"),
-                ))  # fmt: skip
-            results.append(RowResult(spec, tiling, runs))
-    return results
-
-
-def process_group() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment (``torchrun``, ``accelerate
-    launch``: RANK, WORLD_SIZE, MASTER_ADDR/PORT); several processes join a gloo group,
-    which only carries the scores (each process predicts on its own device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.get_rank(), world_size
-
-
-def gather_scores(scores: dict) -> list[dict]:
-    """Every process's scores, on every process (a collective)."""
-    import torch.distributed as dist
-
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, scores)
-    return parts
-
-
-def process_device(device: str | None, world_size: int):
-    """The device of this process: ``--device`` if given; else, when several processes
-    share a machine's GPUs, the one of LOCAL_RANK."""
-
-    if device is None and world_size > 1 and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local % torch.cuda.device_count())
-    return choose_device(device)
-
-
-# ----------------------------------------------------------------------------- output
-
-PAPER_TABLE_1 = (
-    "Paper (Xie et al., IEEE TMI 2022, Table 1; real SEM data, pooled training, whole "
-    "images): dPSNR / dSSIM: U-Net 1.46 dB / 0.074, GVTNet 1.87 dB / 0.086, AEANet "
-    "2.10 dB / 0.087; AEANet foreground dPSNR 1.15 dB, background dPSNR 2.42 dB."
-)
-COLUMNS = (
-    "run",
-    "weights",
-    "prediction",
-    "pairs",
-    "PSNR (dB)",
-    "SSIM",
-    "dPSNR (dB)",
-    "dSSIM",
-    "fg dPSNR (dB)",
-    "bg dPSNR (dB)",
-)
-
-
-def _fmt(value: float, digits: int) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def table_rows(results: list[RowResult]) -> list[list[str]]:
-    """Reference line(s) first (one per distinct pair set), then one line per result."""
-    lines, seen_sets = [], set()
-    for result in results:
-        pairs = tuple(result.pairs)
-        if pairs in seen_sets:
-            continue
-        seen_sets.add(pairs)
-        s = result.summary
-        label = (
-            "input (bicubic LR)"
-            if len(seen_sets) == 1
-            else f"input (bicubic LR), {len(pairs)} pairs"
-        )
-        lines.append(
-            [
-                label,
-                "-",
-                "-",
-                str(len(pairs)),
-                _fmt(s["input_psnr"], 2),
-                _fmt(s["input_ssim"], 4),
-                "-",
-                "-",
-                "-",
-                "-",
-            ]
-        )
-    for result in results:
-        s = result.summary
-        weights = ",".join(sorted({r.weights for r in result.runs}))
-        lines.append(
-            [
-                result.spec.label,
-                weights,
-                result.tiling.label,
-                str(len(result.pairs)),
-                _fmt(s["psnr"], 2),
-                _fmt(s["ssim"], 4),
-                _fmt(s["dpsnr"], 3),
-                _fmt(s["dssim"], 4),
-                _fmt(s["fg_dpsnr"], 3),
-                _fmt(s["bg_dpsnr"], 3),
-            ]
-        )
-    return lines
-
-
-def markdown_table(results: list[RowResult]) -> str:
-    rows = [list(COLUMNS), *table_rows(results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
-
-
-def markdown_report(results: list[RowResult], *, data: str, device: str, seconds: float) -> str:
-    return "\n".join(
-        [
-            "# Evaluation",
-            "",
-            f"Data: `{data}`. Device: {device}. {seconds:.1f} s. aeatrain {__version__}.",
-            f"Command: `{' '.join(['python -m aeatrain.evaluate', *sys.argv[1:]])}`",
-            "",
-            markdown_table(results),
-            "",
-            "PSNR: cv2.PSNR on the image's own scale (R = 255, or 65535 for 16-bit data), the "
-            "prediction clipped, not rounded. SSIM: scikit-image, 7x7 window. dX = X(prediction) "
-            "- X(input), the input being the registered bicubic LR. fg/bg: Otsu threshold on each "
-            "HR test tile, foreground = brighter than it. Averages: over the test tiles of a "
-            "pair, then over pairs. Per-pair and per-tile figures: metrics.json.",
-            "",
-            PAPER_TABLE_1,
-            "",
-        ]
-    )
-
-
-def result_json(result: RowResult) -> dict:
-    pairs = {}
-    for run in result.runs:
-        for pair, tiles in run.tiles.items():
-            pairs[pair] = {
-                "run": str(run.path),
-                "mean": mean_scores(tiles),
-                "tiles": {tile: scores.as_dict() for tile, scores in tiles.items()},
-            }
-    return {
-        "label": result.spec.label,
-        "kind": "selftrain" if result.spec.selftrain else "run",
-        "runs": [
-            {
-                "path": str(r.path),
-                "model": r.model_name,
-                "step": r.step,
-                "weights": r.weights,
-                "pairs": sorted(r.tiles),
-                "config": r.config,  # compare groups rows by what was run
-                "trained_on": r.trained_on,
-            }
-            for r in result.runs
-        ],
-        "prediction": result.tiling.as_dict(),
-        "summary": result.summary,
-        "pairs": pairs,
-    }
-
-
-def metrics_json(results: list[RowResult], *, data: str, manifest_sha256: str, device: str) -> str:
-    document = {
-        "format": "aeatrain-metrics",
-        "format_version": 1,
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(["python -m aeatrain.evaluate", *sys.argv[1:]]),
-        "data": {"path": data, "manifest_sha256": manifest_sha256},
-        "device": device,
-        "protocol": {
-            "psnr": "cv2.PSNR, R = 2^bits - 1, prediction * R clipped to [0, R], not rounded",
-            "ssim": "skimage structural_similarity, data_range = 2^bits - 1, 7x7 window",
-            "masks": "Otsu threshold on the HR tile; foreground = HR > threshold",
-            "aggregation": "mean over a pair's test tiles, then over pairs",
-        },
-        "rows": [result_json(r) for r in results],
-    }
-    return metrics_json_text(document)
-
-
 def main(argv: list[str] | None = None) -> int:
     from aeatrain.data.manifest import load_manifest
 
@@ -588,12 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:
         return 0  # the first process writes the table
     manifest = load_manifest(args.data)
-    report = markdown_report(results, data=args.data, device=str(device), seconds=seconds)
-    atomic_write_text(  # first: it marks the folder's metrics.md as aeatrain's
-        out / "metrics.json",
-        metrics_json(results, data=args.data, manifest_sha256=manifest.sha256, device=str(device)),
-        overwrite=True,
+    command = " ".join(["python -m aeatrain.evaluate", *sys.argv[1:]])
+    report = markdown_report(
+        results, data=args.data, device=str(device), seconds=seconds, command=command
     )
+    document = metrics_json(
+        results, data=args.data, manifest_sha256=manifest.sha256, device=str(device),
+        command=command,
+    )  # fmt: skip
+    # metrics.json first: it marks the folder's metrics.md as aeatrain's
+    atomic_write_text(out / "metrics.json", document, overwrite=True)
     atomic_write_text(out / "metrics.md", report, overwrite=True)
     print(markdown_table(results))
     print(f"\n{len(results)} row(s) in {seconds:.1f} s on {device}; wrote {out}/metrics.md, .json")
