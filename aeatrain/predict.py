@@ -47,7 +47,7 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.files.images import IMAGE_SUFFIXES
 from aeatrain.files.outputs import check_replaceable_file, record_outputs
 from aeatrain.malloc import keep_freed_memory
-from aeatrain.protocol.inference import TTA_MODES, check_tiling, choose_device
+from aeatrain.protocol.inference import TTA_MODES, check_tiling
 from aeatrain.protocol.superres import (
     AUTO_OVERLAP,
     add_input_arguments,
@@ -60,7 +60,7 @@ from aeatrain.protocol.superres import (
     write_calibrated,
 )
 from aeatrain.run.final import finite_output
-from aeatrain.run.options import add_loading_arguments
+from aeatrain.run.options import add_loading_arguments, choose_device
 
 log = logging.getLogger(__name__)
 

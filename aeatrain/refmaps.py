@@ -44,7 +44,6 @@ from aeatrain.protocol.heatmaps import (
     overlay,
     reference_maps,
 )
-from aeatrain.protocol.inference import choose_device
 from aeatrain.protocol.superres import (
     add_input_arguments,
     check_input_arguments,
@@ -53,7 +52,7 @@ from aeatrain.protocol.superres import (
     read_input,
     upsample,
 )
-from aeatrain.run.options import add_loading_arguments
+from aeatrain.run.options import add_loading_arguments, choose_device
 
 log = logging.getLogger(__name__)
 

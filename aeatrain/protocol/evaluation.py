@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from aeatrain.errors import UserError
-from aeatrain.protocol.inference import choose_device
 from aeatrain.protocol.metrics import TileScores
 from aeatrain.protocol.scoring import Tiling, merge_shares, score_share, summarize_pairs
 from aeatrain.run.final import finite_output
+from aeatrain.run.options import choose_device
 
 log = logging.getLogger(__name__)
 

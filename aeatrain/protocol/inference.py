@@ -60,33 +60,6 @@ MIN_TILE_STEP = 16  # px between paper tiles: a 1-2 px step means ~10^5 tiles pe
 TTA_MODES = ("none", "d4")  # test-time augmentation: none, or the 8-fold D4 self-ensemble
 
 
-def choose_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given and usable here, else the GPU when one is visible, else the CPU.
-
-    A name torch does not know, or a device this machine lacks (``cuda`` without a GPU,
-    ``cuda:3`` with two), is a :class:`UserError` naming ``--device``.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:1, ...)") from None
-    if chosen.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UserError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
-        if chosen.index is not None and chosen.index >= count:
-            raise UserError(f"--device {device}: only {count} CUDA GPU(s) visible here")
-    elif chosen.type != "cpu":
-        try:
-            torch.empty(0, device=chosen)
-        except (RuntimeError, AssertionError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else "unavailable"
-            raise UserError(f"--device {device}: not usable here ({reason})") from None
-    return chosen
-
-
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")

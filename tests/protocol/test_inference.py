@@ -204,11 +204,6 @@ def test_paper_tiles_are_streamed_not_all_held():
     assert peak < 20e6, f"peak {peak / 1e6:.0f} MB"
 
 
-def test_choose_device_prefers_cuda_only_when_present():
-    assert inference.choose_device("cpu").type == "cpu"
-    assert inference.choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # ------------------------------------------------------------ D4 self-ensemble
 def test_tta_d4_is_exactly_the_mean_of_the_8_inverse_transformed_predictions():
     model = _unet(channels=4)
