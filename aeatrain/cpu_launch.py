@@ -14,7 +14,7 @@ process it started (torchrun's agent) asks the kernel for SIGTERM when the launc
 (``PR_SET_PDEATHSIG``), and torchrun is told to pass SIGUSR1 on like SIGTERM and SIGINT
 (``--signals_to_handle``, ``TORCHELASTIC_SIGNALS_TO_HANDLE``). torchrun forwards what it
 receives to every worker's process group and waits for them (``--shutdown_timeout``); the
-workers checkpoint at the next step boundary and exit 75 (aeatrain/training/preemption.py).
+workers checkpoint at the next log step and exit 75 (aeatrain/training/preemption.py).
 accelerate 1.16 changed this launcher: it catches SIGTERM and SIGINT, sends SIGTERM to its
 whole process tree and SIGKILLs what is left 5 s later; the workers then get SIGTERM
 twice (directly and from torchrun), which preemption handles as one, but a checkpoint

@@ -1,9 +1,10 @@
-"""Preemption: SIGUSR1/SIGTERM/SIGINT ask the run to checkpoint and stop at the next step.
+"""Preemption: SIGUSR1/SIGTERM/SIGINT ask the run to checkpoint and stop.
 
 A cluster (SLURM ``--signal=USR1@120``, or SIGTERM at the time limit) warns a job before
 killing it. The handler only sets a flag: nothing unsafe happens inside a signal handler.
-The trainer all-reduces the flag at every step boundary so all ranks agree on the same
-step, saves a checkpoint there and exits with :data:`EXIT_PREEMPTED`, on which the SLURM
+One process stops after the step in progress; several all-reduce the flag at log steps
+(aeatrain/training/step.py, ``agreed_stop``) so all ranks agree on the same step. The
+trainer saves a checkpoint there and exits with :data:`EXIT_PREEMPTED`, on which the SLURM
 launcher requeues the job; the requeued job resumes from that checkpoint. The loader's
 workers are threads (aeatrain/data/loader.py): Python delivers signals to the main thread
 only, so the handler here is the one that acts. SIGINT (Ctrl-C) stops the same way; a second

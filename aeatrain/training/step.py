@@ -133,7 +133,7 @@ class Meter:
 
 def train_step(t: Trainer, batch: dict) -> StepOutcome:
     """One optimizer step without one read of the device by the host (but see
-    :func:`step_unless`). Whether to skip (a non-finite loss on any rank, or a non-finite
+    :func:`step_unless` and :func:`deepspeed_step`). Whether to skip (a non-finite loss on any rank, or a non-finite
     gradient norm) stays a 0-dim tensor, the same on every rank: the optimizer leaves
     weights and moments untouched where it is true, BatchNorm's statistics and the EMA are
     selected on the device, and :func:`settle_skips` counts the verdicts at the next log
