@@ -50,7 +50,7 @@ def fake_run(root: Path) -> tuple[Path, dict[int, torch.nn.Module]]:
 
 
 def build_kwargs() -> dict:
-    from aeatrain.config import ModelConfig
+    from aeatrain.config.schema import ModelConfig
 
     return ModelConfig(name="unet", **KWARGS).build_kwargs()
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.nn import functional
 
-from aeatrain.config import OptimConfig
+from aeatrain.config.schema import OptimConfig
 
 
 def build_optimizer(

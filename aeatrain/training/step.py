@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from aeatrain.config import Config
+from aeatrain.config.schema import Config
 from aeatrain.data.manifest import DatasetManifest
 from aeatrain.models import build_model
 from aeatrain.run.folder import RunFolder

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeatrain.config import OptimConfig
+from aeatrain.config.schema import OptimConfig
 from aeatrain.files.images import to_float
 from aeatrain.models import build_model
 from aeatrain.protocol import heatmaps

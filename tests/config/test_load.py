@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aeatrain.config import (
+from aeatrain.config.schema import (
     Config,
     ConfigError,
     load_config,
@@ -239,7 +239,7 @@ def test_docs_training_md_is_current(tmp_path):
     doc = REPO / "docs" / "training.md"
     copy = tmp_path / "training.md"
     copy.write_text(doc.read_text())
-    assert update_reference(copy) is False, "run: python -m aeatrain.config docs/training.md"
+    assert update_reference(copy) is False, "run: python -m aeatrain.config.schema docs/training.md"
     assert "`train.max_skipped_steps`" in reference_markdown()
 
 
