@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aeatrain.config.schema import read_saved_config
+from aeatrain.config.load import read_saved_config
 from aeatrain.errors import UserError, run_cli
 from aeatrain.files.atomic import atomic_write_text
 from aeatrain.files.outputs import check_replaceable_file, record_outputs

@@ -5,7 +5,7 @@
 
 (or ``python aeatrain/train.py ...`` for one process). The only module that builds the
 ``Accelerator``: topology, DDP/DeepSpeed and mixed precision come from the launch config;
-everything else from the config tree (aeatrain/config/schema.py, docs/training.md). The loop reads
+everything else from the config tree (aeatrain/config/, docs/training.md). The loop reads
 batch -> step (forward/backward -> clip -> optimizer, aeatrain/training/step.py) -> log ->
 validate -> checkpoint; the checks before the first write are aeatrain/training/plan.py's.
 
@@ -46,7 +46,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aeatrain.collective import span_global_batch
-from aeatrain.config.schema import Config, load_config
+from aeatrain.config.load import load_config
+from aeatrain.config.schema import Config
 from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data.streams import FullImage, TestTile
 from aeatrain.errors import UserError, reporting_write_errors, run_cli

@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aeatrain.config.schema import load_config  # noqa: E402
+from aeatrain.config.load import load_config  # noqa: E402
 from aeatrain.data import loader  # noqa: E402
 from aeatrain.files.atomic import atomic_write_text  # noqa: E402
 from aeatrain.models import build_model  # noqa: E402

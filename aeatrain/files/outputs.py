@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aeatrain.config.schema import load_yaml
+from aeatrain.config.load import load_yaml
 from aeatrain.errors import UserError
 from aeatrain.files.atomic import atomic_write_text
 

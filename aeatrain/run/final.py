@@ -32,7 +32,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from aeatrain import __version__
-from aeatrain.config.schema import read_saved_config
+from aeatrain.config.load import read_saved_config
 from aeatrain.data.format import parse_json
 from aeatrain.errors import UserError
 from aeatrain.files.atomic import atomic_write_bytes, atomic_write_text

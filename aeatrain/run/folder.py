@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aeatrain.config.schema import Config, read_saved_config
+from aeatrain.config.load import read_saved_config
+from aeatrain.config.schema import Config
 from aeatrain.data.manifest import dataset_identity
 from aeatrain.errors import UserError
 from aeatrain.files.atomic import atomic_write_text

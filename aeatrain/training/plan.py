@@ -14,7 +14,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from aeatrain.config.schema import Config, ConfigError, ModelConfig
+from aeatrain.config.load import ConfigError
+from aeatrain.config.schema import Config, ModelConfig
 from aeatrain.data.loader import train_loader
 from aeatrain.data.manifest import DatasetManifest, load_manifest
 from aeatrain.models import build_model, input_multiple, model_spec

@@ -7,7 +7,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from aeatrain.config.schema import ConfigError, load_config
+from aeatrain.config.load import ConfigError, load_config
 from aeatrain.models import DEFAULTS, MODELS, ModelSpec, build_model, input_multiple
 from aeatrain.run.final import load_run
 from tests.datasets import make_dataset

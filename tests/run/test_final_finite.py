@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aeatrain import evaluate, export, predict
-from aeatrain.config.schema import load_config
+from aeatrain.config.load import load_config
 from aeatrain.errors import UserError
 from aeatrain.train import main as train_main
 from tests.datasets import make_dataset

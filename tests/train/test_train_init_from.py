@@ -13,7 +13,7 @@ import yaml
 from accelerate.state import AcceleratorState
 
 from aeatrain import export
-from aeatrain.config.schema import ConfigError, load_config
+from aeatrain.config.load import ConfigError, load_config
 from aeatrain.errors import UserError
 from aeatrain.run.final import write_run_files
 from aeatrain.train import build_trainer, make_accelerator

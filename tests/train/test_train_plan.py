@@ -20,7 +20,7 @@ import yaml
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from aeatrain.config.schema import load_config
+from aeatrain.config.load import load_config
 from aeatrain.errors import EXIT_USER_ERROR, UserError, run_cli
 from aeatrain.run import checkpoint as ckpt
 from aeatrain.train import build_trainer, main
