@@ -135,7 +135,8 @@ def check_inputs(jobs: list[Job], args: argparse.Namespace) -> None:
     wrong --page, an absurd header) stops the run with one line naming it before any
     output is written, instead of after the outputs of the files before it."""
     for job in jobs:
-        read_input(job.source, **input_options(args), lazy=True)  # large raw TIFFs: the header and the bar rows
+        # lazy: of a large raw TIFF, only the header and the data-bar rows are read
+        read_input(job.source, **input_options(args), lazy=True)
 
 
 def predict_one(model: nn.Module, job: Job, args: argparse.Namespace, scale: float) -> tuple:

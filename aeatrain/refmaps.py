@@ -56,6 +56,7 @@ from aeatrain.run.options import add_loading_arguments, choose_device
 
 log = logging.getLogger(__name__)
 
+
 def output_paths(source: Path, output: Path, refs: list[int]) -> dict[str, Path]:
     stem = source.stem
     paths = {f"ref{k}": output / f"{stem}_ref{k}.png" for k in refs}

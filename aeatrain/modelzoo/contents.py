@@ -84,7 +84,13 @@ def cover_png(lr: np.ndarray, sr: np.ndarray, bit_depth: int) -> bytes:
 
 
 def package_pieces(
-    model: nn.Module, run, folder: Path, *, data: str | None, name: str, authors: list[str],
+    model: nn.Module,
+    run,
+    folder: Path,
+    *,
+    data: str | None,
+    name: str,
+    authors: list[str],
     license: str,
 ) -> tuple[Geometry, dict, PackageInfo]:
     """Write every file the package holds into ``folder``; returns what describes them.

@@ -37,7 +37,6 @@ CODE_CITE = (
 )
 
 
-
 @dataclass
 class PackageInfo:
     """What the user says about the package (CLI flags) and where its pieces come from."""

@@ -32,6 +32,7 @@ from aeatrain.protocol.metrics import TileScores, average_pairs, mean_scores, sc
 PAPER_MARGIN = 32
 PAPER_TILES = (512, 384, 256, 128)  # paper Fig. 7
 
+
 @dataclass(frozen=True)
 class Tiling:
     """How a whole image is predicted: at once (``tile`` None) or in the paper's tiles;

@@ -39,6 +39,7 @@ AUTO_TILE_PIXELS = 2_500_000  # above this (upsampled) size, tile: ~2 GB peak fo
 AUTO_TILE, AUTO_OVERLAP = 1024, 128
 LAZY_INPUT_PIXELS = 4 * 2**20  # inputs this large (8 MiB at 16 bits) are read a band at a time
 
+
 def upsample(image: np.ndarray | LazyRows, scale: float) -> np.ndarray | LazyRows:
     """Bicubic upsampling of an integer (H, W) image by ``scale`` (OpenCV INTER_CUBIC).
 

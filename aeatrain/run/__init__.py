@@ -13,4 +13,3 @@ RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
 WEIGHT_FILES = {"raw": "model.safetensors", "ema": "model_ema.safetensors"}
 RUN = Marker(RUN_JSON, "format", RUN_FORMAT, "a run folder of aeatrain.train")
-

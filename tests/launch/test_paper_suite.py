@@ -78,9 +78,14 @@ def test_rows_option_runs_only_the_named_rows(data, tmp_path):
 
 
 def test_steps_stretches_the_cpu_recipe(data, tmp_path):
-    commands = _dry_run(data, tmp_path / "out", "--seeds", "0", "--rows", "unet-pooled", "--steps", "5000")
+    commands = _dry_run(
+        data, tmp_path / "out", "--seeds", "0", "--rows", "unet-pooled", "--steps", "5000"
+    )
     train = next(c for c in commands if "aeatrain/train.py" in c)
-    assert "--train.steps 5000 " in train and "--optim.schedule cosine --optim.warmup_steps 50 " in train
+    assert (
+        "--train.steps 5000 " in train
+        and "--optim.schedule cosine --optim.warmup_steps 50 " in train
+    )
     assert "--train.checkpoint_every 500 --train.keep_checkpoints 10 " in train
     assert "--logging.eval_every 5000 " in train
     for args in (["--steps", "5001"], ["--steps", "0"], ["--profile", "paper", "--steps", "5000"]):
