@@ -231,11 +231,8 @@ def compare_big(args) -> None:
     print("| output | predict s | predict peak MiB | ort over the tiles s | ort peak MiB |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(Path(tmp) / "run", model_name=args.big_model,
+        run = make_run(Path(tmp) / "run", model_name=args.big_model, scale=1.0,
                        base_channels=args.big_channels)  # fmt: skip
-        meta = json.loads((run / "run.json").read_text())
-        meta["scale"] = 1.0
-        (run / "run.json").write_text(json.dumps(meta))
         peaks = []
         for side in (args.big, 2 * args.big):
             image = np.random.default_rng(0).integers(0, 65536, (side, side), dtype=np.uint16)

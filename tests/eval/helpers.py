@@ -31,11 +31,12 @@ def make_run(
     ema: bool = False,
     seed: int = 0,
     step: int = 10,
+    scale: float = 2.0,
     **model_kwargs,
 ) -> Path:
     """A finished run folder holding :func:`make_model`'s untrained small model.
 
-    ``pairs`` goes to config.yaml's ``data.pairs`` (self-training).
+    ``pairs`` goes to config.yaml's ``data.pairs`` (self-training); ``scale`` to run.json.
     """
     model_kwargs.setdefault("base_channels", 4)
     model = make_model(model_name, seed=seed, **model_kwargs)
@@ -51,7 +52,7 @@ def make_run(
         model=model,
         model_name=model_name,
         model_kwargs=model_kwargs,
-        scale=2.0,
+        scale=scale,
         bit_depths=[8],
         dataset={"path": "DATA", "manifest_sha256": None},
         step=step,
