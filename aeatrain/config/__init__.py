@@ -3,7 +3,6 @@
 - :mod:`.schema`: what a config may hold: five typed sections and ``Config``, every field
   with its range, default and description;
 - :mod:`.load`: reading one: ``load_config`` (a YAML file plus ``--section.key value``
-  overrides, validated), ``read_saved_config`` (a run's saved config), ``load_yaml`` (the
-  one YAML reader of aeatrain) and ``ConfigError``;
+  overrides, validated), ``read_saved_config`` (a run's saved config) and ``ConfigError``;
 - :mod:`.docs`: the config reference in docs/training.md, generated from the descriptions.
 """

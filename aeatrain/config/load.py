@@ -2,26 +2,24 @@
 
 - :func:`load_config`: a config file plus ``--section.key value`` overrides, validated into
   a :class:`~aeatrain.config.schema.Config` (what train.py runs);
-- :func:`read_saved_config`: a run's saved ``RUN/config.yaml``, as saved (not validated);
-- :func:`load_yaml`: the one YAML reader of aeatrain (configs, saved configs, a package's
-  ``rdf.yaml``): YAML 1.2 booleans, and refused: a key given twice, an alias bomb, a file
-  over 1 MiB or not UTF-8.
+- :func:`read_saved_config`: a run's saved ``RUN/config.yaml``, as saved (not validated).
+
+Both read YAML through :func:`aeatrain.files.yamlfile.load_yaml`, the one YAML reader.
 """
 
 from __future__ import annotations
 
-import re
 import reprlib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from aeatrain.config.schema import SECTIONS, Config
 from aeatrain.errors import UserError
+from aeatrain.files.yamlfile import YamlError, load_yaml
 from aeatrain.models import input_multiple
 
 
@@ -68,9 +66,13 @@ def read_yaml_tree(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        tree = load_yaml(path.read_bytes(), path)
+        text = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    try:
+        tree = load_yaml(text, path)
+    except YamlError as err:
+        raise ConfigError(str(err)) from None
     if tree is None:
         raise ConfigError(
             f"{path}: the config file is empty; write at least data.root and train.run_dir "
@@ -81,106 +83,6 @@ def read_yaml_tree(path: str | Path) -> dict:
             f"{path}: expected a mapping of sections {SECTIONS}, got a {type(tree).__name__}"
         )
     return tree
-
-
-# A YAML file may reuse a node by alias; a few hundred bytes of nested aliases then stand
-# for billions of values (an "alias bomb"), which validation and error messages expand. No
-# config comes near these limits (the paper's is under 2 KiB and 100 values).
-MAX_YAML_BYTES = 1 << 20
-MAX_YAML_VALUES = 100_000
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """The loader of every YAML file aeatrain reads (:func:`load_yaml`).
-
-    YAML 1.2 booleans: only true/false. PyYAML follows YAML 1.1, where ``no``, ``yes``,
-    ``on`` and ``off`` are booleans too, so ``mixed_precision: no`` (or the override
-    ``--train.mixed_precision no``) would arrive as False instead of the setting "no".
-    A key given twice in one mapping is refused (PyYAML keeps the last one silently), and
-    a document whose aliases expand to more than :data:`MAX_YAML_VALUES` values is refused
-    before anything is built from it."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        values = _expanded_values(node, {})
-        if values > MAX_YAML_VALUES:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"its aliases expand to {values:,} values, over the limit of "
-                f"{MAX_YAML_VALUES:,}; write the values out", node.start_mark,
-            )  # fmt: skip
-        return super().construct_document(node)
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<: *base` entries may be overridden: that is their purpose
-                key = self.construct_object(key_node, deep=True)
-                if not isinstance(key, typing.Hashable):
-                    continue  # refused by PyYAML itself below
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} is given twice in one mapping",
-                        key_node.start_mark,
-                    )  # fmt: skip
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_values(node: yaml.Node, counted: dict[int, int]) -> int:
-    """How many nodes ``node`` stands for with every alias written out (shared nodes are
-    counted once per use, computed once: linear in the document's size)."""
-    if id(node) in counted:
-        return counted[id(node)]
-    counted[id(node)] = 1  # a recursive alias counts once rather than forever
-    if isinstance(node, yaml.SequenceNode):
-        total = 1 + sum(_expanded_values(item, counted) for item in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        total = 1 + sum(
-            _expanded_values(key, counted) + _expanded_values(value, counted)
-            for key, value in node.value
-        )
-    else:
-        total = 1
-    counted[id(node)] = total
-    return total
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
-def load_yaml(text: str | bytes, source: str | Path) -> Any:
-    """Parse YAML text as every aeatrain reader does; UserError naming ``source`` (and the
-    line) for text that is not UTF-8, too large, not YAML, or has a key given twice."""
-    if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(
-            f"{source}: {len(text):,} bytes, over the {MAX_YAML_BYTES:,} a YAML file read by "
-            f"aeatrain may have"
-        )
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(
-                f"{source}: not UTF-8 text (byte {err.start} is {text[err.start]:#04x}); "
-                f"save it as UTF-8"
-            ) from None
-    try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: no arbitrary objects
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise ConfigError(
-            f"{source}:{line} not valid YAML ({getattr(err, 'problem', None) or err})"
-        ) from None
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
@@ -237,7 +139,7 @@ def _parse_value(raw: str, annotation: Any) -> Any:
     """
     try:
         value = load_yaml(raw, "override")
-    except ConfigError:
+    except YamlError:
         value = raw
     if value is None:
         return None

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aeatrain.config.load import load_yaml
 from aeatrain.errors import UserError
 from aeatrain.files.atomic import atomic_write_text
+from aeatrain.files.yamlfile import load_yaml
 
 LEDGER_NAME = "aeatrain-outputs.json"
 LEDGER_FORMAT = "aeatrain-outputs"

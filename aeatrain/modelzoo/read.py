@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from aeatrain.config.load import load_yaml
+from aeatrain.files.yamlfile import load_yaml
 from aeatrain.run.final import InitialWeights, RunError, run_weights
 
 

@@ -3,7 +3,7 @@ reader's refusals (aeatrain/config/load.py)."""
 
 import pytest
 
-from aeatrain.config.load import ConfigError, load_config, load_yaml, parse_overrides
+from aeatrain.config.load import ConfigError, load_config, parse_overrides
 from aeatrain.errors import capped
 
 
@@ -117,11 +117,6 @@ def test_config_files_that_say_something_else_than_they_seem_are_refused(tmp_pat
     with pytest.raises(ConfigError, match=expected) as info:
         load_config(path, overrides)
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
-
-
-def test_merge_keys_may_still_override_what_they_merge():
-    text = "base: &b {root: D, crop_size: 64}\ndata: {<<: *b, crop_size: 128}\n"
-    assert load_yaml(text, "t.yaml")["data"] == {"root": "D", "crop_size": 128}
 
 
 def test_override_parser_pairs():
