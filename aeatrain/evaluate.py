@@ -7,11 +7,11 @@
 
 Each registered LR image of DATA's ``full`` split is predicted whole (reflect-padded to a
 multiple of 16 and cropped back) or, with ``--tile``/``--tiles``, with the paper's tiles
-(tile S, margin 32: aeatrain.protocol.inference.predict_paper_tiles), and with ``--tta d4`` as the
-mean of its 8 flips/rotations (aeatrain.protocol.inference.self_ensemble). The three test tiles of each
-image are scored (aeatrain.protocol.metrics: cv2.PSNR and SSIM on the 0..255 scale, the prediction
-clipped; gains over the input; Otsu foreground/background on the HR tile), averaged over
-tiles, then over pairs.
+(tile S, margin 32: aeatrain.protocol.inference.predict_paper_tiles), and with ``--tta
+d4`` as the mean of its 8 flips/rotations (aeatrain.protocol.inference.self_ensemble).
+The three test tiles of each image are scored (aeatrain.protocol.metrics: cv2.PSNR and
+SSIM on the 0..255 scale, the prediction clipped; gains over the input; Otsu
+foreground/background on the HR tile), averaged over tiles, then over pairs.
 
 Rows of the table are runs, columns as the paper's Table 1. A run trained on one pair
 (``config.yaml`` ``data.pairs: [name]``) is a self-training run and is scored on its own

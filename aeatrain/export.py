@@ -7,8 +7,8 @@ The package is what Fiji (deepImageJ), napari, ilastik and QuPath read (docs/exp
 and it runs without aeatrain:
 
 - weights in two formats, both of ``modelzoo.network.PackagedNetwork`` (the network
-  with aeatrain's whole-image padding inside): TorchScript (traced) and ONNX (opset 17, IR version 8,
-  dynamic batch, height and width; what deepImageJ's onnxruntime reads). The bare
+  with aeatrain's whole-image padding inside): TorchScript (traced) and ONNX (opset 17,
+  IR version 8, dynamic batch, height and width; what deepImageJ's onnxruntime reads). The bare
   network's state dict rides along as an attachment named in ``config.aeatrain``, for
   ``train.init_from``;
 - one input ``lr`` and one output ``sr``, axes (batch, channel, y, x). The input is the LR

@@ -55,7 +55,7 @@ class Geometry:
 
 
 class PackagedNetwork(nn.Module):
-    """The network as the package runs it: ``aeatrain.protocol.inference.predict_full`` in one module.
+    """The network as the package runs it: ``protocol.inference.predict_full`` in one module.
 
     The input may carry a frame of negative pixels (the package declares a constant
     padding of :data:`OUTSIDE`; its pixel values are >= 0): that frame is what a consumer

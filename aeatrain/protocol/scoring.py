@@ -4,8 +4,8 @@ number in the report.
 
 Each registered LR image of the dataset's ``full`` split is predicted whole (reflect-padded
 to the model's multiple and cropped back) or in the paper's tiles (:class:`Tiling`), and
-with ``tta="d4"`` as the mean of its 8 flips/rotations (aeatrain.protocol.inference); the test
-regions the split recorded (aeatrain.protocol.split) are scored by
+with ``tta="d4"`` as the mean of its 8 flips/rotations (aeatrain.protocol.inference);
+the test regions the split recorded (aeatrain.protocol.split) are scored by
 :func:`aeatrain.protocol.metrics.score_regions`, averaged over tiles, then over pairs
 (:func:`summarize_pairs`).
 """
