@@ -48,7 +48,6 @@ from tqdm.auto import tqdm
 from aeatrain.collective import span_global_batch
 from aeatrain.config.load import load_config
 from aeatrain.config.schema import Config
-from aeatrain.cpu_launch import relaunch_cpu_multiprocess
 from aeatrain.data.streams import FullImage, TestTile
 from aeatrain.errors import UserError, reporting_write_errors, run_cli
 from aeatrain.malloc import keep_freed_memory
@@ -57,6 +56,7 @@ from aeatrain.protocol.scoring import score_pairs, summarize_pairs
 from aeatrain.run import lock as runlock
 from aeatrain.run.final import InitialWeights, load_into
 from aeatrain.run.folder import ResumePoint, RunFolder, RunFolderError, dataset_record
+from aeatrain.training.cpu_processes import relaunch_cpu_multiprocess
 from aeatrain.training.ema import WeightEMA
 from aeatrain.training.images import chosen_references, comparison_grid, reference_heatmaps
 from aeatrain.training.optim import build_optimizer, learning_rate

@@ -16,10 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLIS = {f"aeatrain.{name}" for name in (
     "train", "evaluate", "predict", "refmaps", "export", "lbnlm", "compare", "cpu_launch",
 )}  # fmt: skip
-# The one import of a CLI left: train.py re-launches itself under torchrun through
-# cpu_launch's relaunch_cpu_multiprocess (whether cpu_launch can give way to plain
-# torchrun is its own question).
-ALLOWED = {("aeatrain.train", "aeatrain.cpu_launch")}
 TORCH_FREE = ("aeatrain.data.format", "aeatrain.files", "data_prep")
 
 
@@ -82,7 +78,6 @@ def test_no_module_imports_a_command_line_module():
         (name, imported)
         for name in MODULES
         for imported in _imports(name, top_level_only=False) & CLIS
-        if (name, imported) not in ALLOWED
     )
     assert offending == []
 

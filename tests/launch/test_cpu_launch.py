@@ -13,16 +13,16 @@ import torch.distributed.run as torch_run
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from aeatrain import cpu_launch
-from aeatrain.cpu_launch import needs_relaunch, parse_cpu_launch
 from aeatrain.errors import report_once
+from aeatrain.training import cpu_processes
+from aeatrain.training.cpu_processes import needs_relaunch, parse_cpu_launch
 from tests.ports import default_port_taken
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from aeatrain.cpu_launch import relaunch_cpu_multiprocess
+from aeatrain.training.cpu_processes import relaunch_cpu_multiprocess
 relaunch_cpu_multiprocess(__file__, sys.argv[1:])
 from accelerate import Accelerator
 import torch
@@ -89,7 +89,7 @@ def test_single_process_and_foreign_parents_are_left_alone():
 CHILD = """
 import signal, sys, time
 sys.path.insert(0, {repo!r})
-from aeatrain.cpu_launch import die_with_parent
+from aeatrain.training.cpu_processes import die_with_parent
 signal.signal(signal.SIGTERM, lambda *_: (open({marker!r}, "w").write("TERM"), sys.exit(0)))
 die_with_parent()
 print("ready", flush=True)
@@ -137,8 +137,8 @@ def child_alive(pid: int) -> bool:
 def test_relaunch_has_torchrun_forward_sigusr1_and_wait_for_the_checkpoint(monkeypatch):
     launcher = ["python3", "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
                 "train.py"]  # fmt: skip
-    monkeypatch.setattr(cpu_launch, "_parent_cmdline", lambda: launcher)
-    monkeypatch.setattr(cpu_launch, "die_with_parent", lambda: None)
+    monkeypatch.setattr(cpu_processes, "_parent_cmdline", lambda: launcher)
+    monkeypatch.setattr(cpu_processes, "die_with_parent", lambda: None)
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_SIGNALS_TO_HANDLE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
@@ -146,13 +146,13 @@ def test_relaunch_has_torchrun_forward_sigusr1_and_wait_for_the_checkpoint(monke
     started = {}
     monkeypatch.setattr(torch_run, "run", lambda args: started.update(args=args))
     with pytest.raises(SystemExit) as stop:
-        cpu_launch.relaunch_cpu_multiprocess("train.py", ["--config", "c.yaml", "--run", "x"])
+        cpu_processes.relaunch_cpu_multiprocess("train.py", ["--config", "c.yaml", "--run", "x"])
     args = started["args"]
     assert stop.value.code == 0
     assert {"SIGTERM", "SIGINT", "SIGUSR1"} <= set(args.signals_to_handle.split(","))
     assert set(os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"].split(",")) >= {"SIGUSR1"}
     assert args.nproc_per_node == "2"
-    assert args.shutdown_timeout == cpu_launch.SHUTDOWN_TIMEOUT_SECONDS
+    assert args.shutdown_timeout == cpu_processes.SHUTDOWN_TIMEOUT_SECONDS
     # issue 23 item 20: no port given, so none passed: torchrun rendezvouses on a free one
     assert args.master_port is None and args.nnodes == "1"
     assert [args.training_script, *args.training_script_args] == [
@@ -176,7 +176,7 @@ def test_workers_user_errors_and_preemptions_keep_their_exit_status(monkeypatch,
             raise outcome
 
     monkeypatch.setattr(torch_run, "run", run)
-    assert cpu_launch.run_torchrun(2, ["--nnodes=1"], ["train.py"]) == status
+    assert cpu_processes.run_torchrun(2, ["--nnodes=1"], ["train.py"]) == status
 
 
 def test_a_crashed_worker_still_raises_torchruns_error(monkeypatch):
@@ -185,7 +185,7 @@ def test_a_crashed_worker_still_raises_torchruns_error(monkeypatch):
 
     monkeypatch.setattr(torch_run, "run", run)
     with pytest.raises(ChildFailedError):
-        cpu_launch.run_torchrun(2, ["--nnodes=1"], ["train.py"])
+        cpu_processes.run_torchrun(2, ["--nnodes=1"], ["train.py"])
 
 
 def test_ranks_failing_with_the_same_line_print_it_once(monkeypatch, capsys, tmp_path):
