@@ -1,14 +1,14 @@
 """Reading and writing microscopy images: 8/16-bit greyscale BMP, PNG and TIFF.
 
 The one place that touches image files. Arrays are ``(H, W)`` ``uint8`` or ``uint16``;
-the bit depth travels with them. Every write is atomic (aeatrain/files/atomic.py: a
+the bit depth travels with them (a large TIFF may also be read a band of rows at a time:
+aeatrain/files/rows.py). Every write is atomic (aeatrain/files/atomic.py: a
 temporary file beside the target, renamed when complete) and refuses to replace an
 existing file unless asked.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import logging
 import os
@@ -77,7 +77,7 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
         raise ImageError(f"{path}: no such file")
     if not os.access(path, os.R_OK):  # else a PermissionError traceback, or mistaken for
         raise ImageError(f"{path}: cannot read it (permission denied)")  # a write error
-    kind = _content_kind(path)
+    kind = content_kind(path)
     if kind == "jpeg":
         log.warning("%s: JPEG content (lossy compression) under the name %s", path, path.name)
     if kind == "tiff":
@@ -92,130 +92,7 @@ def read_image(path: str | os.PathLike, *, page: int | None = None) -> tuple[np.
     return np.ascontiguousarray(array), bit_depth_of(array)
 
 
-class LazyRows(abc.ABC):
-    """An (H, W) integer image whose rows are produced only when asked, so a large one is
-    never held whole: ``x[a:b]`` is another LazyRows of those rows (nothing read),
-    ``x[i]``, ``x[a:b, c:d]`` and ``np.asarray(x)`` read (or compute) the rows they need.
-    Subclasses give ``shape``, ``dtype`` and ``_rows(r0, r1)``."""
-
-    def __init__(self, shape: tuple[int, int], dtype: np.dtype, first: int = 0) -> None:
-        self.shape, self.dtype, self._first = shape, np.dtype(dtype), first
-
-    ndim = 2
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @abc.abstractmethod
-    def _rows(self, r0: int, r1: int) -> np.ndarray:
-        """Rows ``[r0, r1)`` of the whole image (not of a view), as an array."""
-
-    def __getitem__(self, key):
-        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
-        if isinstance(rows, slice) and rows.step in (None, 1) and not isinstance(key, tuple):
-            start, stop, _ = rows.indices(self.shape[0])
-            view = object.__new__(type(self))
-            view.__dict__.update(self.__dict__)
-            view.shape, view._first = (max(0, stop - start), self.shape[1]), self._first + start
-            return view
-        if isinstance(rows, (int, np.integer)):
-            index = range(self.shape[0])[rows]  # negative indices, IndexError past the end
-            return self._rows(self._first + index, self._first + index + 1)[0, cols]
-        start, stop, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("LazyRows: rows are read as a contiguous band")
-        return self._rows(self._first + start, self._first + max(start, stop))[:, cols]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self._rows(self._first, self._first + self.shape[0])
-        return array if dtype is None else array.astype(dtype, copy=False)
-
-
-class TiffRows(LazyRows):
-    """The rows of one uncompressed, striped, single-sample 8/16-bit TIFF page, read from
-    the file with ``os.pread`` as they are asked for (:func:`open_image_rows`)."""
-
-    def __init__(self, path: Path, page: tifffile.TiffPage, byteorder: str) -> None:
-        super().__init__(page.shape, np.dtype(page.dtype))
-        self.path, self._stored = path, np.dtype(page.dtype).newbyteorder(byteorder)
-        self._strip_rows = min(page.rowsperstrip or page.imagelength, page.imagelength)
-        self._offsets = tuple(page.dataoffsets)
-
-    def _rows(self, r0: int, r1: int) -> np.ndarray:
-        width, itemsize = self.shape[1], self.dtype.itemsize
-        out = np.empty((r1 - r0, width), dtype=self.dtype)
-        with open(self.path, "rb") as handle:
-            row = r0
-            while row < r1:
-                strip, within = divmod(row, self._strip_rows)
-                count = min(r1, (strip + 1) * self._strip_rows) - row
-                offset = self._offsets[strip] + within * width * itemsize
-                data = os.pread(handle.fileno(), count * width * itemsize, offset)
-                if len(data) != count * width * itemsize:
-                    raise ImageError(f"{self.path}: not a readable TIFF image (truncated)")
-                chunk = np.frombuffer(data, dtype=self._stored).reshape(count, width)
-                out[row - r0 : row - r0 + count] = chunk
-                row += count
-        return out
-
-
-def open_image_rows(
-    path: str | os.PathLike, *, page: int | None = None, min_pixels: int = 0
-) -> tuple[np.ndarray | LazyRows, int]:
-    """:func:`read_image`, or for a TIFF of at least ``min_pixels`` pixels that can be
-    read a band at a time (uncompressed, in strips, one 8/16-bit sample: what SEMs and
-    tifffile write) a :class:`TiffRows` whose rows are read as they are used: a
-    16-bit 8192 x 8192 input is then never held whole (128 MiB). The same pixels either
-    way; every other file is read whole."""
-    path = Path(path)
-    if path.is_file() and os.access(path, os.R_OK) and _content_kind(path) == "tiff":
-        rows = _tiff_rows(path, page, min_pixels)
-        if rows is not None:
-            return rows, 8 * rows.dtype.itemsize
-    return read_image(path, page=page)
-
-
-def _tiff_rows(path: Path, page: int | None, min_pixels: int) -> TiffRows | None:
-    """A TiffRows of the chosen page, or None where it must be read whole."""
-    try:
-        with _tifffile_complaints_held(path), tifffile.TiffFile(path) as tif:
-            chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
-            _check_pixels(path, (chosen.imagewidth, chosen.imagelength))
-            if not _streamable(chosen, path.stat().st_size, min_pixels):
-                return None
-            return TiffRows(path, chosen, tif.byteorder)
-    except ImageError:
-        raise
-    except Exception:  # a damaged file: read_image gives its one-line error
-        return None
-
-
-def _streamable(page: tifffile.TiffPage, file_size: int, min_pixels: int) -> bool:
-    """Whether a page's pixels are raw rows in strips that :class:`TiffRows` can read."""
-    height, width = page.imagelength, page.imagewidth
-    rows = min(page.rowsperstrip or height, height)
-    strip_bytes = [min(rows, height - i * rows) * width * page.bitspersample // 8
-                   for i in range(-(-height // rows))]  # fmt: skip
-    return (
-        height * width >= min_pixels
-        and page.compression == tifffile.COMPRESSION.NONE
-        and not page.is_tiled
-        and page.samplesperpixel == 1
-        and page.imagedepth == 1
-        and page.fillorder == 1
-        and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
-        and np.dtype(page.dtype) in (np.uint8, np.uint16)
-        and page.shape == (height, width)
-        and list(page.databytecounts) == strip_bytes
-        and max(o + c for o, c in zip(page.dataoffsets, page.databytecounts)) <= file_size
-    )
-
-
-def _content_kind(path: Path) -> str:
+def content_kind(path: Path) -> str:
     """The file's kind from its first bytes (its magic number): tiff, jpeg or other."""
     with open(path, "rb") as handle:
         head = handle.read(4)
@@ -251,7 +128,7 @@ class _HeldRecords(logging.Filter):
 
 
 @contextlib.contextmanager
-def _tifffile_complaints_held(path: Path) -> Iterator[None]:
+def tifffile_complaints_held(path: Path) -> Iterator[None]:
     """tifffile logs ERROR lines about a damaged file before it fails; they would come
     before, and say less than, the one-line ImageError. Held while reading: dropped when
     the read fails, logged once as a warning naming the file when it succeeds."""
@@ -268,9 +145,9 @@ def _tifffile_complaints_held(path: Path) -> Iterator[None]:
 
 def _read_tiff(path: Path, page: int | None) -> np.ndarray:
     try:
-        with _tifffile_complaints_held(path), tifffile.TiffFile(path) as tif:
-            chosen = tif.pages[_tiff_page(path, len(tif.pages), page)]
-            _check_pixels(path, (chosen.imagewidth, chosen.imagelength))
+        with tifffile_complaints_held(path), tifffile.TiffFile(path) as tif:
+            chosen = tif.pages[tiff_page(path, len(tif.pages), page)]
+            check_pixels(path, (chosen.imagewidth, chosen.imagelength))
             array = chosen.asarray()
             compression = _compression_name(chosen.compression)
             if compression in _LOSSY_TIFF:
@@ -301,7 +178,7 @@ def _compression_name(value: int) -> str:
         return str(value)
 
 
-def _tiff_page(path: Path, count: int, page: int | None) -> int:
+def tiff_page(path: Path, count: int, page: int | None) -> int:
     """Index of the page to read; refuses to guess among several."""
     if count == 1:
         return 0
@@ -385,7 +262,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     decoding it; None when the file is missing or its header is not one of ours."""
     path = Path(path)
     try:
-        if _content_kind(path) == "tiff":
+        if content_kind(path) == "tiff":
             with tifffile.TiffFile(path) as tif:
                 return tif.pages.first.imagewidth, tif.pages.first.imagelength
         with open(path, "rb") as handle:
@@ -399,13 +276,13 @@ def _check_before_decoding(path: Path, data: memoryview) -> None:
     truncated or damaged PNG (libpng prints its own line to stderr before failing)."""
     size = _declared_size(data)
     if size is not None:
-        _check_pixels(path, size)
+        check_pixels(path, size)
     problem = _png_problem(data) if data[:8] == _PNG_SIGNATURE else None
     if problem:
         raise ImageError(f"{path}: not a readable image (PNG {problem})")
 
 
-def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+def check_pixels(path: Path, size: tuple[int, int]) -> None:
     """Refuse a header's (width, height) beyond 30000 x 30000 before memory is taken."""
     if size[0] * size[1] > _MAX_PIXELS:
         raise ImageError(

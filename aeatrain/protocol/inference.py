@@ -337,7 +337,7 @@ def tiled_rows(
 
     ``image``: float in [0, 1], or an integer image (cut and converted with
     :func:`~aeatrain.files.images.to_float` a tile at a time, so no float copy of it exists),
-    which may be a :class:`~aeatrain.files.images.LazyRows`: its rows are then read one row of
+    which may be a :class:`~aeatrain.files.rows.LazyRows`: its rows are then read one row of
     tiles at a time.
     ``tile`` and ``overlap`` are multiples of 16, ``overlap <= tile / 2``. Each tile is
     predicted on its own (padded like :func:`predict_full` where it meets the image's

@@ -21,16 +21,9 @@ import torch
 from torch import nn
 
 from aeatrain.errors import UserError
-from aeatrain.files.images import (
-    LazyRows,
-    from_float,
-    max_value,
-    open_image_rows,
-    read_image,
-    to_float,
-    write_image_rows,
-)
+from aeatrain.files.images import from_float, max_value, read_image, to_float, write_image_rows
 from aeatrain.files.microscope import Calibration, cut_data_bar, read_calibration
+from aeatrain.files.rows import LazyRows, open_image_rows
 from aeatrain.protocol.inference import predict_full, predict_tiled, self_ensemble, tiled_rows
 
 log = logging.getLogger(__name__)
@@ -46,7 +39,7 @@ def upsample(image: np.ndarray | LazyRows, scale: float) -> np.ndarray | LazyRow
     Done on the integer image, like data_prep's bicubic warp, so the model sees the
     same kind of input (saturated, rounded) it was trained on. Fields of view align at
     the outer pixel edges. The output is ``round(W * scale) x round(H * scale)``. A
-    :class:`~aeatrain.files.images.LazyRows` input stays lazy at a whole-number scale
+    :class:`~aeatrain.files.rows.LazyRows` input stays lazy at a whole-number scale
     (:class:`BicubicRows`, the same pixels computed a band at a time); at other scales
     it is read whole first.
     """
@@ -110,8 +103,8 @@ def read_input(
     the public layout's, a detected bar, or none; a cut is logged naming the file).
 
     ``lazy``: an input large enough to be tiled and stored as raw strips comes as a
-    :class:`~aeatrain.files.images.LazyRows`, read a band at a time as the tiles need it
-    (:func:`~aeatrain.files.images.open_image_rows`); the same pixels as a whole read.
+    :class:`~aeatrain.files.rows.LazyRows`, read a band at a time as the tiles need it
+    (:func:`~aeatrain.files.rows.open_image_rows`); the same pixels as a whole read.
     """
     if lazy:
         image, bit_depth = open_image_rows(path, page=page, min_pixels=LAZY_INPUT_PIXELS)

@@ -20,6 +20,7 @@ import torch
 from aeatrain import predict
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
 from aeatrain.files.images import read_image, write_image
+from aeatrain.files.rows import LazyRows, open_image_rows
 from aeatrain.protocol import superres
 from tests.eval.helpers import make_run
 
@@ -519,7 +520,7 @@ class _Halve(torch.nn.Module):
 def test_bicubic_rows_are_the_pixels_of_resizing_the_whole_image(tmp_path, dtype, k):
     image = np.random.default_rng(5).integers(0, np.iinfo(dtype).max, (53, 29)).astype(dtype)
     tifffile.imwrite(tmp_path / "x.tif", image, rowsperstrip=6)
-    rows, _ = superres.open_image_rows(tmp_path / "x.tif")
+    rows, _ = open_image_rows(tmp_path / "x.tif")
     upsampled = superres.upsample(rows, float(k))
     assert isinstance(upsampled, superres.BicubicRows) and upsampled.shape == (53 * k, 29 * k)
     whole = cv2.resize(image, (29 * k, 53 * k), interpolation=cv2.INTER_CUBIC)
@@ -547,7 +548,7 @@ def test_an_input_read_a_band_at_a_time_predicts_the_same_file(tmp_path, monkeyp
     for name, threshold in (("lazy", 0), ("whole", 10**9)):
         monkeypatch.setattr(superres, "LAZY_INPUT_PIXELS", threshold)
         assert isinstance(superres.read_input(tmp_path / "in.tif", lazy=True).image,
-                          superres.LazyRows) == (name == "lazy")  # fmt: skip
+                          LazyRows) == (name == "lazy")  # fmt: skip
         job = predict.Job(tmp_path / "in.tif", tmp_path / name / "out.tif")
         assert predict.predict_one(_Halve(), job, args, scale=scale) == (
             (270, 200), (round(270 * scale), round(200 * scale)))  # fmt: skip

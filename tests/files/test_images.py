@@ -21,6 +21,7 @@ from aeatrain.files.images import (
     to_float,
     write_image,
 )
+from aeatrain.files.rows import TiffRows, open_image_rows
 
 
 @pytest.mark.parametrize(
@@ -267,13 +268,13 @@ _ROWS_IMAGE = np.random.default_rng(3).integers(0, 65536, (45, 31)).astype(np.ui
 def test_tiff_rows_are_the_pixels_of_a_whole_read(tmp_path, dtype, options):
     whole = (_ROWS_IMAGE >> 8).astype(np.uint8) if dtype == np.uint8 else _ROWS_IMAGE
     tifffile.imwrite(tmp_path / "x.tif", whole, **options)
-    rows, bit_depth = images.open_image_rows(tmp_path / "x.tif")
-    assert isinstance(rows, images.TiffRows) and bit_depth == 8 * np.dtype(dtype).itemsize
+    rows, bit_depth = open_image_rows(tmp_path / "x.tif")
+    assert isinstance(rows, TiffRows) and bit_depth == 8 * np.dtype(dtype).itemsize
     np.testing.assert_array_equal(read_image(tmp_path / "x.tif")[0], whole)
     assert rows.shape == whole.shape and rows.dtype == whole.dtype and rows.size == whole.size
     np.testing.assert_array_equal(np.asarray(rows), whole)
     view = rows[5:40]  # a view: nothing read
-    assert isinstance(view, images.TiffRows) and view.shape == (35, 31)
+    assert isinstance(view, TiffRows) and view.shape == (35, 31)
     np.testing.assert_array_equal(view[3], whole[8])
     np.testing.assert_array_equal(view[-1], whole[39])
     np.testing.assert_array_equal(view[2:30][4:9, 3:11], whole[11:16, 3:11])
@@ -292,7 +293,7 @@ def test_other_tiffs_are_read_whole(tmp_path, options):
     if options.get("photometric") == "rgb":
         whole = np.repeat(whole[..., None], 3, axis=2)
     tifffile.imwrite(tmp_path / "x.tif", whole, **options)
-    rows, bit_depth = images.open_image_rows(tmp_path / "x.tif", min_pixels=min_pixels)
+    rows, bit_depth = open_image_rows(tmp_path / "x.tif", min_pixels=min_pixels)
     assert isinstance(rows, np.ndarray) and bit_depth == 16
     np.testing.assert_array_equal(rows, read_image(tmp_path / "x.tif")[0])
 
@@ -300,10 +301,10 @@ def test_other_tiffs_are_read_whole(tmp_path, options):
 def test_a_truncated_tiff_is_refused_read_whole_or_in_rows(tmp_path):
     tifffile.imwrite(tmp_path / "x.tif", _ROWS_IMAGE, rowsperstrip=8)
     data = (tmp_path / "x.tif").read_bytes()
-    rows, _ = images.open_image_rows(tmp_path / "x.tif")
+    rows, _ = open_image_rows(tmp_path / "x.tif")
     (tmp_path / "x.tif").write_bytes(data[: len(data) // 2])  # cut after it was opened
     np.testing.assert_array_equal(rows[:3], _ROWS_IMAGE[:3])  # strip 0 is still whole
     with pytest.raises(ImageError, match=r"x\.tif: not a readable TIFF image \(truncated\)"):
         np.asarray(rows)
     with pytest.raises(ImageError, match="not a readable TIFF image"):
-        images.open_image_rows(tmp_path / "x.tif")  # cut before: read_image's error
+        open_image_rows(tmp_path / "x.tif")  # cut before: read_image's error
