@@ -3,6 +3,7 @@ test command is the one CI runs."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -72,3 +73,59 @@ def test_readme_is_short_and_its_test_command_is_what_ci_runs():
     assert len(readme.splitlines()) <= 150
     command = next(line for line in readme.splitlines() if line.endswith("&& pytest"))
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+CODE_PATH = re.compile(r"`((?:aeatrain|data_prep|launch|benchmarks|tests|configs|docs)/[\w./-]*\w)")
+CODE_NAME = re.compile(r"`(?:python -m )?((?:aeatrain|data_prep)(?:\.\w+)+)`?")
+
+
+def missing_paths(page: Path) -> list[str]:
+    """Repository paths a page names in backticks (``aeatrain/run/final.py``,
+    ``tests/datasets.make_dataset``) that do not exist; generated pictures (.png, kept out
+    of git) aside."""
+    missing = []
+    for path in CODE_PATH.findall(page.read_text()):
+        module = path.rsplit(".", 1)[0] if "." in Path(path).name else path
+        if path.endswith(".png") or (ROOT / path).exists() or (ROOT / f"{module}.py").exists():
+            continue
+        missing.append(path)
+    return missing
+
+
+def missing_names(page: Path) -> list[str]:
+    """Dotted names a page gives in backticks (``aeatrain.files.rows.TiffRows``,
+    ``python -m aeatrain.evaluate``) that are no module or attribute of the code."""
+    missing = []
+    for name in sorted(set(CODE_NAME.findall(page.read_text())) - {"aeatrain.X"}):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute, None)
+        if found is None:
+            missing.append(name)
+    return missing
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_the_code_a_page_names_exists(page):
+    """Paths and module names in the docs follow the code when it moves."""
+    assert missing_paths(page) == [] and missing_names(page) == []
+
+
+def test_the_code_check_sees_a_moved_module(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`aeatrain/run/final.py` `aeatrain/runs.py` `tests/datasets.make_dataset` "
+        "`python -m aeatrain.evaluate` `aeatrain.files.rows.TiffRows` `aeatrain.runs.load_run` "
+        "`aeatrain.files.images.no_such_function`\n"
+    )
+    assert missing_paths(page) == ["aeatrain/runs.py"]
+    assert missing_names(page) == [
+        "aeatrain.files.images.no_such_function",
+        "aeatrain.runs.load_run",
+    ]
