@@ -27,11 +27,18 @@ from aeatrain.errors import UserError, check_finite_options, check_seed, run_cli
 from aeatrain.files.microscope import PUBLIC_BAR_ROW as DEFAULT_BAR_ROW
 from data_prep import semstats
 from data_prep.build import build_dataset
-from data_prep.families import FAMILIES, MIX, synthesize_mix
 from data_prep.qc import pair_table, summary_text
 from data_prep.registration import read_registration
 from data_prep.shards import add_indexes
-from data_prep.synth import FORMATS, PRESET_FAMILY, PRESETS, SynthConfig, preset_config, synthesize
+from data_prep.synth.families import FAMILIES, MIX, synthesize_mix
+from data_prep.synth.generate import (
+    FORMATS,
+    PRESET_FAMILY,
+    PRESETS,
+    SynthConfig,
+    preset_config,
+    synthesize,
+)
 from data_prep.truth import check_truth, truth_table
 
 

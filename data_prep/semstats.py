@@ -48,7 +48,7 @@ from aeatrain.errors import UserError
 from aeatrain.files.images import to_float
 from aeatrain.protocol.split import paper_split
 from data_prep.pairs import find_pairs, load_pair_images
-from data_prep.synth import TRUTH_JSON, read_truth
+from data_prep.synth.generate import TRUTH_JSON, read_truth
 
 log = logging.getLogger(__name__)
 

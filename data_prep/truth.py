@@ -16,7 +16,7 @@ import numpy as np
 from aeatrain.data.format import MANIFEST_NAME, read_manifest, sha256_file
 from aeatrain.errors import UserError
 from data_prep.registration import REGISTRATION_JSON, corner_error, read_registration
-from data_prep.synth import TRUTH_JSON, read_truth
+from data_prep.synth.generate import TRUTH_JSON, read_truth
 
 
 @dataclass(frozen=True)

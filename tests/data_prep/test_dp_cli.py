@@ -17,7 +17,7 @@ from aeatrain.errors import run_cli
 from aeatrain.files.microscope import read_calibration
 from data_prep.__main__ import main
 from data_prep.outdir import _remove_stale_staging
-from data_prep.synth import synthesize
+from data_prep.synth.generate import synthesize
 from tests.data_prep.conftest import SMALL, SMALL_SEED
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import shutil
 import pytest
 
 from aeatrain.errors import EXIT_USER_ERROR, run_cli
-from data_prep import synth
 from data_prep.__main__ import main
+from data_prep.synth import generate
 
 
 def _refused(argv, capsys) -> str:
@@ -62,7 +62,7 @@ def test_synth_sizes_that_cannot_fit_are_refused_up_front(tmp_path, capsys, argv
 
 
 def test_synth_workers_are_limited_to_what_memory_holds(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(synth, "_available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(generate, "_available_memory_bytes", lambda: 2**30)
     line = _refused(["synth", "--out", str(tmp_path / "S"), "--workers", "4"], capsys)
     # 1280 x 944 at scale 2: (1296 * 960) LR px * 16 canvas px * 32 bytes = 0.59 GiB a pair
     assert "--workers 4: 4 pairs of 1280x944 at scale 2 rendered at once need about 2.4 GiB" in line

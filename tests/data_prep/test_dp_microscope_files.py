@@ -22,7 +22,7 @@ from data_prep.build import build_dataset
 from data_prep.pairs import find_pairs, load_pair_images
 from data_prep.qc import summary_text
 from data_prep.registration import corner_error
-from data_prep.synth import SynthConfig, draw_specimen, make_pair, synthesize
+from data_prep.synth.generate import SynthConfig, draw_specimen, make_pair, synthesize
 from tests.data_prep.conftest import SMALL, SMALL_SEED
 
 # FEI INI text as a Helios writes it, trimmed: sections the reader skips, [EScan]

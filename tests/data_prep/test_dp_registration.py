@@ -11,7 +11,7 @@ from data_prep.registration import (
     register,
     resample_matrix,
 )
-from data_prep.synth import SynthConfig, draw_specimen, make_pair
+from data_prep.synth.generate import SynthConfig, draw_specimen, make_pair
 
 SMALL = SynthConfig(width=512, height=384, bar_rows=0)
 

@@ -8,7 +8,7 @@ import pytest
 from aeatrain.errors import UserError
 from aeatrain.files.images import read_image
 from data_prep.registration import apply_homography, smoothed_ncc, warp_lr_to_hr
-from data_prep.synth import SynthConfig, draw_specimen, make_pair, synthesize
+from data_prep.synth.generate import SynthConfig, draw_specimen, make_pair, synthesize
 
 TINY = SynthConfig(width=256, height=192, bar_rows=32)
 

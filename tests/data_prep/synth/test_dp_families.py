@@ -14,9 +14,9 @@ from aeatrain.errors import UserError, run_cli
 from aeatrain.protocol.split import paper_split
 from data_prep import semstats
 from data_prep.__main__ import main
-from data_prep.families import FAMILIES
 from data_prep.registration import corner_error, register
-from data_prep.synth import (
+from data_prep.synth.families import FAMILIES
+from data_prep.synth.generate import (
     SynthConfig,
     _charging_trails,
     _detector_effects,
@@ -220,7 +220,7 @@ def test_truth_names_the_family(tmp_path):
 
 def test_demo_passes_its_preset_to_synth(tmp_path):
     """PRESET reaches ``synth --preset``: an unknown one stops the demo at step 1."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(repo), "PYTHON": sys.executable, "PRESET": "glossy"}
     result = subprocess.run(
         ["bash", str(repo / "launch" / "demo.sh"), str(tmp_path / "demo")],

@@ -35,7 +35,7 @@ import numpy as np
 from aeatrain.errors import UserError
 from aeatrain.files.outputs import SYNTH_RAW
 from data_prep.outdir import check_target, staged_output
-from data_prep.synth import (
+from data_prep.synth.generate import (
     _CANVAS_MARGIN_LR_PX,
     Canvas,
     SynthConfig,
