@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 from aeatrain.files.atomic import atomic_write_bytes  # noqa: E402
 from aeatrain.files.images import encode_image  # noqa: E402
 from data_prep.semstats import render_like_figures  # noqa: E402
+from data_prep.synth.config import preset_config  # noqa: E402
 from data_prep.synth.families import FAMILIES  # noqa: E402
-from data_prep.synth.generate import make_pair, preset_config  # noqa: E402
+from data_prep.synth.generate import make_pair  # noqa: E402
 
 PAIR = {"width": 640, "height": 480, "bar_rows": 0}
 LABEL_PX = 28

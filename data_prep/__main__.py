@@ -30,15 +30,9 @@ from data_prep.build import build_dataset
 from data_prep.qc import pair_table, summary_text
 from data_prep.registration import read_registration
 from data_prep.shards import add_indexes
-from data_prep.synth.families import FAMILIES, MIX, synthesize_mix
-from data_prep.synth.generate import (
-    FORMATS,
-    PRESET_FAMILY,
-    PRESETS,
-    SynthConfig,
-    preset_config,
-    synthesize,
-)
+from data_prep.synth.config import PRESET_FAMILY, PRESETS, SynthConfig, preset_config
+from data_prep.synth.families import FAMILIES
+from data_prep.synth.generate import FORMATS, MIX, synthesize, synthesize_mix
 from data_prep.truth import check_truth, truth_table
 
 

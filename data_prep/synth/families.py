@@ -1,12 +1,15 @@
 """Specimen families for ``data_prep synth --family``: what the microscope looks at.
 
-``aggregates`` is the original specimen (``synth.Specimen``: large compact clusters of
-round particles), kept byte for byte. The others are drawn here, each a small frozen
-dataclass whose ``render(rng, config)`` returns the specimen on the fine canvas of
-``synth`` (same geometry, so every acquisition effect and the truth apply unchanged):
+Each family is a small frozen dataclass of one run's material system, drawn once per run
+by its ``draw_*`` function, whose ``render(rng, config)`` returns the specimen of one pair
+on the fine canvas (data_prep/synth/canvas.py: same geometry for all, so every
+acquisition effect and the truth apply unchanged):
 
+- ``aggregates``: large compact clusters of round particles; the default preset's
+  specimen, the generator as first written (byte for byte);
 - ``clusters``: small particles in clusters of heavy-tailed (log-normal) size, grown at
-  their periphery in outward strands, so they are rough; the realistic preset's specimen (docs/data_prep.md, measured statistics);
+  their periphery in outward strands, so they are rough; the realistic preset's specimen
+  (docs/data_prep.md, measured statistics);
 - ``bimodal``: the same clusters of small particles plus isolated large ones;
 - ``dispersed``: isolated particles of narrow size, hardly touching;
 - ``grains``: a polycrystal, Voronoi grains of their own brightness (channelling
@@ -14,118 +17,133 @@ dataclass whose ``render(rng, config)`` returns the specimen on the fine canvas 
 - ``fibres``: overlapping curved fibres (nanowires) of log-normal length;
 - ``porous``: a bright film with dark pores of log-normal size.
 
-All lengths are in LR pixels (specimen units of ``synth``); signal levels are the
-secondary-electron yield before gain. Every family has a host texture (``synth._host``)
-and secondary-electron edge brightening on its outlines, scaled by the acquisition's
+All lengths are in LR pixels (specimen units); signal levels are the secondary-electron
+yield before gain. Every family has a host texture (``canvas.host_texture``) and
+secondary-electron edge brightening on its outlines, scaled by the acquisition's
 ``edge_brightening``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import cv2
 import numpy as np
 
-from aeatrain.errors import UserError
-from aeatrain.files.outputs import SYNTH_RAW
-from data_prep.outdir import check_target, staged_output
-from data_prep.synth.generate import (
-    _CANVAS_MARGIN_LR_PX,
+from data_prep.synth.canvas import (
     Canvas,
-    SynthConfig,
-    _host,
-    _label_edges,
-    _outlines,
-    draw_specimen,
-    preset_config,
-    synthesize,
+    blank_canvas,
+    field_bounds,
+    fill_polygons,
+    label_edges,
+    outlines,
+    shade_objects,
+    shaded_specimen,
+    with_contrast,
 )
+from data_prep.synth.config import SynthConfig
 
 _MAX_CLUSTER_PARTICLES = 400  # cap on the log-normal tail: one cluster, not a film
 
 
-# --- shared pieces -----------------------------------------------------------------------
+class SpecimenModel(Protocol):
+    """A material system drawn once per run (one of :data:`FAMILIES`)."""
+
+    family: str  # the --family name, recorded in truth.json
+
+    def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas: ...
 
 
-def _blank_canvas(spec, rng: np.random.Generator, config: SynthConfig) -> Canvas:
-    """The host texture over the LR field plus margin, at ``synth``'s canvas density."""
-    density = config.canvas_density
-    margin = float(_CANVAS_MARGIN_LR_PX)
-    shape = (
-        round((config.height + 2 * margin) * density),
-        round((config.width + 2 * margin) * density),
+# --- aggregates --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AggregateSystem:
+    """Bright nanoparticles aggregated into large compact clusters on a host."""
+
+    family: ClassVar[str] = "aggregates"
+
+    particle_radius: float  # median radius of the primary particles
+    radius_spread: float  # log-normal sigma of the radii
+    particles_per_cluster: float
+    clusters_per_kpx: float  # clusters per 1000 LR px^2
+    wiggle: float  # relative amplitude of outline harmonics
+    host_level: float  # mean secondary-electron signal of the host
+    host_texture: float  # std of the host texture
+    texture_scale: float  # correlation length of the coarse host texture
+    particle_level: float
+    particle_level_spread: float
+    rim_gain: float  # secondary-electron edge brightening
+    rim_width: float
+    halo: float  # darkening of the host next to particles
+
+    def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
+        """Particles drawn into a label image (later particles on top), so the outline of
+        every visible particle, inside an aggregate too, gets its secondary-electron rim;
+        the host darkens over the rim's width around them."""
+        canvas = blank_canvas(self, rng, config)
+        centres, radii = _aggregate_particles(self, rng, config, canvas.margin)
+        labels = fill_polygons(canvas.image.shape, canvas, outlines(self, rng, centres, radii))
+        levels = self.particle_level + rng.normal(0.0, self.particle_level_spread, len(radii) + 1)
+        signal = shade_objects(
+            canvas,
+            labels,
+            levels,
+            rim_gain=self.rim_gain * config.edge_brightening,
+            rim_width=self.rim_width,
+            halo=self.halo,
+            halo_width=self.rim_width,
+        )
+        return Canvas(with_contrast(signal, self.host_level, config), canvas.density, canvas.margin)
+
+
+def _aggregate_particles(
+    spec: AggregateSystem, rng: np.random.Generator, config: SynthConfig, margin: float
+):
+    """Centres (P, 2) and radii (P,) in LR px of all particles: clusters grown by random
+    aggregation (each new particle touches a random earlier one of its cluster)."""
+    width_lr, height_lr = config.width + 2 * margin, config.height + 2 * margin
+    n_clusters = rng.poisson(spec.clusters_per_kpx * width_lr * height_lr / 1000)
+    counts = 1 + rng.poisson(spec.particles_per_cluster - 1, n_clusters)
+    radii = spec.particle_radius * np.exp(rng.normal(0.0, spec.radius_spread, counts.sum()))
+    starts = rng.uniform(
+        (-margin, -margin), (config.width + margin, config.height + margin), size=(n_clusters, 2)
     )
-    return Canvas(_host(spec, rng, shape, density), density, margin)
+    angles = rng.uniform(0, 2 * np.pi, counts.sum())
+    reach = rng.uniform(0.7, 1.0, counts.sum())
+    pick = rng.random(counts.sum())
+    centres = np.empty((counts.sum(), 2))
+    first = 0
+    for start, count in zip(starts, counts):
+        centres[first] = start
+        for k in range(first + 1, first + count):
+            anchor = first + int(pick[k] * (k - first))
+            step = (radii[anchor] + radii[k]) * reach[k]
+            centres[k] = centres[anchor] + step * np.array([np.cos(angles[k]), np.sin(angles[k])])
+        first += count
+    return centres, radii
 
 
-def _field(config: SynthConfig, margin: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Low and high corners of the LR field plus margin (specimen units), and its area."""
-    low = np.array([-margin, -margin])
-    high = np.array([config.width + margin, config.height + margin])
-    return low, high, float(np.prod(high - low))
-
-
-def _fill_polygons(shape: tuple[int, int], canvas: Canvas, outlines: np.ndarray) -> np.ndarray:
-    """Label image (int32, 0 = none) of ``outlines`` (P, V, 2) in specimen units; later
-    polygons on top."""
-    polygons = np.round(canvas.to_canvas(outlines) * 8).astype(np.int32)  # shift 3
-    labels = np.zeros(shape, np.int32)
-    for index, polygon in enumerate(polygons, start=1):
-        cv2.fillPoly(labels, [polygon], index, cv2.LINE_8, 3)
-    return labels
-
-
-def _shade_objects(
-    canvas: Canvas,
-    labels: np.ndarray,
-    levels: np.ndarray,
-    *,
-    rim_gain: float,
-    rim_width: float,
-    halo: float,
-    halo_width: float,
-) -> np.ndarray:
-    """Objects of ``labels`` at ``levels[label]`` over the host, an exponential bright rim
-    inside every outline (``rim_gain``, ``rim_width`` LR px) and a dark halo outside
-    (``halo``, ``halo_width`` LR px)."""
-    density = canvas.density
-    inside = labels > 0
-    objects = levels.astype(np.float32)[labels]  # (Hc, Wc) gather: every pixel's level
-    distance = cv2.distanceTransform(_label_edges(labels), cv2.DIST_L2, 3)  # canvas px
-    rim = cv2.exp(distance * np.float32(-1 / (rim_width * density)))
-    objects += rim * np.float32(rim_gain)
-    host = canvas.image
-    if halo:
-        host = host - cv2.exp(distance * np.float32(-1 / (halo_width * density))) * np.float32(halo)
-    return np.where(inside, objects, host)
-
-
-def _shaded_specimen(
-    system,
-    canvas: Canvas,
-    labels: np.ndarray,
-    levels: np.ndarray,
-    contrast: float,
-    config: SynthConfig,
-) -> Canvas:
-    """``labels`` shaded with ``system``'s rim and halo (``_shade_objects``) over the host,
-    scaled to the acquisition contrast: the last step of every object family's render."""
-    signal = _shade_objects(
-        canvas,
-        labels,
-        levels,
-        rim_gain=system.rim_gain * config.edge_brightening,
-        rim_width=system.rim_width,
-        halo=system.halo * contrast,
-        halo_width=system.halo_width,
+def draw_aggregates(rng: np.random.Generator) -> AggregateSystem:
+    """A random material system: small bright particles aggregated into clusters."""
+    return AggregateSystem(
+        particle_radius=float(rng.uniform(2.0, 3.5)),
+        radius_spread=float(rng.uniform(0.2, 0.35)),
+        particles_per_cluster=float(rng.uniform(8, 20)),
+        clusters_per_kpx=float(rng.uniform(0.25, 0.5)),
+        wiggle=float(rng.uniform(0.05, 0.12)),
+        host_level=float(rng.uniform(0.25, 0.35)),
+        host_texture=float(rng.uniform(0.03, 0.05)),
+        texture_scale=float(rng.uniform(6, 14)),
+        particle_level=float(rng.uniform(0.55, 0.7)),
+        particle_level_spread=float(rng.uniform(0.03, 0.07)),
+        rim_gain=float(rng.uniform(0.25, 0.4)),
+        rim_width=float(rng.uniform(0.4, 0.7)),
+        halo=float(rng.uniform(0.03, 0.07)),
     )
-    return Canvas(_with_contrast(signal, system.host_level, config), canvas.density, canvas.margin)
 
 
 # --- clusters of particles (clusters, bimodal, dispersed) ---------------------------------
@@ -157,19 +175,13 @@ class ClusterSystem:
     family: str = "clusters"  # or bimodal, dispersed: the draw that chose these values
 
     def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
-        canvas = _blank_canvas(self, rng, config)
+        canvas = blank_canvas(self, rng, config)
         centres, radii = _cluster_particles(self, rng, config, canvas.margin)
-        outlines = _outlines(self, rng, centres, radii, vertices=16)  # radii of a few canvas px
-        labels = _fill_polygons(canvas.image.shape, canvas, outlines)
+        polygons = outlines(self, rng, centres, radii, vertices=16)  # radii of a few canvas px
+        labels = fill_polygons(canvas.image.shape, canvas, polygons)
         contrast = self.particle_level - self.host_level
         levels = self.particle_level + rng.normal(0, self.level_spread * contrast, len(radii) + 1)
-        return _shaded_specimen(self, canvas, labels, levels, contrast, config)
-
-
-def _with_contrast(signal: np.ndarray, host_level: float, config: SynthConfig) -> np.ndarray:
-    if config.contrast == 1.0:
-        return signal
-    return (host_level + config.contrast * (signal - host_level)).astype(np.float32)
+        return shaded_specimen(self, canvas, labels, levels, contrast, config)
 
 
 def _grow(start, count, radii, rng: np.random.Generator, spec: ClusterSystem) -> np.ndarray:
@@ -197,7 +209,7 @@ def _grow(start, count, radii, rng: np.random.Generator, spec: ClusterSystem) ->
 
 def _cluster_particles(spec: ClusterSystem, rng: np.random.Generator, config, margin: float):
     """Centres (P, 2) and radii (P,) in LR px: grown clusters, then isolated large ones."""
-    low, high, area = _field(config, margin)
+    low, high, area = field_bounds(config, margin)
     seeds = rng.uniform(low, high, size=(rng.poisson(spec.clusters_per_kpx * area / 1000), 2))
     if spec.cluster_sigma > 0:
         extra = rng.lognormal(math.log(spec.cluster_median), spec.cluster_sigma, len(seeds))
@@ -308,10 +320,10 @@ class GrainSystem:
     wiggle: float
 
     def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
-        canvas = _blank_canvas(self, rng, config)
+        canvas = blank_canvas(self, rng, config)
         density = canvas.density
         shape = canvas.image.shape
-        low, high, area = _field(config, canvas.margin)
+        low, high, area = field_bounds(config, canvas.margin)
         n_grains = max(2, rng.poisson(self.grains_per_kpx * area / 1000))
         seeds = np.round(canvas.to_canvas(rng.uniform(low, high, size=(n_grains, 2))))
         seeds = np.clip(seeds, 0, [shape[1] - 1, shape[0] - 1]).astype(int)
@@ -322,7 +334,7 @@ class GrainSystem:
         )  # (Hc, Wc) int32: Voronoi cell of the nearest seed
         offsets = rng.normal(0, self.grain_spread, grains.max() + 1).astype(np.float32)
         signal = canvas.image + offsets[grains]
-        boundary = cv2.distanceTransform(_label_edges(grains), cv2.DIST_L2, 3) / density  # LR px
+        boundary = cv2.distanceTransform(label_edges(grains), cv2.DIST_L2, 3) / density  # LR px
         groove = cv2.exp(boundary * np.float32(-1 / self.groove_width))
         shoulder = cv2.exp(
             np.abs(boundary - 1.5 * self.groove_width) * np.float32(-1 / self.rim_width)
@@ -332,13 +344,13 @@ class GrainSystem:
         n_precipitates = rng.poisson(self.precipitates_per_kpx * area / 1000)
         centres = rng.uniform(low, high, size=(n_precipitates, 2))
         radii = self.precipitate_radius * np.exp(rng.normal(0, 0.3, n_precipitates))
-        labels = _fill_polygons(shape, canvas, _outlines(self, rng, centres, radii))
+        labels = fill_polygons(shape, canvas, outlines(self, rng, centres, radii))
         levels = np.full(n_precipitates + 1, self.precipitate_level)
         canvas = Canvas(signal, density, canvas.margin)
-        signal = _shade_objects(
+        signal = shade_objects(
             canvas, labels, levels, rim_gain=gain, rim_width=0.5, halo=0.0, halo_width=1.0
         )
-        return Canvas(_with_contrast(signal, self.host_level, config), density, canvas.margin)
+        return Canvas(with_contrast(signal, self.host_level, config), density, canvas.margin)
 
 
 def draw_grains(rng: np.random.Generator) -> GrainSystem:
@@ -383,8 +395,8 @@ class FibreSystem:
     halo_width: float
 
     def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
-        canvas = _blank_canvas(self, rng, config)
-        low, high, area = _field(config, canvas.margin)
+        canvas = blank_canvas(self, rng, config)
+        low, high, area = field_bounds(config, canvas.margin)
         n_fibres = rng.poisson(self.fibres_per_kpx * area / 1000)
         labels = np.zeros(canvas.image.shape, np.int32)
         for index in range(1, n_fibres + 1):
@@ -394,7 +406,7 @@ class FibreSystem:
             cv2.polylines(labels, [points], False, index, max(1, round(width)), cv2.LINE_8, 3)
         contrast = self.fibre_level - self.host_level
         levels = self.fibre_level + rng.normal(0, self.level_spread * contrast, n_fibres + 1)
-        return _shaded_specimen(self, canvas, labels, levels, contrast, config)
+        return shaded_specimen(self, canvas, labels, levels, contrast, config)
 
 
 def _fibre_path(spec: FibreSystem, rng: np.random.Generator, low, high) -> np.ndarray:
@@ -446,23 +458,21 @@ class PorousFilm:
     rim_width: float
 
     def render(self, rng: np.random.Generator, config: SynthConfig) -> Canvas:
-        canvas = _blank_canvas(self, rng, config)
-        low, high, area = _field(config, canvas.margin)
+        canvas = blank_canvas(self, rng, config)
+        low, high, area = field_bounds(config, canvas.margin)
         n_pores = rng.poisson(self.pores_per_kpx * area / 1000)
         centres = rng.uniform(low, high, size=(n_pores, 2))
         radii = self.pore_radius * np.exp(rng.normal(0, self.pore_spread, n_pores))
-        labels = _fill_polygons(canvas.image.shape, canvas, _outlines(self, rng, centres, radii))
+        labels = fill_polygons(canvas.image.shape, canvas, outlines(self, rng, centres, radii))
         levels = self.pore_level + rng.normal(0, self.level_spread, n_pores + 1)
         inside = labels > 0
         signal = canvas.image
         signal[inside] = levels.astype(np.float32)[labels[inside]]
-        distance = cv2.distanceTransform(_label_edges(labels), cv2.DIST_L2, 3)
+        distance = cv2.distanceTransform(label_edges(labels), cv2.DIST_L2, 3)
         rim = cv2.exp(distance * np.float32(-1 / (self.rim_width * canvas.density)))
         gain = self.rim_gain * config.edge_brightening
         signal += np.where(inside, np.float32(0), rim * np.float32(gain))
-        return Canvas(
-            _with_contrast(signal, self.host_level, config), canvas.density, canvas.margin
-        )
+        return Canvas(with_contrast(signal, self.host_level, config), canvas.density, canvas.margin)
 
 
 def draw_porous(rng: np.random.Generator) -> PorousFilm:
@@ -484,8 +494,8 @@ def draw_porous(rng: np.random.Generator) -> PorousFilm:
 # --- the families --------------------------------------------------------------------------
 
 # name -> drawer of one run's material system (drawn once per run, rendered per pair)
-FAMILIES: dict[str, Callable[[np.random.Generator], object]] = {
-    "aggregates": draw_specimen,
+FAMILIES: dict[str, Callable[[np.random.Generator], SpecimenModel]] = {
+    "aggregates": draw_aggregates,
     "clusters": draw_clusters,
     "bimodal": draw_bimodal,
     "dispersed": draw_dispersed,
@@ -493,52 +503,3 @@ FAMILIES: dict[str, Callable[[np.random.Generator], object]] = {
     "fibres": draw_fibres,
     "porous": draw_porous,
 }
-
-
-# --- a pooled set of several families ------------------------------------------------------
-
-# ``synth-mix``: specimen families under their own acquisition settings (overrides of the
-# realistic preset), for a pooled training set of *different* images: the paper's argument
-# for batch-aware attention is about features shared across them.
-MIX: dict[str, dict[str, float]] = {
-    "clusters": {},  # the realistic preset as it is: dose 24
-    "grains": {"dose": 12.0, "bandwidth_px": 1.0},  # noisier, more correlated noise
-    "fibres": {"dose": 40.0, "contrast": 0.7, "line_offset": 0.008},  # faint, striped
-    "porous": {"dose": 18.0, "shading": 0.08, "highlight_gain": 1.2},  # uneven, less clipped
-}
-
-
-def synthesize_mix(
-    out: str | os.PathLike,
-    *,
-    pairs_per_family: int,
-    seed: int,
-    workers: int = 1,
-    **size,
-) -> list[tuple[str, str, str]]:
-    """One ``synth`` folder per family of :data:`MIX` (realistic preset plus the family's
-    settings; ``size``: width, height, bar_rows) in ``out``, and ``out/pairs.csv`` naming
-    every pair ``<family>-synNNN`` for ``build --pairs-file``. Family ``k`` takes seed
-    ``seed + k``. Returns the (name, lr, hr) rows; ``out`` appears complete or not at all."""
-    if pairs_per_family < 1:
-        raise UserError(f"--pairs-per-family: {pairs_per_family} < 1")
-    out = Path(out)
-    check_target(out, SYNTH_RAW, overwrite=False)
-    rows = []
-    with staged_output(out, SYNTH_RAW, overwrite=False) as staging:
-        for k, (family, settings) in enumerate(MIX.items()):
-            truth = synthesize(
-                staging / family,
-                pairs=pairs_per_family,
-                seed=seed + k,
-                config=preset_config("realistic", **size, **settings),
-                draw=FAMILIES[family],
-                workers=workers,
-            )
-            rows += [
-                (f"{family}-{name}", f"{family}/{pair['lr_file']}", f"{family}/{pair['hr_file']}")
-                for name, pair in truth["pairs"].items()
-            ]
-        lines = ["name,lr,hr", *(",".join(row) for row in rows)]
-        (staging / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return rows

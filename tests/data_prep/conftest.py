@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from data_prep.build import build_dataset
-from data_prep.synth.generate import SynthConfig, synthesize
+from data_prep.synth.config import SynthConfig
+from data_prep.synth.generate import synthesize
 
 # 512 x 384 pairs: big enough to register well (corner error ~0.1-0.25 HR px), small
 # enough to make and register in about a second each on one core

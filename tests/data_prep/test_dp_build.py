@@ -16,7 +16,8 @@ from aeatrain.files.microscope import cut_bar
 from data_prep import build as build_module
 from data_prep.build import build_dataset
 from data_prep.registration import warp_lr_to_hr
-from data_prep.synth.generate import SynthConfig, synthesize
+from data_prep.synth.config import SynthConfig
+from data_prep.synth.generate import synthesize
 from data_prep.truth import check_truth
 
 BAR = 384  # data bar row of the conftest's small_raw pairs (512 x 384 image area)

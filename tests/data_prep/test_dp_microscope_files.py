@@ -22,7 +22,9 @@ from data_prep.build import build_dataset
 from data_prep.pairs import find_pairs, load_pair_images
 from data_prep.qc import summary_text
 from data_prep.registration import corner_error
-from data_prep.synth.generate import SynthConfig, draw_specimen, make_pair, synthesize
+from data_prep.synth.config import SynthConfig
+from data_prep.synth.families import draw_aggregates
+from data_prep.synth.generate import make_pair, synthesize
 from tests.data_prep.conftest import SMALL, SMALL_SEED
 
 # FEI INI text as a Helios writes it, trimmed: sections the reader skips, [EScan]
@@ -59,7 +61,9 @@ def _zeiss_tags(px_text: str, mag: str) -> list:
 def _small_pair(config: SynthConfig = SMALL, index: int = 0):
     """(lr, hr, truth) of synthetic pair ``index`` at 16 bit: full files, bar included."""
     config = replace(config, bit_depth=16)
-    spec = draw_specimen(np.random.default_rng(np.random.SeedSequence(SMALL_SEED, spawn_key=(0,))))
+    spec = draw_aggregates(
+        np.random.default_rng(np.random.SeedSequence(SMALL_SEED, spawn_key=(0,)))
+    )
     return make_pair(config, spec, SMALL_SEED, index)
 
 

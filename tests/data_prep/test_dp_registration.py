@@ -11,13 +11,15 @@ from data_prep.registration import (
     register,
     resample_matrix,
 )
-from data_prep.synth.generate import SynthConfig, draw_specimen, make_pair
+from data_prep.synth.config import SynthConfig
+from data_prep.synth.families import draw_aggregates
+from data_prep.synth.generate import make_pair
 
 SMALL = SynthConfig(width=512, height=384, bar_rows=0)
 
 
 def _pair(config=SMALL, seed=21, index=0):
-    spec = draw_specimen(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
+    spec = draw_aggregates(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
     lr, hr, truth = make_pair(config, spec, seed, index)
     return lr, hr, np.array(truth["homography"])
 

@@ -19,7 +19,8 @@ from aeatrain.files.images import read_image
 from aeatrain.files.microscope import BarCut, cut_data_bar, detect_data_bar, read_calibration
 from data_prep.__main__ import main as data_prep_main
 from data_prep.build import build_dataset
-from data_prep.synth.generate import SynthConfig, data_bar
+from data_prep.synth.config import SynthConfig
+from data_prep.synth.scan import data_bar
 from tests.vendor_files import (
     VENDOR_FILES,
     rosettasciio_pixel_nm,

@@ -15,16 +15,10 @@ from aeatrain.protocol.split import paper_split
 from data_prep import semstats
 from data_prep.__main__ import main
 from data_prep.registration import corner_error, register
+from data_prep.synth.config import SynthConfig, preset_config
 from data_prep.synth.families import FAMILIES
-from data_prep.synth.generate import (
-    SynthConfig,
-    _charging_trails,
-    _detector_effects,
-    _drift,
-    make_pair,
-    preset_config,
-    synthesize,
-)
+from data_prep.synth.generate import make_pair, synthesize
+from data_prep.synth.scan import charging_trails, detector_effects, scan_drift
 
 TINY = {"width": 128, "height": 96, "bar_rows": 0}
 
@@ -95,10 +89,10 @@ def _lag1(noise):
 def test_bandwidth_correlates_the_noise_and_line_offsets_shift_rows():
     rng = np.random.default_rng(0)
     white = rng.normal(0, 0.05, (200, 200))
-    assert _detector_effects(white, SynthConfig(), rng) is white  # the default: untouched
+    assert detector_effects(white, SynthConfig(), rng) is white  # the default: untouched
     assert abs(_lag1(white)) < 0.05
-    assert _lag1(_detector_effects(white, SynthConfig(bandwidth_px=0.75), rng)) > 0.55
-    offsets = _detector_effects(np.zeros((400, 50)), SynthConfig(line_offset=0.02), rng)
+    assert _lag1(detector_effects(white, SynthConfig(bandwidth_px=0.75), rng)) > 0.55
+    offsets = detector_effects(np.zeros((400, 50)), SynthConfig(line_offset=0.02), rng)
     assert np.ptp(offsets, axis=1).max() == 0  # one offset per scan line
     assert offsets[:, 0].std() == pytest.approx(0.02, rel=0.15)
 
@@ -116,13 +110,13 @@ def test_highlight_gain_clips_the_brightest_pixels():
 def test_charging_leaves_a_trail_after_bright_features_along_the_scan():
     signal = np.full((8, 64), 0.3, np.float32)
     signal[:, 20:24] = 0.9
-    charged = _charging_trails(signal, 0.5)
+    charged = charging_trails(signal, 0.5)
     assert np.allclose(charged[:, :20], 0.3)  # nothing before the feature (causal)
     assert (charged[:, 26] > 0.32).all() and (charged[:, 26] > charged[:, 40]).all()
 
 
 def test_drift_has_its_rms_and_no_shift_or_shear():
-    drift = _drift(np.random.default_rng(0), 500, 0.3)
+    drift = scan_drift(np.random.default_rng(0), 500, 0.3)
     t = np.linspace(0, 1, 500)
     assert drift.shape == (500, 2)
     assert drift.std(axis=0) == pytest.approx([0.3, 0.3])

@@ -8,13 +8,15 @@ import pytest
 from aeatrain.errors import UserError
 from aeatrain.files.images import read_image
 from data_prep.registration import apply_homography, smoothed_ncc, warp_lr_to_hr
-from data_prep.synth.generate import SynthConfig, draw_specimen, make_pair, synthesize
+from data_prep.synth.config import SynthConfig
+from data_prep.synth.families import draw_aggregates
+from data_prep.synth.generate import make_pair, synthesize
 
 TINY = SynthConfig(width=256, height=192, bar_rows=32)
 
 
 def _spec(seed):
-    return draw_specimen(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
+    return draw_aggregates(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))))
 
 
 def test_same_seed_same_bytes_and_pair_independent_of_count(tmp_path):

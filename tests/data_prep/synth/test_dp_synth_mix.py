@@ -8,7 +8,7 @@ import pytest
 from aeatrain.errors import UserError
 from data_prep.__main__ import main
 from data_prep.pairs_file import read_pairs_file
-from data_prep.synth.families import MIX
+from data_prep.synth.generate import MIX
 
 
 def test_every_family_under_its_own_settings_in_one_pairs_file(tmp_path, capsys):
