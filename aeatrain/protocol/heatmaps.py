@@ -15,7 +15,12 @@ from torch import nn
 from aeatrain.errors import UserError
 from aeatrain.files.images import from_float
 from aeatrain.models import shared_references
-from aeatrain.protocol.inference import eval_mode, pad_to_multiple, padding_multiple
+from aeatrain.protocol.inference import (
+    autocast_to_weights,
+    eval_mode,
+    pad_to_multiple,
+    padding_multiple,
+)
 
 PANEL_WIDTH = 512  # montage panels are scaled to this width at most
 REF_CHUNK = 16  # references per forward pass when ranking all of them
@@ -38,14 +43,14 @@ def reference_maps(model: nn.Module, image: np.ndarray, refs: list[int]) -> np.n
     The image is reflect-padded to a multiple of 16 like a prediction and the maps are
     cropped back, so borders see the context whole-image prediction gives them. Runs in
     eval mode without gradients and restores the model's mode (training's pictures call
-    it); the input takes the weights' dtype (DeepSpeed keeps 16-bit module weights).
+    it); 16-bit weights (DeepSpeed's) run under ``autocast_to_weights``, as scoring does.
     """
     h, w = image.shape
     parameter = next(model.parameters())
     padded = pad_to_multiple(image, padding_multiple(model))  # (Hp, Wp)
     x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
-    x = x[None, None].to(device=parameter.device, dtype=parameter.dtype)  # (1, 1, Hp, Wp)
-    with eval_mode(model):
+    x = x[None, None].to(parameter.device)  # (1, 1, Hp, Wp)
+    with eval_mode(model), autocast_to_weights(model):
         maps = model.reference_maps(x, refs)  # (1, len(refs), Hp, Wp)
     return maps[0, :, :h, :w].float().cpu().numpy()
 

@@ -65,6 +65,17 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def autocast_to_weights(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Autocast to the model's weight dtype when its weights are 16-bit (DeepSpeed keeps
+    bf16/fp16 module weights; training validates and draws them in place), so a float32
+    input meets matching weights; a float32 model runs as it is. The one way inference
+    meets 16-bit weights: scoring (``predict_image``) and the reference maps use it."""
+    parameter = next(model.parameters(), None)
+    if parameter is None or parameter.dtype not in (torch.bfloat16, torch.float16):
+        return contextlib.nullcontext()
+    return torch.autocast(parameter.device.type, dtype=parameter.dtype)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no gradients inside; the model's previous mode restored after."""

@@ -12,17 +12,16 @@ the test regions the split recorded (aeatrain.protocol.split) are scored by
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from aeatrain.files.images import to_float
 from aeatrain.protocol.inference import (
     PAD_MULTIPLE,
+    autocast_to_weights,
     predict_full,
     predict_paper_tiles,
     self_ensemble,
@@ -58,9 +57,7 @@ class Tiling:
 def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> np.ndarray:
     """Float prediction of a whole registered LR image (integer (H, W)).
 
-    A model whose weights are 16-bit (DeepSpeed keeps bf16/fp16 module weights; training
-    validates them in place) runs under autocast to its own dtype, so the float32 input
-    meets matching weights.
+    A model whose weights are 16-bit runs under ``autocast_to_weights``.
     """
 
     def predict(image: np.ndarray) -> np.ndarray:
@@ -70,15 +67,8 @@ def predict_image(model: nn.Module, lr: np.ndarray, tiling: Tiling, device) -> n
             model, image, tile=tiling.tile, margin=tiling.margin, device=device
         )
 
-    with _autocast_to_weights(model):
+    with autocast_to_weights(model):
         return self_ensemble(predict, to_float(lr), tiling.tta)
-
-
-def _autocast_to_weights(model: nn.Module):
-    parameter = next(model.parameters(), None)
-    if parameter is None or parameter.dtype not in (torch.bfloat16, torch.float16):
-        return contextlib.nullcontext()
-    return torch.autocast(parameter.device.type, dtype=parameter.dtype)
 
 
 # (member, tiling, pair) -> tile id -> scores; member and tiling index score_share's lists

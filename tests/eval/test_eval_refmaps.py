@@ -227,3 +227,15 @@ def test_a_folder_as_input_says_what_is_expected(aeanet_run, picture, tmp_path, 
     assert code == EXIT_USER_ERROR and err.count("\n") == 1
     assert f"{picture.parent}: --input is a folder; refmaps maps one image file" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_maps_of_16_bit_weights_run_under_autocast_like_scoring(aeanet_run):
+    """DeepSpeed keeps bf16 module weights and training draws its maps in place: the maps
+    come from autocast to the weights' dtype (protocol.inference.autocast_to_weights, the
+    way scoring meets such weights too) and stay close to the float32 model's."""
+    model, _ = load_run(aeanet_run)
+    image = np.random.default_rng(2).random((64, 48)).astype(np.float32)
+    float32_maps = heatmaps.reference_maps(model, image, [0, 1])
+    bf16_maps = heatmaps.reference_maps(model.to(torch.bfloat16), image, [0, 1])
+    assert bf16_maps.dtype == np.float32 and bf16_maps.shape == (2, 64, 48)
+    assert np.abs(bf16_maps - float32_maps).max() < 0.05 * np.abs(float32_maps).max() + 1e-3
