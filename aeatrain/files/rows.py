@@ -6,6 +6,7 @@ as one (:class:`TiffRows`, read with ``os.pread``) and reads every other file wh
 from __future__ import annotations
 
 import abc
+import copy
 import os
 from pathlib import Path
 
@@ -48,8 +49,7 @@ class LazyRows(abc.ABC):
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         if isinstance(rows, slice) and rows.step in (None, 1) and not isinstance(key, tuple):
             start, stop, _ = rows.indices(self.shape[0])
-            view = object.__new__(type(self))
-            view.__dict__.update(self.__dict__)
+            view = copy.copy(self)  # the same source, fewer rows
             view.shape, view._first = (max(0, stop - start), self.shape[1]), self._first + start
             return view
         if isinstance(rows, (int, np.integer)):
